@@ -1,0 +1,214 @@
+"""Model configuration, read from a Hugging Face ``config.json`` with the upstream keys.
+
+Torch-free on purpose: the runtime, the exporter and the models all read the same
+:class:`ModelConfig`, and the runtime must import without torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import DllmError
+
+# Upstream ``model_type`` -> family. The family decides the parameter layout (models/),
+# the attention pattern and whether logits are shifted (runtime/).
+FAMILIES = {
+    "llada": "llada",
+    "dream": "dream",
+    "fast_dllm_qwen": "block_diffusion",
+    "fast_dllm_v2_qwen": "block_diffusion",
+    "sdar": "block_diffusion",
+    "block_diffusion": "block_diffusion",
+}
+
+# Families whose prediction for position i is read from the logits at position i-1.
+# SDAR predicts in place; Fast-dLLM v2 and Dream keep the AR "token shift".
+SHIFTED_MODEL_TYPES = {"dream", "fast_dllm_qwen", "fast_dllm_v2_qwen", "block_diffusion"}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything the models and the decode loop need to know about a checkpoint."""
+
+    family: str  # "llada" | "dream" | "block_diffusion"
+    model_type: str  # upstream spelling, written back on save
+    vocab_size: int  # rows of the LM head (logits width)
+    embedding_size: int  # rows of the embedding table (LLaDA pads it)
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rope_theta: float
+    rms_norm_eps: float
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    mask_token_id: int
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int | None
+    max_position_embeddings: int
+    logits_shift: bool  # prediction for position i comes from logits[i - 1]
+    block_size: int | None  # block-diffusion block (bd_size); None for bidirectional families
+    extra: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def attention(self) -> str:
+        return "block_causal" if self.family == "block_diffusion" else "bidirectional"
+
+    # ------------------------------------------------------------------ I/O
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path) -> "ModelConfig":
+        path = Path(model_dir) / "config.json"
+        if not Path(model_dir).is_dir():
+            raise DllmError(f"model folder {model_dir} does not exist; pass a local Hugging Face checkpoint folder")
+        if not path.is_file():
+            raise DllmError(f"{path} is missing: a checkpoint folder needs config.json next to its *.safetensors")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DllmError(f"{path} is not valid JSON: {e}") from e
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "ModelConfig":
+        model_type = str(raw.get("model_type", "")).strip()
+        family = FAMILIES.get(model_type.lower())
+        if family is None:
+            known = ", ".join(sorted(FAMILIES))
+            raise DllmError(
+                f"{source}: unknown model_type {model_type!r}; dllm-trt supports {known}. "
+                "Check that the folder holds a LLaDA, Dream or block-diffusion checkpoint."
+            )
+
+        def need(key: str) -> Any:
+            if key not in raw:
+                raise DllmError(f"{source}: key {key!r} is missing (model_type {model_type})")
+            return raw[key]
+
+        def eos_ids(value: Any) -> tuple[int, ...]:
+            if value is None:
+                return ()
+            return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
+
+        if family == "llada":
+            hidden = int(need("d_model"))
+            heads = int(need("n_heads"))
+            kv_heads = int(raw.get("n_kv_heads") or heads)
+            vocab = int(need("vocab_size"))
+            cfg = dict(
+                vocab_size=vocab,
+                embedding_size=int(raw.get("embedding_size") or vocab),
+                hidden_size=hidden,
+                num_layers=int(need("n_layers")),
+                num_heads=heads,
+                num_kv_heads=kv_heads,
+                head_dim=hidden // heads,
+                intermediate_size=int(need("mlp_hidden_size")),
+                rope_theta=float(raw.get("rope_theta", 10000.0)),
+                rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
+                tie_word_embeddings=bool(raw.get("weight_tying", False)),
+                qkv_bias=bool(raw.get("include_bias", False) or raw.get("include_qkv_bias", False)),
+                mask_token_id=int(raw.get("mask_token_id", 126336)),
+                eos_token_ids=eos_ids(raw.get("eos_token_id", 126081)),
+                pad_token_id=raw.get("pad_token_id"),
+                max_position_embeddings=int(raw.get("max_sequence_length", 4096)),
+                logits_shift=False,
+                block_size=None,
+            )
+        else:
+            hidden = int(need("hidden_size"))
+            heads = int(need("num_attention_heads"))
+            vocab = int(need("vocab_size"))
+            if family == "dream":
+                mask_id = int(raw.get("mask_token_id", 151666))
+            else:
+                mask_id = int(raw.get("mask_token_id", 151665))
+            cfg = dict(
+                vocab_size=vocab,
+                embedding_size=vocab,
+                hidden_size=hidden,
+                num_layers=int(need("num_hidden_layers")),
+                num_heads=heads,
+                num_kv_heads=int(raw.get("num_key_value_heads") or heads),
+                head_dim=int(raw.get("head_dim") or hidden // heads),
+                intermediate_size=int(need("intermediate_size")),
+                rope_theta=float(raw.get("rope_theta", 10000.0)),
+                rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+                tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+                qkv_bias=True,
+                mask_token_id=mask_id,
+                eos_token_ids=eos_ids(raw.get("eos_token_id", 151643)),
+                pad_token_id=raw.get("pad_token_id"),
+                max_position_embeddings=int(raw.get("max_position_embeddings", 32768)),
+                logits_shift=model_type.lower() in SHIFTED_MODEL_TYPES,
+                block_size=int(raw.get("bd_size", 32)) if family == "block_diffusion" else None,
+            )
+        if cfg["num_heads"] % cfg["num_kv_heads"]:
+            raise DllmError(f"{source}: {cfg['num_heads']} heads are not a multiple of {cfg['num_kv_heads']} KV heads")
+        return cls(family=family, model_type=model_type, extra=dict(raw), **cfg)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The upstream config.json for this model (round-trips through :meth:`from_dict`)."""
+        eos = list(self.eos_token_ids) if len(self.eos_token_ids) != 1 else self.eos_token_ids[0]
+        if self.family == "llada":
+            d = {
+                "architectures": ["LLaDAModelLM"],
+                "model_type": self.model_type,
+                "d_model": self.hidden_size,
+                "n_heads": self.num_heads,
+                "n_kv_heads": self.num_kv_heads,
+                "n_layers": self.num_layers,
+                "mlp_hidden_size": self.intermediate_size,
+                "vocab_size": self.vocab_size,
+                "embedding_size": self.embedding_size,
+                "rope_theta": self.rope_theta,
+                "rms_norm_eps": self.rms_norm_eps,
+                "weight_tying": self.tie_word_embeddings,
+                "include_bias": False,
+                "include_qkv_bias": self.qkv_bias,
+                "mask_token_id": self.mask_token_id,
+                "eos_token_id": eos,
+                "pad_token_id": self.pad_token_id,
+                "max_sequence_length": self.max_position_embeddings,
+                "activation_type": "silu",
+                "block_type": "llama",
+                "layer_norm_type": "rms",
+                "rope": True,
+            }
+        else:
+            d = {
+                "architectures": ["DreamModel" if self.family == "dream" else "Fast_dLLM_QwenForCausalLM"],
+                "model_type": self.model_type,
+                "hidden_size": self.hidden_size,
+                "num_attention_heads": self.num_heads,
+                "num_key_value_heads": self.num_kv_heads,
+                "num_hidden_layers": self.num_layers,
+                "intermediate_size": self.intermediate_size,
+                "vocab_size": self.vocab_size,
+                "rope_theta": self.rope_theta,
+                "rms_norm_eps": self.rms_norm_eps,
+                "tie_word_embeddings": self.tie_word_embeddings,
+                "mask_token_id": self.mask_token_id,
+                "eos_token_id": eos,
+                "pad_token_id": self.pad_token_id,
+                "max_position_embeddings": self.max_position_embeddings,
+                "hidden_act": "silu",
+            }
+            if self.head_dim != self.hidden_size // self.num_heads:
+                d["head_dim"] = self.head_dim
+            if self.block_size is not None:
+                d["bd_size"] = self.block_size
+        # Keep keys we do not interpret (torch_dtype, transformers_version, ...).
+        for k, v in self.extra.items():
+            d.setdefault(k, v)
+        return d
+
+    def save(self, model_dir: str | Path) -> None:
+        Path(model_dir, "config.json").write_text(json.dumps(self.to_hf_dict(), indent=2) + "\n")
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)

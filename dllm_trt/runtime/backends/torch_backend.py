@@ -1,0 +1,46 @@
+"""The PyTorch reference backend: the oracle every other backend is compared against."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...config import ModelConfig
+
+
+class TorchBackend:
+    def __init__(self, model: torch.nn.Module, config: ModelConfig, device: str = "cpu"):
+        self.model, self.config, self.device = model, config, device
+        self.dtype = next(model.parameters()).dtype
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str, dtype: str = "fp32", device: str = "cpu") -> "TorchBackend":
+        from ...models import load_model
+
+        model, config = load_model(model_dir, dtype=dtype, device=device)
+        return cls(model, config, device)
+
+    def allocate_cache(self, batch: int, capacity: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        c = self.config
+        shape = (batch, c.num_kv_heads, capacity, c.head_dim)
+        return [(torch.zeros(shape, dtype=self.dtype, device=self.device),
+                 torch.zeros(shape, dtype=self.dtype, device=self.device)) for _ in range(c.num_layers)]
+
+    @torch.inference_mode()
+    def forward(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_bias: np.ndarray, cache: Any,
+                past_len: int, write_mask: np.ndarray | None) -> np.ndarray:
+        dev = self.device
+        ids = torch.from_numpy(input_ids).to(dev)
+        pos = torch.from_numpy(position_ids).to(dev)
+        bias = torch.from_numpy(attention_bias).to(dev)
+        past = [(k[:, :, :past_len], v[:, :, :past_len]) for k, v in cache] if past_len > 0 else None
+        logits, presents = self.model(ids, pos, bias, past)
+        if write_mask is not None and write_mask.any():
+            bi, li = np.nonzero(write_mask)
+            b_t, l_t = torch.from_numpy(bi).to(dev), torch.from_numpy(li).to(dev)
+            p_t = pos[b_t, l_t]
+            for (ck, cv), (k, v) in zip(cache, presents):
+                ck[b_t, :, p_t] = k[b_t, :, l_t]
+                cv[b_t, :, p_t] = v[b_t, :, l_t]
+        return logits.float().cpu().numpy()

@@ -1,0 +1,273 @@
+"""The denoising decode loop, shared by every backend.
+
+Sequences of a batch keep their own positions (no left padding): token ``x[b, i]`` is at
+position ``i`` and its keys/values live at cache position ``i``. Each forward takes a query
+window per sequence (same length for all), the first ``P`` cache positions as past, and a
+bias that says which keys each query may see (runtime/layout.py). That one mechanism gives
+every cache mode:
+
+bidirectional families (LLaDA, Dream), semi-autoregressive blocks of ``block_length``:
+  none    every step forwards the whole sequence;
+  prefix  a full forward refreshes the cache at the start of each block; later steps forward
+          the block and everything after it, over the cached prefix (Fast-dLLM prefix cache);
+  dual    as prefix, but later steps forward only the block, over the cached prefix *and*
+          suffix (Fast-dLLM dual cache). Both are approximations: cached keys are from the
+          block's first step.
+block diffusion (Fast-dLLM v2 / SDAR), blocks of ``bd_size``, block-causal attention:
+  none       every step forwards all positions up to the end of the current block;
+  block      finished blocks are cached (exact under block-causal attention); steps forward
+             the current block;
+  sub_block  as block; the first step of each sub-block forwards the whole block and stores
+             its keys/values, later steps forward only the sub-block over them.
+
+With ``logits_shift`` (Dream, Fast-dLLM v2) the prediction for position i is read from the
+logits at i - 1, so windows start one position early where needed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import ModelConfig
+from ..errors import DllmError
+from .layout import attention_bias
+from .sampling import propose
+from .settings import GenerationConfig, GenerationResult, StepRecord
+from .unmask import select_factor, select_threshold, select_top_k, transfer_schedule
+
+
+@dataclass
+class _Window:
+    start: np.ndarray  # [B] first position of each sequence's query window
+    length: int
+    valid: np.ndarray  # [B, length] bool
+    past_len: int
+    past_valid: np.ndarray  # [B, past_len] bool
+
+    @property
+    def positions(self) -> np.ndarray:
+        return self.start[:, None] + np.arange(self.length)[None, :]
+
+
+class DecodeLoop:
+    """State of one batched generation: the token buffer, the cache, and the step record."""
+
+    def __init__(self, backend, prompts: list[list[int]], gen: GenerationConfig):
+        self.backend = backend
+        self.cfg: ModelConfig = backend.config
+        self.gen = gen.resolved(self.cfg.attention)
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise DllmError("every prompt needs at least one token")
+        self.prompt_len = np.array([len(p) for p in prompts])
+        self.batch = len(prompts)
+        self.shift = 1 if self.cfg.logits_shift else 0
+        self.mask_id = self.cfg.mask_token_id
+        self.eos = np.array(self.cfg.eos_token_ids or (-1,))
+        bs = self.cfg.block_size or 0
+        extra = bs + 1 if self.cfg.attention == "block_causal" else 0
+        self.capacity = int(self.prompt_len.max()) + self.gen.gen_length + extra
+        longest = int(self.prompt_len.max()) + self.gen.gen_length
+        if longest > self.cfg.max_position_embeddings:
+            raise DllmError(f"a prompt of {int(self.prompt_len.max())} tokens plus gen_length {self.gen.gen_length} "
+                            f"is {longest} positions, more than the model's maximum of "
+                            f"{self.cfg.max_position_embeddings}; shorten the prompt or gen_length")
+        self.x = np.full((self.batch, self.capacity), self.mask_id, dtype=np.int64)
+        for b, p in enumerate(prompts):
+            self.x[b, : len(p)] = p
+        self.rng = np.random.default_rng(self.gen.seed)
+        needs_cache = self.gen.cache != "none"
+        self.cache = backend.allocate_cache(self.batch, self.capacity) if needs_cache else None
+        self.steps: list[StepRecord] = []
+
+    # ------------------------------------------------------------------ one forward
+    def forward(self, w: _Window, kind: str, write: bool) -> np.ndarray:
+        pos = w.positions
+        safe_pos = np.where(w.valid, pos, 0)
+        input_ids = np.take_along_axis(self.x, np.clip(pos, 0, self.capacity - 1), axis=1)
+        input_ids = np.where(w.valid, input_ids, self.mask_id)
+        bias = attention_bias(safe_pos, w.valid, w.past_valid, self.cfg.block_size)
+        logits = self.backend.forward(input_ids, safe_pos, bias, self.cache, w.past_len, w.valid if write else None)
+        self.steps.append(StepRecord(kind, w.length, w.past_len, [0] * self.batch))
+        return logits
+
+    def window(self, start: np.ndarray, length: int, valid_end: np.ndarray, past_len: int = 0,
+               past_valid: np.ndarray | None = None, active: np.ndarray | None = None) -> _Window:
+        pos = start[:, None] + np.arange(length)[None, :]
+        valid = pos < valid_end[:, None]
+        if active is not None:
+            valid &= active[:, None]
+        if past_valid is None:
+            past_valid = np.zeros((self.batch, past_len), bool)
+        return _Window(start.astype(np.int64), length, valid, past_len, past_valid)
+
+    def past_below(self, end: np.ndarray, past_len: int) -> np.ndarray:
+        """Cache positions [0, end_b) are visible."""
+        return np.arange(past_len)[None, :] < end[:, None]
+
+    # ------------------------------------------------------------------ choosing tokens
+    def unmask(self, logits: np.ndarray, w: _Window, lo: np.ndarray, hi: np.ndarray, active: np.ndarray,
+               quota: list[int] | None = None) -> None:
+        """Fill masked positions of [lo_b, hi_b) from this forward's logits, per the strategy."""
+        rec = self.steps[-1]
+        g = self.gen
+        for b in np.flatnonzero(active):
+            seg = self.x[b, lo[b]: hi[b]]
+            cand = np.flatnonzero(seg == self.mask_id) + lo[b]
+            if cand.size == 0:
+                continue
+            rows = cand - self.shift - w.start[b]
+            assert rows.min() >= 0, "query window does not cover the shifted prediction rows"
+            tokens, conf = propose(logits[b, rows], g.temperature, g.top_k, g.top_p, self.rng)
+            if g.strategy == "random":
+                conf = self.rng.random(cand.size)
+            if quota is not None:
+                chosen = select_top_k(conf, quota[b])
+            elif g.strategy == "threshold":
+                chosen = select_threshold(conf, g.threshold)
+            elif g.strategy == "factor":
+                chosen = select_factor(conf, g.factor)
+            else:  # one token per step (block diffusion with a schedule strategy)
+                chosen = select_top_k(conf, 1)
+            self.x[b, cand[chosen]] = tokens[chosen]
+            rec.unmasked[b] += int(chosen.size)
+
+    def has_eos(self, b: int, end: int) -> bool:
+        return bool(np.isin(self.x[b, self.prompt_len[b]: end], self.eos).any())
+
+    def result(self) -> GenerationResult:
+        out = []
+        for b in range(self.batch):
+            toks = self.x[b, self.prompt_len[b]: self.prompt_len[b] + self.gen.gen_length].tolist()
+            if self.gen.stop_at_eos:
+                cut = next((i for i, t in enumerate(toks) if t in set(self.eos.tolist())), len(toks))
+                toks = toks[:cut]
+            out.append(toks)
+        return GenerationResult(out, len(self.steps), self.steps)
+
+    # ------------------------------------------------------------------ bidirectional families
+    def run_masked(self) -> GenerationResult:
+        g, B = self.gen, self.batch
+        total = self.prompt_len + g.gen_length
+        full_len = int(total.max())
+        zeros = np.zeros(B, np.int64)
+        blocks = g.gen_length // g.block_length
+        scheduled = g.strategy in ("low_confidence", "random")
+        steps_per_block = g.steps // blocks if scheduled else None
+        finished = np.zeros(B, bool)
+        for k in range(blocks):
+            active = ~finished
+            if not active.any():
+                break
+            s = self.prompt_len + k * g.block_length
+            e = s + g.block_length
+            schedule = transfer_schedule(g.block_length, steps_per_block) if scheduled else None
+            step = 0
+            while True:
+                pending = active & np.array([(self.x[b, s[b]:e[b]] == self.mask_id).any() for b in range(B)])
+                if not pending.any():
+                    break
+                if g.cache == "none" or step == 0:
+                    w = self.window(zeros, full_len, total)
+                    logits = self.forward(w, "full", write=g.cache != "none")
+                elif g.cache == "prefix":
+                    start = s - self.shift
+                    p = int(start.max())
+                    w = self.window(start, int((total - start).max()), total, p, self.past_below(start, p))
+                    logits = self.forward(w, "prefix", write=False)
+                else:  # dual
+                    start = s - self.shift
+                    p = full_len
+                    idx = np.arange(p)[None, :]
+                    past_valid = (idx < total[:, None]) & ~((idx >= start[:, None]) & (idx < e[:, None]))
+                    w = self.window(start, g.block_length + self.shift, e, p, past_valid)
+                    logits = self.forward(w, "dual", write=False)
+                # The schedule fills the block in exactly steps_per_block steps.
+                quota = [schedule[step]] * B if scheduled else None
+                self.unmask(logits, w, s, e, pending, quota)
+                step += 1
+            if g.stop_at_eos:
+                for b in np.flatnonzero(active):
+                    finished[b] = self.has_eos(b, e[b])
+        return self.result()
+
+    # ------------------------------------------------------------------ block diffusion
+    def run_blocks(self) -> GenerationResult:
+        g, B, bs = self.gen, self.batch, self.cfg.block_size
+        sb = g.sub_block_length  # Fast-dLLM v2 fills a block sub-block by sub-block in every cache mode
+        if sb <= 0 or bs % sb:
+            raise DllmError(f"sub_block_length {g.sub_block_length} must divide the model's block size {bs}")
+        n = self.prompt_len.copy()  # decoded length per sequence
+        committed = (n // bs) * bs  # positions whose keys/values are final
+        zeros = np.zeros(B, np.int64)
+        done = np.zeros(B, bool)
+
+        def take_next_token(logits: np.ndarray, w: _Window, who: np.ndarray) -> None:
+            """The AR token that opens the next block, from the last position of a finished block."""
+            rec = self.steps[-1]
+            for b in np.flatnonzero(who):
+                row = n[b] - 1 - w.start[b]
+                tok, _ = propose(logits[b, row: row + 1], g.temperature, g.top_k, g.top_p, self.rng)
+                self.x[b, n[b]] = tok[0]
+                n[b] += 1
+                rec.unmasked[b] += 1
+
+        # Prefill the prompt's complete blocks (block-causal, so their keys/values are exact).
+        if committed.max() > 0:
+            w = self.window(zeros, int(committed.max()), committed)
+            logits = self.forward(w, "prefill", write=self.cache is not None)
+            if self.shift:
+                take_next_token(logits, w, committed == n)
+
+        while not done.all():
+            active = ~done
+            s, e = committed, committed + bs
+            for j in range(bs // sb):
+                a, z = s + j * sb, s + (j + 1) * sb
+                step = 0
+                while True:
+                    pending = active & np.array([(self.x[b, a[b]:z[b]] == self.mask_id).any() for b in range(B)])
+                    if not pending.any():
+                        break
+                    if g.cache == "none":
+                        w = self.window(zeros, int(e.max()), e, active=None)
+                        logits = self.forward(w, "full", write=False)
+                    elif g.cache == "sub_block" and step > 0:
+                        lead = self.shift if j > 0 else 0
+                        start = a - lead
+                        p = int(e.max())
+                        idx = np.arange(p)[None, :]
+                        past_valid = (idx < e[:, None]) & ~((idx >= start[:, None]) & (idx < z[:, None]))
+                        w = self.window(start, sb + lead, z, p, past_valid, active)
+                        logits = self.forward(w, "sub_block", write=False)
+                    else:
+                        p = int(s.max())
+                        w = self.window(s, bs, e, p, self.past_below(s, p), active)
+                        logits = self.forward(w, "block", write=g.cache == "sub_block")
+                    self.unmask(logits, w, a, z, pending)
+                    step += 1
+            # The block is complete.
+            n = np.where(active, e, n)
+            for b in np.flatnonzero(active):
+                done[b] = (g.stop_at_eos and self.has_eos(b, e[b])) or e[b] - self.prompt_len[b] >= g.gen_length
+            if done.all():
+                break
+            # Commit: forward the clean block to cache it (and, with the shift, read the next token).
+            if g.cache == "none":
+                w = self.window(zeros, int(e.max()), e)
+            else:
+                p = int(s.max())
+                w = self.window(s, bs, e, p, self.past_below(s, p), active)
+            logits = self.forward(w, "commit", write=g.cache != "none")
+            committed = np.where(active, e, committed)
+            if self.shift:
+                take_next_token(logits, w, ~done)
+        return self.result()
+
+
+def generate(backend, prompts: list[list[int]], gen: GenerationConfig | None = None) -> GenerationResult:
+    """Decode ``gen.gen_length`` tokens after each prompt (token ids) with the given backend."""
+    loop = DecodeLoop(backend, prompts, gen or GenerationConfig())
+    if loop.cfg.attention == "block_causal":
+        return loop.run_blocks()
+    return loop.run_masked()

@@ -1,0 +1,93 @@
+"""What a decode run is asked to do, and what it reports back."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..errors import DllmError
+
+STRATEGIES = ("low_confidence", "random", "threshold", "factor")
+CACHE_MODES = {
+    "bidirectional": ("none", "prefix", "dual"),
+    "block_causal": ("none", "block", "sub_block"),
+}
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings shared by every backend.
+
+    ``steps`` applies to the schedule strategies (``low_confidence``/``random``): the LLaDA
+    schedule spreads ``steps`` evenly over ``gen_length / block_length`` blocks. ``threshold``
+    and ``factor`` are the Fast-dLLM parallel rules and run until each block is filled.
+    Block-diffusion models use their own block size (``bd_size``) and decode it in
+    sub-blocks of ``sub_block_length``.
+    """
+
+    gen_length: int = 32
+    block_length: int = 32
+    steps: int | None = None  # default: gen_length (one token per step)
+    strategy: str = "low_confidence"
+    threshold: float = 0.9
+    factor: float = 1.0
+    cache: str | None = None  # default: "none" (bidirectional), "sub_block" (block diffusion)
+    sub_block_length: int = 8
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    stop_at_eos: bool = True
+
+    def resolved(self, attention: str) -> "GenerationConfig":
+        """A copy with defaults filled in for this attention family; raises on bad combinations."""
+        c = GenerationConfig(**asdict(self))
+        modes = CACHE_MODES[attention]
+        if c.cache is None:
+            c.cache = "none" if attention == "bidirectional" else "sub_block"
+        if c.cache not in modes:
+            raise DllmError(f"cache mode {c.cache!r} does not apply to a {attention} model; use one of {', '.join(modes)}")
+        if c.strategy not in STRATEGIES:
+            raise DllmError(f"unknown strategy {c.strategy!r}; use one of {', '.join(STRATEGIES)}")
+        if c.gen_length <= 0:
+            raise DllmError("gen_length must be positive")
+        if attention == "bidirectional":
+            if c.block_length <= 0 or c.gen_length % c.block_length:
+                raise DllmError(f"gen_length {c.gen_length} is not divisible by block_length {c.block_length}; "
+                                "pick a block_length that divides gen_length")
+            blocks = c.gen_length // c.block_length
+            if c.steps is None:
+                c.steps = c.gen_length
+            if c.strategy in ("low_confidence", "random") and (c.steps <= 0 or c.steps % blocks):
+                raise DllmError(f"steps {c.steps} must be a positive multiple of the number of blocks ({blocks})")
+        if not 0.0 <= c.top_p <= 1.0 or c.top_k < 0 or c.temperature < 0:
+            raise DllmError("need temperature >= 0, top_k >= 0 and 0 <= top_p <= 1")
+        return c
+
+
+@dataclass
+class StepRecord:
+    """One forward call of the decode loop."""
+
+    kind: str  # prefill | full | prefix | dual | block | sub_block | commit
+    query_len: int
+    past_len: int
+    unmasked: list[int]  # tokens decoded by this forward, per sequence
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[list[int]]  # generated tokens per prompt (cut before the first EOS when stop_at_eos)
+    nfe: int  # number of forward calls
+    steps: list[StepRecord] = field(default_factory=list)
+
+    @property
+    def decoded_tokens(self) -> int:
+        return sum(sum(s.unmasked) for s in self.steps)
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """Tokens decoded per forward call, per sequence of the batch."""
+        return self.decoded_tokens / max(self.nfe, 1) / max(len(self.tokens), 1)
+
+    def to_dict(self) -> dict:
+        return {"tokens": self.tokens, "nfe": self.nfe, "decoded_tokens": self.decoded_tokens,
+                "tokens_per_forward": self.tokens_per_forward, "steps": [asdict(s) for s in self.steps]}

@@ -79,6 +79,7 @@ class DecodeLoop:
         needs_cache = self.gen.cache != "none"
         self.cache = backend.allocate_cache(self.batch, self.capacity) if needs_cache else None
         self.steps: list[StepRecord] = []
+        self.live = np.ones(self.batch, bool)  # not yet finished
 
     # ------------------------------------------------------------------ one forward
     def forward(self, w: _Window, kind: str, write: bool) -> np.ndarray:
@@ -88,7 +89,7 @@ class DecodeLoop:
         input_ids = np.where(w.valid, input_ids, self.mask_id)
         bias = attention_bias(safe_pos, w.valid, w.past_valid, self.cfg.block_size)
         logits = self.backend.forward(input_ids, safe_pos, bias, self.cache, w.past_len, w.valid if write else None)
-        self.steps.append(StepRecord(kind, w.length, w.past_len, [0] * self.batch))
+        self.steps.append(StepRecord(kind, w.length, w.past_len, [0] * self.batch, self.live.tolist()))
         return logits
 
     def window(self, start: np.ndarray, length: int, valid_end: np.ndarray, past_len: int = 0,
@@ -155,6 +156,7 @@ class DecodeLoop:
         scheduled = g.strategy in ("low_confidence", "random")
         steps_per_block = g.steps // blocks if scheduled else None
         finished = np.zeros(B, bool)
+        self.live = ~finished
         for k in range(blocks):
             active = ~finished
             if not active.any():
@@ -189,6 +191,7 @@ class DecodeLoop:
             if g.stop_at_eos:
                 for b in np.flatnonzero(active):
                     finished[b] = self.has_eos(b, e[b])
+                self.live = ~finished
         return self.result()
 
     # ------------------------------------------------------------------ block diffusion
@@ -201,6 +204,7 @@ class DecodeLoop:
         committed = (n // bs) * bs  # positions whose keys/values are final
         zeros = np.zeros(B, np.int64)
         done = np.zeros(B, bool)
+        self.live = ~done
 
         def take_next_token(logits: np.ndarray, w: _Window, who: np.ndarray) -> None:
             """The AR token that opens the next block, from the last position of a finished block."""
@@ -250,6 +254,7 @@ class DecodeLoop:
             n = np.where(active, e, n)
             for b in np.flatnonzero(active):
                 done[b] = (g.stop_at_eos and self.has_eos(b, e[b])) or e[b] - self.prompt_len[b] >= g.gen_length
+            self.live = ~done
             if done.all():
                 break
             # Commit: forward the clean block to cache it (and, with the shift, read the next token).

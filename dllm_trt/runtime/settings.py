@@ -71,6 +71,7 @@ class StepRecord:
     query_len: int
     past_len: int
     unmasked: list[int]  # tokens decoded by this forward, per sequence
+    live: list[bool]  # sequences still decoding (finished ones ride along in the batch)
 
 
 @dataclass
@@ -85,8 +86,12 @@ class GenerationResult:
 
     @property
     def tokens_per_forward(self) -> float:
-        """Tokens decoded per forward call, per sequence of the batch."""
-        return self.decoded_tokens / max(self.nfe, 1) / max(len(self.tokens), 1)
+        """Tokens decoded per forward call, averaged over the sequences (each counts its own forwards)."""
+        per_seq = []
+        for b in range(len(self.tokens)):
+            forwards = sum(s.live[b] for s in self.steps)
+            per_seq.append(sum(s.unmasked[b] for s in self.steps) / max(forwards, 1))
+        return sum(per_seq) / max(len(per_seq), 1)
 
     def to_dict(self) -> dict:
         return {"tokens": self.tokens, "nfe": self.nfe, "decoded_tokens": self.decoded_tokens,

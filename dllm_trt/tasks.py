@@ -1,0 +1,74 @@
+"""Synthetic tasks with exactly checkable answers, and their character tokenizer.
+
+They train the bundled tiny checkpoints and score any decode setting (exact match), so
+speed/accuracy trade-offs of parallel decoding can be measured on real, trained models.
+Torch-free: the runtime, the profiler and the tests use them too.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+EOS = "<|endoftext|>"
+MASK = "<|mask|>"
+UNK = "<|unk|>"
+SPECIALS = [EOS, MASK, UNK]
+ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+CHARS = ALPHABET + "0123456789+=:"
+TASKS = ("add", "rev", "sort")
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    answer: str
+
+
+def make_example(rng: random.Random, task: str | None = None) -> Example:
+    task = task or rng.choice(TASKS)
+    if task == "add":
+        a, b = rng.randint(0, 999), rng.randint(0, 999)
+        return Example(f"add:{a}+{b}=", str(a + b))
+    word = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(3, 8)))
+    if task == "rev":
+        return Example(f"rev:{word}=", word[::-1])
+    if task == "sort":
+        return Example(f"sort:{word}=", "".join(sorted(word)))
+    raise ValueError(f"unknown task {task!r}")
+
+
+def make_examples(n: int, seed: int) -> list[Example]:
+    rng = random.Random(seed)
+    return [make_example(rng) for _ in range(n)]
+
+
+def exact_match(predictions: list[str], examples: list[Example]) -> float:
+    return sum(p.strip() == e.answer for p, e in zip(predictions, examples)) / max(len(examples), 1)
+
+
+def build_tokenizer_json() -> str:
+    """A character-level WordLevel tokenizer, trained with `tokenizers` on the task alphabet.
+
+    Ids: 0 = <|endoftext|> (EOS), 1 = <|mask|>, 2 = <|unk|>, then one id per character.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    trainer = trainers.WordLevelTrainer(special_tokens=SPECIALS, min_frequency=1)
+    corpus = [c * (len(CHARS) - i) for i, c in enumerate(CHARS)]  # fixes the id order: a, b, ...
+    tok.train_from_iterator(corpus, trainer)
+    return tok.to_str(pretty=True)
+
+
+def load_examples_jsonl(path: str | Path) -> list[Example]:
+    """Prompts with known answers: one {"prompt": ..., "answer": ...} object per line."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            d = json.loads(line)
+            out.append(Example(d["prompt"], d["answer"]))
+    return out

@@ -1,0 +1,182 @@
+"""The artefact folder: ``dllm_config.json``, the tokenizer files, and the atomic write.
+
+``dllm_config.json`` is everything the runtime needs besides the graph: the full ModelConfig
+(and the upstream config it is rebuilt from), the tensor contract, the cache layout, the
+shape ranges, the validation record and the generation defaults. The folder is built in a
+hidden temporary sibling and renamed into place at the end, so an interrupted export leaves
+either the previous artefact or nothing, never a half-written folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..config import ModelConfig
+from ..errors import DllmError
+from ..runtime.backends.ort_backend import (CACHE_LAYOUT, CACHE_READ_FILE, CACHE_WRITE_FILE, CONFIG_FILE, FORMAT_VERSION,
+                                            KV_TYPES, MODEL_FILE, input_names, output_names)
+from ..runtime.settings import CACHE_MODES, GenerationConfig
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "generation_config.json")
+
+
+def model_config_dict(config: ModelConfig) -> dict[str, Any]:
+    """The interpreted config fields (``extra`` lives in hf_config); tuples become lists for JSON."""
+    d = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "extra"}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def tensor_specs(config: ModelConfig, dtype: str) -> tuple[list[dict], list[dict]]:
+    kv = KV_TYPES[dtype]
+    c = config
+    shapes = {
+        "input_ids": ("int64", ["batch", "query_len"]),
+        "position_ids": ("int64", ["batch", "query_len"]),
+        "attention_bias": ("float32", ["batch", 1, "query_len", "key_len"]),
+        "logits": ("float32", ["batch", "query_len", c.vocab_size]),
+    }
+
+    def spec(name: str) -> dict:
+        if name in shapes:
+            t, s = shapes[name]
+        elif name.startswith("past_key_values."):
+            t, s = kv, ["batch", c.num_kv_heads, "past_len", c.head_dim]
+        else:
+            t, s = kv, ["batch", c.num_kv_heads, "query_len", c.head_dim]
+        return {"name": name, "dtype": t, "shape": s}
+
+    return [spec(n) for n in input_names(c.num_layers)], [spec(n) for n in output_names(c.num_layers)]
+
+
+def generation_defaults(model_dir: Path, config: ModelConfig, cache: str | None) -> dict[str, Any]:
+    """Decode defaults: GenerationConfig's, overridden by the checkpoint's generation_config.json, then --cache."""
+    defaults = dataclasses.asdict(GenerationConfig())
+    path = model_dir / "generation_config.json"
+    if path.is_file():
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DllmError(f"{path} is not valid JSON: {e}") from e
+        defaults.update({k: v for k, v in raw.items() if k in defaults})
+    if cache is not None:
+        modes = CACHE_MODES[config.attention]
+        if cache not in modes:
+            raise DllmError(f"--cache {cache} does not apply to a {config.attention} model ({config.model_type}); "
+                            f"use one of {', '.join(modes)}")
+        defaults["cache"] = cache
+    if defaults.get("cache") is None:
+        defaults["cache"] = CACHE_MODES[config.attention][-1 if config.attention == "block_causal" else 0]
+    return defaults
+
+
+def read_chat_template(model_dir: Path) -> str | None:
+    """The chat template, from chat_template.jinja or tokenizer_config.json (HF's two homes for it)."""
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    tc = model_dir / "tokenizer_config.json"
+    if tc.is_file():
+        try:
+            template = json.loads(tc.read_text()).get("chat_template")
+        except json.JSONDecodeError as e:
+            raise DllmError(f"{tc} is not valid JSON: {e}") from e
+        return template if isinstance(template, str) else None
+    return None
+
+
+def copy_tokenizer_files(model_dir: Path, out: Path) -> list[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, out / name)
+            copied.append(name)
+    return copied
+
+
+def build_dllm_config(config: ModelConfig, dtype: str, opset: int, external_data: str | None,
+                      validation: dict[str, Any], tokenizer: str | None, gen_defaults: dict[str, Any],
+                      source: str, torch_version: str, chat_template: str | None = None) -> dict[str, Any]:
+    inputs, outputs = tensor_specs(config, dtype)
+    return {
+        "dllm_trt_version": __version__,
+        "format_version": FORMAT_VERSION,
+        "family": config.family,
+        "model_type": config.model_type,
+        "attention": config.attention,
+        "dtype": dtype,
+        "model_config": model_config_dict(config),
+        "hf_config": config.to_hf_dict(),
+        "model_file": MODEL_FILE,
+        "external_data": external_data,
+        "onnx": {"opset": opset, "exporter": "torch.onnx.export (TorchScript, dynamo=False)", "torch_version": torch_version},
+        "inputs": inputs,
+        "outputs": outputs,
+        "cache": {
+            "layout": CACHE_LAYOUT,
+            "num_layers": config.num_layers,
+            "num_kv_heads": config.num_kv_heads,
+            "head_dim": config.head_dim,
+            "dtype": KV_TYPES[dtype],
+            "present": "present.{i}.* hold only the current tokens' keys/values (not past + current as in Optimum); "
+                       "the runtime writes them into its cache at the tokens' positions",
+            "device_ops": {"read": CACHE_READ_FILE, "write": CACHE_WRITE_FILE},
+        },
+        "shape_ranges": {
+            "batch": [1, None],
+            "query_len": [1, config.max_position_embeddings],
+            "past_len": [0, config.max_position_embeddings],
+            "max_positions": config.max_position_embeddings,
+            "note": "all axes are dynamic in the graph; max_positions is the model's max_position_embeddings. "
+                    "validation.cases lists the shapes checked against PyTorch.",
+        },
+        "validation": validation,
+        "tokenizer": tokenizer,
+        "chat_template": chat_template,
+        "generation_defaults": gen_defaults,
+        "source": source,
+    }
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def check_out_dir(out: Path, model_dir: Path) -> None:
+    """Refuse destinations that would destroy something that is not an earlier export."""
+    out_r, model_r = out.resolve(), model_dir.resolve()
+    if out_r == model_r or model_r.is_relative_to(out_r):
+        raise DllmError(f"--out {out} would replace the checkpoint folder {model_dir}; pick another folder")
+    if out.exists():
+        if not out.is_dir():
+            raise DllmError(f"--out {out} exists and is a file; pick a folder path")
+        if any(out.iterdir()) and not (out / CONFIG_FILE).is_file():
+            raise DllmError(f"--out {out} exists, is not empty and is not a dllm-trt export; "
+                            "pick a new folder (an earlier export there would be replaced)")
+
+
+def staging_dir(out: Path) -> Path:
+    """A hidden temporary sibling of ``out`` (same filesystem, so the final rename is atomic)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the artefact gets the usual folder mode
+    return tmp
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Move the finished folder into place, replacing an earlier export."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,125 @@
+"""Trace a dLLM into the ONNX graph of the artefact contract (see runtime/backends/ort_backend.py).
+
+The TorchScript exporter (``dynamo=False``) is used on purpose: it traces these stateless
+models in well under a second, keeps B, L and P symbolic (P = 0 included: Concat with an
+empty past is exact), and needs no guards on shapes. The trace is post-processed so that
+every graph input and output carries the contract's named dimensions.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..runtime.backends.ort_backend import input_names, output_names, past_names, present_names
+
+# Named dimensions of the contract. key_len = past_len + query_len (ONNX cannot spell a sum).
+BATCH, QUERY, PAST, KEYS = "batch", "query_len", "past_len", "key_len"
+
+
+class GraphWrapper(nn.Module):
+    """Flat tensor signature around a model: (ids, positions, bias, *past) -> (logits fp32, *presents)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, position_ids, attention_bias, *past):
+        pkv = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
+        logits, presents = self.model(input_ids, position_ids, attention_bias, pkv)
+        out = [logits.float()]  # logits leave the graph in fp32 whatever the model dtype
+        for k, v in presents:
+            out += [k, v]
+        return tuple(out)
+
+
+def example_inputs(config: ModelConfig, dtype: torch.dtype, batch: int = 2, query: int = 5, past: int = 3):
+    """Trace-time inputs; sizes differ from each other so no dimension can be mistaken for another."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, config.vocab_size, (batch, query), generator=g)
+    pos = (torch.arange(query) + past).expand(batch, query).contiguous()
+    bias = torch.zeros(batch, 1, query, past + query)
+    kv = [torch.randn(batch, config.num_kv_heads, past, config.head_dim, generator=g).to(dtype)
+          for _ in range(2 * config.num_layers)]
+    return (ids, pos, bias, *kv)
+
+
+def dynamic_axes(num_layers: int) -> dict[str, dict[int, str]]:
+    axes: dict[str, dict[int, str]] = {
+        "input_ids": {0: BATCH, 1: QUERY},
+        "position_ids": {0: BATCH, 1: QUERY},
+        "attention_bias": {0: BATCH, 2: QUERY, 3: KEYS},
+        "logits": {0: BATCH, 1: QUERY},
+    }
+    axes.update({n: {0: BATCH, 2: PAST} for n in past_names(num_layers)})
+    axes.update({n: {0: BATCH, 2: QUERY} for n in present_names(num_layers)})
+    return axes
+
+
+def trace_to_onnx(model: nn.Module, config: ModelConfig, path: Path, opset: int) -> None:
+    """torch.onnx.export of the wrapped model into ``path`` (weights may land beside it when > 2 GB)."""
+    dtype = next(model.parameters()).dtype
+    n = config.num_layers
+    with warnings.catch_warnings():
+        # TracerWarnings about Python ints (head counts, vocab) are expected: those are constants.
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            torch.onnx.export(GraphWrapper(model).eval(), example_inputs(config, dtype), str(path),
+                              input_names=input_names(n), output_names=output_names(n),
+                              dynamic_axes=dynamic_axes(n), opset_version=opset, do_constant_folding=True,
+                              dynamo=False)
+
+
+def _set_shape(value: onnx.ValueInfoProto, elem_type: int, dims: list[int | str]) -> None:
+    t = value.type.tensor_type
+    t.elem_type = elem_type
+    del t.shape.dim[:]
+    for d in dims:
+        dim = t.shape.dim.add()
+        if isinstance(d, str):
+            dim.dim_param = d
+        else:
+            dim.dim_value = d
+
+
+def fix_bf16_casts(model: onnx.ModelProto) -> int:
+    """The TorchScript exporter writes ``Cast(to=15)`` for a Python scalar cast to bf16: it passes
+    torch's ScalarType number (BFloat16 = 15) where ONNX means COMPLEX128. These models have no
+    complex tensors, so every such cast is meant as BFLOAT16 (16). Returns the number fixed."""
+    fixed = 0
+    for node in model.graph.node:
+        if node.op_type == "Cast":
+            for a in node.attribute:
+                if a.name == "to" and a.i == onnx.TensorProto.COMPLEX128:
+                    a.i = onnx.TensorProto.BFLOAT16
+                    fixed += 1
+    return fixed
+
+
+def apply_contract(model: onnx.ModelProto, config: ModelConfig, kv_elem_type: int, metadata: dict[str, str]) -> None:
+    """Name every dimension of the graph inputs/outputs as the contract says, and stamp metadata."""
+    c = config
+    kv_past = [BATCH, c.num_kv_heads, PAST, c.head_dim]
+    kv_now = [BATCH, c.num_kv_heads, QUERY, c.head_dim]
+    shapes = {
+        "input_ids": (onnx.TensorProto.INT64, [BATCH, QUERY]),
+        "position_ids": (onnx.TensorProto.INT64, [BATCH, QUERY]),
+        "attention_bias": (onnx.TensorProto.FLOAT, [BATCH, 1, QUERY, KEYS]),
+        "logits": (onnx.TensorProto.FLOAT, [BATCH, QUERY, c.vocab_size]),
+    }
+    shapes.update({n: (kv_elem_type, kv_past) for n in past_names(c.num_layers)})
+    shapes.update({n: (kv_elem_type, kv_now) for n in present_names(c.num_layers)})
+    for v in list(model.graph.input) + list(model.graph.output):
+        if v.name in shapes:
+            _set_shape(v, *shapes[v.name])
+    # Intermediate value_info from the trace may carry exporter-made dim names; shape inference redoes them.
+    del model.graph.value_info[:]
+    model.doc_string = ("dllm-trt graph: present.* hold only the current tokens' keys/values "
+                        "(not past + current as in Optimum); the runtime writes them into its cache.")
+    for k, v in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v

@@ -1,0 +1,122 @@
+"""``export_onnx``: checkpoint folder -> artefact folder (model.onnx, dllm_config.json, tokenizer).
+
+Phases, each a step of the progress bar: load, trace, save, check, validate, write. The graph is
+traced into a scratch folder (the TorchScript exporter spills > 2 GB models into many files),
+re-saved into the staging folder with one external data file when the weights exceed the
+threshold, checked from disk, validated against PyTorch, and only then published.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import onnx
+import torch
+from tqdm import tqdm
+
+from ..config import ModelConfig
+from ..errors import DllmError
+from ..models import load_model
+from ..runtime.backends.ort_backend import (CACHE_READ_FILE, CACHE_WRITE_FILE, CONFIG_FILE, EXTERNAL_DATA_FILE,
+                                            KV_TYPES, MODEL_FILE, output_names)
+from . import artifact
+from .cache_ops import save_cache_graphs
+from .checks import check_graph, initializer_bytes, save_graph
+from .graph import QUERY, BATCH, apply_contract, fix_bf16_casts, trace_to_onnx
+from .validate import pick_provider, validate_graph
+
+DTYPES = ("fp32", "fp16", "bf16")
+DEFAULT_OPSET = 17
+TWO_GB = 2 * 1024**3
+_ELEM = {"fp32": onnx.TensorProto.FLOAT, "fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}
+
+
+def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", opset: int = DEFAULT_OPSET,
+                validate: bool = True, external_data_threshold_bytes: int = TWO_GB, cache: str | None = None,
+                progress: bool = True, log=None) -> dict[str, Any]:
+    """Export a Hugging Face dLLM checkpoint folder to an ONNX artefact folder; returns a report dict.
+
+    ``cache`` only records the default cache mode in the generation defaults: one graph serves
+    every cache mode. ``log`` receives the validation table (default: printed above the bar).
+    """
+    model_dir, out = Path(model_dir), Path(out_dir)
+    if dtype not in DTYPES:
+        raise DllmError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    if opset < 14:
+        raise DllmError(f"opset {opset} is too old for this graph; use 14 or newer (default {DEFAULT_OPSET})")
+    artifact.check_out_dir(out, model_dir)
+    if validate:
+        pick_provider(dtype)  # fail before a long trace when this machine cannot validate (bf16 without CUDA)
+    phases = ["load", "trace", "save", "check"] + (["validate"] if validate else []) + ["write"]
+    bar = tqdm(total=len(phases), desc="export", unit="phase", disable=not progress, leave=False)
+    say = log or (lambda s: tqdm.write(s) if progress else print(s))
+    timings: dict[str, float] = {}
+
+    @contextmanager
+    def phase(name: str) -> Iterator[None]:
+        bar.set_postfix_str(name)
+        t0 = time.perf_counter()
+        yield
+        timings[name] = round(time.perf_counter() - t0, 3)
+        bar.update(1)
+
+    tmp = artifact.staging_dir(out)
+    try:
+        with phase("load"):
+            gen_defaults = artifact.generation_defaults(model_dir, ModelConfig.from_pretrained(model_dir), cache)
+            model, config = load_model(model_dir, dtype=dtype)
+
+        with phase("trace"):
+            scratch = tmp / ".trace"
+            scratch.mkdir()
+            trace_to_onnx(model, config, scratch / MODEL_FILE, opset)
+            proto = onnx.load(str(scratch / MODEL_FILE), load_external_data=True)
+            if dtype == "bf16":
+                fix_bf16_casts(proto)
+            elem = _ELEM[dtype]
+            meta = {"dllm_trt.format": "dllm-trt artefact; see dllm_config.json", "dllm_trt.dtype": dtype,
+                    "dllm_trt.present": "current tokens only"}
+            apply_contract(proto, config, elem, meta)
+
+        with phase("save"):
+            weight_bytes = initializer_bytes(proto)
+            external = EXTERNAL_DATA_FILE if weight_bytes > external_data_threshold_bytes else None
+            save_graph(proto, tmp / MODEL_FILE, external)
+            del proto
+            shutil.rmtree(scratch)
+            save_cache_graphs(config, elem, opset, tmp / CACHE_READ_FILE, tmp / CACHE_WRITE_FILE)
+
+        with phase("check"):
+            c = config
+            expected = {"logits": [BATCH, QUERY, c.vocab_size]}
+            expected.update({n: [BATCH, c.num_kv_heads, QUERY, c.head_dim] for n in output_names(c.num_layers)[1:]})
+            check_graph(tmp / MODEL_FILE, expected)
+
+        if validate:
+            with phase("validate"):
+                validation = validate_graph(model, config, str(tmp / MODEL_FILE), dtype, log=say)
+        else:
+            validation = {"status": "skipped", "reason": "--no-validate"}
+
+        with phase("write"):
+            copied = artifact.copy_tokenizer_files(model_dir, tmp)
+            tokenizer = "tokenizer.json" if "tokenizer.json" in copied else None
+            if tokenizer is None:
+                say(f"warning: {model_dir} has no tokenizer.json; the artefact will take token ids only")
+            dllm_config = artifact.build_dllm_config(config, dtype, opset, external, validation, tokenizer, gen_defaults,
+                                                     source=str(model_dir.resolve()), torch_version=torch.__version__,
+                                                     chat_template=artifact.read_chat_template(model_dir))
+            artifact.write_json(tmp / CONFIG_FILE, dllm_config)
+            artifact.publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
+    return {"out": str(out), "family": config.family, "model_type": config.model_type, "dtype": dtype,
+            "kv_dtype": KV_TYPES[dtype], "opset": opset, "weight_bytes": weight_bytes, "external_data": external,
+            "files": files, "validation": validation, "timings_s": timings}

@@ -27,12 +27,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dllm_trt.config import ModelConfig  # noqa: E402
 from dllm_trt.models import build_model, save_model  # noqa: E402
-from dllm_trt.runtime import GenerationConfig, TextTokenizer, generate  # noqa: E402
+from dllm_trt.runtime import TextTokenizer  # noqa: E402
 from dllm_trt.runtime.backends.torch_backend import TorchBackend  # noqa: E402
-from dllm_trt.tasks import build_tokenizer_json, exact_match, make_examples  # noqa: E402
+from dllm_trt.tasks import build_tokenizer_json, make_examples  # noqa: E402
+from evaluate_tiny import evaluate_folder  # noqa: E402
 
 GEN_LENGTH = 16
 BLOCK_LENGTH = 8  # semi-autoregressive block of the bidirectional families
@@ -131,18 +133,6 @@ def batch_loss(model, family: str, x0, plen, lens, device):
     return loss_mask + loss_ar
 
 
-def evaluate(backend, tok, family, n, seed, settings: dict, batch: int = 250) -> dict:
-    exs = make_examples(n, seed)
-    preds, tpf, t0 = [], 0.0, time.perf_counter()
-    for i in range(0, n, batch):
-        chunk = exs[i: i + batch]
-        r = generate(backend, [tok.encode(e.prompt) for e in chunk], GenerationConfig(**settings))
-        preds += [tok.decode(t) for t in r.tokens]
-        tpf += r.tokens_per_forward * len(chunk)
-    return {"exact_match": exact_match(preds, exs), "tokens_per_forward": tpf / n, "n": n,
-            "seconds": time.perf_counter() - t0}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", required=True, choices=["llada", "dream", "block_diffusion"])
@@ -188,55 +178,20 @@ def main() -> None:
             print(f"[{args.family}] step {step:6d}  {elapsed:6.1f}s  loss {ema:.4f}  lr {lr:.2e}", flush=True)
         step += 1
     model.eval().float()
-    backend = TorchBackend(model, config, device=args.device)
     settings = generation_settings(args.family)
-    one = dict(settings, strategy="threshold", threshold=1.0) if args.family == "block_diffusion" else dict(settings)
-    fast = dict(settings, strategy="threshold", threshold=0.9)
-    res_one = evaluate(backend, tok, args.family, args.eval, seed=12345, settings=one)
-    res_fast = evaluate(backend, tok, args.family, args.eval, seed=12345, settings=fast)
-    print(f"[{args.family}] one token/step: {res_one}\n[{args.family}] threshold 0.9: {res_fast}", flush=True)
-
-    card = model_card(args, config, n_params, step, loss=ema, one=res_one, fast=res_fast, settings=settings)
+    device_name = torch.cuda.get_device_name() if use_amp else "cpu"
     metrics = {"family": args.family, "params": n_params, "train_steps": step, "train_seconds": args.seconds,
-               "final_loss": ema, "one_token_per_step": res_one, "threshold_0.9": res_fast,
-               "device": torch.cuda.get_device_name() if use_amp else "cpu", "date": time.strftime("%Y-%m-%d")}
+               "batch": args.batch, "final_loss": ema, "device": device_name, "date": time.strftime("%Y-%m-%d")}
     save_model(model.cpu(), args.out, extra_files={
         "tokenizer.json": tok_json,
         "generation_config.json": json.dumps(dict(settings, mask_token_id=MASK_ID, eos_token_id=EOS_ID), indent=2) + "\n",
-        "README.md": card,
         "train_metrics.json": json.dumps(metrics, indent=2) + "\n",
     })
     tmp_tok.unlink()
-    print(json.dumps(metrics))
-
-
-def model_card(args, config, n_params, steps, loss, one, fast, settings) -> str:
-    fam = {"llada": "LLaDA layout (bidirectional)", "dream": "Dream layout (Qwen2, bidirectional, shifted logits)",
-           "block_diffusion": f"block-diffusion layout (Fast-dLLM v2 / Qwen2, block-causal, bd_size {BD_SIZE}, shifted logits)"}
-    one_name = "threshold 1.0 (one token per step)" if args.family == "block_diffusion" else "low-confidence, one token per step"
-    return f"""# {Path(args.out).name}
-
-A tiny {fam[args.family]} diffusion LM trained by dllm-trt for its tests and demo. It is a real,
-trained model, not random weights: it solves three synthetic tasks exactly.
-
-- Tasks (prompt -> answer, character tokens): `add:123+45=` -> `168` (0..999 + 0..999),
-  `rev:abcde=` -> `edcba`, `sort:dbca=` -> `abcd` (3-8 lowercase letters). The answer is followed by EOS.
-- Size: {n_params:,} parameters, {config.num_layers} layers, hidden {config.hidden_size}, {config.num_heads} heads,
-  {config.num_kv_heads} KV heads, vocabulary {config.vocab_size}; fp32 safetensors, upstream parameter names.
-- Tokenizer: `tokenizer.json`, a character WordLevel tokenizer trained with `tokenizers`
-  (0 = `<|endoftext|>`, 1 = `<|mask|>`).
-- Training: `python samples/train_tiny.py --family {args.family} --out {args.out} --seconds {args.seconds:g} --device cuda`
-  ({steps} steps of batch {args.batch}, final loss {loss:.4f}).
-- Decode settings (`generation_config.json`): {json.dumps(settings)}
-
-## Measured exact match ({one['n']} held-out prompts, seed 12345, measured by the training script on
-{torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'}, {time.strftime('%Y-%m-%d')})
-
-| decoding | exact match | tokens per forward |
-| --- | --- | --- |
-| {one_name} | {one['exact_match'] * 100:.1f}% | {one['tokens_per_forward']:.2f} |
-| threshold 0.9 (Fast-dLLM parallel) | {fast['exact_match'] * 100:.1f}% | {fast['tokens_per_forward']:.2f} |
-"""
+    # Evaluate with the runtime's own decode loop; this writes eval_metrics.json and README.md.
+    out = Path(args.out)
+    backend = TorchBackend(model.to(args.device), config, device=args.device)
+    print(json.dumps(evaluate_folder(out, backend, args.eval, device_name)), flush=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ bidirectional families (LLaDA, Dream), semi-autoregressive blocks of ``block_len
 block diffusion (Fast-dLLM v2 / SDAR), blocks of ``bd_size``, block-causal attention:
   none       every step forwards all positions up to the end of the current block;
   block      finished blocks are cached (exact under block-causal attention); steps forward
-             the current block;
+             the current block (the first one also the prompt's complete blocks: fused prefill);
   sub_block  as block; the first step of each sub-block forwards the whole block and stores
              its keys/values, later steps forward only the sub-block over them.
 
@@ -89,13 +89,18 @@ class DecodeLoop:
         input_ids = np.where(w.valid, input_ids, self.mask_id)
         bias = attention_bias(safe_pos, w.valid, w.past_valid, self.cfg.block_size)
         logits = self.backend.forward(input_ids, safe_pos, bias, self.cache, w.past_len, w.valid if write else None)
-        self.steps.append(StepRecord(kind, w.length, w.past_len, [0] * self.batch, self.live.tolist()))
+        live = self.live & w.valid.any(axis=1)  # a sequence with no valid row only rides along
+        self.steps.append(StepRecord(kind, w.length, w.past_len, [0] * self.batch, live.tolist()))
         return logits
 
     def window(self, start: np.ndarray, length: int, valid_end: np.ndarray, past_len: int = 0,
-               past_valid: np.ndarray | None = None, active: np.ndarray | None = None) -> _Window:
+               past_valid: np.ndarray | None = None, active: np.ndarray | None = None,
+               valid_start: np.ndarray | None = None) -> _Window:
+        """Rows at positions start_b .. start_b + length - 1; rows in [valid_start_b, valid_end_b) are real."""
         pos = start[:, None] + np.arange(length)[None, :]
         valid = pos < valid_end[:, None]
+        if valid_start is not None:
+            valid &= pos >= valid_start[:, None]
         if active is not None:
             valid &= active[:, None]
         if past_valid is None:
@@ -107,10 +112,18 @@ class DecodeLoop:
         return np.arange(past_len)[None, :] < end[:, None]
 
     # ------------------------------------------------------------------ choosing tokens
+    def without_mask(self, rows: np.ndarray) -> np.ndarray:
+        """Logits rows (a fresh array, changed in place) that can never propose the mask token:
+        a position filled with it would stay masked and its block would never finish."""
+        if 0 <= self.mask_id < rows.shape[-1]:
+            rows[:, self.mask_id] = -np.inf
+        return rows
+
     def unmask(self, logits: np.ndarray, w: _Window, lo: np.ndarray, hi: np.ndarray, active: np.ndarray,
                quota: list[int] | None = None) -> None:
         """Fill masked positions of [lo_b, hi_b) from this forward's logits, per the strategy."""
         rec = self.steps[-1]
+        rec.live = [bool(a) and l for a, l in zip(active, rec.live)]  # waiting sequences do not count
         g = self.gen
         for b in np.flatnonzero(active):
             seg = self.x[b, lo[b]: hi[b]]
@@ -119,7 +132,7 @@ class DecodeLoop:
                 continue
             rows = cand - self.shift - w.start[b]
             assert rows.min() >= 0, "query window does not cover the shifted prediction rows"
-            tokens, conf = propose(logits[b, rows], g.temperature, g.top_k, g.top_p, self.rng)
+            tokens, conf = propose(self.without_mask(logits[b, rows]), g.temperature, g.top_k, g.top_p, self.rng)
             if g.strategy == "random":
                 conf = self.rng.random(cand.size)
             if quota is not None:
@@ -211,17 +224,21 @@ class DecodeLoop:
             rec = self.steps[-1]
             for b in np.flatnonzero(who):
                 row = n[b] - 1 - w.start[b]
-                tok, _ = propose(logits[b, row: row + 1], g.temperature, g.top_k, g.top_p, self.rng)
+                tok, _ = propose(self.without_mask(logits[b, [row]]), g.temperature, g.top_k, g.top_p, self.rng)
                 self.x[b, n[b]] = tok[0]
                 n[b] += 1
                 rec.unmasked[b] += 1
 
-        # Prefill the prompt's complete blocks (block-causal, so their keys/values are exact).
-        if committed.max() > 0:
-            w = self.window(zeros, int(committed.max()), committed)
+        # The prompt's complete blocks need their keys/values cached (exact: block-causal).
+        # Where a prompt ends on a block boundary, a shifted model must first read the token
+        # that opens the next block, so prefill them on their own; otherwise the first block
+        # forward covers them too (fused prefill: one forward fewer per request).
+        on_boundary = (committed == n) & (committed > 0) if self.shift else np.zeros(B, bool)
+        if on_boundary.any():
+            w = self.window(zeros, int(committed.max()), committed, active=on_boundary)
             logits = self.forward(w, "prefill", write=self.cache is not None)
-            if self.shift:
-                take_next_token(logits, w, committed == n)
+            take_next_token(logits, w, on_boundary)
+        to_prefill = (committed > 0) & ~on_boundary if self.cache is not None else np.zeros(B, bool)
 
         while not done.all():
             active = ~done
@@ -244,6 +261,12 @@ class DecodeLoop:
                         past_valid = (idx < e[:, None]) & ~((idx >= start[:, None]) & (idx < z[:, None]))
                         w = self.window(start, sb + lead, z, p, past_valid, active)
                         logits = self.forward(w, "sub_block", write=False)
+                    elif to_prefill.any():
+                        lo = np.where(to_prefill, 0, s)
+                        p = int(lo.max())
+                        w = self.window(zeros, int(e.max()), e, p, self.past_below(lo, p), active, valid_start=lo)
+                        logits = self.forward(w, "prefill+block", write=True)
+                        to_prefill[:] = False
                     else:
                         p = int(s.max())
                         w = self.window(s, bs, e, p, self.past_below(s, p), active)

@@ -67,7 +67,7 @@ class GenerationConfig:
 class StepRecord:
     """One forward call of the decode loop."""
 
-    kind: str  # prefill | full | prefix | dual | block | sub_block | commit
+    kind: str  # prefill | prefill+block | full | prefix | dual | block | sub_block | commit
     query_len: int
     past_len: int
     unmasked: list[int]  # tokens decoded by this forward, per sequence

@@ -1,0 +1,188 @@
+"""``dllm-trt``: export, generate, run and the demo.
+
+    dllm-trt demo                                   # bundled tiny checkpoint -> ONNX -> ONNX Runtime CPU
+    dllm-trt generate --model CKPT --prompt TEXT    # PyTorch reference on a checkpoint folder
+    dllm-trt run --engine DIR --prompt TEXT         # an exported folder, no model code
+    dllm-trt export --model CKPT --out DIR
+
+Every command prints the same fields in the same order; ``--json`` prints them as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .errors import DllmError
+
+BUNDLED = Path(__file__).resolve().parents[1] / "samples" / "checkpoints"
+DEMO_MODEL = "llada-tiny"
+DEMO_PROMPTS = ["add:457+368=", "rev:kernel=", "sort:tensorrt="]
+
+
+# ---------------------------------------------------------------------- shared pieces
+def add_decode_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
+    p.add_argument("--gen-length", type=int)
+    p.add_argument("--block-length", type=int, help="semi-autoregressive block (LLaDA / Dream)")
+    p.add_argument("--steps", type=int, help="denoising steps for the schedule strategies")
+    p.add_argument("--strategy", choices=["low_confidence", "random", "threshold", "factor"])
+    p.add_argument("--threshold", type=float, help="Fast-dLLM confidence threshold")
+    p.add_argument("--factor", type=float, help="Fast-dLLM factor rule")
+    p.add_argument("--cache", choices=["none", "prefix", "dual", "block", "sub_block"])
+    p.add_argument("--sub-block-length", type=int, help="block diffusion sub-block")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-stop", action="store_true", help="do not stop at EOS")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def generation_config(model_dir: Path, args: argparse.Namespace):
+    """Defaults from the folder (generation_config.json or dllm_config.json), then the command line."""
+    from .runtime import GenerationConfig
+
+    fields = {f.name for f in dataclasses.fields(GenerationConfig)}
+    values: dict = {}
+    art = model_dir / "dllm_config.json"
+    gen = model_dir / "generation_config.json"
+    if art.is_file():
+        values.update(json.loads(art.read_text()).get("generation_defaults", {}))
+    elif gen.is_file():
+        values.update(json.loads(gen.read_text()))
+    for name in fields:
+        v = getattr(args, name, None)
+        if v is not None:
+            values[name] = v
+    if args.no_stop:
+        values["stop_at_eos"] = False
+    return GenerationConfig(**{k: v for k, v in values.items() if k in fields})
+
+
+def decode_and_report(backend, model_dir: Path, prompts: list[str], args: argparse.Namespace, backend_name: str) -> dict:
+    from .runtime import TextTokenizer, generate
+
+    tok = TextTokenizer(model_dir)
+    gen = generation_config(model_dir, args)
+    ids = [tok.encode(p) for p in prompts]
+    t0 = time.perf_counter()
+    result = generate(backend, ids, gen)
+    seconds = time.perf_counter() - t0
+    decoded = result.decoded_tokens
+    return {
+        "model": str(model_dir),
+        "backend": backend_name,
+        "prompts": prompts,
+        "answers": [tok.decode(t) for t in result.tokens],
+        "nfe": result.nfe,
+        "tokens_per_forward": round(result.tokens_per_forward, 3),
+        "decoded_tokens": decoded,
+        "seconds": round(seconds, 4),
+        "tokens_per_second": round(decoded / seconds, 1) if seconds > 0 else None,
+        "settings": dataclasses.asdict(gen.resolved(backend.config.attention)),
+    }
+
+
+def print_report(report: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"model    {report['model']}  [{report['backend']}]")
+    for p, a in zip(report["prompts"], report["answers"]):
+        print(f"prompt   {p}\nanswer   {a}")
+    print(f"nfe      {report['nfe']}   tokens/forward {report['tokens_per_forward']:.2f}   "
+          f"{report['decoded_tokens']} tokens in {report['seconds'] * 1e3:.1f} ms   "
+          f"({report['tokens_per_second']} tokens/s)")
+
+
+def need_prompts(args: argparse.Namespace) -> list[str]:
+    if not args.prompt:
+        raise DllmError("give at least one --prompt TEXT")
+    return args.prompt
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_generate(args: argparse.Namespace) -> int:
+    model_dir = Path(args.model)
+    if (model_dir / "dllm_config.json").is_file():
+        return cmd_run(argparse.Namespace(**{**vars(args), "engine": args.model}))
+    from .runtime.backends import load_backend
+
+    backend = load_backend("torch", str(model_dir), dtype=args.dtype, device=args.device)
+    print_report(decode_and_report(backend, model_dir, need_prompts(args), args, f"torch {args.device}"), args.json)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runtime.backends import load_backend
+
+    engine = Path(args.engine)
+    backend = load_backend("ort", str(engine), provider=args.provider)
+    print_report(decode_and_report(backend, engine, need_prompts(args), args, f"onnxruntime {args.provider}"), args.json)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Export the bundled checkpoint once (cached under --workdir), then decode on ONNX Runtime CPU."""
+    model_dir = Path(args.model) if args.model else BUNDLED / DEMO_MODEL
+    if not (model_dir / "config.json").is_file():
+        raise DllmError(f"bundled checkpoint {model_dir} not found; pass --model CKPT")
+    engine = Path(args.workdir) / f"{model_dir.name}-onnx"
+    log = sys.stderr if args.json else sys.stdout
+    if not (engine / "dllm_config.json").is_file():
+        from .export.onnx_export import export_onnx
+
+        print(f"exporting {model_dir} -> {engine} (once)", file=log)
+        export_onnx(str(model_dir), str(engine), progress=False, log=lambda s: print(s, file=log))
+    args.engine, args.prompt = str(engine), args.prompt or DEMO_PROMPTS
+    return cmd_run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .export.cli import add_export_commands
+
+    parser = argparse.ArgumentParser(prog="dllm-trt", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="decode with the PyTorch reference on a checkpoint folder")
+    p.add_argument("--model", required=True, help="checkpoint folder (or an exported folder: then like `run`)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="for exported folders")
+    add_decode_options(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("run", help="decode with ONNX Runtime on an exported folder (no model code, no torch)")
+    p.add_argument("--engine", required=True, help="folder written by `dllm-trt export`")
+    p.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
+    add_decode_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="the main job on the bundled tiny checkpoint, on ONNX Runtime CPU")
+    p.add_argument("--model", help=f"checkpoint folder (default: the bundled {DEMO_MODEL})")
+    p.add_argument("--workdir", default=str(Path.home() / ".cache" / "dllm-trt"), help="where the export is kept")
+    p.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
+    add_decode_options(p)
+    p.set_defaults(func=cmd_demo)
+
+    add_export_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DllmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -402,3 +402,43 @@ def test_runtime_runs_without_torch(exported, backends, tmp_path):
     res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().splitlines()[-1]) == want
+
+
+# ---------------------------------------------------------------------- CUDA (GPU machine only)
+HAS_CUDA_EP = "CUDAExecutionProvider" in ort.get_available_providers()
+needs_cuda = pytest.mark.skipif(not HAS_CUDA_EP, reason="needs onnxruntime-gpu (CUDAExecutionProvider) and a GPU")
+NO_TF32 = {"use_tf32": 0}  # fp32 on the GPU as fp32, so tokens can equal the fp32 CPU reference
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cuda_provider_equals_torch(backends, exported, variant):
+    """The device path for real: caches stay on the GPU (IO binding, cache read/write graphs)."""
+    tb = backends(variant)[0]
+    _, art, _ = exported(variant)
+    cb = OrtBackend.from_pretrained(art, provider="cuda", provider_options=NO_TF32)
+    assert cb.io_binding and cb.device_type == "cuda"
+    cache = cb.allocate_cache(2, 32)
+    assert cache.layers[0][0].device_name().lower() == "cuda"
+    for strategy in STRATEGIES:
+        for mode in cache_modes(variant):
+            g = gen_config(strategy, mode)
+            assert_same_run(generate(tb, PROMPTS, g), generate(cb, PROMPTS, g), f"cuda/{variant}/{strategy}/{mode}")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_half_precision_validates_and_runs_on_cuda(exported, dtype):
+    _, art, report = exported("block_diffusion", dtype=dtype)
+    v = report["validation"]
+    assert v["status"] == "passed"
+    assert v["provider"] == ("CUDAExecutionProvider" if dtype == "bf16" else "CPUExecutionProvider")
+    tol = 1e-2 if dtype == "fp16" else 5e-2
+    assert v["tolerance_rel"] == tol
+    assert all(c["logits_max_rel"] <= tol and c["present_max_rel"] <= tol for c in v["cases"])
+    cb = OrtBackend.from_pretrained(art, provider="cuda")
+    for mode in cache_modes("block_diffusion"):
+        out = generate(cb, PROMPTS, gen_config("threshold", mode))
+        assert out.nfe > 0 and all(0 <= t < 42 for seq in out.tokens for t in seq)

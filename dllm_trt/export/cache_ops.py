@@ -25,6 +25,14 @@ def _kv(name: str, elem: int, c: ModelConfig, length: str) -> onnx.ValueInfoProt
     return helper.make_tensor_value_info(name, elem, ["batch", c.num_kv_heads, length, c.head_dim])
 
 
+def _model(graph: onnx.GraphProto, opset: int) -> onnx.ModelProto:
+    # The lowest IR version the opset allows: onnx's default (its newest) is more than older
+    # ONNX Runtime builds load.
+    ops = [helper.make_opsetid("", opset)]
+    return helper.make_model(graph, opset_imports=ops, producer_name="dllm-trt",
+                             ir_version=helper.find_min_ir_version_for(ops))
+
+
 def read_graph(c: ModelConfig, elem: int, opset: int) -> onnx.ModelProto:
     n = c.num_layers
     inputs = [_kv(x, elem, c, "capacity") for x in cache_names(n, "cache")]
@@ -34,7 +42,7 @@ def read_graph(c: ModelConfig, elem: int, opset: int) -> onnx.ModelProto:
     nodes = [helper.make_node("Slice", [src, "zero", "past_len", "axis2"], [dst], name=f"slice_{dst}")
              for src, dst in zip(cache_names(n, "cache"), cache_names(n, "past"))]
     graph = helper.make_graph(nodes, "dllm_cache_read", inputs, outputs, inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="dllm-trt")
+    return _model(graph, opset)
 
 
 def write_graph(c: ModelConfig, elem: int, opset: int) -> onnx.ModelProto:
@@ -54,7 +62,7 @@ def write_graph(c: ModelConfig, elem: int, opset: int) -> onnx.ModelProto:
             helper.make_node("ScatterND", [cache, "dst_index", f"{present}.picked"], [out], name=f"write_{out}"),
         ]
     graph = helper.make_graph(nodes, "dllm_cache_write", inputs, outputs, inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="dllm-trt")
+    return _model(graph, opset)
 
 
 def save_cache_graphs(c: ModelConfig, elem: int, opset: int, read_path: Path, write_path: Path) -> None:

@@ -26,6 +26,8 @@ def add_export_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--cache", default=None, choices=CACHE_CHOICES,
                    help="default cache mode recorded in the generation defaults (the graph serves all modes)")
     p.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch comparison")
+    p.add_argument("--tolerance", type=float, default=None, metavar="REL",
+                   help="max relative error max|ort-torch|/max|torch| (default fp32 1e-4, fp16 1e-2, bf16 5e-2)")
     p.add_argument("--external-data-threshold", type=int, default=2 * 1024**3, metavar="BYTES",
                    help="store weights in model.onnx.data above this size (default 2 GiB)")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
@@ -39,6 +41,7 @@ def run_export(args: argparse.Namespace) -> int:
     log = (lambda s: print(s, file=sys.stderr)) if args.json else None
     report = export_onnx(args.model, args.out, dtype=args.dtype, opset=args.opset, validate=not args.no_validate,
                          external_data_threshold_bytes=args.external_data_threshold, cache=args.cache,
+                         tolerance=args.tolerance,
                          progress=not args.json and sys.stderr.isatty(), log=log)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -36,11 +36,13 @@ _ELEM = {"fp32": onnx.TensorProto.FLOAT, "fp16": onnx.TensorProto.FLOAT16, "bf16
 
 def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", opset: int = DEFAULT_OPSET,
                 validate: bool = True, external_data_threshold_bytes: int = TWO_GB, cache: str | None = None,
-                progress: bool = True, log=None) -> dict[str, Any]:
+                progress: bool = True, log=None, tolerance: float | None = None) -> dict[str, Any]:
     """Export a Hugging Face dLLM checkpoint folder to an ONNX artefact folder; returns a report dict.
 
     ``cache`` only records the default cache mode in the generation defaults: one graph serves
     every cache mode. ``log`` receives the validation table (default: printed above the bar).
+    ``tolerance`` overrides the relative error allowed by validation (default per dtype, see
+    ``validate.TOLERANCE``).
     """
     model_dir, out = Path(model_dir), Path(out_dir)
     if dtype not in DTYPES:
@@ -97,7 +99,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
 
         if validate:
             with phase("validate"):
-                validation = validate_graph(model, config, str(tmp / MODEL_FILE), dtype, log=say)
+                validation = validate_graph(model, config, str(tmp / MODEL_FILE), dtype, log=say,
+                                            tolerance=tolerance)
         else:
             validation = {"status": "skipped", "reason": "--no-validate"}
 

@@ -4,7 +4,7 @@ ONNX Runtime and PyTorch run the same inputs: a prefill (P = 0, two sequences of
 lengths, so padding rows are exercised) and a cached step (P > 0, a third batch size, a past
 made by the model itself, stale cache entries masked), both with the runtime's own
 ``attention_bias``. The error measure is ``max|ort - torch| / max|torch|`` per tensor; the
-export fails beyond the tolerance (fp32 1e-4, fp16/bf16 1e-2).
+export fails beyond the tolerance (fp32 1e-4, fp16 1e-2, bf16 5e-2: see TOLERANCE).
 
 bf16: ONNX Runtime's CPU provider has no bf16 kernels, so a bf16 graph can only be validated
 where the CUDA provider (onnxruntime-gpu) is installed; elsewhere validation fails and says so
@@ -23,7 +23,11 @@ from ..errors import DllmError
 from ..runtime.backends.ort_backend import input_names, output_names
 from ..runtime.layout import attention_bias
 
-TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 1e-2}
+# bf16 keeps 8 mantissa bits: on the trained tiny checkpoints two correct bf16 implementations
+# (torch CPU and torch CUDA) already differ by up to 1.25e-2 on this measure, and ORT CUDA vs
+# torch CPU by 1-3e-2, so 1e-2 would reject correct graphs. A wrong graph is off by O(1).
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
+KV_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _ONNX_TYPES = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16}
 
 
@@ -81,13 +85,14 @@ def pick_provider(dtype: str) -> str:
 
 
 def validate_graph(model: torch.nn.Module, config: ModelConfig, onnx_path: str, dtype: str,
-                   log: Callable[[str], None] = print, seed: int = 0) -> dict[str, Any]:
+                   log: Callable[[str], None] = print, seed: int = 0, tolerance: float | None = None) -> dict[str, Any]:
     """Compare ORT with PyTorch on a prefill and a cached step; raises DllmError beyond tolerance."""
     import onnxruntime as ort
 
     provider = pick_provider(dtype)
-    tol = TOLERANCE[dtype]
+    tol = TOLERANCE[dtype] if tolerance is None else float(tolerance)
     model_dtype = next(model.parameters()).dtype
+    kv_dtype = KV_DTYPES[dtype]
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
@@ -104,14 +109,16 @@ def validate_graph(model: torch.nn.Module, config: ModelConfig, onnx_path: str, 
 
     def run_both(ids, pos, bias, past):
         t_in = (torch.from_numpy(ids), torch.from_numpy(pos), torch.from_numpy(bias))
+        # Both sides get the same past values, rounded to the graph's K/V dtype.
+        past = [(k.to(kv_dtype), v.to(kv_dtype)) for k, v in past] if past else None
         with torch.no_grad():
-            t_logits, t_pres = model(*t_in, past)
+            t_logits, t_pres = model(*t_in, [(k.to(model_dtype), v.to(model_dtype)) for k, v in past] if past else None)
         io = session.io_binding()
         for name, t in zip(names_in, (*t_in, *[x for kv in (past or []) for x in kv])):
             io.bind_ortvalue_input(name, _ort_value(t))
         if not past:
             for name in names_in[3:]:
-                empty = torch.zeros(ids.shape[0], config.num_kv_heads, 0, config.head_dim, dtype=model_dtype)
+                empty = torch.zeros(ids.shape[0], config.num_kv_heads, 0, config.head_dim, dtype=kv_dtype)
                 io.bind_ortvalue_input(name, _ort_value(empty))
         for name in names_out:
             io.bind_output(name, "cpu")

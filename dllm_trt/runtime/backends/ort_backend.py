@@ -32,6 +32,7 @@ Cache storage:
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ KV_TYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 _NUMPY_TYPES = {"float32": np.float32, "float16": np.float16}
 _ONNX_ELEMENT_TYPES = {"float32": 1, "float16": 10, "bfloat16": 16}  # onnx.TensorProto values
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+_UNTIMED = nullcontext()
 
 
 # ---------------------------------------------------------------------- the contract
@@ -145,7 +147,17 @@ class OrtCache:
 
 
 class OrtBackend:
-    """One ONNX Runtime session over ``model.onnx``, implementing the runtime's Backend protocol."""
+    """One ONNX Runtime session over ``model.onnx``, implementing the runtime's Backend protocol.
+
+    ``timer`` (None unless profiling; dllm_trt.profiling.StepTimer) times the cache reads and
+    writes inside a forward. Every run here is synchronous (``run`` and ``run_with_iobinding``
+    return when the device work is done), so wall-clock sections need no extra synchronisation.
+    """
+
+    timer = None
+
+    def _timed(self, section: str):
+        return _UNTIMED if self.timer is None else self.timer.section(section)
 
     def __init__(self, artifact_dir: str | Path, meta: dict[str, Any], config: ModelConfig, session: Any,
                  device_type: str, device_id: int, io_binding: bool, read_session: Any = None,
@@ -178,6 +190,9 @@ class OrtBackend:
         meta = read_artifact_config(artifact_dir)
         config = config_from_artifact(meta, source=str(Path(artifact_dir) / CONFIG_FILE))
         ort = _import_ort()
+        # ORT's process-wide logger otherwise warns at every session start (e.g. that ScatterND
+        # needs unique indices, which the cache writes are); errors still print.
+        ort.set_default_logger_severity(3)
         ep = PROVIDERS.get(provider.lower(), provider)
         available = ort.get_available_providers()
         if ep not in available:
@@ -292,18 +307,20 @@ class OrtBackend:
     def _forward_host(self, ids, pos, bias, cache, past_len, write_mask) -> np.ndarray:
         feeds = {"input_ids": ids, "position_ids": pos, "attention_bias": bias}
         if past_len > 0:
-            past = [np.ascontiguousarray(t[:, :, :past_len]) for layer in cache for t in layer]
+            with self._timed("cache_read"):
+                past = [np.ascontiguousarray(t[:, :, :past_len]) for layer in cache for t in layer]
         else:
             past = self._empty_past(ids.shape[0])
         feeds.update(zip(self._past, past))
         out = self.session.run(self._outputs, feeds)
         logits, presents = out[0], out[1:]
         if write_mask is not None and write_mask.any():
-            bi, li = np.nonzero(write_mask)
-            pi = pos[bi, li]
-            for j, layer in enumerate(cache.layers):
-                for kv in (0, 1):
-                    layer[kv][bi, :, pi] = presents[2 * j + kv][bi, :, li]
+            with self._timed("cache_write"):
+                bi, li = np.nonzero(write_mask)
+                pi = pos[bi, li]
+                for j, layer in enumerate(cache.layers):
+                    for kv in (0, 1):
+                        layer[kv][bi, :, pi] = presents[2 * j + kv][bi, :, li]
         return logits
 
     def _forward_bound(self, ids, pos, bias, cache, past_len, write_mask) -> np.ndarray:
@@ -311,7 +328,11 @@ class OrtBackend:
         io.bind_cpu_input("input_ids", ids)
         io.bind_cpu_input("position_ids", pos)
         io.bind_cpu_input("attention_bias", bias)
-        past = self._read_past(cache, past_len) if past_len > 0 else self._empty_past(ids.shape[0])
+        if past_len > 0:
+            with self._timed("cache_read"):
+                past = self._read_past(cache, past_len)
+        else:
+            past = self._empty_past(ids.shape[0])
         for name, value in zip(self._past, past):
             io.bind_ortvalue_input(name, value)
         io.bind_output("logits", "cpu")
@@ -321,7 +342,8 @@ class OrtBackend:
         out = io.get_outputs()
         logits = out[0].numpy()
         if write_mask is not None and write_mask.any():
-            self._write(cache, out[1:], pos, write_mask)
+            with self._timed("cache_write"):
+                self._write(cache, out[1:], pos, write_mask)
         return logits
 
     def _read_past(self, cache: OrtCache, past_len: int) -> list[Any]:

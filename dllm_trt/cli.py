@@ -4,6 +4,9 @@
     dllm-trt generate --model CKPT --prompt TEXT    # PyTorch reference on a checkpoint folder
     dllm-trt run --engine DIR --prompt TEXT         # an exported folder, no model code
     dllm-trt export --model CKPT --out DIR
+    dllm-trt calibrate --model DIR --out calib.npz  # masked-diffusion calibration batches
+    dllm-trt quantize --onnx DIR --out DIR --method int4-rtn|int4-awq|int8|fp8 [--calib calib.npz]
+    dllm-trt profile --engine DIR [--sweep threshold=0.5,0.9]   # latency profile, speed/accuracy sweep
 
 Every command prints the same fields in the same order; ``--json`` prints them as JSON.
 """
@@ -144,7 +147,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .calibration.cli import add_calibration_commands
     from .export.cli import add_export_commands
+    from .profiling.cli import add_profile_commands
 
     parser = argparse.ArgumentParser(prog="dllm-trt", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -172,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     add_export_commands(sub)
+    add_calibration_commands(sub)
+    add_profile_commands(sub)
     return parser
 
 

@@ -22,6 +22,10 @@ block diffusion (Fast-dLLM v2 / SDAR), blocks of ``bd_size``, block-causal atten
 
 With ``logits_shift`` (Dream, Fast-dLLM v2) the prediction for position i is read from the
 logits at i - 1, so windows start one position early where needed.
+
+Profiling: an optional ``timer`` (None by default; dllm_trt.profiling.StepTimer) is told when each
+forward and each unmasking starts and ends and when the first block of the batch is finished. It
+only reads the clock: with or without it the loop does the same work and gives the same tokens.
 """
 from __future__ import annotations
 
@@ -53,8 +57,9 @@ class _Window:
 class DecodeLoop:
     """State of one batched generation: the token buffer, the cache, and the step record."""
 
-    def __init__(self, backend, prompts: list[list[int]], gen: GenerationConfig):
+    def __init__(self, backend, prompts: list[list[int]], gen: GenerationConfig, timer=None):
         self.backend = backend
+        self.timer = timer  # hooks: forward_start(kind), forward_end(), unmask_start(), unmask_end(), block_done()
         self.cfg: ModelConfig = backend.config
         self.gen = gen.resolved(self.cfg.attention)
         if not prompts or any(len(p) == 0 for p in prompts):
@@ -88,7 +93,11 @@ class DecodeLoop:
         input_ids = np.take_along_axis(self.x, np.clip(pos, 0, self.capacity - 1), axis=1)
         input_ids = np.where(w.valid, input_ids, self.mask_id)
         bias = attention_bias(safe_pos, w.valid, w.past_valid, self.cfg.block_size)
+        if self.timer is not None:
+            self.timer.forward_start(kind)
         logits = self.backend.forward(input_ids, safe_pos, bias, self.cache, w.past_len, w.valid if write else None)
+        if self.timer is not None:
+            self.timer.forward_end()
         live = self.live & w.valid.any(axis=1)  # a sequence with no valid row only rides along
         self.steps.append(StepRecord(kind, w.length, w.past_len, [0] * self.batch, live.tolist()))
         return logits
@@ -122,6 +131,8 @@ class DecodeLoop:
     def unmask(self, logits: np.ndarray, w: _Window, lo: np.ndarray, hi: np.ndarray, active: np.ndarray,
                quota: list[int] | None = None) -> None:
         """Fill masked positions of [lo_b, hi_b) from this forward's logits, per the strategy."""
+        if self.timer is not None:
+            self.timer.unmask_start()
         rec = self.steps[-1]
         rec.live = [bool(a) and l for a, l in zip(active, rec.live)]  # waiting sequences do not count
         g = self.gen
@@ -145,6 +156,8 @@ class DecodeLoop:
                 chosen = select_top_k(conf, 1)
             self.x[b, cand[chosen]] = tokens[chosen]
             rec.unmasked[b] += int(chosen.size)
+        if self.timer is not None:
+            self.timer.unmask_end()
 
     def has_eos(self, b: int, end: int) -> bool:
         return bool(np.isin(self.x[b, self.prompt_len[b]: end], self.eos).any())
@@ -201,6 +214,8 @@ class DecodeLoop:
                 quota = [schedule[step]] * B if scheduled else None
                 self.unmask(logits, w, s, e, pending, quota)
                 step += 1
+            if self.timer is not None:
+                self.timer.block_done()
             if g.stop_at_eos:
                 for b in np.flatnonzero(active):
                     finished[b] = self.has_eos(b, e[b])
@@ -221,6 +236,8 @@ class DecodeLoop:
 
         def take_next_token(logits: np.ndarray, w: _Window, who: np.ndarray) -> None:
             """The AR token that opens the next block, from the last position of a finished block."""
+            if self.timer is not None:
+                self.timer.unmask_start()
             rec = self.steps[-1]
             for b in np.flatnonzero(who):
                 row = n[b] - 1 - w.start[b]
@@ -228,6 +245,8 @@ class DecodeLoop:
                 self.x[b, n[b]] = tok[0]
                 n[b] += 1
                 rec.unmasked[b] += 1
+            if self.timer is not None:
+                self.timer.unmask_end()
 
         # The prompt's complete blocks need their keys/values cached (exact: block-causal).
         # Where a prompt ends on a block boundary, a shifted model must first read the token
@@ -274,6 +293,8 @@ class DecodeLoop:
                     self.unmask(logits, w, a, z, pending)
                     step += 1
             # The block is complete.
+            if self.timer is not None:
+                self.timer.block_done()
             n = np.where(active, e, n)
             for b in np.flatnonzero(active):
                 done[b] = (g.stop_at_eos and self.has_eos(b, e[b])) or e[b] - self.prompt_len[b] >= g.gen_length
@@ -293,9 +314,10 @@ class DecodeLoop:
         return self.result()
 
 
-def generate(backend, prompts: list[list[int]], gen: GenerationConfig | None = None) -> GenerationResult:
-    """Decode ``gen.gen_length`` tokens after each prompt (token ids) with the given backend."""
-    loop = DecodeLoop(backend, prompts, gen or GenerationConfig())
+def generate(backend, prompts: list[list[int]], gen: GenerationConfig | None = None, timer=None) -> GenerationResult:
+    """Decode ``gen.gen_length`` tokens after each prompt (token ids) with the given backend.
+    ``timer``: optional profiling hooks (see the module docstring); None costs nothing."""
+    loop = DecodeLoop(backend, prompts, gen or GenerationConfig(), timer)
     if loop.cfg.attention == "block_causal":
         return loop.run_blocks()
     return loop.run_masked()

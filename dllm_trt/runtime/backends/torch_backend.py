@@ -1,6 +1,7 @@
 """The PyTorch reference backend: the oracle every other backend is compared against."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,12 @@ import torch
 from ...config import ModelConfig
 
 
+_UNTIMED = nullcontext()
+
+
 class TorchBackend:
+    timer = None  # dllm_trt.profiling.StepTimer while profiling: times the cache writes
+
     def __init__(self, model: torch.nn.Module, config: ModelConfig, device: str = "cpu"):
         self.model, self.config, self.device = model, config, device
         self.dtype = next(model.parameters()).dtype
@@ -37,10 +43,21 @@ class TorchBackend:
         past = [(k[:, :, :past_len], v[:, :, :past_len]) for k, v in cache] if past_len > 0 else None
         logits, presents = self.model(ids, pos, bias, past)
         if write_mask is not None and write_mask.any():
-            bi, li = np.nonzero(write_mask)
-            b_t, l_t = torch.from_numpy(bi).to(dev), torch.from_numpy(li).to(dev)
-            p_t = pos[b_t, l_t]
-            for (ck, cv), (k, v) in zip(cache, presents):
-                ck[b_t, :, p_t] = k[b_t, :, l_t]
-                cv[b_t, :, p_t] = v[b_t, :, l_t]
+            timed = self.timer is not None
+            if timed:
+                self.synchronize()  # the model's kernels end here, not inside the cache section
+            with self.timer.section("cache_write") if timed else _UNTIMED:
+                bi, li = np.nonzero(write_mask)
+                b_t, l_t = torch.from_numpy(bi).to(dev), torch.from_numpy(li).to(dev)
+                p_t = pos[b_t, l_t]
+                for (ck, cv), (k, v) in zip(cache, presents):
+                    ck[b_t, :, p_t] = k[b_t, :, l_t]
+                    cv[b_t, :, p_t] = v[b_t, :, l_t]
+                if timed:
+                    self.synchronize()
         return logits.float().cpu().numpy()
+
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (CUDA only); the profiler calls it around timed regions."""
+        if str(self.device).startswith("cuda"):
+            torch.cuda.synchronize(self.device)

@@ -226,6 +226,11 @@ def test_int4_rtn_matmulnbits_and_qdq(exports, tmp_path):
     assert inits[dq[0].input[0]].data_type == onnx.TensorProto.INT4 and len(dq[0].input) == 2  # symmetric
     assert exact_match(tmp_path / "qdq", "llada-tiny", 50) >= 0.96
 
+    # --keep-lm-head: everything but the LM head (the MatMul producing the logits' vocabulary).
+    report = quantize(src, tmp_path / "keep", "int4-rtn", keep_lm_head=True, progress=False, validate=False)
+    assert report["quantized"]["nodes"] == n_mm - 1 and len(report["quantized"]["excluded"]) == 1
+    assert const_weight_matmuls(tmp_path / "keep" / "model.onnx") == 1
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_int4_awq_masked_within_two_points_of_fp32(exports, calib_files, fp32_accuracy, name, tmp_path):

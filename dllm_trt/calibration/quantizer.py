@@ -318,7 +318,10 @@ def _int4(model, names, block_size, symmetric, fmt, accuracy_level, bits=4):
     cfg = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level,
                                        quant_format=QuantFormat.QOperator if fmt == "nbits" else QuantFormat.QDQ,
                                        bits=bits)
-    q = MatMulNBitsQuantizer(model, nodes_to_include=names, algo_config=cfg)
+    # nodes_to_include only adds to the op types it quantizes anyway: exclude everything else instead.
+    keep = set(names)
+    exclude = [n.name for n in model.graph.node if n.name and n.name not in keep]
+    q = MatMulNBitsQuantizer(model, nodes_to_exclude=exclude, algo_config=cfg)
     q.process()
     return q.model.model
 

@@ -7,6 +7,8 @@
     dllm-trt calibrate --model DIR --out calib.npz  # masked-diffusion calibration batches
     dllm-trt quantize --onnx DIR --out DIR --method int4-rtn|int4-awq|int8|fp8 [--calib calib.npz]
     dllm-trt profile --engine DIR [--sweep threshold=0.5,0.9]   # latency profile, speed/accuracy sweep
+    dllm-trt build --onnx DIR --out DIR [--backend trt|trt-rtx]  # TensorRT / TensorRT-RTX engine
+    dllm-trt check-engine --engine DIR                           # engine integrity / loadability
 
 Every command prints the same fields in the same order; ``--json`` prints them as JSON.
 """
@@ -125,8 +127,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runtime.backends import load_backend
 
     engine = Path(args.engine)
-    backend = load_backend("ort", str(engine), provider=args.provider)
-    print_report(decode_and_report(backend, engine, need_prompts(args), args, f"onnxruntime {args.provider}"), args.json)
+    if getattr(args, "backend", "ort") == "trt":  # a `dllm-trt build` folder (TensorRT or TensorRT-RTX engine)
+        backend = load_backend("trt", str(engine))
+        name = f"{backend.engine_record['backend']} {backend.engine_record['backend_version']}"
+    else:
+        backend = load_backend("ort", str(engine), provider=args.provider)
+        name = f"onnxruntime {args.provider}"
+    print_report(decode_and_report(backend, engine, need_prompts(args), args, name), args.json)
     return 0
 
 
@@ -148,6 +155,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .calibration.cli import add_calibration_commands
+    from .engine.cli import add_engine_commands
     from .export.cli import add_export_commands
     from .profiling.cli import add_profile_commands
 
@@ -166,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="decode with ONNX Runtime on an exported folder (no model code, no torch)")
     p.add_argument("--engine", required=True, help="folder written by `dllm-trt export`")
     p.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--backend", default="ort", choices=["ort", "trt"],
+                   help="ort = ONNX Runtime on an export; trt = the engine of a `dllm-trt build` folder (GPU)")
     add_decode_options(p)
     p.set_defaults(func=cmd_run)
 
@@ -178,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_commands(sub)
     add_calibration_commands(sub)
+    add_engine_commands(sub)
     add_profile_commands(sub)
     return parser
 

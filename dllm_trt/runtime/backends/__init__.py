@@ -28,7 +28,8 @@ class Backend(Protocol):
 
 
 def load_backend(name: str, model_dir: str, **kwargs: Any) -> Backend:
-    """``torch`` (reference, needs torch) or ``ort`` (ONNX Runtime, on an exported folder)."""
+    """``torch`` (reference, needs torch), ``ort`` (ONNX Runtime, on an exported folder) or ``trt``
+    (TensorRT / TensorRT-RTX, on a ``dllm-trt build`` folder; needs a GPU and cuda-python)."""
     if name == "torch":
         from .torch_backend import TorchBackend
 
@@ -37,6 +38,10 @@ def load_backend(name: str, model_dir: str, **kwargs: Any) -> Backend:
         from .ort_backend import OrtBackend  # noqa: F401  (added by the export work)
 
         return OrtBackend.from_pretrained(model_dir, **kwargs)
+    if name in ("trt", "tensorrt", "trt-rtx"):
+        from .trt_backend import TrtBackend
+
+        return TrtBackend.from_pretrained(model_dir, **kwargs)
     from ...errors import DllmError
 
-    raise DllmError(f"unknown backend {name!r}; use torch or ort")
+    raise DllmError(f"unknown backend {name!r}; use torch, ort or trt")

@@ -1,0 +1,333 @@
+"""The TensorRT backend (dllm_trt/runtime/backends/trt_backend.py).
+
+On CI (no GPU) the backend's own logic runs against a host stand-in for the two things it drives:
+``HostDevice`` (device memory = numpy byte arrays, the same alloc / 2-D copy / memset calls as
+``CudaDevice``, fresh memory filled with NaN bytes) and ``OrtContext`` (an "engine" that reads its
+inputs from that memory by address and shape, runs the ONNX graph with ONNX Runtime and writes the
+outputs back). So the cache gather into staging buffers, the present scatter in runs, the dummy
+masked past slots and the profile checks are tested token for token against OrtBackend; only the
+TensorRT and CUDA calls themselves are not. The real thing runs in the ``gpu`` tests below, which
+skip here with the reason.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dllm_trt.errors import DllmError
+from dllm_trt.runtime import GenerationConfig, generate
+from dllm_trt.runtime.backends.ort_backend import OrtBackend, config_from_artifact, read_artifact_config
+from dllm_trt.runtime.backends.trt_backend import TrtBackend, write_runs
+
+REPO = Path(__file__).resolve().parents[1]
+CKPTS = REPO / "samples" / "checkpoints"
+_ONNX_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+
+
+class HostDevice:
+    """Device memory on the host: pointer = base + offset, one numpy byte array per allocation."""
+
+    STEP = 1 << 36
+    stream_handle = 0
+
+    def __init__(self):
+        self.mem: dict[int, np.ndarray] = {}
+        self.next = self.STEP
+        self.copies = 0
+
+    def alloc(self, nbytes):
+        base = self.next
+        self.next += self.STEP
+        self.mem[base] = np.full(max(int(nbytes), 256), 0xFF, np.uint8)  # NaN bytes: uninitialised memory
+        return base
+
+    def free(self, ptr):
+        del self.mem[ptr]
+
+    def _at(self, ptr, n):
+        base = ptr - ptr % self.STEP
+        arr, off = self.mem[base], ptr - base
+        assert 0 <= off and off + n <= arr.size, f"out of bounds: {off}+{n} > {arr.size}"
+        return arr[off: off + n]
+
+    def htod(self, ptr, array):
+        self._at(ptr, array.nbytes)[:] = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+
+    def dtoh(self, array, ptr):
+        array.reshape(-1).view(np.uint8)[:] = self._at(ptr, array.nbytes)
+
+    def copy2d(self, dst, dst_pitch, src, src_pitch, width, height):
+        assert width <= dst_pitch and width <= src_pitch
+        self.copies += 1
+        for r in range(height):
+            self._at(dst + r * dst_pitch, width)[:] = self._at(src + r * src_pitch, width)
+
+    def zero2d(self, ptr, pitch, width, height):
+        for r in range(height):
+            self._at(ptr + r * pitch, width)[:] = 0
+
+    def zero(self, ptr, nbytes):
+        self._at(ptr, nbytes)[:] = 0
+
+    def sync(self):
+        pass
+
+
+class OrtEngine:
+    """The engine-side API the backend reads: the optimization profile (min, opt, max) per input."""
+
+    def __init__(self, profile):
+        self.profile = profile
+
+    def get_tensor_profile_shape(self, name, index):
+        assert index == 0
+        return self.profile[name]
+
+
+class OrtContext:
+    """IExecutionContext stand-in: set_input_shape / set_tensor_address / execute_async_v3 over ORT."""
+
+    def __init__(self, device, session, profile):
+        self.device, self.session, self.profile = device, session, profile
+        self.shapes, self.addrs = {}, {}
+        self.types = {i.name: _ONNX_NP[i.type] for i in session.get_inputs()}
+        self.out_types = {o.name: _ONNX_NP[o.type] for o in session.get_outputs()}
+        self.calls = []
+
+    def set_input_shape(self, name, shape):
+        lo, _, hi = self.profile[name]
+        if not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
+            return False
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def set_tensor_address(self, name, ptr):
+        assert ptr, f"null address for {name}"
+        self.addrs[name] = ptr
+        return True
+
+    def execute_async_v3(self, stream):
+        feeds = {}
+        for name, shape in self.shapes.items():
+            t = np.dtype(self.types[name])
+            n = int(np.prod(shape)) * t.itemsize
+            feeds[name] = self.device._at(self.addrs[name], n).view(t).reshape(shape).copy()
+        self.calls.append({k: v.shape for k, v in feeds.items() if not k.startswith("past")} |
+                          {"past": feeds["past_key_values.0.key"].shape[2]})
+        outs = self.session.run(None, feeds)
+        for o, value in zip(self.session.get_outputs(), outs):
+            value = np.ascontiguousarray(value.astype(self.out_types[o.name]))
+            self.device.htod(self.addrs[o.name], value)
+        return True
+
+
+def host_backend(onnx_dir: Path, batch=(1, 1, 4), query=(1, 16, 64), past=(0, 32, 64)) -> TrtBackend:
+    """A TrtBackend over HostDevice + OrtContext with the given profile ranges (min, opt, max)."""
+    import onnxruntime as ort
+
+    meta = read_artifact_config(onnx_dir)
+    config = config_from_artifact(meta)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    h, d = config.num_kv_heads, config.head_dim
+    prof = {}
+    for name in ("input_ids", "position_ids"):
+        prof[name] = [(batch[i], query[i]) for i in range(3)]
+    prof["attention_bias"] = [(batch[i], 1, query[i], past[i] + query[i]) for i in range(3)]
+    for i in range(config.num_layers):
+        for kv in ("key", "value"):
+            prof[f"past_key_values.{i}.{kv}"] = [(batch[j], h, past[j], d) for j in range(3)]
+    dev = HostDevice()
+    ctx = OrtContext(dev, session, prof)
+    kv = {"fp32": "float32", "fp16": "float16"}[meta["dtype"]]
+
+    def dtype_of(name):
+        if name.startswith(("past", "present")):
+            return kv
+        return {"input_ids": "int64", "position_ids": "int64", "attention_bias": "float32", "logits": "float32"}[name]
+
+    return TrtBackend(onnx_dir, meta, config, dev, OrtEngine(prof), ctx, dtype_of)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """fp32 exports of the trained tiny checkpoints (no validation: test_export_ort covers it)."""
+    pytest.importorskip("torch")
+    from dllm_trt.export import export_onnx
+
+    out = {}
+    root = tmp_path_factory.mktemp("trt-host")
+    for name in ("llada-tiny", "dream-tiny", "bd-tiny"):
+        if not (CKPTS / name / "config.json").is_file():
+            pytest.skip(f"{CKPTS / name} missing")
+        out[name] = root / name
+        export_onnx(str(CKPTS / name), str(out[name]), dtype="fp32", validate=False, progress=False, log=lambda s: None)
+    return out
+
+
+def test_write_runs():
+    mask = np.array([[0, 1, 1, 1, 0, 1], [1, 1, 0, 0, 0, 0]], bool)
+    pos = np.array([[10, 11, 12, 13, 14, 20], [5, 7, 0, 0, 0, 0]])
+    assert write_runs(mask, pos) == [(0, 1, 11, 3), (0, 5, 20, 1), (1, 0, 5, 1), (1, 1, 7, 1)]
+
+
+# low_confidence with steps = gen_length unmasks one token per step, so the caches are exercised
+# (the trained models finish a block in one step at threshold 0.9)
+CASES = [("llada-tiny", "threshold", "none"), ("llada-tiny", "low_confidence", "dual"),
+         ("llada-tiny", "low_confidence", "prefix"), ("dream-tiny", "low_confidence", "dual"),
+         ("bd-tiny", "threshold", "sub_block"), ("bd-tiny", "threshold", "block")]
+
+
+@pytest.mark.parametrize("name,strategy,cache", CASES)
+def test_host_backend_matches_ort(exports, task_tokenizer, name, strategy, cache):
+    """The backend's cache gather / scatter gives OrtBackend's tokens exactly (batch of mixed lengths)."""
+    onnx_dir = exports[name]
+    ort_b = OrtBackend.from_pretrained(onnx_dir, intra_op_threads=1)
+    trt_b = host_backend(onnx_dir)
+    prompts = [task_tokenizer.encode(t) for t in ("add:457+368=", "rev:kernel=", "sort:dcba=")]
+    gen = GenerationConfig(strategy=strategy, cache=cache, gen_length=16, block_length=8, steps=16, threshold=0.9,
+                           **({"sub_block_length": 4} if name == "bd-tiny" else {}))
+    want = generate(ort_b, prompts, gen)
+    got = generate(trt_b, prompts, gen)
+    assert got.tokens == want.tokens
+    assert got.nfe == want.nfe
+    if cache != "none":
+        assert any(c["past"] > 0 for c in trt_b.context.calls)
+    assert any(c["past"] == 0 for c in trt_b.context.calls)  # the prefill binds a 0-length past
+
+
+def test_host_backend_logits_and_cache(exports):
+    """One prefill that writes, then a cached step: logits equal ORT's; the cache holds the presents."""
+    onnx_dir = exports["llada-tiny"]
+    ort_b = OrtBackend.from_pretrained(onnx_dir, intra_op_threads=1)
+    trt_b = host_backend(onnx_dir)
+    rng = np.random.default_rng(0)
+    b, l = 2, 10
+    ids = rng.integers(3, 40, (b, l))
+    pos = np.tile(np.arange(l), (b, 1))
+    bias = np.zeros((b, 1, l, l), np.float32)
+    wm = np.ones((b, l), bool)
+    wm[1, 7:] = False
+    c1, c2 = ort_b.allocate_cache(b, 24), trt_b.allocate_cache(b, 24)
+    np.testing.assert_array_equal(trt_b.forward(ids, pos, bias, c2, 0, wm), ort_b.forward(ids, pos, bias, c1, 0, wm))
+    dev, row = trt_b.device, trt_b.max_cache * 32 * 4
+    for j in range(ort_b.config.num_layers):
+        for kv in (0, 1):
+            ptr = c2.layers[j][kv]
+            got = dev._at(ptr, b * 2 * row).view(np.float32).reshape(b, 2, trt_b.max_cache, 32)
+            np.testing.assert_array_equal(got[:, :, :24], c1.layers[j][kv])
+    ids2 = rng.integers(3, 40, (b, 4))
+    pos2 = np.tile(np.arange(l, l + 4), (b, 1))
+    bias2 = np.zeros((b, 1, 4, l + 4), np.float32)
+    bias2[1, :, :, 7:l] = -1e9  # never written: masked
+    np.testing.assert_array_equal(trt_b.forward(ids2, pos2, bias2, c2, l, None), ort_b.forward(ids2, pos2, bias2, c1, l, None))
+
+
+def test_host_backend_min_past_padding(exports, task_tokenizer):
+    """An engine whose profile starts at P = 2: forwards with P < 2 get zeroed masked dummy slots."""
+    onnx_dir = exports["dream-tiny"]
+    ort_b = OrtBackend.from_pretrained(onnx_dir, intra_op_threads=1)
+    trt_b = host_backend(onnx_dir, past=(2, 32, 66))
+    prompts = [task_tokenizer.encode("add:12+34=")]
+    gen = GenerationConfig(strategy="low_confidence", cache="dual", gen_length=16, block_length=8, steps=16)
+    assert generate(trt_b, prompts, gen).tokens == generate(ort_b, prompts, gen).tokens
+    assert min(c["past"] for c in trt_b.context.calls) == 2
+
+
+def test_host_backend_profile_errors(exports):
+    onnx_dir = exports["llada-tiny"]
+    trt_b = host_backend(onnx_dir, batch=(1, 1, 2), query=(1, 8, 16), past=(0, 8, 16))
+    with pytest.raises(DllmError, match="batch 3 is outside the engine's batch range 1..2.*--shapes"):
+        trt_b.allocate_cache(3, 8)
+    with pytest.raises(DllmError, match="needs 40 positions but the engine's profile allows at most 32"):
+        trt_b.allocate_cache(1, 40)
+    cache = trt_b.allocate_cache(1, 32)
+    ids = np.full((1, 20), 5)
+    with pytest.raises(DllmError, match="query length 20 is outside the engine's range 1..16"):
+        trt_b.forward(ids, np.arange(20)[None], np.zeros((1, 1, 20, 20), np.float32), cache, 0, None)
+    ids = np.full((1, 4), 5)
+    with pytest.raises(DllmError, match="past length 20 is beyond the engine's maximum 16"):
+        trt_b.forward(ids, np.arange(20, 24)[None], np.zeros((1, 1, 4, 24), np.float32), cache, 20, None)
+
+
+def test_trt_backend_imports_without_tensorrt_or_cuda():
+    """The module (and load_backend's registry) import with tensorrt, tensorrt_rtx_bindings and cuda blocked."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('tensorrt', 'tensorrt_rtx_bindings', 'cuda', 'torch'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import dllm_trt.runtime.backends.trt_backend as t\n"
+        "import dllm_trt.engine, dllm_trt.engine.builder, dllm_trt.engine.check\n"
+        "from dllm_trt.engine import api\n"
+        "from dllm_trt.errors import DllmError\n"
+        "try:\n"
+        "    t._import_cuda()\n"
+        "except DllmError as e:\n"
+        "    assert 'pip install cuda-bindings' in str(e), e\n"
+        "try:\n"
+        "    api.load('trt-rtx')\n"
+        "except DllmError as e:\n"
+        "    assert 'tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings' in str(e), e\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+# ---------------------------------------------------------------------- on a GPU
+def _gpu_and(backend: str) -> tuple[bool, str]:
+    from dllm_trt.engine import api
+    from dllm_trt.engine.gpu import gpu_info, no_gpu_reason
+
+    if not api.is_installed(backend):
+        return False, f"{backend} is not installed ({api.install_hint(backend)})"
+    try:
+        import cuda.bindings.driver  # noqa: F401
+    except ImportError:
+        return False, "cuda-python (cuda.bindings) is not installed: pip install cuda-bindings"
+    info = gpu_info(0)
+    if info is None:
+        return False, no_gpu_reason()
+    if backend == "trt-rtx" and info["compute_capability"] not in api.RTX_TARGETS:
+        return False, f"{info['name']} (sm {info['compute_capability']}) is not a TensorRT-RTX target"
+    if backend == "trt-rtx" and info["compute_capability"] == "7.5":
+        return False, "TensorRT-RTX builds no fp32 engine for Turing (7.5): no FP32 GEMM there"
+    return True, ""
+
+
+def _on_gpu(backend: str):
+    ok, reason = _gpu_and(backend)
+    return pytest.param(backend, marks=pytest.mark.skipif(not ok, reason=reason))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", [_on_gpu("trt"), _on_gpu("trt-rtx")])
+def test_engine_on_gpu_matches_ort(exports, tmp_path, task_tokenizer, backend):
+    """Build an fp32 engine here (TF32 off), then decode: tokens equal ONNX Runtime CPU's."""
+    from dllm_trt.engine.builder import build_engine
+    from dllm_trt.engine.check import check_engine
+    from dllm_trt.runtime.backends import load_backend
+
+    for name, cache in (("llada-tiny", "dual"), ("dream-tiny", "prefix"), ("bd-tiny", "sub_block")):
+        out = tmp_path / f"{name}-{backend}"
+        build_engine(exports[name], out, backend=backend, shapes="B=1:2:4,L=1:16:64,P=0:32:64",
+                     compute_capabilities="current" if backend == "trt-rtx" else None, cache_dir=tmp_path / "cache",
+                     progress=False, log=lambda s: None)
+        report = check_engine(out)
+        assert report["ok"] and report["level"] == "gpu"
+        trt_b = load_backend("trt", str(out))
+        ort_b = OrtBackend.from_pretrained(exports[name], intra_op_threads=1)
+        prompts = [task_tokenizer.encode(t) for t in ("add:457+368=", "rev:kernel=")]
+        for c in ("none", cache):
+            gen = GenerationConfig(strategy="threshold", cache=c, gen_length=16, block_length=8, threshold=0.9,
+                                   **({"sub_block_length": 4} if name == "bd-tiny" else {}))
+            assert generate(trt_b, prompts, gen).tokens == generate(ort_b, prompts, gen).tokens, (name, c)
+        trt_b.close()

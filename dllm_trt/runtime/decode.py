@@ -23,6 +23,11 @@ block diffusion (Fast-dLLM v2 / SDAR), blocks of ``bd_size``, block-causal atten
 With ``logits_shift`` (Dream, Fast-dLLM v2) the prediction for position i is read from the
 logits at i - 1, so windows start one position early where needed.
 
+Fused unmasking: with a backend whose graph unmasks on the device (``fused_unmask``, an export
+made with ``--plugins``), the threshold strategy at temperature 0 passes the rows to fill into the
+forward (``fill``) and gets the chosen tokens back instead of the logits; the numpy path below is
+the reference the fused op is tested against (dllm_trt/plugins/threshold_unmask.py).
+
 Profiling: an optional ``timer`` (None by default; dllm_trt.profiling.StepTimer) is told when each
 forward and each unmasking starts and ends and when the first block of the batch is finished. It
 only reads the clock: with or without it the loop does the same work and gives the same tokens.
@@ -35,10 +40,20 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import DllmError
+from .backends import UnmaskResult
 from .layout import attention_bias
 from .sampling import propose
 from .settings import GenerationConfig, GenerationResult, StepRecord
 from .unmask import select_factor, select_threshold, select_top_k, transfer_schedule
+
+
+@dataclass
+class _Fused:
+    """What a fused forward returns instead of logits: ThresholdUnmask's outputs for its rows."""
+
+    result: UnmaskResult
+    positions: np.ndarray  # [B, L] the position each row predicts (window position + shift)
+    candidates: np.ndarray  # [B, L] bool
 
 
 @dataclass
@@ -85,9 +100,13 @@ class DecodeLoop:
         self.cache = backend.allocate_cache(self.batch, self.capacity) if needs_cache else None
         self.steps: list[StepRecord] = []
         self.live = np.ones(self.batch, bool)  # not yet finished
+        g = self.gen
+        self.fused = bool(getattr(backend, "fused_unmask", False)) and g.strategy == "threshold" and g.temperature == 0.0
 
     # ------------------------------------------------------------------ one forward
-    def forward(self, w: _Window, kind: str, write: bool) -> np.ndarray:
+    def forward(self, w: _Window, kind: str, write: bool, fill=None) -> np.ndarray | _Fused:
+        """Logits of the window; with a fused backend and ``fill`` = (lo, hi, active) (the rows the
+        step will unmask), ThresholdUnmask's outputs instead."""
         pos = w.positions
         safe_pos = np.where(w.valid, pos, 0)
         input_ids = np.take_along_axis(self.x, np.clip(pos, 0, self.capacity - 1), axis=1)
@@ -95,7 +114,18 @@ class DecodeLoop:
         bias = attention_bias(safe_pos, w.valid, w.past_valid, self.cfg.block_size)
         if self.timer is not None:
             self.timer.forward_start(kind)
-        logits = self.backend.forward(input_ids, safe_pos, bias, self.cache, w.past_len, w.valid if write else None)
+        if self.fused and fill is not None:
+            lo, hi, active = fill
+            target = pos + self.shift
+            tokens = np.take_along_axis(self.x, np.clip(target, 0, self.capacity - 1), axis=1)
+            cand = (target >= lo[:, None]) & (target < hi[:, None]) & active[:, None] & (tokens == self.mask_id)
+            want = sum(int((self.x[b, lo[b]: hi[b]] == self.mask_id).sum()) for b in np.flatnonzero(active))
+            assert int(cand.sum()) == want, "query window does not cover the shifted prediction rows"
+            out = self.backend.forward_threshold(input_ids, safe_pos, bias, self.cache, w.past_len,
+                                                 w.valid if write else None, tokens, cand, self.gen.threshold)
+            logits = _Fused(out, target, cand)
+        else:
+            logits = self.backend.forward(input_ids, safe_pos, bias, self.cache, w.past_len, w.valid if write else None)
         if self.timer is not None:
             self.timer.forward_end()
         live = self.live & w.valid.any(axis=1)  # a sequence with no valid row only rides along
@@ -136,6 +166,16 @@ class DecodeLoop:
         rec = self.steps[-1]
         rec.live = [bool(a) and l for a, l in zip(active, rec.live)]  # waiting sequences do not count
         g = self.gen
+        if isinstance(logits, _Fused):  # the backend already chose: copy its tokens into place
+            r = logits.result
+            for b in np.flatnonzero(active):
+                rows = np.flatnonzero(logits.candidates[b] & (r.new_tokens[b] != self.mask_id))
+                assert rows.size == int(r.num_unmasked[b]), "ThresholdUnmask's count disagrees with its tokens"
+                self.x[b, logits.positions[b, rows]] = r.new_tokens[b, rows]
+                rec.unmasked[b] += int(rows.size)
+            if self.timer is not None:
+                self.timer.unmask_end()
+            return
         for b in np.flatnonzero(active):
             seg = self.x[b, lo[b]: hi[b]]
             cand = np.flatnonzero(seg == self.mask_id) + lo[b]
@@ -195,21 +235,22 @@ class DecodeLoop:
                 pending = active & np.array([(self.x[b, s[b]:e[b]] == self.mask_id).any() for b in range(B)])
                 if not pending.any():
                     break
+                fill = (s, e, pending)  # the rows this step fills (used by a fused backend)
                 if g.cache == "none" or step == 0:
                     w = self.window(zeros, full_len, total)
-                    logits = self.forward(w, "full", write=g.cache != "none")
+                    logits = self.forward(w, "full", write=g.cache != "none", fill=fill)
                 elif g.cache == "prefix":
                     start = s - self.shift
                     p = int(start.max())
                     w = self.window(start, int((total - start).max()), total, p, self.past_below(start, p))
-                    logits = self.forward(w, "prefix", write=False)
+                    logits = self.forward(w, "prefix", write=False, fill=fill)
                 else:  # dual
                     start = s - self.shift
                     p = full_len
                     idx = np.arange(p)[None, :]
                     past_valid = (idx < total[:, None]) & ~((idx >= start[:, None]) & (idx < e[:, None]))
                     w = self.window(start, g.block_length + self.shift, e, p, past_valid)
-                    logits = self.forward(w, "dual", write=False)
+                    logits = self.forward(w, "dual", write=False, fill=fill)
                 # The schedule fills the block in exactly steps_per_block steps.
                 quota = [schedule[step]] * B if scheduled else None
                 self.unmask(logits, w, s, e, pending, quota)
@@ -269,9 +310,10 @@ class DecodeLoop:
                     pending = active & np.array([(self.x[b, a[b]:z[b]] == self.mask_id).any() for b in range(B)])
                     if not pending.any():
                         break
+                    fill = (a, z, pending)
                     if g.cache == "none":
                         w = self.window(zeros, int(e.max()), e, active=None)
-                        logits = self.forward(w, "full", write=False)
+                        logits = self.forward(w, "full", write=False, fill=fill)
                     elif g.cache == "sub_block" and step > 0:
                         lead = self.shift if j > 0 else 0
                         start = a - lead
@@ -279,17 +321,17 @@ class DecodeLoop:
                         idx = np.arange(p)[None, :]
                         past_valid = (idx < e[:, None]) & ~((idx >= start[:, None]) & (idx < z[:, None]))
                         w = self.window(start, sb + lead, z, p, past_valid, active)
-                        logits = self.forward(w, "sub_block", write=False)
+                        logits = self.forward(w, "sub_block", write=False, fill=fill)
                     elif to_prefill.any():
                         lo = np.where(to_prefill, 0, s)
                         p = int(lo.max())
                         w = self.window(zeros, int(e.max()), e, p, self.past_below(lo, p), active, valid_start=lo)
-                        logits = self.forward(w, "prefill+block", write=True)
+                        logits = self.forward(w, "prefill+block", write=True, fill=fill)
                         to_prefill[:] = False
                     else:
                         p = int(s.max())
                         w = self.window(s, bs, e, p, self.past_below(s, p), active)
-                        logits = self.forward(w, "block", write=g.cache == "sub_block")
+                        logits = self.forward(w, "block", write=g.cache == "sub_block", fill=fill)
                     self.unmask(logits, w, a, z, pending)
                     step += 1
             # The block is complete.

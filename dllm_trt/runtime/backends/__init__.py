@@ -10,12 +10,30 @@ The protocol every backend implements (the decode loop needs nothing else)::
 ``past_len`` selects cache positions 0..P-1 as past keys/values; ``write_mask`` marks the
 current tokens whose keys/values are written into the cache at their positions.
 Backends are imported lazily so that importing the runtime never imports torch.
+
+Optional, for backends whose graph unmasks on the device (``dllm-trt export --plugins``)::
+
+    fused_unmask: bool
+    forward_threshold(input_ids, position_ids, attention_bias, cache, past_len, write_mask,
+                      tokens [B, L] int64, candidates [B, L] bool, threshold float) -> UnmaskResult
+
+The forward plus the ThresholdUnmask op on its logits (dllm_trt/plugins/threshold_unmask.py):
+row r of tokens/candidates is logits row r. The decode loop uses it for the threshold strategy at
+temperature 0, and then never sees the logits.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
+
+
+class UnmaskResult(NamedTuple):
+    """Outputs of ThresholdUnmask for one forward."""
+
+    new_tokens: np.ndarray  # [B, L] int64: tokens with the chosen rows filled
+    num_unmasked: np.ndarray  # [B] int64
+    confidence: np.ndarray  # [B, L] float32: top-1 probability of each candidate row (0 elsewhere)
 
 
 class Backend(Protocol):

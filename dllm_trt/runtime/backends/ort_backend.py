@@ -28,6 +28,12 @@ Cache storage:
                        ``cache_write.onnx`` scatters the presents at their positions (ScatterND
                        returns a new cache tensor: one device copy of the cache per writing step).
                        Only token ids, positions, the bias and the logits cross to/from the host.
+
+Plugin artefacts (``dllm-trt export --plugins fallback``; contract in dllm_trt/plugins/contract.py)
+keep the caches in the graph: each forward passes the caches and gets them back written, with
+the bias turned into a bias over cache positions (plugins/subblock_cache.py), and the graph also
+runs ThresholdUnmask (``forward_threshold``), so the threshold rule never needs the logits on the
+host. A forward without a cache (cache mode ``none``) writes into a scratch cache.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ import numpy as np
 
 from ...config import ModelConfig
 from ...errors import DllmError
+from . import UnmaskResult
 
 FORMAT_VERSION = 1  # bump when the graph contract or dllm_config.json changes incompatibly
 CONFIG_FILE = "dllm_config.json"
@@ -177,6 +184,9 @@ class OrtBackend:
         self._inputs, self._outputs = input_names(n), output_names(n)
         self._past, self._present = past_names(n), present_names(n)
         self._empty: dict[int, list[Any]] = {}
+        self.plugins = meta.get("plugins")  # None, or the plugin graph's record (mode fallback)
+        self.fused_unmask = self.plugins is not None
+        self._scratch: OrtCache | None = None
 
     @classmethod
     def from_pretrained(cls, artifact_dir: str | Path, provider: str = "cpu", device_id: int = 0,
@@ -189,6 +199,12 @@ class OrtBackend:
         """
         meta = read_artifact_config(artifact_dir)
         config = config_from_artifact(meta, source=str(Path(artifact_dir) / CONFIG_FILE))
+        plugins = meta.get("plugins")
+        if plugins and plugins.get("mode") != "fallback":
+            raise DllmError(f"{artifact_dir} was exported with --plugins {plugins.get('mode')}: its graph holds "
+                            f"{plugins.get('domain', 'dllm_trt')} custom nodes for TensorRT plugins, which ONNX Runtime "
+                            "cannot run; re-export with --plugins fallback (standard ops) for ONNX Runtime, or build a "
+                            "TensorRT engine from it")
         ort = _import_ort()
         # ORT's process-wide logger otherwise warns at every session start (e.g. that ScatterND
         # needs unique indices, which the cache writes are); errors still print.
@@ -232,8 +248,8 @@ class OrtBackend:
         io_binding = on_device if io_binding is None else bool(io_binding)
         device_type = "cuda" if ep == "CUDAExecutionProvider" else "cpu"
         read_s = write_s = None
-        if io_binding:
-            cache_ops = meta.get("cache", {}).get("device_ops", {})
+        if io_binding and not plugins:  # a plugin graph does its cache work itself
+            cache_ops = meta.get("cache", {}).get("device_ops") or {}
             paths = [Path(artifact_dir) / cache_ops.get("read", CACHE_READ_FILE),
                      Path(artifact_dir) / cache_ops.get("write", CACHE_WRITE_FILE)]
             for p in paths:
@@ -300,9 +316,86 @@ class OrtBackend:
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         pos = np.ascontiguousarray(position_ids, dtype=np.int64)
         bias = np.ascontiguousarray(attention_bias, dtype=np.float32)
+        if self.plugins:
+            return self._forward_plugin(ids, pos, bias, cache, past_len, None)[0]
         if self.io_binding:
             return self._forward_bound(ids, pos, bias, cache, past_len, write_mask)
         return self._forward_host(ids, pos, bias, cache, past_len, write_mask)
+
+    def forward_threshold(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_bias: np.ndarray,
+                          cache: Any, past_len: int, write_mask: np.ndarray | None, tokens: np.ndarray,
+                          candidates: np.ndarray, threshold: float) -> UnmaskResult:
+        """The forward and ThresholdUnmask on its logits, in the graph (plugin artefacts only)."""
+        if not self.plugins:
+            raise DllmError(f"{self.artifact_dir} has no in-graph unmasking; export it with --plugins")
+        b, l = input_ids.shape
+        if attention_bias.shape != (b, 1, l, past_len + l):
+            raise DllmError(f"attention_bias has shape {attention_bias.shape}, expected {(b, 1, l, past_len + l)}")
+        if tokens.shape != (b, l) or candidates.shape != (b, l):
+            raise DllmError(f"tokens {tokens.shape} and candidates {candidates.shape} must be {(b, l)}")
+        if past_len > 0 and cache is None:
+            raise DllmError("a forward with past keys/values needs a cache from allocate_cache()")
+        self._check_len(past_len + l, "this forward (past + query)")
+        unmask = (np.ascontiguousarray(tokens, dtype=np.int64), np.ascontiguousarray(candidates, dtype=bool),
+                  np.array([threshold], np.float32))
+        _, result = self._forward_plugin(np.ascontiguousarray(input_ids, dtype=np.int64),
+                                         np.ascontiguousarray(position_ids, dtype=np.int64),
+                                         np.ascontiguousarray(attention_bias, dtype=np.float32), cache, past_len, unmask)
+        return result
+
+    def _plugin_cache(self, cache: OrtCache | None, batch: int, needed: int) -> OrtCache:
+        """The cache the plugin graph writes: the decode loop's, or (no cache) a reused scratch one."""
+        if cache is not None:
+            if needed > cache.capacity:
+                raise DllmError(f"this forward reaches cache position {needed - 1}, beyond the capacity {cache.capacity}")
+            return cache
+        s = self._scratch
+        if s is None or s.batch != batch or s.capacity < needed:
+            self._scratch = s = self.allocate_cache(batch, needed)
+        return s
+
+    def _forward_plugin(self, ids, pos, bias, cache, past_len, unmask) -> tuple[np.ndarray | None, UnmaskResult | None]:
+        """One run of the plugin graph: (logits or None when only the unmask outputs are wanted, unmask outputs)."""
+        from ...plugins.contract import UNMASK_INPUTS, UNMASK_OUTPUTS, cache_in_names, cache_out_names
+        from ...plugins.subblock_cache import cache_attention_bias, cache_write_positions
+
+        b, l = ids.shape
+        cp = cache_write_positions(bias, pos, past_len)
+        cb = cache_attention_bias(bias, past_len, cp)
+        cache = self._plugin_cache(cache, b, cb.shape[-1])
+        if unmask is None:
+            unmask = (np.zeros((b, l), np.int64), np.zeros((b, l), bool), np.array([1.0], np.float32))
+        n = self.config.num_layers
+        host_in = dict(zip(("input_ids", "position_ids", "attention_bias", "cache_position") + UNMASK_INPUTS,
+                           (ids, pos, cb, cp) + tuple(unmask)))
+        fused = unmask[1].any()
+        cache_out = cache_out_names(n)
+        if not self.io_binding:
+            feeds = dict(host_in)
+            feeds.update(zip(cache_in_names(n), (t for layer in cache for t in layer)))
+            out = self.session.run(["logits"] + cache_out + list(UNMASK_OUTPUTS), feeds)
+            new = out[1: 1 + 2 * n]
+            logits, result = out[0], UnmaskResult(*out[1 + 2 * n:])
+        else:
+            io = self.session.io_binding()
+            for name, value in host_in.items():
+                io.bind_cpu_input(name, value)
+            for name, value in zip(cache_in_names(n), (t for layer in cache for t in layer)):
+                io.bind_ortvalue_input(name, value)
+            # With the fused rule the logits stay on the device: only the unmask outputs come back.
+            io.bind_output("logits", *((self.device_type, self.device_id) if fused else ("cpu", 0)))
+            for name in cache_out:
+                io.bind_output(name, self.device_type, self.device_id)
+            for name in UNMASK_OUTPUTS:
+                io.bind_output(name, "cpu")
+            self.session.run_with_iobinding(io)
+            out = io.get_outputs()
+            new = out[1: 1 + 2 * n]
+            logits = None if fused else out[0].numpy()
+            result = UnmaskResult(*(v.numpy() for v in out[1 + 2 * n:]))
+        for j in range(n):
+            cache.layers[j] = [new[2 * j], new[2 * j + 1]]
+        return logits, result
 
     def _forward_host(self, ids, pos, bias, cache, past_len, write_mask) -> np.ndarray:
         feeds = {"input_ids": ids, "position_ids": pos, "attention_bias": bias}

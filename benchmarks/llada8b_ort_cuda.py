@@ -4,12 +4,14 @@ Two phases, run back to back on the GPU machine (the export is kept in --workdir
 
     python benchmarks/llada8b_ort_cuda.py prepare --workdir /tmp/l8b [--dtype fp16]   # checkpoint, export, torch timings
     python benchmarks/llada8b_ort_cuda.py ort --workdir /tmp/l8b                      # ORT CUDA timings + the table
+    python benchmarks/llada8b_ort_cuda.py int4 --workdir /tmp/l8b                     # INT4 weight-only, same table
 
 Forwards timed at batch 1 (the decode loop's two shapes):
   prefill     320 tokens, no past;
   block step  32 tokens over a 320-token cache (a Fast-dLLM dual/prefix-cache step).
-Floor = weight bytes / measured device-to-device copy bandwidth (bytes read + written / time):
-at batch 1 a forward must read every weight once, so no implementation beats it by much.
+Floor = weights read per forward / measured device-to-device copy bandwidth (bytes read +
+written / time): at batch 1 a forward must read every weight once (the embedding table excepted:
+only L rows of it are gathered), so no implementation beats it by much.
 Timings are medians of --repeat runs after --warmup runs, synchronised around each run.
 """
 from __future__ import annotations
@@ -49,6 +51,25 @@ def median_ms(fn, warmup: int, repeat: int, sync) -> float:
         sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def weights_read_bytes(onnx_path: Path) -> int:
+    """Bytes of weights one batch-1 forward must read: every initializer except tables that are only
+    gathered from (the embedding: a forward reads L of its rows, not all of them)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    gathered = {n.input[0] for n in model.graph.node if n.op_type == "Gather"}
+    total = 0
+    for t in model.graph.initializer:
+        if t.name in gathered:
+            continue
+        ext = {e.key: e.value for e in t.external_data}
+        if "length" in ext:
+            total += int(ext["length"])
+        else:
+            total += len(t.raw_data) if t.raw_data else onnx.numpy_helper.to_array(t).nbytes
+    return total
 
 
 def copy_bandwidth() -> float:
@@ -132,7 +153,8 @@ def cmd_prepare(args) -> None:
     export_s = time.perf_counter() - t0
     print(f"exported in {export_s:.0f} s: {json.dumps(report['timings_s'])}, external data {report['external_data']}",
           flush=True)
-    summary = {"dtype": args.dtype, "weight_bytes": weight_bytes, "copy_bandwidth_Bps": bw, "eager_ms": eager,
+    read_bytes = weights_read_bytes(work / "llada8b-onnx" / "model.onnx")
+    summary = {"dtype": args.dtype, "weight_bytes": weight_bytes, "weights_read_bytes": read_bytes, "copy_bandwidth_Bps": bw, "eager_ms": eager,
                "export_s": export_s, "export_timings_s": report["timings_s"], "files": report["files"],
                "device": torch.cuda.get_device_name(), "torch": torch.__version__,
                "date": time.strftime("%Y-%m-%d")}
@@ -148,7 +170,7 @@ def cmd_ort(args) -> None:
 
     work = Path(args.workdir)
     prep = json.loads((work / "prepare.json").read_text())
-    art = work / "llada8b-onnx"
+    art = work / args.engine
     t0 = time.perf_counter()
     backend = OrtBackend.from_pretrained(str(art), provider="cuda")
     load_s = time.perf_counter() - t0
@@ -195,25 +217,44 @@ def cmd_ort(args) -> None:
     print(f"graph only: {graph}", flush=True)
     ops = {}
 
-    floor_ms = prep["weight_bytes"] / prep["copy_bandwidth_Bps"] * 1e3
+    read_bytes = weights_read_bytes(art / "model.onnx")
+    floor_ms = read_bytes / prep["copy_bandwidth_Bps"] * 1e3
     rows = []
     for name, L, P in (("prefill", PREFILL, 0), ("block_step", STEP, PAST)):
         rows.append({"forward": name, "L": L, "P": P, "floor_ms": floor_ms, "eager_torch_ms": prep["eager_ms"][name],
                      "ort_graph_ms": graph[name], "ort_runtime_ms": runtime[name],
                      "ort_vs_floor": runtime[name] / floor_ms})
-    result = {"device": prep["device"], "date": time.strftime("%Y-%m-%d"), "dtype": prep["dtype"],
-              "onnxruntime": ort.__version__, "weight_GB": prep["weight_bytes"] / 1e9,
+    quant = (backend.meta.get("quantization") or {}).get("method")
+    result = {"device": prep["device"], "date": time.strftime("%Y-%m-%d"), "dtype": quant or prep["dtype"],
+              "engine": args.engine, "onnxruntime": ort.__version__, "weight_GB": prep["weight_bytes"] / 1e9,
+              "weights_read_GB": read_bytes / 1e9,
               "copy_bandwidth_TBps": prep["copy_bandwidth_Bps"] / 1e12, "session_load_s": load_s,
               "export_s": prep["export_s"], "rows": rows, "runtime_ms": runtime, "top_ops": ops}
     if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "llada8b_ort_cuda.json").write_text(json.dumps(result, indent=2))
+        Path(os.environ["OUT"], f"llada8b_ort_cuda_{args.engine}.json").write_text(json.dumps(result, indent=2))
     print_table(result)
 
 
+def cmd_int4(args) -> None:
+    """Quantize the export to INT4 weight-only (MatMulNBits, RTN, no calibration), then time it like `ort`."""
+    from dllm_trt.calibration.quantizer import quantize
+
+    work = Path(args.workdir)
+    t0 = time.perf_counter()
+    report = quantize(work / "llada8b-onnx", work / "llada8b-int4", "int4-rtn", block_size=args.block_size,
+                      validate=False, progress=False)
+    print(f"quantized to INT4 (block {args.block_size}) in {time.perf_counter() - t0:.0f} s: "
+          f"{json.dumps({k: report[k] for k in report if k in ('size_bytes', 'quantized')}, default=str)[:400]}",
+          flush=True)
+    args.engine = "llada8b-int4"
+    cmd_ort(args)
+
+
 def print_table(r: dict) -> None:
-    print(f"\nLLaDA-8B architecture, random {r['dtype']} weights ({r['weight_GB']:.2f} GB), batch 1, "
+    print(f"\nLLaDA-8B architecture, random weights, {r['dtype']}, batch 1, "
           f"{r['device']}, onnxruntime {r['onnxruntime']} CUDA EP, {r['date']}")
-    print(f"copy bandwidth {r['copy_bandwidth_TBps']:.2f} TB/s -> floor = weights / bandwidth")
+    print(f"copy bandwidth {r['copy_bandwidth_TBps']:.2f} TB/s; weights read per forward {r['weights_read_GB']:.2f} GB "
+          "(all but the embedding table) -> floor = weights read / bandwidth")
     print(f"| forward | L | P | floor ms | eager torch ms | ORT graph ms | ORT runtime step ms | runtime / floor |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in r["rows"]:
@@ -229,15 +270,17 @@ def print_table(r: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("prepare", "ort"):
+    for name in ("prepare", "ort", "int4"):
         p = sub.add_parser(name)
         p.add_argument("--workdir", default="/tmp/llada8b")
         p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"])
         p.add_argument("--warmup", type=int, default=3)
         p.add_argument("--repeat", type=int, default=10)
         p.add_argument("--smoke", action="store_true", help="a small model through the same steps")
+        p.add_argument("--engine", default="llada8b-onnx", help="export folder inside --workdir to time")
+        p.add_argument("--block-size", type=int, default=32, help="INT4 block size (int4)")
     args = ap.parse_args()
-    (cmd_prepare if args.cmd == "prepare" else cmd_ort)(args)
+    {"prepare": cmd_prepare, "ort": cmd_ort, "int4": cmd_int4}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -348,7 +348,8 @@ def test_out_dir_safety_and_atomic_write(exported, tmp_path, monkeypatch):
 def test_cli_export_json_and_cache_default(exported, tmp_path, capsys):
     import argparse
 
-    from dllm_trt.export.cli import add_export_commands, main
+    from dllm_trt.cli import main
+    from dllm_trt.export.cli import add_export_commands
 
     ckpt, _, _ = exported("block_diffusion")
     parser = argparse.ArgumentParser()

@@ -34,7 +34,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -45,6 +44,7 @@ from onnx import numpy_helper
 from tqdm import tqdm
 
 from .. import __version__
+from ..progress import PhaseProgress
 from ..errors import DllmError
 from ..runtime.backends.ort_backend import (CONFIG_FILE, EXTERNAL_DATA_FILE, MODEL_FILE, config_from_artifact,
                                             read_artifact_config)
@@ -145,16 +145,7 @@ def quantize(onnx_dir: str | Path, out_dir: str | Path, method: str, calib: str 
     phases = ["load"] + (["calibrate"] if calib_set is not None else []) + \
              (["search"] if method in ("int4-awq", "int8") else []) + ["quantize", "save", "check"] + \
              (["validate"] if validate else []) + ["write"]
-    bar = tqdm(total=len(phases), desc=f"quantize {method}", unit="phase", disable=not progress, leave=False)
-    timings: dict[str, float] = {}
-
-    @contextmanager
-    def phase(name: str) -> Iterator[None]:
-        bar.set_postfix_str(name)
-        t0 = time.perf_counter()
-        yield
-        timings[name] = round(time.perf_counter() - t0, 3)
-        bar.update(1)
+    phase = PhaseProgress(phases, f"quantize {method}", progress)
 
     record: dict[str, Any] = {"method": method, "dllm_trt_version": __version__}
     tmp = artifact.staging_dir(out)
@@ -232,7 +223,7 @@ def quantize(onnx_dir: str | Path, out_dir: str | Path, method: str, calib: str 
                 record["validation"] = _validate(src_path, tmp / MODEL_FILE, onnx_dir, calib_set, config)
         else:
             record["validation"] = {"status": "skipped"}
-        record["timings_s"] = timings
+        record["timings_s"] = phase.timings
         with phase("write"):
             new_meta = dict(meta)
             new_meta["quantization"] = record
@@ -244,7 +235,7 @@ def quantize(onnx_dir: str | Path, out_dir: str | Path, method: str, calib: str 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        bar.close()
+        phase.close()
     return {"out": str(out), **record}
 
 

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import __version__
+from .. import __version__, atomic
 from ..errors import DllmError
 from ..runtime.backends.ort_backend import (CACHE_READ_FILE, CACHE_WRITE_FILE, CONFIG_FILE, EXTERNAL_DATA_FILE,
                                             MODEL_FILE, config_from_artifact, past_names, read_artifact_config)
@@ -301,25 +301,6 @@ def _check_out(out: Path, onnx_dir: Path) -> None:
                                 "pick a new folder")
 
 
-def _staging(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    return tmp
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 # ---------------------------------------------------------------------- the build
 def _build(api: api_mod.TrtApi, model_path: Path, config, prof: dict[str, list[list[int]]], strongly_typed: bool,
            flag: Any, precision: str, targets: list[str] | None, plugin_libs: list[Path], use_python_plugins: bool,
@@ -449,7 +430,7 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, backend: str = "trt-
     cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
     hit = _cached(cache_root, key) if use_cache else None
 
-    tmp = _staging(out)
+    tmp = atomic.staging_dir(out, "build")
     try:
         if hit is not None:
             t0 = time.perf_counter()
@@ -531,7 +512,7 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, backend: str = "trt-
                                                              "precision", "build_seconds", "built_at", "phases")})
             if stored is None:
                 say(f"warning: could not write the engine cache at {cache_root}")
-        _publish(tmp, out)
+        atomic.publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, atomic
 from ..config import ModelConfig
 from ..errors import DllmError
 from ..runtime.backends.ort_backend import (CACHE_LAYOUT, CACHE_READ_FILE, CACHE_WRITE_FILE, CONFIG_FILE, FORMAT_VERSION,
@@ -162,21 +160,7 @@ def check_out_dir(out: Path, model_dir: Path) -> None:
 
 
 def staging_dir(out: Path) -> Path:
-    """A hidden temporary sibling of ``out`` (same filesystem, so the final rename is atomic)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the artefact gets the usual folder mode
-    return tmp
+    return atomic.staging_dir(out, "export")
 
 
-def publish(tmp: Path, out: Path) -> None:
-    """Move the finished folder into place, replacing an earlier export."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+publish = atomic.publish

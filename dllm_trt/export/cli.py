@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
 
-from ..errors import DllmError
 
 CACHE_CHOICES = ("none", "prefix", "dual", "block", "sub_block")
 
@@ -57,19 +55,3 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"exported {report['model_type']} ({report['dtype']}{plugins}) to {report['out']}: "
               f"{', '.join(report['files'])} ({size / 1e6:.1f} MB), {status}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry (``python -m dllm_trt.export.cli export ...``) for use before the main CLI wires it."""
-    parser = argparse.ArgumentParser(prog="dllm-trt")
-    add_export_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except DllmError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -74,7 +74,7 @@ def trace_to_onnx(model: nn.Module, config: ModelConfig, path: Path, opset: int)
                               dynamo=False)
 
 
-def _set_shape(value: onnx.ValueInfoProto, elem_type: int, dims: list[int | str]) -> None:
+def set_shape(value: onnx.ValueInfoProto, elem_type: int, dims: list[int | str]) -> None:
     t = value.type.tensor_type
     t.elem_type = elem_type
     del t.shape.dim[:]
@@ -115,7 +115,7 @@ def apply_contract(model: onnx.ModelProto, config: ModelConfig, kv_elem_type: in
     shapes.update({n: (kv_elem_type, kv_now) for n in present_names(c.num_layers)})
     for v in list(model.graph.input) + list(model.graph.output):
         if v.name in shapes:
-            _set_shape(v, *shapes[v.name])
+            set_shape(v, *shapes[v.name])
     # Intermediate value_info from the trace may carry exporter-made dim names; shape inference redoes them.
     del model.graph.value_info[:]
     model.doc_string = ("dllm-trt graph: present.* hold only the current tokens' keys/values "

@@ -8,16 +8,15 @@ threshold, checked from disk, validated against PyTorch, and only then published
 from __future__ import annotations
 
 import shutil
-import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import onnx
 import torch
 from tqdm import tqdm
 
 from ..config import ModelConfig
+from ..progress import PhaseProgress
 from ..errors import DllmError
 from ..models import load_model
 from ..runtime.backends.ort_backend import (CACHE_READ_FILE, CACHE_WRITE_FILE, CONFIG_FILE, EXTERNAL_DATA_FILE,
@@ -60,17 +59,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
     if validate:
         pick_provider(dtype)  # fail before a long trace when this machine cannot validate (bf16 without CUDA)
     phases = ["load", "trace", "save", "check"] + (["validate"] if validate else []) + ["write"]
-    bar = tqdm(total=len(phases), desc="export", unit="phase", disable=not progress, leave=False)
+    phase = PhaseProgress(phases, "export", progress)
     say = log or (lambda s: tqdm.write(s) if progress else print(s))
-    timings: dict[str, float] = {}
-
-    @contextmanager
-    def phase(name: str) -> Iterator[None]:
-        bar.set_postfix_str(name)
-        t0 = time.perf_counter()
-        yield
-        timings[name] = round(time.perf_counter() - t0, 3)
-        bar.update(1)
 
     tmp = artifact.staging_dir(out)
     try:
@@ -158,8 +148,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        bar.close()
+        phase.close()
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
     return {"out": str(out), "family": config.family, "model_type": config.model_type, "dtype": dtype,
             "kv_dtype": KV_TYPES[dtype], "opset": opset, "weight_bytes": weight_bytes, "external_data": external,
-            "files": files, "validation": validation, "timings_s": timings, "plugins": plugins}
+            "files": files, "validation": validation, "timings_s": phase.timings, "plugins": plugins}

@@ -84,6 +84,26 @@ def pick_provider(dtype: str) -> str:
                     "Re-run with --no-validate to write it unvalidated, or export --dtype fp16/fp32 to validate on CPU.")
 
 
+def validation_cases(model, config: ModelConfig, rng: np.random.Generator) -> list[tuple]:
+    """The two checked forwards: (name, ids, pos, bias, past or None).
+
+    prefill: P = 0, batch 2, the second sequence shorter; cached: batch 3 over a past made by a
+    torch prefill, with some cache positions stale (masked), the runtime's own bias.
+    """
+    span = max(2, min(10, config.max_position_embeddings))  # positions used by the cases
+    p = span * 3 // 5
+    l_pre, l_step = span - 3 if span > 4 else span, span - p
+    cases = []
+    ids, pos, bias, _ = _case_inputs(config, rng, 2, [l_pre, max(1, l_pre - 2)], 0, [0, 0])
+    cases.append(("prefill", ids, pos, bias, None))
+    pids, ppos, pbias, _ = _case_inputs(config, rng, 3, [p, p, p], 0, [0, 0, 0])
+    with torch.no_grad():
+        _, past = model(torch.from_numpy(pids), torch.from_numpy(ppos), torch.from_numpy(pbias), None)
+    ids, pos, bias, _ = _case_inputs(config, rng, 3, [l_step, l_step, max(1, l_step - 1)], p, [p, max(1, p - 2), p - 1])
+    cases.append(("cached", ids, pos, bias, [(k.contiguous(), v.contiguous()) for k, v in past]))
+    return cases
+
+
 def validate_graph(model: torch.nn.Module, config: ModelConfig, onnx_path: str, dtype: str,
                    log: Callable[[str], None] = print, seed: int = 0, tolerance: float | None = None) -> dict[str, Any]:
     """Compare ORT with PyTorch on a prefill and a cached step; raises DllmError beyond tolerance."""
@@ -103,9 +123,6 @@ def validate_graph(model: torch.nn.Module, config: ModelConfig, onnx_path: str, 
     n = config.num_layers
     names_in, names_out = input_names(n), output_names(n)
     rng = np.random.default_rng(seed)
-    span = max(2, min(10, config.max_position_embeddings))  # positions used by the cases
-    p = span * 3 // 5
-    l_pre, l_step = span - 3 if span > 4 else span, span - p
 
     def run_both(ids, pos, bias, past):
         t_in = (torch.from_numpy(ids), torch.from_numpy(pos), torch.from_numpy(bias))
@@ -127,16 +144,7 @@ def validate_graph(model: torch.nn.Module, config: ModelConfig, onnx_path: str, 
         ref = [t_logits.float().numpy()] + [x.float().numpy() for kv in t_pres for x in kv]
         return outs, ref, t_pres
 
-    cases = []
-    # Prefill of the past of the cached step (P = 0): batch 2, the second sequence shorter.
-    ids, pos, bias, _ = _case_inputs(config, rng, 2, [l_pre, max(1, l_pre - 2)], 0, [0, 0])
-    cases.append(("prefill", ids, pos, bias, None))
-    # Cached step: batch 3, past from a torch prefill of p positions, some of it stale (masked).
-    pids, ppos, pbias, _ = _case_inputs(config, rng, 3, [p, p, p], 0, [0, 0, 0])
-    with torch.no_grad():
-        _, past = model(torch.from_numpy(pids), torch.from_numpy(ppos), torch.from_numpy(pbias), None)
-    ids, pos, bias, _ = _case_inputs(config, rng, 3, [l_step, l_step, max(1, l_step - 1)], p, [p, max(1, p - 2), p - 1])
-    cases.append(("cached", ids, pos, bias, [(k.contiguous(), v.contiguous()) for k, v in past]))
+    cases = validation_cases(model, config, rng)
 
     report = []
     failures = []

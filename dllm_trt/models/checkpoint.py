@@ -5,15 +5,14 @@ Only safetensors is read: no pickle, no remote code. Every error names the file 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .. import atomic
 from ..config import ModelConfig
 from ..errors import DllmError
 from .llada import LLaDAModel
@@ -105,8 +104,7 @@ def load_model(model_dir: str | Path, dtype: str | torch.dtype = "fp32", device:
 def save_model(model: torch.nn.Module, model_dir: str | Path, extra_files: dict[str, str | bytes] | None = None) -> None:
     """Write config.json + model.safetensors (+ extra files) atomically: a temp folder renamed at the end."""
     model_dir = Path(model_dir)
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", dir=model_dir.parent))
+    tmp = atomic.staging_dir(model_dir, "save")
     try:
         model.config.save(tmp)
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -115,9 +113,7 @@ def save_model(model: torch.nn.Module, model_dir: str | Path, extra_files: dict[
             mode = "wb" if isinstance(content, bytes) else "w"
             with open(tmp / name, mode) as fh:
                 fh.write(content)
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        os.replace(tmp, model_dir)
+        atomic.publish(tmp, model_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import DllmError
+from ..export.graph import set_shape
 from . import DOMAIN, DOMAIN_VERSION, PLUGIN_MODES, PLUGIN_VERSION, SUBBLOCK_CACHE_ATTENTION, THRESHOLD_UNMASK
 from .contract import (CAPACITY, UNMASK_INPUTS, UNMASK_OUTPUTS, cache_in_names, cache_out_names, plugin_input_names,
                        plugin_output_names)
@@ -140,16 +141,6 @@ def trace_plugin_graph(model: nn.Module, config: ModelConfig, path: Path, opset:
 
 
 # ---------------------------------------------------------------------- contract
-def _set_shape(value: onnx.ValueInfoProto, elem_type: int, dims: list) -> None:
-    t = value.type.tensor_type
-    t.elem_type = elem_type
-    del t.shape.dim[:]
-    for d in dims:
-        dim = t.shape.dim.add()
-        if isinstance(d, str):
-            dim.dim_param = d
-        else:
-            dim.dim_value = d
 
 
 def plugin_shapes(config: ModelConfig, kv_elem: int) -> dict[str, tuple[int, list]]:
@@ -179,7 +170,7 @@ def add_unmask_and_contract(model: onnx.ModelProto, config: ModelConfig, kv_elem
     shapes = plugin_shapes(config, kv_elem)
     for v in list(g.input) + list(g.output):
         if v.name in shapes:
-            _set_shape(v, *shapes[v.name])
+            set_shape(v, *shapes[v.name])
     order_in, order_out = plugin_input_names(config.num_layers), plugin_output_names(config.num_layers)
     _reorder(g.input, order_in)
     _reorder(g.output, order_out)
@@ -255,7 +246,7 @@ def validate_plugin_graph(model: nn.Module, config: ModelConfig, onnx_path: str,
     bit-equal, and ThresholdUnmask's outputs vs the reference on ORT's own logits."""
     import onnxruntime as ort
 
-    from ..export.validate import KV_DTYPES, TOLERANCE, _case_inputs, _ort_value, _rel, _to_float, pick_provider
+    from ..export.validate import KV_DTYPES, TOLERANCE, _ort_value, _rel, _to_float, pick_provider, validation_cases
     from .threshold_unmask import threshold_unmask
 
     provider = pick_provider(dtype)
@@ -271,17 +262,8 @@ def validate_plugin_graph(model: nn.Module, config: ModelConfig, onnx_path: str,
         raise DllmError(f"ONNX Runtime ({provider}) cannot load the exported plugin graph: {e}") from e
     n, c = config.num_layers, config
     rng = np.random.default_rng(seed)
-    span = max(2, min(10, c.max_position_embeddings))
-    p = span * 3 // 5
-    l_pre, l_step = span - 3 if span > 4 else span, span - p
-    cases = []
-    ids, pos, bias, _ = _case_inputs(c, rng, 2, [l_pre, max(1, l_pre - 2)], 0, [0, 0])
-    cases.append(("prefill", ids, pos, bias, None))
-    pids, ppos, pbias, _ = _case_inputs(c, rng, 3, [p, p, p], 0, [0, 0, 0])
-    with torch.no_grad():
-        _, past = model(torch.from_numpy(pids), torch.from_numpy(ppos), torch.from_numpy(pbias), None)
-    ids, pos, bias, _ = _case_inputs(c, rng, 3, [l_step, l_step, max(1, l_step - 1)], p, [p, max(1, p - 2), p - 1])
-    cases.append(("cached", ids, pos, bias, [(k.to(kv_dtype), v.to(kv_dtype)) for k, v in past]))
+    cases = [(name, ids, pos, bias, None if past is None else [(k.to(kv_dtype), v.to(kv_dtype)) for k, v in past])
+             for name, ids, pos, bias, past in validation_cases(model, c, rng)]
 
     report, failures = [], []
     log(f"validation of the plugin graph on ONNX Runtime {provider} vs PyTorch ({dtype}, tolerance {tol:g} relative):")

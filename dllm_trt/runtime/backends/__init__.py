@@ -45,6 +45,20 @@ class Backend(Protocol):
                 past_len: int, write_mask: np.ndarray | None) -> np.ndarray: ...
 
 
+def check_forward_args(input_ids: np.ndarray, attention_bias: np.ndarray, cache: Any, past_len: int,
+                       write_mask: np.ndarray | None) -> None:
+    """The shape/cache preconditions every backend's forward shares; raises DllmError."""
+    from ...errors import DllmError
+
+    b, l = input_ids.shape
+    if attention_bias.shape != (b, 1, l, past_len + l):
+        raise DllmError(f"attention_bias has shape {attention_bias.shape}, expected {(b, 1, l, past_len + l)}")
+    if (past_len > 0 or write_mask is not None) and cache is None:
+        raise DllmError("a forward with past keys/values or writes needs a cache from allocate_cache()")
+    if cache is not None and past_len > cache.capacity:
+        raise DllmError(f"past_len {past_len} is beyond the cache capacity {cache.capacity}")
+
+
 def load_backend(name: str, model_dir: str, **kwargs: Any) -> Backend:
     """``torch`` (reference, needs torch), ``ort`` (ONNX Runtime, on an exported folder) or ``trt``
     (TensorRT / TensorRT-RTX, on a ``dllm-trt build`` folder; needs a GPU and cuda-python)."""

@@ -46,7 +46,7 @@ import numpy as np
 
 from ...config import ModelConfig
 from ...errors import DllmError
-from . import UnmaskResult
+from . import UnmaskResult, check_forward_args
 
 FORMAT_VERSION = 1  # bump when the graph contract or dllm_config.json changes incompatibly
 CONFIG_FILE = "dllm_config.json"
@@ -306,13 +306,8 @@ class OrtBackend:
     def forward(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_bias: np.ndarray, cache: Any,
                 past_len: int, write_mask: np.ndarray | None) -> np.ndarray:
         b, l = input_ids.shape
-        if attention_bias.shape != (b, 1, l, past_len + l):
-            raise DllmError(f"attention_bias has shape {attention_bias.shape}, expected {(b, 1, l, past_len + l)}")
-        if (past_len > 0 or write_mask is not None) and cache is None:
-            raise DllmError("a forward with past keys/values or writes needs a cache from allocate_cache()")
+        check_forward_args(input_ids, attention_bias, cache, past_len, write_mask)
         self._check_len(past_len + l, "this forward (past + query)")
-        if cache is not None and past_len > cache.capacity:
-            raise DllmError(f"past_len {past_len} is beyond the cache capacity {cache.capacity}")
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         pos = np.ascontiguousarray(position_ids, dtype=np.int64)
         bias = np.ascontiguousarray(attention_bias, dtype=np.float32)

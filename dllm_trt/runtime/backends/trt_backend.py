@@ -44,6 +44,7 @@ import numpy as np
 
 from ...config import ModelConfig
 from ...errors import DllmError
+from . import check_forward_args
 from .ort_backend import (CONFIG_FILE, config_from_artifact, input_names, output_names, past_names, present_names,
                           read_artifact_config)
 
@@ -307,12 +308,7 @@ class TrtBackend:
     def forward(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_bias: np.ndarray, cache: Any,
                 past_len: int, write_mask: np.ndarray | None) -> np.ndarray:
         b, l = input_ids.shape
-        if attention_bias.shape != (b, 1, l, past_len + l):
-            raise DllmError(f"attention_bias has shape {attention_bias.shape}, expected {(b, 1, l, past_len + l)}")
-        if (past_len > 0 or write_mask is not None) and cache is None:
-            raise DllmError("a forward with past keys/values or writes needs a cache from allocate_cache()")
-        if cache is not None and past_len > cache.capacity:
-            raise DllmError(f"past_len {past_len} is beyond the cache capacity {cache.capacity}")
+        check_forward_args(input_ids, attention_bias, cache, past_len, write_mask)
         limit = self.max_positions + ((self.config.block_size or 0) + 1 if self.config.block_size else 0)
         if past_len + l > limit:
             raise DllmError(f"this forward (past + query) needs {past_len + l} positions, but {self.folder} was exported "

@@ -255,7 +255,7 @@ def print_table(r: dict) -> None:
           f"{r['device']}, onnxruntime {r['onnxruntime']} CUDA EP, {r['date']}")
     print(f"copy bandwidth {r['copy_bandwidth_TBps']:.2f} TB/s; weights read per forward {r['weights_read_GB']:.2f} GB "
           "(all but the embedding table) -> floor = weights read / bandwidth")
-    print(f"| forward | L | P | floor ms | eager torch ms | ORT graph ms | ORT runtime step ms | runtime / floor |")
+    print("| forward | L | P | floor ms | eager torch ms | ORT graph ms | ORT runtime step ms | runtime / floor |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in r["rows"]:
         print(f"| {row['forward']} | {row['L']} | {row['P']} | {row['floor_ms']:.2f} | {row['eager_torch_ms']:.2f} | "

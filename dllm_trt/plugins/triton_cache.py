@@ -34,8 +34,8 @@ def _kernels():
         l = tok % rows_per_seq
         p = tl.load(pos + tok)
         d = tl.arange(0, BLOCK_D)
-        m = (d < head_dim) & (p >= 0)
         ps = tl.maximum(p, 0).to(tl.int64)
+        m = d < tl.where(p >= 0, head_dim, 0)  # a negative position writes nothing
         src = b.to(tl.int64) * s_kb + h * s_kh + l * s_kl + d
         dst = b.to(tl.int64) * s_cb + h * s_ch + ps * s_ct + d
         tl.store(kc + dst, tl.load(k + src, mask=m), mask=m)

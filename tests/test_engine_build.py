@@ -366,3 +366,55 @@ def test_engine_for_another_gpu_trt(built, tmp_path, monkeypatch):
                                         r"NVIDIA L40S \(8.9\)\. TensorRT engines run on the GPU model they were built "
                                         r"for: rebuild it here: `dllm-trt build .* --backend trt"):
         load_backend("trt", str(folder))
+
+
+# ---------------------------------------------------------------------- quantized graphs (issue 6)
+@pytest.fixture(scope="module")
+def quantized16(onnx16, tmp_path_factory):
+    """llada-tiny's fp16 export quantized with the CLI: blockwise INT4 QDQ (RTN) and FP8 QDQ (calibrated)."""
+    pytest.importorskip("onnx")
+    from dllm_trt.calibration.data import build_calibration, save_calibration
+
+    root = tmp_path_factory.mktemp("quant16")
+    src = onnx16["llada-tiny"]
+    save_calibration(build_calibration(src, "builtin", 8), root / "calib.npz")
+    out = {}
+    for precision, argv in (("int4", ("--method", "int4-rtn", "--format", "qdq")),
+                            ("fp8", ("--method", "fp8", "--calib", root / "calib.npz"))):
+        rc, _, err = run_cli("quantize", "--onnx", src, "--out", root / precision, *argv, "--no-validate")
+        assert rc == 0, err
+        out[precision] = root / precision
+    return out
+
+
+@pytest.mark.parametrize("precision,method,fmt", [("int4", "int4-rtn", "QDQ: blockwise DequantizeLinear"),
+                                                  ("fp8", "fp8", "QDQ FP8 E4M3FN")])
+def test_build_quantized_qdq(quantized16, tmp_path, precision, method, fmt):
+    """TensorRT-RTX builds the INT4 (blockwise, opset 21) and FP8 (E4M3) QDQ graphs for Ada and Blackwell."""
+    folder = tmp_path / precision
+    rc, out, err = run_cli("build", "--onnx", quantized16[precision], "--out", folder, "--backend", "trt-rtx",
+                           "--compute-capability", TARGETS, "--no-cache", "--json")
+    assert rc == 0, err
+    summary = json.loads(out)
+    assert summary["precision"] == precision and summary["strongly_typed"] is True  # from the graph, no flag
+    assert 0 < summary["timings_s"]["build"] < 120
+    rec = json.loads((folder / "dllm_config.json").read_text())["engine"]
+    assert rec["precision"] == precision and rec["compute_capabilities"] == ["8.9", "12.0"]
+    assert rec["quantization"]["method"] == method and rec["quantization"]["format"].startswith(fmt)
+    if precision == "int4":
+        assert rec["quantization"]["block_size"] == 32 and rec["quantization"]["symmetric"] is True
+    assert f"({precision}, targets 8.9, 12.0)" in err
+    header = parse_rtx_header((folder / "model.engine").read_bytes()[:64])
+    assert header["targets"] == ["8.9", "12.0"] and header["plan_bytes"] == rec["bytes"]
+    assert check_engine(folder)["ok"]
+    rc, out, _ = run_cli("check-engine", "--engine", folder)
+    assert rc == 0 and "engine OK" in out
+
+
+def test_quantized_targets_refused_before_the_build(quantized16, tmp_path):
+    """INT4 needs Ampere (8.0), FP8 Ada (8.9): older targets are refused before TensorRT-RTX runs."""
+    expect_error("build", "--onnx", quantized16["int4"], "--out", tmp_path / "e", "--compute-capability", "7.5,8.9",
+                 match=r"--precision int4 needs compute capability 8.0 or newer; TensorRT-RTX cannot compile it for 7.5")
+    expect_error("build", "--onnx", quantized16["fp8"], "--out", tmp_path / "e", "--compute-capability", "8.6",
+                 match=r"--precision fp8 needs compute capability 8.9 or newer; TensorRT-RTX cannot compile it for 8.6")
+    assert not (tmp_path / "e").exists()

@@ -41,6 +41,7 @@ from .check import BUILD_LOG, ENGINE_FILE, file_sha256, parse_rtx_header
 from .gpu import cc_tuple, gpu_info
 
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8", "int4")
+QUANT_KEYS = ("method", "format", "bits", "block_size", "symmetric", "weights", "activations")
 BUILDER_VERSION = 1  # part of the cache key: bump when the builder changes what it builds
 AXES = {"B": "batch", "L": "query_len", "P": "past_len"}
 DEFAULT_CACHE = Path.home() / ".cache" / "dllm-trt" / "engines"
@@ -469,6 +470,9 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, backend: str = "trt-
             "python_module": api.module_name,
             "precision": precision,
             "strongly_typed": strongly_typed,
+            # what the QDQ graph carries (the export's `quantization` record, abridged); None for a plain export
+            "quantization": ({k: (meta.get("quantization") or {})[k] for k in QUANT_KEYS
+                              if k in (meta.get("quantization") or {})} or None),
             "compute_capabilities": (targets if targets and targets != ["current"] else
                                      [gpu["compute_capability"]] if targets == ["current"] and gpu else
                                      (header or {}).get("targets") if api.rtx else

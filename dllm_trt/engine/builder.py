@@ -112,6 +112,43 @@ def profile_shapes(shapes: dict[str, tuple[int, int, int]], config) -> dict[str,
     return out
 
 
+def plugin_profile_shapes(shapes: dict[str, tuple[int, int, int]], config) -> dict[str, list[list[int]]]:
+    """min / opt / max of every input of a ``dllm-trt export --plugins`` graph (plugins/contract.py): the
+    caches are inputs with a capacity dim T = P + L (past + the current tokens, all written in place),
+    the bias covers cache positions 0..S-1 after the write (S = P + L), and the unmask inputs follow
+    the logits rows [B, L] (the threshold is one float)."""
+    from ..plugins.contract import UNMASK_INPUTS, cache_in_names
+
+    b, l, p = shapes["batch"], shapes["query_len"], shapes["past_len"]
+    h, d = config.num_kv_heads, config.head_dim
+    out = {}
+    for name in ("input_ids", "position_ids", "cache_position", UNMASK_INPUTS[0], UNMASK_INPUTS[1]):
+        out[name] = [[b[i], l[i]] for i in range(3)]
+    out["attention_bias"] = [[b[i], 1, l[i], p[i] + l[i]] for i in range(3)]
+    for name in cache_in_names(config.num_layers):
+        out[name] = [[b[i], h, p[i] + l[i], d] for i in range(3)]
+    out[UNMASK_INPUTS[2]] = [[1], [1], [1]]
+    return out
+
+
+def plugin_mode(meta: dict[str, Any], backend: str, onnx_dir: Path) -> str | None:
+    """The ``--plugins`` mode of the export (None for a plain one); DllmError where this backend cannot build it.
+    fallback: standard ops only, builds anywhere. custom: dllm_trt nodes, needs the TensorRT plugins
+    (register_plugins); TensorRT-RTX 1.7 aborts the process when it adds a plugin layer (tests/test_plugins.py)."""
+    mode = (meta.get("plugins") or {}).get("mode")
+    if mode is None:
+        return None
+    if mode not in ("fallback", "custom"):
+        raise DllmError(f"{onnx_dir} is a plugin export of unknown mode {mode!r}; re-export with "
+                        "`dllm-trt export --plugins fallback` or `--plugins custom`")
+    if mode == "custom" and backend == "trt-rtx":
+        raise DllmError(f"{onnx_dir} is a `dllm-trt export --plugins custom` graph (dllm_trt plugin nodes): TensorRT-RTX "
+                        "1.7 aborts the process when it adds a plugin layer (\"terminate called without an active "
+                        "exception\"); for TensorRT-RTX re-export with `--plugins fallback` (the same ops in standard "
+                        "ONNX), or build this one with --backend trt")
+    return mode
+
+
 def parse_targets(text: str | None) -> list[str] | None:
     if not text:
         return None
@@ -378,16 +415,15 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, backend: str = "trt-
     if meta.get("engine"):
         raise DllmError(f"{onnx_dir} is an engine folder (built by `dllm-trt build`), not an ONNX export; "
                         f"pass the export folder it came from ({meta['engine'].get('source_onnx', '?')})")
-    if meta.get("plugins"):
-        raise DllmError(f"{onnx_dir} is a plugin export (`dllm-trt export --plugins {meta['plugins'].get('mode', '?')}`): "
-                        "its graph keeps the caches inside and has another input contract, for which this builder has "
-                        "no optimization profile yet; build an engine from a plain export (without --plugins)")
     model_path = onnx_dir / (meta.get("model_file") or MODEL_FILE)
     if not model_path.is_file():
         raise DllmError(f"{model_path} is missing; the export is incomplete, re-export the model")
     config = config_from_artifact(meta, source=str(onnx_dir / CONFIG_FILE))
     _check_out(out, onnx_dir)
     api = api_mod.load(backend)
+    graph_plugins = plugin_mode(meta, api.backend, onnx_dir)
+    if graph_plugins == "custom":
+        plugins = True  # its dllm_trt nodes need the plugins registered before parsing
     max_pos, limit = position_limit(meta, config)
     shape_ranges = parse_shapes(shapes, max_pos, limit)
     targets = ([t.lower() for t in compute_capabilities] if isinstance(compute_capabilities, list)
@@ -411,7 +447,7 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, backend: str = "trt-
                             f"(no dllm_trt.plugins.trt_plugins.register_plugins, no plugin library in {PLUGIN_DIR}); "
                             f"pass --plugin-lib PATH.so or set {PLUGIN_ENV}, or build without --plugins "
                             f"(the exported graph needs none)")
-    prof = profile_shapes(shape_ranges, config)
+    prof = (plugin_profile_shapes if graph_plugins else profile_shapes)(shape_ranges, config)
 
     t0 = time.perf_counter()
     digests = onnx_digest(onnx_dir, meta)
@@ -485,6 +521,8 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, backend: str = "trt-
             "profiles": [{name: {"min": v[0], "opt": v[1], "max": v[2]} for name, v in prof.items()}],
             "max_positions": max_pos,
             "plugins": list(plugin_digests),
+            # the export's graph contract: None (past/present) or its --plugins mode (caches in/out, unmask)
+            "plugin_graph": graph_plugins,
             "opt_level": opt_level,
             "cache_key": key,
             "cache_hit": hit is not None,

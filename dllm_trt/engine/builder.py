@@ -10,6 +10,10 @@ One builder for both Python APIs (``api.py`` names where they differ). Steps, ea
              input_ids / position_ids [B, L], attention_bias [B, 1, L, P + L],
              past_key_values.* [B, Hkv, P, D]         (P min 0 works: TensorRT-RTX 1.7 accepts
            0-length past dims in the profile, and the prefill runs with P = 0)
+           a ``dllm-trt export --plugins`` graph has its own contract (plugins/contract.py):
+             + cache_position / unmask_tokens / unmask_candidates [B, L], unmask_threshold [1],
+             cache.* [B, Hkv, P + L, D] (capacity: past + current tokens), no past_key_values.*
+           (fallback: standard ops, any API; custom: dllm_trt nodes, TensorRT with the plugins only)
            TensorRT's IProgressMonitor reports the build phases when the API has it
   write    model.engine, dllm_config.json (the export's, plus an ``engine`` record), build.log and
            the tokenizer files, written into a hidden temporary sibling and renamed into place

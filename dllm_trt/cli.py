@@ -51,22 +51,17 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
 def generation_config(model_dir: Path, args: argparse.Namespace):
     """Defaults from the folder (generation_config.json or dllm_config.json), then the command line."""
     from .runtime import GenerationConfig
+    from .runtime.settings import folder_generation_defaults
 
     fields = {f.name for f in dataclasses.fields(GenerationConfig)}
-    values: dict = {}
-    art = model_dir / "dllm_config.json"
-    gen = model_dir / "generation_config.json"
-    if art.is_file():
-        values.update(json.loads(art.read_text()).get("generation_defaults", {}))
-    elif gen.is_file():
-        values.update(json.loads(gen.read_text()))
+    values = folder_generation_defaults(model_dir)
     for name in fields:
         v = getattr(args, name, None)
         if v is not None:
             values[name] = v
     if args.no_stop:
         values["stop_at_eos"] = False
-    return GenerationConfig(**{k: v for k, v in values.items() if k in fields})
+    return GenerationConfig(**values)
 
 
 def decode_and_report(backend, model_dir: Path, prompts: list[str], args: argparse.Namespace, backend_name: str) -> dict:

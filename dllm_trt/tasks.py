@@ -6,10 +6,8 @@ Torch-free: the runtime, the profiler and the tests use them too.
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 EOS = "<|endoftext|>"
 MASK = "<|mask|>"
@@ -62,13 +60,3 @@ def build_tokenizer_json() -> str:
     corpus = [c * (len(CHARS) - i) for i, c in enumerate(CHARS)]  # fixes the id order: a, b, ...
     tok.train_from_iterator(corpus, trainer)
     return tok.to_str(pretty=True)
-
-
-def load_examples_jsonl(path: str | Path) -> list[Example]:
-    """Prompts with known answers: one {"prompt": ..., "answer": ...} object per line."""
-    out = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            d = json.loads(line)
-            out.append(Example(d["prompt"], d["answer"]))
-    return out

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dllm_trt.config import ModelConfig  # noqa: E402
 from dllm_trt.runtime import GenerationConfig, TextTokenizer, generate  # noqa: E402
+from dllm_trt.runtime.settings import folder_generation_defaults  # noqa: E402
 from dllm_trt.tasks import exact_match, make_examples  # noqa: E402
 
 EVAL_SEED = 12345
@@ -52,8 +53,7 @@ def evaluate(backend, tok: TextTokenizer, n: int, settings: dict, batch: int = 2
 
 def evaluate_folder(model_dir: Path, backend, n: int, device_name: str) -> dict:
     config = ModelConfig.from_pretrained(model_dir)
-    settings = json.loads((model_dir / "generation_config.json").read_text())
-    settings = {k: v for k, v in settings.items() if k in GenerationConfig.__dataclass_fields__}
+    settings = folder_generation_defaults(model_dir)
     tok = TextTokenizer(model_dir)
     results = {key: dict(evaluate(backend, tok, n, s), decoding=name, settings=s)
                for key, (name, s) in decodings(config.family, settings).items()}

@@ -45,7 +45,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..errors import DllmError
 from ..runtime.layout import attention_bias
-from ..runtime.settings import GenerationConfig
+from ..runtime.settings import GenerationConfig, folder_generation_defaults
 from ..runtime.tokenizer import TextTokenizer
 from ..tasks import Example, make_examples
 
@@ -80,16 +80,10 @@ def read_model_info(model_dir: str | Path) -> ModelInfo:
     if (d / CONFIG_FILE).is_file():
         meta = read_artifact_config(d)
         config = config_from_artifact(meta, source=str(d / CONFIG_FILE))
-        defaults.update({k: v for k, v in (meta.get("generation_defaults") or {}).items() if k in defaults})
+        defaults.update(folder_generation_defaults(d))
         return ModelInfo(d, config, defaults, meta["dtype"], True)
     config = ModelConfig.from_pretrained(d)
-    gen = d / "generation_config.json"
-    if gen.is_file():
-        try:
-            raw = json.loads(gen.read_text())
-        except json.JSONDecodeError as e:
-            raise DllmError(f"{gen} is not valid JSON: {e}") from e
-        defaults.update({k: v for k, v in raw.items() if k in defaults})
+    defaults.update(folder_generation_defaults(d))
     dtype = {"float16": "fp16", "bfloat16": "bf16"}.get(str(config.extra.get("torch_dtype", "float32")), "fp32")
     return ModelInfo(d, config, defaults, dtype, False)
 

@@ -19,7 +19,7 @@ from ..config import ModelConfig
 from ..errors import DllmError
 from ..runtime.backends.ort_backend import (CACHE_LAYOUT, CACHE_READ_FILE, CACHE_WRITE_FILE, CONFIG_FILE, FORMAT_VERSION,
                                             KV_TYPES, MODEL_FILE, input_names, output_names)
-from ..runtime.settings import CACHE_MODES, GenerationConfig
+from ..runtime.settings import CACHE_MODES, GenerationConfig, folder_generation_defaults
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "generation_config.json")
@@ -56,13 +56,7 @@ def tensor_specs(config: ModelConfig, dtype: str) -> tuple[list[dict], list[dict
 def generation_defaults(model_dir: Path, config: ModelConfig, cache: str | None) -> dict[str, Any]:
     """Decode defaults: GenerationConfig's, overridden by the checkpoint's generation_config.json, then --cache."""
     defaults = dataclasses.asdict(GenerationConfig())
-    path = model_dir / "generation_config.json"
-    if path.is_file():
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise DllmError(f"{path} is not valid JSON: {e}") from e
-        defaults.update({k: v for k, v in raw.items() if k in defaults})
+    defaults.update(folder_generation_defaults(model_dir))
     if cache is not None:
         modes = CACHE_MODES[config.attention]
         if cache not in modes:

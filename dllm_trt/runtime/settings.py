@@ -1,7 +1,9 @@
 """What a decode run is asked to do, and what it reports back."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 from ..errors import DllmError
 
@@ -61,6 +63,22 @@ class GenerationConfig:
         if not 0.0 <= c.top_p <= 1.0 or c.top_k < 0 or c.temperature < 0:
             raise DllmError("need temperature >= 0, top_k >= 0 and 0 <= top_p <= 1")
         return c
+
+
+def folder_generation_defaults(folder: str | Path) -> dict:
+    """The decode settings a folder carries, as GenerationConfig fields: an export's
+    ``dllm_config.json`` ``generation_defaults``, else a checkpoint's ``generation_config.json``."""
+    folder = Path(folder)
+    names = {f.name for f in fields(GenerationConfig)}
+    for path, key in ((folder / "dllm_config.json", "generation_defaults"), (folder / "generation_config.json", None)):
+        if path.is_file():
+            try:
+                raw = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise DllmError(f"{path} is not valid JSON: {e}") from e
+            raw = (raw.get(key) or {}) if key else raw
+            return {k: v for k, v in raw.items() if k in names}
+    return {}
 
 
 @dataclass

@@ -203,11 +203,11 @@ class DecodeLoop:
         return bool(np.isin(self.x[b, self.prompt_len[b]: end], self.eos).any())
 
     def result(self) -> GenerationResult:
-        out = []
+        out, eos = [], set(self.eos.tolist())
         for b in range(self.batch):
             toks = self.x[b, self.prompt_len[b]: self.prompt_len[b] + self.gen.gen_length].tolist()
             if self.gen.stop_at_eos:
-                cut = next((i for i, t in enumerate(toks) if t in set(self.eos.tolist())), len(toks))
+                cut = next((i for i, t in enumerate(toks) if t in eos), len(toks))
                 toks = toks[:cut]
             out.append(toks)
         return GenerationResult(out, len(self.steps), self.steps)

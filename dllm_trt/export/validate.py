@@ -84,6 +84,19 @@ def pick_provider(dtype: str) -> str:
                     "Re-run with --no-validate to write it unvalidated, or export --dtype fp16/fp32 to validate on CPU.")
 
 
+def open_session(onnx_path: str, provider: str, what: str):
+    """An ORT session on ``provider`` (CPU as fallback for unsupported nodes), quiet, with a clear error."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
+    try:
+        return ort.InferenceSession(onnx_path, sess_options=opts, providers=providers)
+    except Exception as e:
+        raise DllmError(f"ONNX Runtime ({provider}) cannot load the {what}: {e}") from e
+
+
 def validation_cases(model, config: ModelConfig, rng: np.random.Generator) -> list[tuple]:
     """The two checked forwards: (name, ids, pos, bias, past or None).
 
@@ -113,13 +126,7 @@ def validate_graph(model: torch.nn.Module, config: ModelConfig, onnx_path: str, 
     tol = TOLERANCE[dtype] if tolerance is None else float(tolerance)
     model_dtype = next(model.parameters()).dtype
     kv_dtype = KV_DTYPES[dtype]
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
-    try:
-        session = ort.InferenceSession(onnx_path, sess_options=opts, providers=providers)
-    except Exception as e:
-        raise DllmError(f"ONNX Runtime ({provider}) cannot load the exported graph: {e}") from e
+    session = open_session(onnx_path, provider, "exported graph")
     n = config.num_layers
     names_in, names_out = input_names(n), output_names(n)
     rng = np.random.default_rng(seed)

@@ -246,20 +246,15 @@ def validate_plugin_graph(model: nn.Module, config: ModelConfig, onnx_path: str,
     bit-equal, and ThresholdUnmask's outputs vs the reference on ORT's own logits."""
     import onnxruntime as ort
 
-    from ..export.validate import KV_DTYPES, TOLERANCE, _ort_value, _rel, _to_float, pick_provider, validation_cases
+    from ..export.validate import (KV_DTYPES, TOLERANCE, _ort_value, _rel, _to_float, open_session, pick_provider,
+                                   validation_cases)
     from .threshold_unmask import threshold_unmask
 
     provider = pick_provider(dtype)
     tol = TOLERANCE[dtype] if tolerance is None else float(tolerance)
     kv_dtype = KV_DTYPES[dtype]
     model_dtype = next(model.parameters()).dtype
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
-    try:
-        session = ort.InferenceSession(onnx_path, sess_options=opts, providers=providers)
-    except Exception as e:
-        raise DllmError(f"ONNX Runtime ({provider}) cannot load the exported plugin graph: {e}") from e
+    session = open_session(onnx_path, provider, "exported plugin graph")
     n, c = config.num_layers, config
     rng = np.random.default_rng(seed)
     cases = [(name, ids, pos, bias, None if past is None else [(k.to(kv_dtype), v.to(kv_dtype)) for k, v in past])

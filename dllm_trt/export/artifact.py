@@ -17,8 +17,8 @@ from typing import Any
 from .. import __version__, atomic
 from ..config import ModelConfig
 from ..errors import DllmError
-from ..runtime.backends.ort_backend import (CACHE_LAYOUT, CACHE_READ_FILE, CACHE_WRITE_FILE, CONFIG_FILE, FORMAT_VERSION,
-                                            KV_TYPES, MODEL_FILE, input_names, output_names)
+from ..contract import (CACHE_LAYOUT, CONFIG_FILE, FORMAT_VERSION, KV_TYPES, MODEL_FILE, input_names, output_names,
+                        tensor_shapes)
 from ..runtime.settings import CACHE_MODES, GenerationConfig, folder_generation_defaults
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -32,25 +32,14 @@ def model_config_dict(config: ModelConfig) -> dict[str, Any]:
 
 
 def tensor_specs(config: ModelConfig, dtype: str) -> tuple[list[dict], list[dict]]:
-    kv = KV_TYPES[dtype]
-    c = config
-    shapes = {
-        "input_ids": ("int64", ["batch", "query_len"]),
-        "position_ids": ("int64", ["batch", "query_len"]),
-        "attention_bias": ("float32", ["batch", 1, "query_len", "key_len"]),
-        "logits": ("float32", ["batch", "query_len", c.vocab_size]),
-    }
+    shapes = tensor_shapes(config, KV_TYPES[dtype])
 
     def spec(name: str) -> dict:
-        if name in shapes:
-            t, s = shapes[name]
-        elif name.startswith("past_key_values."):
-            t, s = kv, ["batch", c.num_kv_heads, "past_len", c.head_dim]
-        else:
-            t, s = kv, ["batch", c.num_kv_heads, "query_len", c.head_dim]
-        return {"name": name, "dtype": t, "shape": s}
+        t, dims = shapes[name]
+        return {"name": name, "dtype": t, "shape": dims}
 
-    return [spec(n) for n in input_names(c.num_layers)], [spec(n) for n in output_names(c.num_layers)]
+    n = config.num_layers
+    return [spec(x) for x in input_names(n)], [spec(x) for x in output_names(n)]
 
 
 def generation_defaults(model_dir: Path, config: ModelConfig, cache: str | None) -> dict[str, Any]:
@@ -117,18 +106,23 @@ def build_dllm_config(config: ModelConfig, dtype: str, opset: int, external_data
             "head_dim": config.head_dim,
             "dtype": KV_TYPES[dtype],
             "present": "present.{i}.* hold only the current tokens' keys/values (not past + current as in Optimum); "
-                       "the runtime writes them into its cache at the tokens' positions",
-            "device_ops": {"read": CACHE_READ_FILE, "write": CACHE_WRITE_FILE},
+                       "the runtime writes them into its cache in place, at the tokens' positions",
+            "past": "the runtime passes its whole cache buffer as past_key_values (P = capacity), stale and "
+                    "unwritten positions masked by attention_bias: no step slices or copies the cache",
         },
         "shape_ranges": {
             "batch": [1, None],
             "query_len": [1, config.max_position_embeddings],
             "past_len": [0, config.max_position_embeddings],
+            "rows": [1, config.max_position_embeddings],
             "max_positions": config.max_position_embeddings,
             "note": "all axes are dynamic in the graph; max_positions is the model's max_position_embeddings. "
                     "validation.cases lists the shapes checked against PyTorch.",
         },
         "validation": validation,
+        "selection": {"outputs": ["tokens", "confidence", "logits"], "rows": "logits_index [B, R]",
+                      "rule": "top-1 over the vocabulary with the mask token excluded; confidence = its softmax "
+                              "probability (float32); ties to the lowest token id"},
         "tokenizer": tokenizer,
         "chat_template": chat_template,
         "generation_defaults": gen_defaults,

@@ -15,7 +15,8 @@ def add_export_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p = subparsers.add_parser(
         "export", help="export a checkpoint folder to an ONNX artefact folder (validated against PyTorch)",
         description="Export a Hugging Face dLLM checkpoint (LLaDA, Dream, block diffusion) to model.onnx + "
-                    "dllm_config.json + tokenizer files. One graph serves the prefill and every cache mode; "
+                    "dllm_config.json + tokenizer files. One graph serves the prefill and every cache mode "
+                    "(contract: dllm_trt/contract.py); it selects the top-1 token of the rows the step reads, and "
                     "present.* hold only the current tokens' keys/values.")
     p.add_argument("--model", required=True, help="checkpoint folder (config.json + *.safetensors)")
     p.add_argument("--out", required=True, help="artefact folder to write (replaced if it is an earlier export)")
@@ -28,10 +29,6 @@ def add_export_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
                    help="max relative error max|ort-torch|/max|torch| (default fp32 1e-4, fp16 1e-2, bf16 5e-2)")
     p.add_argument("--external-data-threshold", type=int, default=2 * 1024**3, metavar="BYTES",
                    help="store weights in model.onnx.data above this size (default 2 GiB)")
-    p.add_argument("--plugins", nargs="?", const="fallback", default=None, choices=["fallback", "custom"],
-                   help="write the plugin graph (docs/plugins.md): caches in the graph through SubBlockCacheAttention "
-                        "and ThresholdUnmask on the logits; 'fallback' (the default) builds them from standard ops "
-                        "(ONNX Runtime, TensorRT), 'custom' emits dllm_trt nodes for the TensorRT plugins")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
     p.set_defaults(func=run_export)
     return p
@@ -43,7 +40,7 @@ def run_export(args: argparse.Namespace) -> int:
     log = (lambda s: print(s, file=sys.stderr)) if args.json else None
     report = export_onnx(args.model, args.out, dtype=args.dtype, opset=args.opset, validate=not args.no_validate,
                          external_data_threshold_bytes=args.external_data_threshold, cache=args.cache,
-                         tolerance=args.tolerance, plugins=args.plugins,
+                         tolerance=args.tolerance,
                          progress=not args.json and sys.stderr.isatty(), log=log)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -51,7 +48,6 @@ def run_export(args: argparse.Namespace) -> int:
         v = report["validation"]
         status = "validated" if v.get("status") == "passed" else "NOT validated (--no-validate)"
         size = sum(report["files"].values())
-        plugins = f", plugins: {report['plugins']}" if report.get("plugins") else ""
-        print(f"exported {report['model_type']} ({report['dtype']}{plugins}) to {report['out']}: "
+        print(f"exported {report['model_type']} ({report['dtype']}) to {report['out']}: "
               f"{', '.join(report['files'])} ({size / 1e6:.1f} MB), {status}")
     return 0

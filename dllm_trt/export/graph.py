@@ -1,4 +1,4 @@
-"""Trace a dLLM into the ONNX graph of the artefact contract (see runtime/backends/ort_backend.py).
+"""Trace a dLLM into the ONNX graph of the artefact contract (dllm_trt/contract.py).
 
 The TorchScript exporter (``dynamo=False``) is used on purpose: it traces these stateless
 models in well under a second, keeps B, L and P symbolic (P = 0 included: Concat with an
@@ -15,29 +15,34 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..runtime.backends.ort_backend import input_names, output_names, past_names, present_names
-
-# Named dimensions of the contract. key_len = past_len + query_len (ONNX cannot spell a sum).
-BATCH, QUERY, PAST, KEYS = "batch", "query_len", "past_len", "key_len"
+from ..contract import (BATCH, KEYS, PAST, QUERY, ROWS, input_names, output_names, past_names, present_names,
+                        tensor_shapes)
+from ..models.layers import select_top1
 
 
 class GraphWrapper(nn.Module):
-    """Flat tensor signature around a model: (ids, positions, bias, *past) -> (logits fp32, *presents)."""
+    """Flat tensor signature around a model:
+    (ids, positions, bias, *past, logits_index) -> (tokens, confidence, logits fp32, *presents)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, mask_token_id: int):
         super().__init__()
         self.model = model
+        self.mask_token_id = mask_token_id
 
-    def forward(self, input_ids, position_ids, attention_bias, *past):
+    def forward(self, input_ids, position_ids, attention_bias, *past_and_index):
+        past, logits_index = past_and_index[:-1], past_and_index[-1]
         pkv = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
-        logits, presents = self.model(input_ids, position_ids, attention_bias, pkv)
-        out = [logits.float()]  # logits leave the graph in fp32 whatever the model dtype
+        logits, presents = self.model(input_ids, position_ids, attention_bias, pkv, logits_index)
+        logits = logits.float()  # logits leave the graph in fp32 whatever the model dtype
+        tokens, confidence = select_top1(logits, self.mask_token_id)
+        out = [tokens, confidence, logits]
         for k, v in presents:
             out += [k, v]
         return tuple(out)
 
 
-def example_inputs(config: ModelConfig, dtype: torch.dtype, batch: int = 2, query: int = 5, past: int = 3):
+def example_inputs(config: ModelConfig, dtype: torch.dtype, batch: int = 2, query: int = 5, past: int = 3,
+                   rows: int = 4):
     """Trace-time inputs; sizes differ from each other so no dimension can be mistaken for another."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, config.vocab_size, (batch, query), generator=g)
@@ -45,7 +50,8 @@ def example_inputs(config: ModelConfig, dtype: torch.dtype, batch: int = 2, quer
     bias = torch.zeros(batch, 1, query, past + query)
     kv = [torch.randn(batch, config.num_kv_heads, past, config.head_dim, generator=g).to(dtype)
           for _ in range(2 * config.num_layers)]
-    return (ids, pos, bias, *kv)
+    index = torch.randint(0, query, (batch, rows), generator=g)
+    return (ids, pos, bias, *kv, index)
 
 
 def dynamic_axes(num_layers: int) -> dict[str, dict[int, str]]:
@@ -53,7 +59,10 @@ def dynamic_axes(num_layers: int) -> dict[str, dict[int, str]]:
         "input_ids": {0: BATCH, 1: QUERY},
         "position_ids": {0: BATCH, 1: QUERY},
         "attention_bias": {0: BATCH, 2: QUERY, 3: KEYS},
-        "logits": {0: BATCH, 1: QUERY},
+        "logits_index": {0: BATCH, 1: ROWS},
+        "tokens": {0: BATCH, 1: ROWS},
+        "confidence": {0: BATCH, 1: ROWS},
+        "logits": {0: BATCH, 1: ROWS},
     }
     axes.update({n: {0: BATCH, 2: PAST} for n in past_names(num_layers)})
     axes.update({n: {0: BATCH, 2: QUERY} for n in present_names(num_layers)})
@@ -68,7 +77,7 @@ def trace_to_onnx(model: nn.Module, config: ModelConfig, path: Path, opset: int)
         # TracerWarnings about Python ints (head counts, vocab) are expected: those are constants.
         warnings.simplefilter("ignore")
         with torch.no_grad():
-            torch.onnx.export(GraphWrapper(model).eval(), example_inputs(config, dtype), str(path),
+            torch.onnx.export(GraphWrapper(model, config.mask_token_id).eval(), example_inputs(config, dtype), str(path),
                               input_names=input_names(n), output_names=output_names(n),
                               dynamic_axes=dynamic_axes(n), opset_version=opset, do_constant_folding=True,
                               dynamo=False)
@@ -102,24 +111,16 @@ def fix_bf16_casts(model: onnx.ModelProto) -> int:
 
 def apply_contract(model: onnx.ModelProto, config: ModelConfig, kv_elem_type: int, metadata: dict[str, str]) -> None:
     """Name every dimension of the graph inputs/outputs as the contract says, and stamp metadata."""
-    c = config
-    kv_past = [BATCH, c.num_kv_heads, PAST, c.head_dim]
-    kv_now = [BATCH, c.num_kv_heads, QUERY, c.head_dim]
-    shapes = {
-        "input_ids": (onnx.TensorProto.INT64, [BATCH, QUERY]),
-        "position_ids": (onnx.TensorProto.INT64, [BATCH, QUERY]),
-        "attention_bias": (onnx.TensorProto.FLOAT, [BATCH, 1, QUERY, KEYS]),
-        "logits": (onnx.TensorProto.FLOAT, [BATCH, QUERY, c.vocab_size]),
-    }
-    shapes.update({n: (kv_elem_type, kv_past) for n in past_names(c.num_layers)})
-    shapes.update({n: (kv_elem_type, kv_now) for n in present_names(c.num_layers)})
+    elem = {"int64": onnx.TensorProto.INT64, "float32": onnx.TensorProto.FLOAT}
+    shapes = {name: (elem.get(t, kv_elem_type), dims) for name, (t, dims) in tensor_shapes(config, "kv").items()}
     for v in list(model.graph.input) + list(model.graph.output):
         if v.name in shapes:
             set_shape(v, *shapes[v.name])
     # Intermediate value_info from the trace may carry exporter-made dim names; shape inference redoes them.
     del model.graph.value_info[:]
-    model.doc_string = ("dllm-trt graph: present.* hold only the current tokens' keys/values "
-                        "(not past + current as in Optimum); the runtime writes them into its cache.")
+    model.doc_string = ("dllm-trt graph (contract in dllm_trt/contract.py): tokens/confidence are the top-1 of "
+                        "the rows in logits_index; present.* hold only the current tokens' keys/values "
+                        "(not past + current as in Optimum); the runtime writes them into its cache in place.")
     for k, v in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = k, v

@@ -19,14 +19,11 @@ from ..config import ModelConfig
 from ..progress import PhaseProgress
 from ..errors import DllmError
 from ..models import load_model
-from ..runtime.backends.ort_backend import (CACHE_READ_FILE, CACHE_WRITE_FILE, CONFIG_FILE, EXTERNAL_DATA_FILE,
-                                            KV_TYPES, MODEL_FILE, output_names)
+from ..contract import CONFIG_FILE, EXTERNAL_DATA_FILE, KV_TYPES, MODEL_FILE, output_names, tensor_shapes
 from . import artifact
-from .cache_ops import save_cache_graphs
 from .checks import check_graph, initializer_bytes, save_graph
-from .graph import QUERY, BATCH, apply_contract, fix_bf16_casts, trace_to_onnx
+from .graph import apply_contract, fix_bf16_casts, trace_to_onnx
 from .validate import pick_provider, validate_graph
-from ..plugins import PLUGIN_MODES
 
 DTYPES = ("fp32", "fp16", "bf16")
 DEFAULT_OPSET = 17
@@ -36,25 +33,19 @@ _ELEM = {"fp32": onnx.TensorProto.FLOAT, "fp16": onnx.TensorProto.FLOAT16, "bf16
 
 def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", opset: int = DEFAULT_OPSET,
                 validate: bool = True, external_data_threshold_bytes: int = TWO_GB, cache: str | None = None,
-                progress: bool = True, log=None, tolerance: float | None = None,
-                plugins: str | None = None) -> dict[str, Any]:
+                progress: bool = True, log=None, tolerance: float | None = None) -> dict[str, Any]:
     """Export a Hugging Face dLLM checkpoint folder to an ONNX artefact folder; returns a report dict.
 
     ``cache`` only records the default cache mode in the generation defaults: one graph serves
     every cache mode. ``log`` receives the validation table (default: printed above the bar).
     ``tolerance`` overrides the relative error allowed by validation (default per dtype, see
-    ``validate.TOLERANCE``). ``plugins`` (``fallback`` | ``custom``, docs/plugins.md) writes the plugin
-    graph instead: caches in and out of the graph through SubBlockCacheAttention, and ThresholdUnmask
-    on the logits; ``fallback`` builds both from standard ops, ``custom`` leaves ``dllm_trt`` nodes
-    for TensorRT's plugins (validated through a standard-op copy).
+    ``validate.TOLERANCE``). The graph follows the one contract of dllm_trt/contract.py.
     """
     model_dir, out = Path(model_dir), Path(out_dir)
     if dtype not in DTYPES:
         raise DllmError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     if opset < 14:
         raise DllmError(f"opset {opset} is too old for this graph; use 14 or newer (default {DEFAULT_OPSET})")
-    if plugins is not None and plugins not in PLUGIN_MODES:
-        raise DllmError(f"unknown --plugins mode {plugins!r}; use one of {', '.join(PLUGIN_MODES)}")
     artifact.check_out_dir(out, model_dir)
     if validate:
         pick_provider(dtype)  # fail before a long trace when this machine cannot validate (bf16 without CUDA)
@@ -74,57 +65,26 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
             elem = _ELEM[dtype]
             meta = {"dllm_trt.format": "dllm-trt artefact; see dllm_config.json", "dllm_trt.dtype": dtype,
                     "dllm_trt.present": "current tokens only"}
-            if plugins:
-                from ..plugins import export_graph
-
-                meta = {**meta, "dllm_trt.present": "none: caches are written in the graph",
-                        "dllm_trt.plugins": plugins}
-                proto = export_graph.build_plugin_graph(model, config, scratch, opset, elem, meta,
-                                                        fix_bf16_casts if dtype == "bf16" else None)
-                plugin_counts = export_graph.count_custom_nodes(proto)
-                if plugins == "fallback":
-                    export_graph.expand_for_fallback(proto, opset)
-            else:
-                trace_to_onnx(model, config, scratch / MODEL_FILE, opset)
-                proto = onnx.load(str(scratch / MODEL_FILE), load_external_data=True)
-                if dtype == "bf16":
-                    fix_bf16_casts(proto)
-                apply_contract(proto, config, elem, meta)
+            trace_to_onnx(model, config, scratch / MODEL_FILE, opset)
+            proto = onnx.load(str(scratch / MODEL_FILE), load_external_data=True)
+            if dtype == "bf16":
+                fix_bf16_casts(proto)
+            apply_contract(proto, config, elem, meta)
 
         with phase("save"):
             weight_bytes = initializer_bytes(proto)
             external = EXTERNAL_DATA_FILE if weight_bytes > external_data_threshold_bytes else None
             save_graph(proto, tmp / MODEL_FILE, external)
-            checked_path = tmp / MODEL_FILE  # the graph ONNX Runtime validates
-            if plugins == "custom" and validate:
-                export_graph.expand_for_fallback(proto, opset)  # ORT has no dllm_trt ops: validate the expansion
-                (tmp / ".validate").mkdir()
-                checked_path = tmp / ".validate" / MODEL_FILE
-                save_graph(proto, checked_path, external)
             del proto
             shutil.rmtree(scratch)
-            if not plugins:  # a plugin graph keeps its caches in the graph: no cache graphs
-                save_cache_graphs(config, elem, opset, tmp / CACHE_READ_FILE, tmp / CACHE_WRITE_FILE)
 
         with phase("check"):
-            c = config
-            if plugins:
-                expected = {x: dims for x, (_, dims) in export_graph.plugin_shapes(c, elem).items()
-                            if x in export_graph.plugin_output_names(c.num_layers)}
-            else:
-                expected = {"logits": [BATCH, QUERY, c.vocab_size]}
-                expected.update({n: [BATCH, c.num_kv_heads, QUERY, c.head_dim] for n in output_names(c.num_layers)[1:]})
-            check_graph(tmp / MODEL_FILE, expected)
+            shapes = tensor_shapes(config, KV_TYPES[dtype])
+            check_graph(tmp / MODEL_FILE, {n: shapes[n][1] for n in output_names(config.num_layers)})
 
         if validate:
             with phase("validate"):
-                if plugins:
-                    validation = export_graph.validate_plugin_graph(model, config, str(checked_path), dtype, log=say,
-                                                                    tolerance=tolerance)
-                    shutil.rmtree(tmp / ".validate", ignore_errors=True)
-                else:
-                    validation = validate_graph(model, config, str(tmp / MODEL_FILE), dtype, log=say,
-                                                tolerance=tolerance)
+                validation = validate_graph(model, config, str(tmp / MODEL_FILE), dtype, log=say, tolerance=tolerance)
         else:
             validation = {"status": "skipped", "reason": "--no-validate"}
 
@@ -136,12 +96,6 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
             dllm_config = artifact.build_dllm_config(config, dtype, opset, external, validation, tokenizer, gen_defaults,
                                                      source=str(model_dir.resolve()), torch_version=torch.__version__,
                                                      chat_template=artifact.read_chat_template(model_dir))
-            if plugins:
-                dllm_config["plugins"] = export_graph.plugin_record(config, plugins, plugin_counts)
-                dllm_config["inputs"], dllm_config["outputs"] = export_graph.plugin_tensor_specs(
-                    config, dtype, KV_TYPES[dtype])
-                dllm_config["cache"]["present"] = "no presents: the graph writes the caches (cache.{i}.* -> cache_out.{i}.*)"
-                dllm_config["cache"]["device_ops"] = None
             artifact.write_json(tmp / CONFIG_FILE, dllm_config)
             artifact.publish(tmp, out)
     except BaseException:
@@ -152,4 +106,4 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
     return {"out": str(out), "family": config.family, "model_type": config.model_type, "dtype": dtype,
             "kv_dtype": KV_TYPES[dtype], "opset": opset, "weight_bytes": weight_bytes, "external_data": external,
-            "files": files, "validation": validation, "timings_s": phase.timings, "plugins": plugins}
+            "files": files, "validation": validation, "timings_s": phase.timings}

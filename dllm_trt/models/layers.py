@@ -83,5 +83,27 @@ class SelfAttention(nn.Module):
         return getattr(self, self.out_name)(out), k, v
 
 
+def gather_rows(x: torch.Tensor, logits_index: torch.Tensor | None) -> torch.Tensor:
+    """Hidden states of the rows the step reads ([B, R, H]); all rows when ``logits_index`` is None.
+    The LM head then runs on R rows, not on the whole window (a block, not the prompt)."""
+    if logits_index is None:
+        return x
+    return torch.gather(x, 1, logits_index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def select_top1(logits: torch.Tensor, mask_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-1 token of each row and its softmax probability, in float32, the mask token excluded
+    (a position filled with [MASK] would stay masked and its block would never finish). Ties go
+    to the lowest token id. Traces to ReduceMax/ArgMax/Exp/ReduceSum: no softmax tensor is kept."""
+    z = logits.float()
+    if 0 <= mask_token_id < z.shape[-1]:
+        exclude = torch.zeros(z.shape[-1], dtype=torch.float32, device=z.device)
+        exclude[mask_token_id] = float("-inf")
+        z = z + exclude
+    top, tokens = z.max(dim=-1)
+    confidence = 1.0 / torch.exp(z - top.unsqueeze(-1)).sum(dim=-1)
+    return tokens, confidence
+
+
 def swiglu(x: torch.Tensor, gate: nn.Linear, up: nn.Linear, down: nn.Linear) -> torch.Tensor:
     return down(F.silu(gate(x)) * up(x))

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .layers import RMSNorm, SelfAttention, rope_cos_sin, swiglu
+from .layers import RMSNorm, SelfAttention, gather_rows, rope_cos_sin, swiglu
 
 
 class LLaDABlock(SelfAttention):
@@ -49,8 +49,9 @@ class LLaDAModel(nn.Module):
     def layers(self):
         return self.model.transformer.blocks
 
-    def forward(self, input_ids, position_ids, attention_bias, past_key_values=None):
-        """Returns logits [B, L, V] and, per layer, (key, value) of the current tokens [B, Hkv, L, D]."""
+    def forward(self, input_ids, position_ids, attention_bias, past_key_values=None, logits_index=None):
+        """Returns logits [B, L, V] (or [B, R, V] of the rows in ``logits_index``) and, per layer,
+        (key, value) of the current tokens [B, Hkv, L, D]."""
         t = self.model.transformer
         x = t.wte(input_ids)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
@@ -59,7 +60,7 @@ class LLaDAModel(nn.Module):
             pk, pv = past_key_values[i] if past_key_values is not None else (None, None)
             x, k, v = block(x, cos, sin, pk, pv, attention_bias)
             presents.append((k, v))
-        x = t.ln_f(x)
+        x = t.ln_f(gather_rows(x, logits_index))
         head = t.wte.weight if self.config.tie_word_embeddings else t.ff_out.weight
         logits = torch.matmul(x, head.t())
         if logits.shape[-1] != self.config.vocab_size:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .layers import RMSNorm, SelfAttention, rope_cos_sin, swiglu
+from .layers import RMSNorm, SelfAttention, gather_rows, rope_cos_sin, swiglu
 
 
 class Qwen2MLP(nn.Module):
@@ -57,8 +57,9 @@ class Qwen2DiffusionModel(nn.Module):
     def layers(self):
         return self.model.layers
 
-    def forward(self, input_ids, position_ids, attention_bias, past_key_values=None):
-        """Returns raw (unshifted) logits [B, L, V] and per-layer current (key, value) [B, Hkv, L, D]."""
+    def forward(self, input_ids, position_ids, attention_bias, past_key_values=None, logits_index=None):
+        """Returns raw (unshifted) logits [B, L, V] (or [B, R, V] of the rows in ``logits_index``) and
+        per-layer current (key, value) [B, Hkv, L, D]."""
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
         presents = []
@@ -66,6 +67,6 @@ class Qwen2DiffusionModel(nn.Module):
             pk, pv = past_key_values[i] if past_key_values is not None else (None, None)
             x, k, v = layer(x, cos, sin, pk, pv, attention_bias)
             presents.append((k, v))
-        x = self.model.norm(x)
+        x = self.model.norm(gather_rows(x, logits_index))
         head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
         return torch.matmul(x, head.t()), presents

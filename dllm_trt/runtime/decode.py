@@ -23,10 +23,17 @@ block diffusion (Fast-dLLM v2 / SDAR), blocks of ``bd_size``, block-causal atten
 With ``logits_shift`` (Dream, Fast-dLLM v2) the prediction for position i is read from the
 logits at i - 1, so windows start one position early where needed.
 
-Fused unmasking: with a backend whose graph unmasks on the device (``fused_unmask``, an export
-made with ``--plugins``), the threshold strategy at temperature 0 passes the rows to fill into the
-forward (``fill``) and gets the chosen tokens back instead of the logits; the numpy path below is
-the reference the fused op is tested against (dllm_trt/plugins/threshold_unmask.py).
+The step on the device: every forward names the query rows whose predictions the step reads
+(``logits_index``: the block or sub-block being filled, or the one row that predicts a block's
+opening token) and gets back, per row, the top-1 token (the mask token excluded) and its
+probability, computed where the logits are (dllm_trt/contract.py). The loop then applies the
+strategy's rule (threshold, factor, top-k of the schedule) to those B x R numbers; only sampling
+at temperature > 0 asks for the rows' logits. The cache is passed whole (P = its capacity), the
+bias masking what a step may not see, so no forward slices or copies it.
+
+Randomness (random remasking, sampling) comes from a counter-based stream keyed by the seed,
+the sequence's own draw count and the position (sampling.counter_uniform), so a prompt gives the
+same tokens alone or in a batch, on every backend.
 
 Profiling: an optional ``timer`` (None by default; dllm_trt.profiling.StepTimer) is told when each
 forward and each unmasking starts and ends and when the first block of the batch is finished. It
@@ -40,20 +47,11 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import DllmError
-from .backends import UnmaskResult
+from .backends import StepOutput
 from .layout import attention_bias
-from .sampling import propose
+from .sampling import SAMPLE_STREAM, REMASK_STREAM, counter_uniform, propose
 from .settings import GenerationConfig, GenerationResult, StepRecord
 from .unmask import select_factor, select_threshold, select_top_k, transfer_schedule
-
-
-@dataclass
-class _Fused:
-    """What a fused forward returns instead of logits: ThresholdUnmask's outputs for its rows."""
-
-    result: UnmaskResult
-    positions: np.ndarray  # [B, L] the position each row predicts (window position + shift)
-    candidates: np.ndarray  # [B, L] bool
 
 
 @dataclass
@@ -61,12 +59,18 @@ class _Window:
     start: np.ndarray  # [B] first position of each sequence's query window
     length: int
     valid: np.ndarray  # [B, length] bool
-    past_len: int
+    past_len: int  # cache positions passed as past: 0, or the whole cache
     past_valid: np.ndarray  # [B, past_len] bool
 
     @property
     def positions(self) -> np.ndarray:
         return self.start[:, None] + np.arange(self.length)[None, :]
+
+    @property
+    def past_extent(self) -> int:
+        """Cache positions visible to some sequence (the step record's past length)."""
+        seen = np.flatnonzero(self.past_valid.any(axis=0))
+        return int(seen[-1]) + 1 if seen.size else 0
 
 
 class DecodeLoop:
@@ -95,97 +99,98 @@ class DecodeLoop:
         self.x = np.full((self.batch, self.capacity), self.mask_id, dtype=np.int64)
         for b, p in enumerate(prompts):
             self.x[b, : len(p)] = p
-        self.rng = np.random.default_rng(self.gen.seed)
         needs_cache = self.gen.cache != "none"
         self.cache = backend.allocate_cache(self.batch, self.capacity) if needs_cache else None
+        # The whole cache is every cached forward's past: fixed shapes, nothing sliced or copied.
+        self.past_len = int(self.cache.capacity) if self.cache is not None else 0
         self.steps: list[StepRecord] = []
         self.live = np.ones(self.batch, bool)  # not yet finished
-        g = self.gen
-        self.fused = bool(getattr(backend, "fused_unmask", False)) and g.strategy == "threshold" and g.temperature == 0.0
+        self.draws = np.zeros(self.batch, np.int64)  # random draws per sequence (counter of the stream)
+        self.want_logits = self.gen.temperature > 0.0  # only sampling reads the rows' logits
 
     # ------------------------------------------------------------------ one forward
-    def forward(self, w: _Window, kind: str, write: bool, fill=None) -> np.ndarray | _Fused:
-        """Logits of the window; with a fused backend and ``fill`` = (lo, hi, active) (the rows the
-        step will unmask), ThresholdUnmask's outputs instead."""
+    def forward(self, w: _Window, kind: str, write: bool, rows: np.ndarray) -> StepOutput:
+        """Top-1 tokens and confidences of query rows ``rows`` [B, R] of the window (and their
+        logits when sampling); with ``write`` the window's valid keys/values go into the cache."""
         pos = w.positions
         safe_pos = np.where(w.valid, pos, 0)
         input_ids = np.take_along_axis(self.x, np.clip(pos, 0, self.capacity - 1), axis=1)
         input_ids = np.where(w.valid, input_ids, self.mask_id)
         bias = attention_bias(safe_pos, w.valid, w.past_valid, self.cfg.block_size)
+        rows = np.clip(rows, 0, w.length - 1).astype(np.int64)
         if self.timer is not None:
             self.timer.forward_start(kind)
-        if self.fused and fill is not None:
-            lo, hi, active = fill
-            target = pos + self.shift
-            tokens = np.take_along_axis(self.x, np.clip(target, 0, self.capacity - 1), axis=1)
-            cand = (target >= lo[:, None]) & (target < hi[:, None]) & active[:, None] & (tokens == self.mask_id)
-            want = sum(int((self.x[b, lo[b]: hi[b]] == self.mask_id).sum()) for b in np.flatnonzero(active))
-            assert int(cand.sum()) == want, "query window does not cover the shifted prediction rows"
-            out = self.backend.forward_threshold(input_ids, safe_pos, bias, self.cache, w.past_len,
-                                                 w.valid if write else None, tokens, cand, self.gen.threshold)
-            logits = _Fused(out, target, cand)
-        else:
-            logits = self.backend.forward(input_ids, safe_pos, bias, self.cache, w.past_len, w.valid if write else None)
+        out = self.backend.forward(input_ids, safe_pos, bias, self.cache, w.past_len, w.valid if write else None,
+                                   rows, self.want_logits)
         if self.timer is not None:
             self.timer.forward_end()
         live = self.live & w.valid.any(axis=1)  # a sequence with no valid row only rides along
-        self.steps.append(StepRecord(kind, w.length, w.past_len, [0] * self.batch, live.tolist()))
-        return logits
+        self.steps.append(StepRecord(kind, w.length, w.past_extent, [0] * self.batch, live.tolist()))
+        return out
 
-    def window(self, start: np.ndarray, length: int, valid_end: np.ndarray, past_len: int = 0,
-               past_valid: np.ndarray | None = None, active: np.ndarray | None = None,
-               valid_start: np.ndarray | None = None) -> _Window:
-        """Rows at positions start_b .. start_b + length - 1; rows in [valid_start_b, valid_end_b) are real."""
+    def window(self, start: np.ndarray, length: int, valid_end: np.ndarray, past_visible: np.ndarray | None = None,
+               active: np.ndarray | None = None, valid_start: np.ndarray | None = None) -> _Window:
+        """Rows at positions start_b .. start_b + length - 1; rows in [valid_start_b, valid_end_b) are real.
+        ``past_visible`` [B, C] marks the cache positions the rows may attend (None: no past)."""
         pos = start[:, None] + np.arange(length)[None, :]
         valid = pos < valid_end[:, None]
         if valid_start is not None:
             valid &= pos >= valid_start[:, None]
         if active is not None:
             valid &= active[:, None]
-        if past_valid is None:
-            past_valid = np.zeros((self.batch, past_len), bool)
-        return _Window(start.astype(np.int64), length, valid, past_len, past_valid)
+        if past_visible is None:
+            return _Window(start.astype(np.int64), length, valid, 0, np.zeros((self.batch, 0), bool))
+        return _Window(start.astype(np.int64), length, valid, self.past_len, past_visible)
 
-    def past_below(self, end: np.ndarray, past_len: int) -> np.ndarray:
+    def cache_positions(self) -> np.ndarray:
+        return np.arange(self.past_len)[None, :]
+
+    def past_below(self, end: np.ndarray) -> np.ndarray:
         """Cache positions [0, end_b) are visible."""
-        return np.arange(past_len)[None, :] < end[:, None]
+        return self.cache_positions() < end[:, None]
+
+    def fill_rows(self, w: _Window, lo: np.ndarray, span: int) -> np.ndarray:
+        """Query rows predicting positions lo_b .. lo_b + span - 1 (shifted families read one row earlier)."""
+        return lo[:, None] + np.arange(span)[None, :] - self.shift - w.start[:, None]
 
     # ------------------------------------------------------------------ choosing tokens
-    def without_mask(self, rows: np.ndarray) -> np.ndarray:
-        """Logits rows (a fresh array, changed in place) that can never propose the mask token:
-        a position filled with it would stay masked and its block would never finish."""
-        if 0 <= self.mask_id < rows.shape[-1]:
-            rows[:, self.mask_id] = -np.inf
-        return rows
+    def _checked(self, conf: np.ndarray, b: int) -> np.ndarray:
+        if not np.isfinite(conf).all():
+            raise DllmError(f"the model produced NaN/Inf logits at forward {len(self.steps)} (sequence {b}); "
+                            "the weights or the graph are broken (check the export's validation, or re-export)")
+        return conf
 
-    def unmask(self, logits: np.ndarray, w: _Window, lo: np.ndarray, hi: np.ndarray, active: np.ndarray,
+    def _propose(self, out: StepOutput, b: int, j: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens and confidences of rows j of sequence b: the device's top-1, or a sample of the logits."""
+        g = self.gen
+        if not self.want_logits:
+            return out.tokens[b, j], self._checked(out.confidence[b, j].astype(np.float64), b)
+        rows = out.logits[b, j]
+        self._checked(rows.max(axis=-1), b)
+        if 0 <= self.mask_id < rows.shape[-1]:
+            rows = rows.copy()
+            rows[:, self.mask_id] = -np.inf  # never propose the mask token (see models.layers.select_top1)
+        u = counter_uniform(g.seed, SAMPLE_STREAM, int(self.draws[b]), positions)
+        return propose(rows, g.temperature, g.top_k, g.top_p, u)
+
+    def unmask(self, out: StepOutput, w: _Window, lo: np.ndarray, hi: np.ndarray, active: np.ndarray,
                quota: list[int] | None = None) -> None:
-        """Fill masked positions of [lo_b, hi_b) from this forward's logits, per the strategy."""
+        """Fill masked positions of [lo_b, hi_b) from this forward's rows (read with ``fill_rows``)."""
         if self.timer is not None:
             self.timer.unmask_start()
         rec = self.steps[-1]
         rec.live = [bool(a) and l for a, l in zip(active, rec.live)]  # waiting sequences do not count
         g = self.gen
-        if isinstance(logits, _Fused):  # the backend already chose: copy its tokens into place
-            r = logits.result
-            for b in np.flatnonzero(active):
-                rows = np.flatnonzero(logits.candidates[b] & (r.new_tokens[b] != self.mask_id))
-                assert rows.size == int(r.num_unmasked[b]), "ThresholdUnmask's count disagrees with its tokens"
-                self.x[b, logits.positions[b, rows]] = r.new_tokens[b, rows]
-                rec.unmasked[b] += int(rows.size)
-            if self.timer is not None:
-                self.timer.unmask_end()
-            return
         for b in np.flatnonzero(active):
-            seg = self.x[b, lo[b]: hi[b]]
-            cand = np.flatnonzero(seg == self.mask_id) + lo[b]
-            if cand.size == 0:
+            j = np.flatnonzero(self.x[b, lo[b]: hi[b]] == self.mask_id)
+            if j.size == 0:
                 continue
-            rows = cand - self.shift - w.start[b]
-            assert rows.min() >= 0, "query window does not cover the shifted prediction rows"
-            tokens, conf = propose(self.without_mask(logits[b, rows]), g.temperature, g.top_k, g.top_p, self.rng)
+            cand = j + lo[b]
+            assert (cand - self.shift - w.start[b]).min() >= 0, "query window does not cover the shifted prediction rows"
+            tokens, conf = self._propose(out, b, j, cand)
             if g.strategy == "random":
-                conf = self.rng.random(cand.size)
+                conf = counter_uniform(g.seed, REMASK_STREAM, int(self.draws[b]), cand)
+            self.draws[b] += 1
             if quota is not None:
                 chosen = select_top_k(conf, quota[b])
             elif g.strategy == "threshold":
@@ -235,25 +240,22 @@ class DecodeLoop:
                 pending = active & np.array([(self.x[b, s[b]:e[b]] == self.mask_id).any() for b in range(B)])
                 if not pending.any():
                     break
-                fill = (s, e, pending)  # the rows this step fills (used by a fused backend)
                 if g.cache == "none" or step == 0:
                     w = self.window(zeros, full_len, total)
-                    logits = self.forward(w, "full", write=g.cache != "none", fill=fill)
+                    out = self.forward(w, "full", g.cache != "none", self.fill_rows(w, s, g.block_length))
                 elif g.cache == "prefix":
                     start = s - self.shift
-                    p = int(start.max())
-                    w = self.window(start, int((total - start).max()), total, p, self.past_below(start, p))
-                    logits = self.forward(w, "prefix", write=False, fill=fill)
+                    w = self.window(start, int((total - start).max()), total, self.past_below(start))
+                    out = self.forward(w, "prefix", False, self.fill_rows(w, s, g.block_length))
                 else:  # dual
                     start = s - self.shift
-                    p = full_len
-                    idx = np.arange(p)[None, :]
-                    past_valid = (idx < total[:, None]) & ~((idx >= start[:, None]) & (idx < e[:, None]))
-                    w = self.window(start, g.block_length + self.shift, e, p, past_valid)
-                    logits = self.forward(w, "dual", write=False, fill=fill)
+                    idx = self.cache_positions()
+                    past_visible = (idx < total[:, None]) & ~((idx >= start[:, None]) & (idx < e[:, None]))
+                    w = self.window(start, g.block_length + self.shift, e, past_visible)
+                    out = self.forward(w, "dual", False, self.fill_rows(w, s, g.block_length))
                 # The schedule fills the block in exactly steps_per_block steps.
                 quota = [schedule[step]] * B if scheduled else None
-                self.unmask(logits, w, s, e, pending, quota)
+                self.unmask(out, w, s, e, pending, quota)
                 step += 1
             if self.timer is not None:
                 self.timer.block_done()
@@ -274,15 +276,18 @@ class DecodeLoop:
         zeros = np.zeros(B, np.int64)
         done = np.zeros(B, bool)
         self.live = ~done
+        one_row = np.zeros((B, 1), np.int64)  # a forward that only fills the cache reads one row
 
-        def take_next_token(logits: np.ndarray, w: _Window, who: np.ndarray) -> None:
-            """The AR token that opens the next block, from the last position of a finished block."""
+        def last_rows(w: _Window) -> np.ndarray:
+            return (n - 1 - w.start)[:, None]
+
+        def take_next_token(out: StepOutput, who: np.ndarray) -> None:
+            """The AR token that opens the next block, from the last position of a finished block (row 0)."""
             if self.timer is not None:
                 self.timer.unmask_start()
             rec = self.steps[-1]
             for b in np.flatnonzero(who):
-                row = n[b] - 1 - w.start[b]
-                tok, _ = propose(self.without_mask(logits[b, [row]]), g.temperature, g.top_k, g.top_p, self.rng)
+                tok, _ = self._propose(out, b, np.zeros(1, np.int64), n[b: b + 1])
                 self.x[b, n[b]] = tok[0]
                 n[b] += 1
                 rec.unmasked[b] += 1
@@ -296,8 +301,8 @@ class DecodeLoop:
         on_boundary = (committed == n) & (committed > 0) if self.shift else np.zeros(B, bool)
         if on_boundary.any():
             w = self.window(zeros, int(committed.max()), committed, active=on_boundary)
-            logits = self.forward(w, "prefill", write=self.cache is not None)
-            take_next_token(logits, w, on_boundary)
+            out = self.forward(w, "prefill", self.cache is not None, last_rows(w))
+            take_next_token(out, on_boundary)
         to_prefill = (committed > 0) & ~on_boundary if self.cache is not None else np.zeros(B, bool)
 
         while not done.all():
@@ -310,29 +315,26 @@ class DecodeLoop:
                     pending = active & np.array([(self.x[b, a[b]:z[b]] == self.mask_id).any() for b in range(B)])
                     if not pending.any():
                         break
-                    fill = (a, z, pending)
                     if g.cache == "none":
-                        w = self.window(zeros, int(e.max()), e, active=None)
-                        logits = self.forward(w, "full", write=False, fill=fill)
+                        w = self.window(zeros, int(e.max()), e)
+                        kind, write = "full", False
                     elif g.cache == "sub_block" and step > 0:
                         lead = self.shift if j > 0 else 0
                         start = a - lead
-                        p = int(e.max())
-                        idx = np.arange(p)[None, :]
-                        past_valid = (idx < e[:, None]) & ~((idx >= start[:, None]) & (idx < z[:, None]))
-                        w = self.window(start, sb + lead, z, p, past_valid, active)
-                        logits = self.forward(w, "sub_block", write=False, fill=fill)
+                        idx = self.cache_positions()
+                        past_visible = (idx < e[:, None]) & ~((idx >= start[:, None]) & (idx < z[:, None]))
+                        w = self.window(start, sb + lead, z, past_visible, active)
+                        kind, write = "sub_block", False
                     elif to_prefill.any():
                         lo = np.where(to_prefill, 0, s)
-                        p = int(lo.max())
-                        w = self.window(zeros, int(e.max()), e, p, self.past_below(lo, p), active, valid_start=lo)
-                        logits = self.forward(w, "prefill+block", write=True, fill=fill)
+                        w = self.window(zeros, int(e.max()), e, self.past_below(lo), active, valid_start=lo)
+                        kind, write = "prefill+block", True
                         to_prefill[:] = False
                     else:
-                        p = int(s.max())
-                        w = self.window(s, bs, e, p, self.past_below(s, p), active)
-                        logits = self.forward(w, "block", write=g.cache == "sub_block", fill=fill)
-                    self.unmask(logits, w, a, z, pending)
+                        w = self.window(s, bs, e, self.past_below(s), active)
+                        kind, write = "block", g.cache == "sub_block"
+                    out = self.forward(w, kind, write, self.fill_rows(w, a, sb))
+                    self.unmask(out, w, a, z, pending)
                     step += 1
             # The block is complete.
             if self.timer is not None:
@@ -347,12 +349,11 @@ class DecodeLoop:
             if g.cache == "none":
                 w = self.window(zeros, int(e.max()), e)
             else:
-                p = int(s.max())
-                w = self.window(s, bs, e, p, self.past_below(s, p), active)
-            logits = self.forward(w, "commit", write=g.cache != "none")
+                w = self.window(s, bs, e, self.past_below(s), active)
+            out = self.forward(w, "commit", g.cache != "none", last_rows(w) if self.shift else one_row)
             committed = np.where(active, e, committed)
             if self.shift:
-                take_next_token(logits, w, ~done)
+                take_next_token(out, ~done)
         return self.result()
 
 

@@ -1,11 +1,35 @@
-"""Token proposals and their confidences, from logits rows, in numpy.
+"""Token proposals and their confidences, from logits rows, in numpy, and the random stream.
 
 The confidence of a proposal is its probability under the distribution it was drawn from
 (softmax of the logits at temperature 0). Computed in float64 so threshold tests are stable.
+
+Randomness is counter-based: ``counter_uniform(seed, stream, counter, positions)`` hashes its
+four keys (SplitMix64 finaliser) into uniforms in [0, 1), so every backend, and a sequence alone
+or in a batch, draws the same numbers for the same seed, with no generator state to carry.
 """
 from __future__ import annotations
 
 import numpy as np
+
+REMASK_STREAM, SAMPLE_STREAM = 1, 2
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 arrays (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def counter_uniform(seed: int, stream: int, counter: int, positions: np.ndarray) -> np.ndarray:
+    """Uniforms in [0, 1) (float64, 53 bits), one per position, keyed by (seed, stream, counter, position)."""
+    with np.errstate(over="ignore"):
+        key = np.array([seed & 0xFFFFFFFFFFFFFFFF], np.uint64)
+        key = _mix64(key + _GOLDEN * np.uint64(stream + 1))
+        key = _mix64(key ^ (np.uint64(counter) * _GOLDEN))
+        z = _mix64(key ^ (np.asarray(positions, np.int64).astype(np.uint64) + np.uint64(1)) * _GOLDEN)
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
 def softmax64(logits: np.ndarray) -> np.ndarray:
@@ -21,9 +45,9 @@ def propose(
     temperature: float = 0.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    rng: np.random.Generator | None = None,
+    u: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return (tokens [N] int64, confidence [N] float64)."""
+    """Return (tokens [N] int64, confidence [N] float64); sampling draws row i with uniform ``u[i]``."""
     if logits.shape[0] == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float64)
     if temperature == 0.0:
@@ -32,8 +56,8 @@ def propose(
         top = np.take_along_axis(z, tokens[:, None], axis=-1)
         conf = 1.0 / np.exp(z - top).sum(axis=-1)
         return tokens.astype(np.int64), conf
-    if rng is None:
-        raise ValueError("sampling at temperature > 0 needs a seeded rng")
+    if u is None or len(u) != logits.shape[0]:
+        raise ValueError("sampling at temperature > 0 needs one uniform per row (counter_uniform)")
     z = logits.astype(np.float64) / temperature
     if top_k > 0 and top_k < z.shape[-1]:
         kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
@@ -49,7 +73,7 @@ def propose(
         p = np.where(drop, 0.0, p)
         p /= p.sum(axis=-1, keepdims=True)
     cdf = np.cumsum(p, axis=-1)
-    u = rng.random(p.shape[0])[:, None] * cdf[:, -1:]
+    u = np.asarray(u, np.float64)[:, None] * cdf[:, -1:]
     tokens = np.minimum((cdf <= u).sum(axis=-1), p.shape[-1] - 1)
     conf = p[np.arange(p.shape[0]), tokens]
     return tokens.astype(np.int64), conf

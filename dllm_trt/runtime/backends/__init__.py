@@ -1,25 +1,21 @@
 """Backends run one forward of the exported (or PyTorch) model and own the KV cache storage.
 
-The protocol every backend implements (the decode loop needs nothing else)::
+The protocol every backend implements (the decode loop needs nothing else; the graph contract
+behind it is dllm_trt/contract.py)::
 
-    allocate_cache(batch, capacity) -> cache
+    allocate_cache(batch, capacity) -> cache      (cache.capacity >= capacity: backends may round up)
     forward(input_ids [B, L] int64, position_ids [B, L] int64,
             attention_bias [B, 1, L, P + L] float32, cache, past_len P,
-            write_mask [B, L] bool | None) -> logits [B, L, V] float32 (numpy)
+            write_mask [B, L] bool | None, logits_index [B, R] int64,
+            want_logits: bool = False) -> StepOutput
 
-``past_len`` selects cache positions 0..P-1 as past keys/values; ``write_mask`` marks the
-current tokens whose keys/values are written into the cache at their positions.
-Backends are imported lazily so that importing the runtime never imports torch.
-
-Optional, for backends whose graph unmasks on the device (``dllm-trt export --plugins``)::
-
-    fused_unmask: bool
-    forward_threshold(input_ids, position_ids, attention_bias, cache, past_len, write_mask,
-                      tokens [B, L] int64, candidates [B, L] bool, threshold float) -> UnmaskResult
-
-The forward plus the ThresholdUnmask op on its logits (dllm_trt/plugins/threshold_unmask.py):
-row r of tokens/candidates is logits row r. The decode loop uses it for the threshold strategy at
-temperature 0, and then never sees the logits.
+``past_len`` is 0 (no past) or the cache's capacity: the whole cache is the past, the bias masks
+what the step may not see, so a backend never slices or copies it. ``write_mask`` marks the
+current tokens whose keys/values are written into the cache, in place, at their positions.
+``logits_index`` names the query rows whose predictions the step reads; the backend returns
+their top-1 tokens (the mask token excluded) and confidences, and their logits only when
+``want_logits`` (sampling). Backends are imported lazily so that importing the runtime never
+imports torch.
 """
 from __future__ import annotations
 
@@ -28,12 +24,12 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 
-class UnmaskResult(NamedTuple):
-    """Outputs of ThresholdUnmask for one forward."""
+class StepOutput(NamedTuple):
+    """What one forward returns for the rows the step reads."""
 
-    new_tokens: np.ndarray  # [B, L] int64: tokens with the chosen rows filled
-    num_unmasked: np.ndarray  # [B] int64
-    confidence: np.ndarray  # [B, L] float32: top-1 probability of each candidate row (0 elsewhere)
+    tokens: np.ndarray  # [B, R] int64: top-1 token of each row, the mask token excluded
+    confidence: np.ndarray  # [B, R] float32: its softmax probability
+    logits: np.ndarray | None  # [B, R, V] float32, only when asked for (sampling)
 
 
 class Backend(Protocol):
@@ -42,11 +38,12 @@ class Backend(Protocol):
     def allocate_cache(self, batch: int, capacity: int) -> Any: ...
 
     def forward(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_bias: np.ndarray, cache: Any,
-                past_len: int, write_mask: np.ndarray | None) -> np.ndarray: ...
+                past_len: int, write_mask: np.ndarray | None, logits_index: np.ndarray,
+                want_logits: bool = False) -> StepOutput: ...
 
 
 def check_forward_args(input_ids: np.ndarray, attention_bias: np.ndarray, cache: Any, past_len: int,
-                       write_mask: np.ndarray | None) -> None:
+                       write_mask: np.ndarray | None, logits_index: np.ndarray) -> None:
     """The shape/cache preconditions every backend's forward shares; raises DllmError."""
     from ...errors import DllmError
 
@@ -55,8 +52,13 @@ def check_forward_args(input_ids: np.ndarray, attention_bias: np.ndarray, cache:
         raise DllmError(f"attention_bias has shape {attention_bias.shape}, expected {(b, 1, l, past_len + l)}")
     if (past_len > 0 or write_mask is not None) and cache is None:
         raise DllmError("a forward with past keys/values or writes needs a cache from allocate_cache()")
-    if cache is not None and past_len > cache.capacity:
-        raise DllmError(f"past_len {past_len} is beyond the cache capacity {cache.capacity}")
+    if past_len not in (0, getattr(cache, "capacity", 0)):
+        raise DllmError(f"past_len {past_len} must be 0 or the cache capacity {cache.capacity}: the whole cache is "
+                        "the past (the bias masks what a step may not see)")
+    if logits_index.ndim != 2 or logits_index.shape[0] != b or logits_index.shape[1] < 1:
+        raise DllmError(f"logits_index has shape {logits_index.shape}, expected ({b}, R >= 1)")
+    if logits_index.size and (logits_index.min() < 0 or logits_index.max() >= l):
+        raise DllmError(f"logits_index reads rows outside the query window 0..{l - 1}")
 
 
 def load_backend(name: str, model_dir: str, **kwargs: Any) -> Backend:

@@ -1,131 +1,44 @@
 """The ONNX Runtime backend: drives an exported artefact folder with no model code and no torch.
 
 The artefact (written by ``dllm-trt export``) is ``model.onnx`` (+ ``model.onnx.data``),
-``dllm_config.json`` and the tokenizer files. This module also owns the artefact *contract*
-(format version, file and tensor names) so that the exporter writes exactly what the runtime
-reads; it imports only numpy and the standard library at import time, and onnxruntime when a
-backend is opened.
+``dllm_config.json`` and the tokenizer files; the graph contract is dllm_trt/contract.py. This
+module imports only numpy at import time, onnxruntime when a backend is opened, and cuda-python
+on the CUDA path.
 
-Graph contract (one graph for the prefill and every cached step of every cache mode)::
-
-    inputs   input_ids [B, L] int64, position_ids [B, L] int64,
-             attention_bias [B, 1, L, P + L] float32 (0 = attend, -1e9 = masked),
-             past_key_values.{i}.key / .value [B, Hkv, P, D]  (model dtype; P may be 0)
-    outputs  logits [B, L, V] float32,
-             present.{i}.key / .value [B, Hkv, L, D]  (model dtype)
-
-Unlike Optimum, ``present`` holds only the *current* tokens' keys/values, not past + current:
-the runtime owns a preallocated, position-indexed cache [B, Hkv, capacity, D] per layer and
-writes the presents into it in place, at the tokens' positions. That keeps every forward's
-output small and lets one graph serve the prefix, dual, block and sub-block caches.
-
-Cache storage:
-  host path (CPU EP)   numpy arrays; the past is ``cache[:, :, :P]`` made contiguous (one copy
-                       of P positions per layer per forward, the same work the graph's Concat does);
-  device path (CUDA)   OrtValues that stay on the GPU between steps, with IO binding. Two tiny
-                       graphs written by the exporter do the cache work on the device:
-                       ``cache_read.onnx`` slices [:P] (a device copy of the past) and
-                       ``cache_write.onnx`` scatters the presents at their positions (ScatterND
-                       returns a new cache tensor: one device copy of the cache per writing step).
-                       Only token ids, positions, the bias and the logits cross to/from the host.
-
-Plugin artefacts (``dllm-trt export --plugins fallback``; contract in dllm_trt/plugins/contract.py)
-keep the caches in the graph: each forward passes the caches and gets them back written, with
-the bias turned into a bias over cache positions (plugins/subblock_cache.py), and the graph also
-runs ThresholdUnmask (``forward_threshold``), so the threshold rule never needs the logits on the
-host. A forward without a cache (cache mode ``none``) writes into a scratch cache.
+Two paths, one contract:
+  host    (CPU provider) numpy caches [B, Hkv, C, D] passed whole as the past (ORT reads the
+          numpy memory, no copy); the presents of written tokens are stored into them in place.
+  bound   (CUDA provider; ``io_binding=True`` runs it on the CPU too, which the tests use) every
+          tensor lives in a preallocated OrtValue: per shape bucket (B, L, P, R) the inputs, the
+          outputs and one IO binding made once, so each step uploads ids, positions, the row
+          index (and the bias only when it changed: once per block in the dual/sub-block modes),
+          runs, and downloads ``B x R`` tokens and confidences. The caches are pooled per (B, C)
+          and bound as the past directly; the written presents go into them with one device
+          kernel (cuda_device.scatter_kv). With ``cuda_graph`` (default on CUDA) each bucket is
+          captured once as a CUDA graph (ORT ``enable_cuda_graph``, one ``gpu_graph_id`` per
+          bucket) and replayed: no per-kernel launch cost.
+Logits leave the device only when the loop asks for them (sampling at temperature > 0).
 """
 from __future__ import annotations
 
-import json
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...config import ModelConfig
+from ...contract import (CONFIG_FILE, KV_TYPES, MODEL_FILE, config_from_artifact, input_names, output_names,
+                         past_names, present_names, read_artifact_config)
 from ...errors import DllmError
-from . import UnmaskResult, check_forward_args
+from . import StepOutput, check_forward_args
 
-FORMAT_VERSION = 1  # bump when the graph contract or dllm_config.json changes incompatibly
-CONFIG_FILE = "dllm_config.json"
-MODEL_FILE = "model.onnx"
-EXTERNAL_DATA_FILE = "model.onnx.data"
-CACHE_READ_FILE = "cache_read.onnx"
-CACHE_WRITE_FILE = "cache_write.onnx"
-CACHE_LAYOUT = "per-layer K/V [B, Hkv, T, D], position-indexed; present = current tokens"
-
-# dllm_config.json "dtype" -> ONNX element type name of the keys/values
-KV_TYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-_NUMPY_TYPES = {"float32": np.float32, "float16": np.float16}
-_ONNX_ELEMENT_TYPES = {"float32": 1, "float16": 10, "bfloat16": 16}  # onnx.TensorProto values
+_NUMPY_TYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}  # bf16 travels as raw bits
+_ONNX_ELEMENT_TYPES = {"float32": 1, "float16": 10, "bfloat16": 16, "int64": 7}  # onnx.TensorProto values
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+CAPACITY_ROUND = 64  # pooled device caches are rounded up to this many positions (fewer CUDA graphs)
 _UNTIMED = nullcontext()
-
-
-# ---------------------------------------------------------------------- the contract
-def past_names(num_layers: int) -> list[str]:
-    return [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
-
-
-def present_names(num_layers: int) -> list[str]:
-    return [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
-
-
-def input_names(num_layers: int) -> list[str]:
-    return ["input_ids", "position_ids", "attention_bias"] + past_names(num_layers)
-
-
-def output_names(num_layers: int) -> list[str]:
-    return ["logits"] + present_names(num_layers)
-
-
-def cache_names(num_layers: int, prefix: str) -> list[str]:
-    """Tensor names of the device cache graphs: ``{prefix}.{i}.key`` / ``.value``."""
-    return [f"{prefix}.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
-
-
-def read_artifact_config(artifact_dir: str | Path) -> dict[str, Any]:
-    """Parse and check ``dllm_config.json``; raises DllmError that says how to fix the folder."""
-    d = Path(artifact_dir)
-    if not d.is_dir():
-        raise DllmError(f"artefact folder {d} does not exist; make one with `dllm-trt export --model CKPT --out {d}`")
-    path = d / CONFIG_FILE
-    if not path.is_file():
-        hint = (" (it holds config.json: that is a checkpoint folder; export it first with "
-                f"`dllm-trt export --model {d} --out OUT`)") if (d / "config.json").is_file() else ""
-        raise DllmError(f"{path} is missing: {d} is not a dllm-trt export{hint}")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DllmError(f"{path} is not valid JSON ({e}); re-export the model with `dllm-trt export`") from e
-    from ... import __version__
-
-    fmt = meta.get("format_version") if isinstance(meta, dict) else None
-    if fmt != FORMAT_VERSION:
-        made_by = meta.get("dllm_trt_version", "an unknown version") if isinstance(meta, dict) else "an unknown version"
-        raise DllmError(f"{d} was exported by dllm-trt {made_by} in artefact format {fmt!r}; this dllm-trt "
-                        f"{__version__} reads format {FORMAT_VERSION}. Re-export the checkpoint with this version "
-                        "(`dllm-trt export --model CKPT --out DIR`) or use the dllm-trt that made it.")
-    for key in ("hf_config", "dtype", "inputs", "outputs"):
-        if key not in meta:
-            raise DllmError(f"{path} lacks {key!r}; re-export the model with `dllm-trt export`")
-    return meta
-
-
-def config_from_artifact(meta: dict[str, Any], source: str = CONFIG_FILE) -> ModelConfig:
-    """Rebuild the ModelConfig from the stored upstream config and check it against the stored fields."""
-    cfg = ModelConfig.from_dict(meta["hf_config"], source=source)
-    stored = meta.get("model_config") or {}
-    for name, value in stored.items():
-        mine = getattr(cfg, name, None)
-        if isinstance(mine, tuple):
-            mine = list(mine)
-        if name != "extra" and mine != value:
-            raise DllmError(f"{source}: model_config.{name} is {value!r} but hf_config gives {mine!r}; "
-                            "the artefact is inconsistent, re-export it")
-    return cfg
 
 
 def _import_ort():
@@ -137,9 +50,100 @@ def _import_ort():
     return ort
 
 
-# ---------------------------------------------------------------------- the backend
+# ---------------------------------------------------------------------- memory of the bound path
+class _Tensor:
+    """One preallocated tensor: an OrtValue, its numpy mirror on the host path, its address on the GPU."""
+
+    def __init__(self, value: Any, host: np.ndarray | None, ptr: int, shape: tuple[int, ...], dtype: Any):
+        self.value, self.host, self.ptr, self.shape, self.dtype = value, host, ptr, shape, dtype
+
+
+class _HostMemory:
+    """The bound path on the CPU provider: OrtValues that share numpy memory (tests run the device path here)."""
+
+    name = "cpu"
+
+    def empty(self, shape: tuple[int, ...], elem: str) -> _Tensor:
+        ort = _import_ort()
+        arr = np.zeros(shape, _NUMPY_TYPES.get(elem, np.int64 if elem == "int64" else None))
+        if elem == "bfloat16":
+            value = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(arr, _ONNX_ELEMENT_TYPES[elem])
+        else:
+            value = ort.OrtValue.ortvalue_from_numpy(arr)
+        return _Tensor(value, arr, value.data_ptr(), shape, arr.dtype)
+
+    def upload(self, t: _Tensor, array: np.ndarray) -> None:
+        t.host[...] = array
+
+    def download(self, t: _Tensor) -> np.ndarray:
+        return t.host.copy()
+
+    def scatter(self, presents: list[_Tensor], caches: list[_Tensor], pos: np.ndarray) -> None:
+        bi, li = np.nonzero(pos >= 0)
+        pi = pos[bi, li]
+        for src, dst in zip(presents, caches):
+            dst.host[bi, :, pi] = src.host[bi, :, li]
+
+
+class _CudaMemory:
+    """The bound path on the CUDA provider: ORT allocates, cuda-python copies and runs the cache write kernel."""
+
+    name = "cuda"
+
+    def __init__(self, device_id: int):
+        from .cuda_device import CudaDevice
+
+        self.device_id = device_id
+        self.device = CudaDevice(device_id)
+        self._tables: dict[tuple[int, ...], tuple[int, int]] = {}
+        self._pos: dict[tuple[int, int], int] = {}
+
+    def empty(self, shape: tuple[int, ...], elem: str) -> _Tensor:
+        ort = _import_ort()
+        value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), _ONNX_ELEMENT_TYPES[elem] if elem == "bfloat16"
+                                                          else np.dtype(_NUMPY_TYPES.get(elem, np.int64)),
+                                                          "cuda", self.device_id)
+        t = _Tensor(value, None, int(value.data_ptr()), shape, np.dtype(_NUMPY_TYPES.get(elem, np.int64)))
+        # Zero-filled, never uninitialised: masked cache positions must not hold NaN (NaN * 0 is NaN).
+        nbytes = int(np.prod(shape)) * t.dtype.itemsize
+        if nbytes:
+            self.device.zero(t.ptr, nbytes)
+            self.device.sync()
+        return t
+
+    def upload(self, t: _Tensor, array: np.ndarray) -> None:
+        self.device.htod_sync(t.ptr, np.ascontiguousarray(array, t.dtype))
+
+    def download(self, t: _Tensor) -> np.ndarray:
+        out = np.empty(t.shape, t.dtype)
+        self.device.dtoh_sync(out, t.ptr)
+        return out
+
+    def scatter(self, presents: list[_Tensor], caches: list[_Tensor], pos: np.ndarray) -> None:
+        key = tuple(t.ptr for t in presents) + tuple(t.ptr for t in caches)
+        if key not in self._tables:  # pointer tables: made once per (bucket, cache) pair
+            src = np.array([t.ptr for t in presents], np.uint64)
+            dst = np.array([t.ptr for t in caches], np.uint64)
+            ptrs = (self.device.alloc(src.nbytes), self.device.alloc(dst.nbytes))
+            self.device.htod_sync(ptrs[0], src)
+            self.device.htod_sync(ptrs[1], dst)
+            self._tables[key] = ptrs
+        src_table, dst_table = self._tables[key]
+        b, l = pos.shape
+        if (b, l) not in self._pos:
+            self._pos[(b, l)] = self.device.alloc(b * l * 8)
+        pos_ptr = self._pos[(b, l)]
+        self.device.htod_sync(pos_ptr, np.ascontiguousarray(pos, np.int64))
+        _, heads, length, d = presents[0].shape
+        capacity = caches[0].shape[2]
+        self.device.scatter_kv(src_table, dst_table, len(presents), pos_ptr, b, heads, length, capacity,
+                               d * presents[0].dtype.itemsize)
+        self.device.sync()
+
+
+# ---------------------------------------------------------------------- caches and buckets
 class OrtCache:
-    """Per-layer (key, value) storage [B, Hkv, capacity, D]: numpy arrays, or OrtValues on the device."""
+    """Per-layer (key, value) storage [B, Hkv, capacity, D]: numpy arrays (host path) or _Tensors (bound path)."""
 
     def __init__(self, layers: list[list[Any]], batch: int, capacity: int):
         self.layers = layers
@@ -152,13 +156,29 @@ class OrtCache:
     def __len__(self) -> int:
         return len(self.layers)
 
+    def flat(self) -> list[Any]:
+        return [t for layer in self.layers for t in layer]
+
+
+@dataclass
+class _Bucket:
+    """Everything one (B, L, P, R, cache) shape needs on the bound path, made once."""
+
+    inputs: dict[str, _Tensor]
+    outputs: dict[str, _Tensor]
+    binding: Any
+    graph_id: int  # gpu_graph_id of its CUDA graph (-1: none)
+    last_bias: np.ndarray | None = None
+    runs: int = 0
+    presents: list[_Tensor] = field(default_factory=list)
+
 
 class OrtBackend:
     """One ONNX Runtime session over ``model.onnx``, implementing the runtime's Backend protocol.
 
-    ``timer`` (None unless profiling; dllm_trt.profiling.StepTimer) times the cache reads and
-    writes inside a forward. Every run here is synchronous (``run`` and ``run_with_iobinding``
-    return when the device work is done), so wall-clock sections need no extra synchronisation.
+    ``timer`` (None unless profiling; dllm_trt.profiling.StepTimer) times the in-place cache
+    writes. Every run is synchronous (``run`` and ``run_with_iobinding`` return when the device
+    work is done), so wall-clock sections need no extra synchronisation.
     """
 
     timer = None
@@ -167,15 +187,12 @@ class OrtBackend:
         return _UNTIMED if self.timer is None else self.timer.section(section)
 
     def __init__(self, artifact_dir: str | Path, meta: dict[str, Any], config: ModelConfig, session: Any,
-                 device_type: str, device_id: int, io_binding: bool, read_session: Any = None,
-                 write_session: Any = None):
+                 device_type: str, device_id: int, io_binding: bool, cuda_graph: bool = False):
         self.artifact_dir = Path(artifact_dir)
         self.meta, self.config, self.session = meta, config, session
         self.device_type, self.device_id, self.io_binding = device_type, device_id, io_binding
-        self.read_session, self.write_session = read_session, write_session
+        self.cuda_graph = cuda_graph
         self.kv_type = KV_TYPES[meta["dtype"]]
-        self.kv_onnx_type = _ONNX_ELEMENT_TYPES[self.kv_type]
-        self.kv_numpy = _NUMPY_TYPES.get(self.kv_type)
         ranges = meta.get("shape_ranges") or {}
         self.max_positions = int(ranges.get("max_positions") or config.max_position_embeddings)
         # The decode loop keeps one spare block (+1) of room for block diffusion's last block.
@@ -183,31 +200,28 @@ class OrtBackend:
         n = config.num_layers
         self._inputs, self._outputs = input_names(n), output_names(n)
         self._past, self._present = past_names(n), present_names(n)
+        self._memory: Any = None
+        if io_binding:
+            self._memory = _CudaMemory(device_id) if device_type == "cuda" else _HostMemory()
+        self._buckets: dict[tuple, _Bucket] = {}
+        self._caches: dict[tuple[int, int], OrtCache] = {}
         self._empty: dict[int, list[Any]] = {}
-        self.plugins = meta.get("plugins")  # None, or the plugin graph's record (mode fallback)
-        self.fused_unmask = self.plugins is not None
-        self._scratch: OrtCache | None = None
 
     @classmethod
     def from_pretrained(cls, artifact_dir: str | Path, provider: str = "cpu", device_id: int = 0,
                         intra_op_threads: int | None = None, io_binding: bool | None = None,
+                        cuda_graph: bool | None = None,
                         provider_options: dict[str, Any] | None = None) -> "OrtBackend":
         """Open an export folder. ``provider``: ``cpu`` or ``cuda`` (or a full ORT provider name).
 
-        ``io_binding`` defaults to True on CUDA (caches stay on the GPU) and False on CPU (plain
-        numpy caches); forcing it on CPU runs the device path on host memory, which tests use.
+        ``io_binding`` defaults to True on CUDA (everything stays on the GPU) and False on CPU (plain
+        numpy); forcing it on CPU runs the bound path on host memory, which tests use.
+        ``cuda_graph`` (CUDA only, default True) captures each shape bucket once and replays it.
         """
         meta = read_artifact_config(artifact_dir)
         config = config_from_artifact(meta, source=str(Path(artifact_dir) / CONFIG_FILE))
-        plugins = meta.get("plugins")
-        if plugins and plugins.get("mode") != "fallback":
-            raise DllmError(f"{artifact_dir} was exported with --plugins {plugins.get('mode')}: its graph holds "
-                            f"{plugins.get('domain', 'dllm_trt')} custom nodes for TensorRT plugins, which ONNX Runtime "
-                            "cannot run; re-export with --plugins fallback (standard ops) for ONNX Runtime, or build a "
-                            "TensorRT engine from it")
         ort = _import_ort()
-        # ORT's process-wide logger otherwise warns at every session start (e.g. that ScatterND
-        # needs unique indices, which the cache writes are); errors still print.
+        # ORT's process-wide logger otherwise warns at every session start; errors still print.
         ort.set_default_logger_severity(3)
         ep = PROVIDERS.get(provider.lower(), provider)
         available = ort.get_available_providers()
@@ -225,39 +239,34 @@ class OrtBackend:
         model_path = Path(artifact_dir) / meta.get("model_file", MODEL_FILE)
         if not model_path.is_file():
             raise DllmError(f"{model_path} is missing; the export is incomplete, re-export the model")
+        io_binding = on_device if io_binding is None else bool(io_binding)
+        device_type = "cuda" if ep == "CUDAExecutionProvider" else "cpu"
+        if cuda_graph is None:
+            cuda_graph = device_type == "cuda" and io_binding
+        if cuda_graph and not (device_type == "cuda" and io_binding):
+            raise DllmError("cuda_graph needs provider='cuda' with io_binding")
         opts = ort.SessionOptions()
         if intra_op_threads:
             opts.intra_op_num_threads = int(intra_op_threads)
         opts.log_severity_level = 3
         options = dict(provider_options or {})
-        if on_device and ep == "CUDAExecutionProvider":
+        if ep == "CUDAExecutionProvider":
             options.setdefault("device_id", device_id)
+            if cuda_graph:
+                options["enable_cuda_graph"] = "1"
         providers = [(ep, options)] + ([] if ep == "CPUExecutionProvider" else ["CPUExecutionProvider"])
-
-        def open_session(path: Path):
-            try:
-                s = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-            except Exception as e:  # ORT raises its own exception types
-                raise DllmError(f"ONNX Runtime could not load {path} with {ep}: {e}") from e
-            if ep not in s.get_providers():
-                raise DllmError(f"ONNX Runtime fell back from {ep} to {s.get_providers()} when loading {path}; "
-                                "check that the CUDA/cuDNN libraries onnxruntime-gpu needs are installed")
-            return s
-
-        session = open_session(model_path)
-        io_binding = on_device if io_binding is None else bool(io_binding)
-        device_type = "cuda" if ep == "CUDAExecutionProvider" else "cpu"
-        read_s = write_s = None
-        if io_binding and not plugins:  # a plugin graph does its cache work itself
-            cache_ops = meta.get("cache", {}).get("device_ops") or {}
-            paths = [Path(artifact_dir) / cache_ops.get("read", CACHE_READ_FILE),
-                     Path(artifact_dir) / cache_ops.get("write", CACHE_WRITE_FILE)]
-            for p in paths:
-                if not p.is_file():
-                    raise DllmError(f"{p} is missing: the device cache path needs the cache graphs the exporter writes; "
-                                    "re-export the model")
-            read_s, write_s = (open_session(p) for p in paths)
-        return cls(artifact_dir, meta, config, session, device_type, device_id, io_binding, read_s, write_s)
+        try:
+            session = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
+        except Exception as e:  # ORT raises its own exception types
+            raise DllmError(f"ONNX Runtime could not load {model_path} with {ep}"
+                            f"{' and CUDA graphs (try cuda_graph=False)' if cuda_graph else ''}: {e}") from e
+        if ep not in session.get_providers():
+            raise DllmError(f"ONNX Runtime fell back from {ep} to {session.get_providers()} when loading {model_path}; "
+                            "check that the CUDA/cuDNN libraries onnxruntime-gpu needs are installed")
+        names = [i.name for i in session.get_inputs()]
+        if names != input_names(config.num_layers):
+            raise DllmError(f"{model_path} does not have the inputs of artefact format 2 ({names[:4]}...); re-export it")
+        return cls(artifact_dir, meta, config, session, device_type, device_id, io_binding, cuda_graph)
 
     # ------------------------------------------------------------------ cache
     def _check_len(self, needed: int, what: str) -> None:
@@ -269,204 +278,125 @@ class OrtBackend:
     def allocate_cache(self, batch: int, capacity: int) -> OrtCache:
         self._check_len(capacity, "a prompt plus gen_length")
         c = self.config
-        shape = (batch, c.num_kv_heads, capacity, c.head_dim)
         if not self.io_binding:
-            layers = [[np.zeros(shape, self.kv_numpy), np.zeros(shape, self.kv_numpy)] for _ in range(c.num_layers)]
-        else:
-            # Zero-filled, never uninitialised: stale positions are masked by the bias, but NaN garbage
-            # would survive the mask (NaN + -1e9 is NaN).
-            layers = [[self._device_zeros(shape), self._device_zeros(shape)] for _ in range(c.num_layers)]
-        return OrtCache(layers, batch, capacity)
-
-    def _host_value(self, array: np.ndarray):
-        """An OrtValue on the host with the cache's element type (bf16 travels as uint16 bits)."""
-        ort = _import_ort()
-        if self.kv_numpy is None:
-            return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(array.view(np.uint16), self.kv_onnx_type)
-        return ort.OrtValue.ortvalue_from_numpy(array)
-
-    def _device_zeros(self, shape: tuple[int, ...]):
-        ort = _import_ort()
-        host = np.zeros(shape, self.kv_numpy or np.uint16)
-        if self.device_type == "cpu":
-            return self._host_value(host)
-        value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), self.kv_onnx_type, self.device_type, self.device_id)
-        value.update_inplace(self._host_value(host))
-        return value
+            shape = (batch, c.num_kv_heads, capacity, c.head_dim)
+            kv = _NUMPY_TYPES[self.kv_type]
+            return OrtCache([[np.zeros(shape, kv), np.zeros(shape, kv)] for _ in range(c.num_layers)], batch, capacity)
+        # Bound path: pooled per (B, rounded C), so buckets (and their CUDA graphs) are reused across requests.
+        # A pooled cache is not cleared: every position a step may see was written earlier in the same
+        # request, and the rest is masked by the bias (the values stay finite: zeros or real keys/values).
+        rounded = min(-(-capacity // CAPACITY_ROUND) * CAPACITY_ROUND, max(capacity, self.max_cache))
+        key = (batch, rounded)
+        if key not in self._caches:
+            shape = (batch, c.num_kv_heads, rounded, c.head_dim)
+            layers = [[self._memory.empty(shape, self.kv_type), self._memory.empty(shape, self.kv_type)]
+                      for _ in range(c.num_layers)]
+            self._caches[key] = OrtCache(layers, batch, rounded)
+        return self._caches[key]
 
     def _empty_past(self, batch: int) -> list[Any]:
         if batch not in self._empty:
             c = self.config
-            shape = (batch, c.num_kv_heads, 0, c.head_dim)
-            arr = np.zeros(shape, self.kv_numpy or np.uint16)
-            self._empty[batch] = [arr if not self.io_binding else self._host_value(arr)] * (2 * c.num_layers)
+            arr = np.zeros((batch, c.num_kv_heads, 0, c.head_dim), _NUMPY_TYPES[self.kv_type])
+            if self.kv_type == "bfloat16":
+                value = _import_ort().OrtValue.ortvalue_from_numpy_with_onnx_type(arr, _ONNX_ELEMENT_TYPES["bfloat16"])
+                self._empty[batch] = [value] * (2 * c.num_layers)
+            else:
+                self._empty[batch] = [arr] * (2 * c.num_layers)
         return self._empty[batch]
 
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_bias: np.ndarray, cache: Any,
-                past_len: int, write_mask: np.ndarray | None) -> np.ndarray:
+                past_len: int, write_mask: np.ndarray | None, logits_index: np.ndarray,
+                want_logits: bool = False) -> StepOutput:
         b, l = input_ids.shape
-        check_forward_args(input_ids, attention_bias, cache, past_len, write_mask)
-        self._check_len(past_len + l, "this forward (past + query)")
+        check_forward_args(input_ids, attention_bias, cache, past_len, write_mask, logits_index)
+        self._check_len(past_len + l if past_len == 0 else past_len, "this forward (past + query)")
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         pos = np.ascontiguousarray(position_ids, dtype=np.int64)
         bias = np.ascontiguousarray(attention_bias, dtype=np.float32)
-        if self.plugins:
-            return self._forward_plugin(ids, pos, bias, cache, past_len, None)[0]
+        index = np.ascontiguousarray(logits_index, dtype=np.int64)
+        write_pos = None
+        if write_mask is not None and write_mask.any():
+            write_pos = np.where(write_mask, pos, -1)
+            if write_pos.max() >= cache.capacity:
+                raise DllmError(f"this forward writes cache position {int(write_pos.max())}, beyond the capacity "
+                                f"{cache.capacity}")
         if self.io_binding:
-            return self._forward_bound(ids, pos, bias, cache, past_len, write_mask)
-        return self._forward_host(ids, pos, bias, cache, past_len, write_mask)
+            return self._forward_bound(ids, pos, bias, cache, past_len, write_pos, index, want_logits)
+        return self._forward_host(ids, pos, bias, cache, past_len, write_pos, index, want_logits)
 
-    def forward_threshold(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_bias: np.ndarray,
-                          cache: Any, past_len: int, write_mask: np.ndarray | None, tokens: np.ndarray,
-                          candidates: np.ndarray, threshold: float) -> UnmaskResult:
-        """The forward and ThresholdUnmask on its logits, in the graph (plugin artefacts only)."""
-        if not self.plugins:
-            raise DllmError(f"{self.artifact_dir} has no in-graph unmasking; export it with --plugins")
-        b, l = input_ids.shape
-        if attention_bias.shape != (b, 1, l, past_len + l):
-            raise DllmError(f"attention_bias has shape {attention_bias.shape}, expected {(b, 1, l, past_len + l)}")
-        if tokens.shape != (b, l) or candidates.shape != (b, l):
-            raise DllmError(f"tokens {tokens.shape} and candidates {candidates.shape} must be {(b, l)}")
-        if past_len > 0 and cache is None:
-            raise DllmError("a forward with past keys/values needs a cache from allocate_cache()")
-        self._check_len(past_len + l, "this forward (past + query)")
-        unmask = (np.ascontiguousarray(tokens, dtype=np.int64), np.ascontiguousarray(candidates, dtype=bool),
-                  np.array([threshold], np.float32))
-        _, result = self._forward_plugin(np.ascontiguousarray(input_ids, dtype=np.int64),
-                                         np.ascontiguousarray(position_ids, dtype=np.int64),
-                                         np.ascontiguousarray(attention_bias, dtype=np.float32), cache, past_len, unmask)
-        return result
-
-    def _plugin_cache(self, cache: OrtCache | None, batch: int, needed: int) -> OrtCache:
-        """The cache the plugin graph writes: the decode loop's, or (no cache) a reused scratch one."""
-        if cache is not None:
-            if needed > cache.capacity:
-                raise DllmError(f"this forward reaches cache position {needed - 1}, beyond the capacity {cache.capacity}")
-            return cache
-        s = self._scratch
-        if s is None or s.batch != batch or s.capacity < needed:
-            self._scratch = s = self.allocate_cache(batch, needed)
-        return s
-
-    def _forward_plugin(self, ids, pos, bias, cache, past_len, unmask) -> tuple[np.ndarray | None, UnmaskResult | None]:
-        """One run of the plugin graph: (logits or None when only the unmask outputs are wanted, unmask outputs)."""
-        from ...plugins.contract import UNMASK_INPUTS, UNMASK_OUTPUTS, cache_in_names, cache_out_names
-        from ...plugins.subblock_cache import cache_attention_bias, cache_write_positions
-
-        b, l = ids.shape
-        cp = cache_write_positions(bias, pos, past_len)
-        cb = cache_attention_bias(bias, past_len, cp)
-        cache = self._plugin_cache(cache, b, cb.shape[-1])
-        if unmask is None:
-            unmask = (np.zeros((b, l), np.int64), np.zeros((b, l), bool), np.array([1.0], np.float32))
-        n = self.config.num_layers
-        host_in = dict(zip(("input_ids", "position_ids", "attention_bias", "cache_position") + UNMASK_INPUTS,
-                           (ids, pos, cb, cp) + tuple(unmask)))
-        fused = unmask[1].any()
-        cache_out = cache_out_names(n)
-        if not self.io_binding:
-            feeds = dict(host_in)
-            feeds.update(zip(cache_in_names(n), (t for layer in cache for t in layer)))
-            out = self.session.run(["logits"] + cache_out + list(UNMASK_OUTPUTS), feeds)
-            new = out[1: 1 + 2 * n]
-            logits, result = out[0], UnmaskResult(*out[1 + 2 * n:])
-        else:
-            io = self.session.io_binding()
-            for name, value in host_in.items():
-                io.bind_cpu_input(name, value)
-            for name, value in zip(cache_in_names(n), (t for layer in cache for t in layer)):
-                io.bind_ortvalue_input(name, value)
-            # With the fused rule the logits stay on the device: only the unmask outputs come back.
-            io.bind_output("logits", *((self.device_type, self.device_id) if fused else ("cpu", 0)))
-            for name in cache_out:
-                io.bind_output(name, self.device_type, self.device_id)
-            for name in UNMASK_OUTPUTS:
-                io.bind_output(name, "cpu")
-            self.session.run_with_iobinding(io)
-            out = io.get_outputs()
-            new = out[1: 1 + 2 * n]
-            logits = None if fused else out[0].numpy()
-            result = UnmaskResult(*(v.numpy() for v in out[1 + 2 * n:]))
-        for j in range(n):
-            cache.layers[j] = [new[2 * j], new[2 * j + 1]]
-        return logits, result
-
-    def _forward_host(self, ids, pos, bias, cache, past_len, write_mask) -> np.ndarray:
-        feeds = {"input_ids": ids, "position_ids": pos, "attention_bias": bias}
-        if past_len > 0:
-            with self._timed("cache_read"):
-                past = [np.ascontiguousarray(t[:, :, :past_len]) for layer in cache for t in layer]
-        else:
-            past = self._empty_past(ids.shape[0])
+    def _forward_host(self, ids, pos, bias, cache, past_len, write_pos, index, want_logits) -> StepOutput:
+        feeds = {"input_ids": ids, "position_ids": pos, "attention_bias": bias, "logits_index": index}
+        past = cache.flat() if past_len > 0 else self._empty_past(ids.shape[0])
         feeds.update(zip(self._past, past))
-        out = self.session.run(self._outputs, feeds)
-        logits, presents = out[0], out[1:]
-        if write_mask is not None and write_mask.any():
+        wanted = ["tokens", "confidence"] + (["logits"] if want_logits else []) + \
+            (self._present if write_pos is not None else [])
+        out = dict(zip(wanted, self.session.run(wanted, feeds)))
+        if write_pos is not None:
             with self._timed("cache_write"):
-                bi, li = np.nonzero(write_mask)
-                pi = pos[bi, li]
-                for j, layer in enumerate(cache.layers):
-                    for kv in (0, 1):
-                        layer[kv][bi, :, pi] = presents[2 * j + kv][bi, :, li]
-        return logits
+                bi, li = np.nonzero(write_pos >= 0)
+                pi = write_pos[bi, li]
+                for name, dst in zip(self._present, cache.flat()):
+                    dst[bi, :, pi] = out[name][bi, :, li]
+        return StepOutput(out["tokens"], out["confidence"], out.get("logits"))
 
-    def _forward_bound(self, ids, pos, bias, cache, past_len, write_mask) -> np.ndarray:
+    def _bucket(self, b: int, l: int, p: int, r: int, cache: OrtCache | None) -> _Bucket:
+        key = (b, l, p, r, id(cache) if p else None)
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            return bucket
+        c, mem = self.config, self._memory
+        inputs = {"input_ids": mem.empty((b, l), "int64"), "position_ids": mem.empty((b, l), "int64"),
+                  "attention_bias": mem.empty((b, 1, l, p + l), "float32"), "logits_index": mem.empty((b, r), "int64")}
+        outputs = {"tokens": mem.empty((b, r), "int64"), "confidence": mem.empty((b, r), "float32"),
+                   "logits": mem.empty((b, r, c.vocab_size), "float32")}
+        presents = [mem.empty((b, c.num_kv_heads, l, c.head_dim), self.kv_type) for _ in self._present]
+        outputs.update(zip(self._present, presents))
         io = self.session.io_binding()
-        io.bind_cpu_input("input_ids", ids)
-        io.bind_cpu_input("position_ids", pos)
-        io.bind_cpu_input("attention_bias", bias)
-        if past_len > 0:
-            with self._timed("cache_read"):
-                past = self._read_past(cache, past_len)
+        for name, t in inputs.items():
+            io.bind_ortvalue_input(name, t.value)
+        if p:
+            for name, t in zip(self._past, cache.flat()):
+                io.bind_ortvalue_input(name, t.value)
         else:
-            past = self._empty_past(ids.shape[0])
-        for name, value in zip(self._past, past):
-            io.bind_ortvalue_input(name, value)
-        io.bind_output("logits", "cpu")
-        for name in self._present:
-            io.bind_output(name, self.device_type, self.device_id)
-        self.session.run_with_iobinding(io)
-        out = io.get_outputs()
-        logits = out[0].numpy()
-        if write_mask is not None and write_mask.any():
+            for name, value in zip(self._past, self._empty_past_bound(b)):
+                io.bind_ortvalue_input(name, value)
+        for name, t in outputs.items():
+            io.bind_ortvalue_output(name, t.value)
+        graph_id = len(self._buckets) if self.cuda_graph else -1
+        bucket = _Bucket(inputs, outputs, io, graph_id, presents=presents)
+        self._buckets[key] = bucket
+        return bucket
+
+    def _empty_past_bound(self, batch: int) -> list[Any]:
+        key = -batch
+        if key not in self._empty:
+            c = self.config
+            t = self._memory.empty((batch, c.num_kv_heads, 0, c.head_dim), self.kv_type)
+            self._empty[key] = [t.value] * (2 * c.num_layers)
+        return self._empty[key]
+
+    def _forward_bound(self, ids, pos, bias, cache, past_len, write_pos, index, want_logits) -> StepOutput:
+        ort, mem = _import_ort(), self._memory
+        b, l = ids.shape
+        bucket = self._bucket(b, l, past_len, index.shape[1], cache)
+        mem.upload(bucket.inputs["input_ids"], ids)
+        mem.upload(bucket.inputs["position_ids"], pos)
+        mem.upload(bucket.inputs["logits_index"], index)
+        if bucket.last_bias is None or not np.array_equal(bucket.last_bias, bias):
+            mem.upload(bucket.inputs["attention_bias"], bias)  # once per block in the dual / sub-block modes
+            bucket.last_bias = bias
+        run_options = None
+        if bucket.graph_id >= 0:
+            run_options = ort.RunOptions()
+            run_options.add_run_config_entry("gpu_graph_id", str(bucket.graph_id))
+        self.session.run_with_iobinding(bucket.binding, run_options)
+        bucket.runs += 1
+        out = bucket.outputs
+        result = StepOutput(mem.download(out["tokens"]), mem.download(out["confidence"]),
+                            mem.download(out["logits"]) if want_logits else None)
+        if write_pos is not None:
             with self._timed("cache_write"):
-                self._write(cache, out[1:], pos, write_mask)
-        return logits
-
-    def _read_past(self, cache: OrtCache, past_len: int) -> list[Any]:
-        """cache[:, :, :P] of every layer, as device OrtValues (one device copy)."""
-        io = self.read_session.io_binding()
-        n = self.config.num_layers
-        for name, value in zip(cache_names(n, "cache"), (t for layer in cache for t in layer)):
-            io.bind_ortvalue_input(name, value)
-        io.bind_cpu_input("past_len", np.array([past_len], np.int64))
-        for name in cache_names(n, "past"):
-            io.bind_output(name, self.device_type, self.device_id)
-        self.read_session.run_with_iobinding(io)
-        return list(io.get_outputs())
-
-    def _write(self, cache: OrtCache, presents: list[Any], pos: np.ndarray, write_mask: np.ndarray) -> None:
-        """Scatter the presents of the written tokens into the cache at their positions, on the device."""
-        h, l = self.config.num_kv_heads, write_mask.shape[1]
-        bi, li = np.nonzero(write_mask)
-        pi = pos[bi, li]
-        b_rows, h_rows = np.repeat(bi, h), np.tile(np.arange(h), bi.size)
-        # One row per (token, head): source row (b * Hkv + h) * L + l of the flattened present,
-        # destination (b, h, position) in the cache.
-        src = ((b_rows * h + h_rows) * l + np.repeat(li, h)).astype(np.int64)
-        dst = np.stack([b_rows, h_rows, np.repeat(pi, h)], axis=1).astype(np.int64)
-        io = self.write_session.io_binding()
-        n = self.config.num_layers
-        for name, value in zip(cache_names(n, "cache"), (t for layer in cache for t in layer)):
-            io.bind_ortvalue_input(name, value)
-        for name, value in zip(cache_names(n, "present"), presents):
-            io.bind_ortvalue_input(name, value)
-        io.bind_cpu_input("src_index", src)
-        io.bind_cpu_input("dst_index", dst)
-        for name in cache_names(n, "cache_out"):
-            io.bind_output(name, self.device_type, self.device_id)
-        self.write_session.run_with_iobinding(io)
-        new = io.get_outputs()
-        for j in range(n):
-            cache.layers[j] = [new[2 * j], new[2 * j + 1]]
+                mem.scatter(bucket.presents, cache.flat(), write_pos)
+        return result

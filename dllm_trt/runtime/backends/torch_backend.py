@@ -8,9 +8,19 @@ import numpy as np
 import torch
 
 from ...config import ModelConfig
+from ...models.layers import select_top1
+from . import StepOutput, check_forward_args
 
 
 _UNTIMED = nullcontext()
+
+
+class TorchCache(list):
+    """Per-layer (key, value) tensors [B, Hkv, capacity, D]."""
+
+    def __init__(self, layers: list, capacity: int):
+        super().__init__(layers)
+        self.capacity = capacity
 
 
 class TorchBackend:
@@ -27,21 +37,26 @@ class TorchBackend:
         model, config = load_model(model_dir, dtype=dtype, device=device)
         return cls(model, config, device)
 
-    def allocate_cache(self, batch: int, capacity: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def allocate_cache(self, batch: int, capacity: int) -> "TorchCache":
         c = self.config
         shape = (batch, c.num_kv_heads, capacity, c.head_dim)
-        return [(torch.zeros(shape, dtype=self.dtype, device=self.device),
-                 torch.zeros(shape, dtype=self.dtype, device=self.device)) for _ in range(c.num_layers)]
+        return TorchCache([(torch.zeros(shape, dtype=self.dtype, device=self.device),
+                            torch.zeros(shape, dtype=self.dtype, device=self.device)) for _ in range(c.num_layers)],
+                          capacity)
 
     @torch.inference_mode()
     def forward(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_bias: np.ndarray, cache: Any,
-                past_len: int, write_mask: np.ndarray | None) -> np.ndarray:
+                past_len: int, write_mask: np.ndarray | None, logits_index: np.ndarray,
+                want_logits: bool = False) -> StepOutput:
+        check_forward_args(input_ids, attention_bias, cache, past_len, write_mask, logits_index)
         dev = self.device
         ids = torch.from_numpy(input_ids).to(dev)
         pos = torch.from_numpy(position_ids).to(dev)
         bias = torch.from_numpy(attention_bias).to(dev)
-        past = [(k[:, :, :past_len], v[:, :, :past_len]) for k, v in cache] if past_len > 0 else None
-        logits, presents = self.model(ids, pos, bias, past)
+        index = torch.from_numpy(np.ascontiguousarray(logits_index, dtype=np.int64)).to(dev)
+        past = list(cache) if past_len > 0 else None
+        logits, presents = self.model(ids, pos, bias, past, index)
+        tokens, confidence = select_top1(logits, self.config.mask_token_id)
         if write_mask is not None and write_mask.any():
             timed = self.timer is not None
             if timed:
@@ -55,7 +70,8 @@ class TorchBackend:
                     cv[b_t, :, p_t] = v[b_t, :, l_t]
                 if timed:
                     self.synchronize()
-        return logits.float().cpu().numpy()
+        return StepOutput(tokens.cpu().numpy(), confidence.cpu().numpy(),
+                          logits.float().cpu().numpy() if want_logits else None)
 
     def synchronize(self) -> None:
         """Wait for the device's queued work (CUDA only); the profiler calls it around timed regions."""

@@ -1,0 +1,122 @@
+"""The artefact contract: file names, tensor names, the format version and the reader.
+
+This is the bottom layer: the exporter writes what this module names, and the runtime, the
+engine builder and calibration read it through this module. It imports only numpy-free
+standard library code and the config, so importing it never pulls in torch or onnx.
+
+Graph contract (format 2; one graph for the prefill and every step of every cache mode)::
+
+    inputs   input_ids       [B, L] int64
+             position_ids    [B, L] int64
+             attention_bias  [B, 1, L, P + L] float32   (0 = attend, -1e9 = masked)
+             past_key_values.{i}.key / .value  [B, Hkv, P, D]   (model dtype; P may be 0)
+             logits_index    [B, R] int64               query rows whose predictions the step reads
+    outputs  tokens          [B, R] int64     top-1 token of each read row, the mask token excluded
+             confidence      [B, R] float32   its softmax probability (the mask token excluded)
+             logits          [B, R, V] float32  the read rows' logits (debugging, validation, sampling)
+             present.{i}.key / .value  [B, Hkv, L, D]   keys/values of the current tokens
+
+The runtime owns one position-indexed cache [B, Hkv, C, D] per layer and passes the *whole*
+buffer as the past (P = C, stale or unwritten positions masked by the bias), so no step copies
+or slices the cache; it writes the presents of the tokens it keeps into the cache in place
+(numpy on the host, one device kernel on the GPU). The language-model head runs only on the
+``R`` rows in ``logits_index`` (a block, not the prompt), and the top-1 selection happens in the
+graph: per step only ``B x R`` token ids and confidences leave the device.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import ModelConfig
+from .errors import DllmError
+
+FORMAT_VERSION = 2  # bump when the graph contract or dllm_config.json changes incompatibly
+CONFIG_FILE = "dllm_config.json"
+MODEL_FILE = "model.onnx"
+EXTERNAL_DATA_FILE = "model.onnx.data"
+CACHE_LAYOUT = ("per-layer K/V [B, Hkv, C, D], position-indexed; the whole buffer is the past (P = C); "
+                "present = current tokens, written into the cache in place by the runtime")
+
+# dllm_config.json "dtype" -> ONNX element type name of the keys/values
+KV_TYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+# Named dimensions. key_len = past_len + query_len (ONNX cannot spell a sum).
+BATCH, QUERY, PAST, KEYS, ROWS = "batch", "query_len", "past_len", "key_len", "rows"
+SELECT_OUTPUTS = ("tokens", "confidence", "logits")
+
+
+def past_names(num_layers: int) -> list[str]:
+    return [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+
+
+def present_names(num_layers: int) -> list[str]:
+    return [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+
+
+def input_names(num_layers: int) -> list[str]:
+    return ["input_ids", "position_ids", "attention_bias"] + past_names(num_layers) + ["logits_index"]
+
+
+def output_names(num_layers: int) -> list[str]:
+    return list(SELECT_OUTPUTS) + present_names(num_layers)
+
+
+def tensor_shapes(config: ModelConfig, kv_type: str) -> dict[str, tuple[str, list]]:
+    """name -> (element type, dims) of every graph input and output."""
+    c = config
+    shapes: dict[str, tuple[str, list]] = {
+        "input_ids": ("int64", [BATCH, QUERY]),
+        "position_ids": ("int64", [BATCH, QUERY]),
+        "attention_bias": ("float32", [BATCH, 1, QUERY, KEYS]),
+        "logits_index": ("int64", [BATCH, ROWS]),
+        "tokens": ("int64", [BATCH, ROWS]),
+        "confidence": ("float32", [BATCH, ROWS]),
+        "logits": ("float32", [BATCH, ROWS, c.vocab_size]),
+    }
+    shapes.update({n: (kv_type, [BATCH, c.num_kv_heads, PAST, c.head_dim]) for n in past_names(c.num_layers)})
+    shapes.update({n: (kv_type, [BATCH, c.num_kv_heads, QUERY, c.head_dim]) for n in present_names(c.num_layers)})
+    return shapes
+
+
+def read_artifact_config(artifact_dir: str | Path) -> dict[str, Any]:
+    """Parse and check ``dllm_config.json``; raises DllmError that says how to fix the folder."""
+    d = Path(artifact_dir)
+    if not d.is_dir():
+        raise DllmError(f"artefact folder {d} does not exist; make one with `dllm-trt export --model CKPT --out {d}`")
+    path = d / CONFIG_FILE
+    if not path.is_file():
+        hint = (" (it holds config.json: that is a checkpoint folder; export it first with "
+                f"`dllm-trt export --model {d} --out OUT`)") if (d / "config.json").is_file() else ""
+        raise DllmError(f"{path} is missing: {d} is not a dllm-trt export{hint}")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DllmError(f"{path} is not valid JSON ({e}); re-export the model with `dllm-trt export`") from e
+    from . import __version__
+
+    fmt = meta.get("format_version") if isinstance(meta, dict) else None
+    if fmt != FORMAT_VERSION:
+        made_by = meta.get("dllm_trt_version", "an unknown version") if isinstance(meta, dict) else "an unknown version"
+        raise DllmError(f"{d} was exported by dllm-trt {made_by} in artefact format {fmt!r}; this dllm-trt "
+                        f"{__version__} reads format {FORMAT_VERSION}. Re-export the checkpoint with this version "
+                        "(`dllm-trt export --model CKPT --out DIR`) or use the dllm-trt that made it.")
+    for key in ("hf_config", "dtype", "inputs", "outputs"):
+        if key not in meta:
+            raise DllmError(f"{path} lacks {key!r}; re-export the model with `dllm-trt export`")
+    return meta
+
+
+def config_from_artifact(meta: dict[str, Any], source: str = CONFIG_FILE) -> ModelConfig:
+    """Rebuild the ModelConfig from the stored upstream config and check it against the stored fields."""
+    cfg = ModelConfig.from_dict(meta["hf_config"], source=source)
+    stored = meta.get("model_config") or {}
+    for name, value in stored.items():
+        mine = getattr(cfg, name, None)
+        if isinstance(mine, tuple):
+            mine = list(mine)
+        if name != "extra" and mine != value:
+            raise DllmError(f"{source}: model_config.{name} is {value!r} but hf_config gives {mine!r}; "
+                            "the artefact is inconsistent, re-export it")
+    return cfg

@@ -71,7 +71,7 @@ class ModelInfo:
 
 def read_model_info(model_dir: str | Path) -> ModelInfo:
     """A checkpoint folder (config.json + generation_config.json) or an export (dllm_config.json)."""
-    from ..runtime.backends.ort_backend import CONFIG_FILE, config_from_artifact, read_artifact_config
+    from ..contract import CONFIG_FILE, config_from_artifact, read_artifact_config
 
     d = Path(model_dir)
     if not d.is_dir():
@@ -270,7 +270,9 @@ class CalibrationSet:
                 rows = idx[j: j + batch_size]
                 feeds = {"input_ids": a["input_ids"][rows, :t],
                          "position_ids": a["position_ids"][rows, :t],
-                         "attention_bias": np.ascontiguousarray(a["attention_bias"][rows][:, :, :t, :t])}
+                         "attention_bias": np.ascontiguousarray(a["attention_bias"][rows][:, :, :t, :t]),
+                         # every row's logits (the LM head's activations are calibrated on all of them)
+                         "logits_index": np.broadcast_to(np.arange(t, dtype=np.int64), (rows.size, t)).copy()}
                 for name in self.input_names:
                     if name.startswith("past_key_values."):
                         feeds[name] = a[name][rows]
@@ -328,7 +330,7 @@ def build_calibration(model_dir: str | Path, data: str | Path = "builtin", sampl
         raise DllmError(f"a calibration row needs {longest} positions, more than the model's "
                         f"{cfg.max_position_embeddings}; use shorter examples")
     arrays = _pack(rows, info, longest)
-    from ..runtime.backends.ort_backend import input_names
+    from ..contract import input_names
 
     meta = {
         "format": CALIB_FORMAT, "version": CALIB_VERSION, "kind": "plain" if plain else "masked",
@@ -365,7 +367,7 @@ def _pack(rows: list[Row], info: ModelInfo, t: int) -> dict[str, np.ndarray]:
     bias = attention_bias(pos, valid, np.zeros((n, 0), bool), block)
     arrays = {"input_ids": ids, "position_ids": pos, "attention_bias": bias}
     empty = np.zeros((n, cfg.num_kv_heads, 0, cfg.head_dim), _KV_NUMPY.get(info.dtype, np.float32))
-    from ..runtime.backends.ort_backend import past_names
+    from ..contract import past_names
 
     for name in past_names(cfg.num_layers):
         arrays[name] = empty

@@ -46,8 +46,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..progress import PhaseProgress
 from ..errors import DllmError
-from ..runtime.backends.ort_backend import (CONFIG_FILE, EXTERNAL_DATA_FILE, MODEL_FILE, config_from_artifact,
-                                            read_artifact_config)
+from ..contract import CONFIG_FILE, EXTERNAL_DATA_FILE, MODEL_FILE, config_from_artifact, read_artifact_config
 from . import algorithms as alg
 from .data import CalibrationSet, build_calibration, file_sha256, load_calibration
 from .graph import GraphIndex, apply_input_scale, collect_activations, groups, save_for_session, weight_matmuls

@@ -6,14 +6,12 @@ One builder for both Python APIs (``api.py`` names where they differ). Steps, ea
            and the TensorRT version it keys the engine cache
   parse    the ONNX parser reads the graph *from its path* (so external data is found next to it);
            strongly typed whenever the graph carries the precision (always on TensorRT-RTX)
-  build    one optimization profile over every dynamic input, from the shape ranges:
+  build    one optimization profile over every dynamic input of the graph contract
+           (dllm_trt/contract.py), from the shape ranges:
              input_ids / position_ids [B, L], attention_bias [B, 1, L, P + L],
-             past_key_values.* [B, Hkv, P, D]         (P min 0 works: TensorRT-RTX 1.7 accepts
-           0-length past dims in the profile, and the prefill runs with P = 0)
-           a ``dllm-trt export --plugins`` graph has its own contract (plugins/contract.py):
-             + cache_position / unmask_tokens / unmask_candidates [B, L], unmask_threshold [1],
-             cache.* [B, Hkv, P + L, D] (capacity: past + current tokens), no past_key_values.*
-           (fallback: standard ops, any API; custom: dllm_trt nodes, TensorRT with the plugins only)
+             past_key_values.* [B, Hkv, P, D], logits_index [B, R] with R in 1..L
+             (P min 0 works: TensorRT-RTX 1.7 accepts 0-length past dims in the profile, and the
+             prefill runs with P = 0; a cached step passes the whole cache, P = its capacity)
            TensorRT's IProgressMonitor reports the build phases when the API has it
   write    model.engine, dllm_config.json (the export's, plus an ``engine`` record), build.log and
            the tokenizer files, written into a hidden temporary sibling and renamed into place
@@ -38,21 +36,21 @@ from typing import Any, Callable
 
 from .. import __version__, atomic
 from ..errors import DllmError
-from ..runtime.backends.ort_backend import (CACHE_READ_FILE, CACHE_WRITE_FILE, CONFIG_FILE, EXTERNAL_DATA_FILE,
-                                            MODEL_FILE, config_from_artifact, past_names, read_artifact_config)
+from ..contract import (CONFIG_FILE, EXTERNAL_DATA_FILE, MODEL_FILE, config_from_artifact, past_names,
+                        read_artifact_config)
 from . import api as api_mod
 from .check import BUILD_LOG, ENGINE_FILE, file_sha256, parse_rtx_header
 from .gpu import cc_tuple, gpu_info
 
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8", "int4")
 QUANT_KEYS = ("method", "format", "bits", "block_size", "symmetric", "weights", "activations")
-BUILDER_VERSION = 1  # part of the cache key: bump when the builder changes what it builds
+BUILDER_VERSION = 2  # part of the cache key: bump when the builder changes what it builds
 AXES = {"B": "batch", "L": "query_len", "P": "past_len"}
 DEFAULT_CACHE = Path.home() / ".cache" / "dllm-trt" / "engines"
 PLUGIN_ENV = "DLLM_TRT_PLUGIN_PATH"
 PLUGIN_DIR = Path(__file__).resolve().parents[1] / "plugins"
 # files of the ONNX folder an engine folder does not need
-_ONNX_ONLY = (MODEL_FILE, EXTERNAL_DATA_FILE, CACHE_READ_FILE, CACHE_WRITE_FILE, CONFIG_FILE)
+_ONNX_ONLY = (MODEL_FILE, EXTERNAL_DATA_FILE, CONFIG_FILE)
 
 
 # ---------------------------------------------------------------------- shapes
@@ -113,44 +111,8 @@ def profile_shapes(shapes: dict[str, tuple[int, int, int]], config) -> dict[str,
     out["attention_bias"] = [[b[i], 1, l[i], p[i] + l[i]] for i in range(3)]
     for name in past_names(config.num_layers):
         out[name] = [[b[i], h, p[i], d] for i in range(3)]
+    out["logits_index"] = [[b[0], 1], [b[1], l[1]], [b[2], l[2]]]  # rows read: 1 .. the query length
     return out
-
-
-def plugin_profile_shapes(shapes: dict[str, tuple[int, int, int]], config) -> dict[str, list[list[int]]]:
-    """min / opt / max of every input of a ``dllm-trt export --plugins`` graph (plugins/contract.py): the
-    caches are inputs with a capacity dim T = P + L (past + the current tokens, all written in place),
-    the bias covers cache positions 0..S-1 after the write (S = P + L), and the unmask inputs follow
-    the logits rows [B, L] (the threshold is one float)."""
-    from ..plugins.contract import UNMASK_INPUTS, cache_in_names
-
-    b, l, p = shapes["batch"], shapes["query_len"], shapes["past_len"]
-    h, d = config.num_kv_heads, config.head_dim
-    out = {}
-    for name in ("input_ids", "position_ids", "cache_position", UNMASK_INPUTS[0], UNMASK_INPUTS[1]):
-        out[name] = [[b[i], l[i]] for i in range(3)]
-    out["attention_bias"] = [[b[i], 1, l[i], p[i] + l[i]] for i in range(3)]
-    for name in cache_in_names(config.num_layers):
-        out[name] = [[b[i], h, p[i] + l[i], d] for i in range(3)]
-    out[UNMASK_INPUTS[2]] = [[1], [1], [1]]
-    return out
-
-
-def plugin_mode(meta: dict[str, Any], backend: str, onnx_dir: Path) -> str | None:
-    """The ``--plugins`` mode of the export (None for a plain one); DllmError where this backend cannot build it.
-    fallback: standard ops only, builds anywhere. custom: dllm_trt nodes, needs the TensorRT plugins
-    (register_plugins); TensorRT-RTX 1.7 aborts the process when it adds a plugin layer (tests/test_plugins.py)."""
-    mode = (meta.get("plugins") or {}).get("mode")
-    if mode is None:
-        return None
-    if mode not in ("fallback", "custom"):
-        raise DllmError(f"{onnx_dir} is a plugin export of unknown mode {mode!r}; re-export with "
-                        "`dllm-trt export --plugins fallback` or `--plugins custom`")
-    if mode == "custom" and backend == "trt-rtx":
-        raise DllmError(f"{onnx_dir} is a `dllm-trt export --plugins custom` graph (dllm_trt plugin nodes): TensorRT-RTX "
-                        "1.7 aborts the process when it adds a plugin layer (\"terminate called without an active "
-                        "exception\"); for TensorRT-RTX re-export with `--plugins fallback` (the same ops in standard "
-                        "ONNX), or build this one with --backend trt")
-    return mode
 
 
 def parse_targets(text: str | None) -> list[str] | None:
@@ -425,9 +387,6 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, backend: str = "trt-
     config = config_from_artifact(meta, source=str(onnx_dir / CONFIG_FILE))
     _check_out(out, onnx_dir)
     api = api_mod.load(backend)
-    graph_plugins = plugin_mode(meta, api.backend, onnx_dir)
-    if graph_plugins == "custom":
-        plugins = True  # its dllm_trt nodes need the plugins registered before parsing
     max_pos, limit = position_limit(meta, config)
     shape_ranges = parse_shapes(shapes, max_pos, limit)
     targets = ([t.lower() for t in compute_capabilities] if isinstance(compute_capabilities, list)
@@ -451,7 +410,7 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, backend: str = "trt-
                             f"(no dllm_trt.plugins.trt_plugins.register_plugins, no plugin library in {PLUGIN_DIR}); "
                             f"pass --plugin-lib PATH.so or set {PLUGIN_ENV}, or build without --plugins "
                             f"(the exported graph needs none)")
-    prof = (plugin_profile_shapes if graph_plugins else profile_shapes)(shape_ranges, config)
+    prof = profile_shapes(shape_ranges, config)
 
     t0 = time.perf_counter()
     digests = onnx_digest(onnx_dir, meta)
@@ -526,7 +485,6 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, backend: str = "trt-
             "max_positions": max_pos,
             "plugins": list(plugin_digests),
             # the export's graph contract: None (past/present) or its --plugins mode (caches in/out, unmask)
-            "plugin_graph": graph_plugins,
             "opt_level": opt_level,
             "cache_key": key,
             "cache_hit": hit is not None,

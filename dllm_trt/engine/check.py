@@ -65,7 +65,7 @@ def _version4(v: str) -> str:
 def check_engine(folder: str | Path, use_gpu: bool = True, device_id: int = 0,
                  raise_on_error: bool = True) -> dict[str, Any]:
     """Check the engine of a ``dllm-trt build`` folder; returns a report (and raises DllmError when a check fails)."""
-    from ..runtime.backends.ort_backend import CONFIG_FILE, read_artifact_config
+    from ..contract import CONFIG_FILE, read_artifact_config
     from . import api as api_mod
     from .gpu import gpu_info, no_gpu_reason
 

@@ -18,6 +18,11 @@ Faces (docs/plugins.md):
   TensorRT       IPluginV3 plugins, one code path for     trt_plugins.py (``register_plugins``)
                  ``tensorrt`` and ``tensorrt_rtx_bindings``
 
+The export does not insert these nodes any more: the one graph contract (dllm_trt/contract.py)
+selects the top-1 token and its confidence in standard ops, and the runtime writes the cache in
+place (runtime/backends/cuda_device.py). The ops stay here as tested building blocks for engines
+that want them fused (TensorRT plugins).
+
 This package imports numpy only; onnx, torch, triton and TensorRT are imported where used.
 """
 from __future__ import annotations
@@ -27,10 +32,9 @@ DOMAIN_VERSION = 1
 PLUGIN_VERSION = "1"
 THRESHOLD_UNMASK = "ThresholdUnmask"
 SUBBLOCK_CACHE_ATTENTION = "SubBlockCacheAttention"
-PLUGIN_MODES = ("fallback", "custom")
 
 from .subblock_cache import cache_attention_bias, cache_write_positions, subblock_cache_attention  # noqa: E402
 from .threshold_unmask import threshold_unmask  # noqa: E402
 
-__all__ = ["DOMAIN", "DOMAIN_VERSION", "PLUGIN_VERSION", "THRESHOLD_UNMASK", "SUBBLOCK_CACHE_ATTENTION", "PLUGIN_MODES",
+__all__ = ["DOMAIN", "DOMAIN_VERSION", "PLUGIN_VERSION", "THRESHOLD_UNMASK", "SUBBLOCK_CACHE_ATTENTION",
            "threshold_unmask", "subblock_cache_attention", "cache_attention_bias", "cache_write_positions"]

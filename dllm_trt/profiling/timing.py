@@ -4,7 +4,7 @@ A *step* is one forward call and the unmasking that reads its logits. Its time r
 start of its forward to the start of the next one (the last step: to the end of the request):
 
     step = model forward + cache update (inside the backend's forward, where the backend times
-           it: cache_read + cache_write) + unmask/sampling + host overhead (the rest: building the
+           it: the in-place cache_write) + unmask/sampling + host overhead (the rest: building the
            window and the attention bias, EOS checks, the loop's bookkeeping).
 
 ``setup`` is the time from the call of ``generate`` to the first forward (allocating the cache).
@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-CACHE_SECTIONS = ("cache_read", "cache_write")
+CACHE_SECTIONS = ("cache_write",)
 
 
 @dataclass
@@ -27,7 +27,7 @@ class StepTiming:
     start: float  # clock at the forward's start (seconds, perf_counter)
     forward_s: float = 0.0  # the backend's forward, cache sections included
     unmask_s: float = 0.0
-    sections: dict[str, float] = field(default_factory=dict)  # cache_read / cache_write, inside forward_s
+    sections: dict[str, float] = field(default_factory=dict)  # cache_write, inside forward_s
     step_s: float = 0.0  # filled when the request ends
 
     @property

@@ -1,38 +1,32 @@
 """The TensorRT backend: drives a ``dllm-trt build`` folder (TensorRT or TensorRT-RTX engine) on the GPU.
 
-Same semantics as the ONNX Runtime backend (``ort_backend.py``): ``forward`` passes the cache's
-first ``P`` positions as the past and writes the presents of the tokens in ``write_mask`` into the
-cache at their positions. Only numpy is imported at import time; TensorRT (or TensorRT-RTX) and
-cuda-python (``cuda.bindings``, no torch) when a backend is opened.
+Same contract and semantics as the ONNX Runtime backend (dllm_trt/contract.py, ``ort_backend.py``):
+the whole cache is the past, the graph returns the top-1 token and confidence of the rows in
+``logits_index``, and the presents of the tokens in ``write_mask`` go into the cache in place.
+Only numpy is imported at import time; TensorRT (or TensorRT-RTX) and cuda-python
+(``cuda.bindings``, no torch) when a backend is opened.
 
 Device memory
-  cache      per layer (key, value) [B, Hkv, T, D] in the engine's K/V dtype, allocated once for
-             the profile maximum (B = max batch, T = max past + max query length) at the first
-             ``allocate_cache`` and zeroed (not freed) by later ones: one request at a time, as the
-             decode loop runs them. Zeroed, never uninitialised: stale positions are masked by the
-             bias, but NaN garbage would survive the mask.
-  past       the engine wants each past input contiguous [B, Hkv, P, D]; ``cache[:, :, :P]`` is
-             strided (row pitch T), so one 2-D device copy per layer and K/V gathers it into a
-             staging buffer (the same copy ORT's ``cache_read`` graph makes). An in-engine KV-cache
-             update (TensorRT's IKVCacheUpdateLayer, or the plugins work) would remove it.
-  presents   the engine writes [B, Hkv, L, D] into output buffers; the tokens in ``write_mask`` are
-             copied into the cache at their positions with one 2-D copy per run of consecutive
-             tokens (and positions) per sequence, layer and K/V: Hkv rows of n*D elements.
-  I/O        ids, positions and the bias go up, the logits come down; buffers grow on demand.
+  cache      per layer (key, value) [B, Hkv, C, D] in the engine's K/V dtype, pooled per (B, C)
+             (C rounded up to 64 positions) and bound directly as ``past_key_values.*``: no step
+             copies or slices it. Zeroed when allocated, never uninitialised: stale positions are
+             masked by the bias, but NaN garbage would survive the mask.
+  presents   the engine writes [B, Hkv, L, D] into output buffers; the written tokens go into the
+             cache at their positions with one kernel for all layers (cuda_device.scatter_kv).
+  I/O        ids, positions, the row index and the bias go up (the bias only when it changed),
+             B x R tokens and confidences come down; the rows' logits only when asked (sampling).
   Everything runs on one non-blocking stream; ``execute_async_v3``; one synchronisation per forward.
 
 Past length 0: the profile's past-length minimum is 0 (TensorRT-RTX 1.7 builds it), and the
-prefill binds a 0-length past (with a valid address). Should an engine be built with a minimum
-past length m > 0 (``--shapes P=1:...``), a forward with P < m gets m - P zeroed, masked (-1e9)
-dummy slots in front of its past, so the decode loop still works.
+prefill binds a 0-length past (with a valid address). An engine whose profile's minimum past
+length m > 0 (``--shapes P=1:...``) cannot run a prefill: the backend says to rebuild it.
 
 Before loading, ``preflight`` checks what to rebuild: the TensorRT(-RTX) version that built the
 engine, the GPU (TensorRT: the building GPU's compute capability; TensorRT-RTX: the targets and
 ``get_engine_validity``), the file size.
 
-TODO: CUDA graph capture of ``execute_async_v3`` where shapes repeat (every step of a block has
-the same B, L, P in the sub-block / dual-cache modes); the TensorRT-RTX runtime cache
-(IRuntimeCache) to keep JIT-compiled kernels between processes.
+TODO: CUDA graph capture of ``execute_async_v3`` per shape bucket (as the ORT backend does with
+ORT's CUDA graphs); the TensorRT-RTX runtime cache (IRuntimeCache) to keep JIT-compiled kernels.
 """
 from __future__ import annotations
 
@@ -44,107 +38,15 @@ import numpy as np
 
 from ...config import ModelConfig
 from ...errors import DllmError
-from . import check_forward_args
-from .ort_backend import (CONFIG_FILE, config_from_artifact, input_names, output_names, past_names, present_names,
-                          read_artifact_config)
+from ...contract import (CONFIG_FILE, config_from_artifact, input_names, output_names, past_names, present_names,
+                         read_artifact_config)
+from . import StepOutput, check_forward_args
+from .cuda_device import CudaDevice
 
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "fp8": 1,
             "bool": 1}
-MASKED = -1e9  # the runtime's masked bias value (layout.attention_bias)
+CAPACITY_ROUND = 64  # pooled caches are rounded up to this many positions
 _UNTIMED = nullcontext()
-
-
-def _import_cuda():
-    try:
-        from cuda.bindings import driver as cu
-    except ImportError:
-        try:
-            from cuda import cuda as cu  # cuda-python before 12.6 (same driver API)
-        except ImportError as e:
-            raise DllmError("the trt backend needs cuda-python for device memory: pip install cuda-bindings "
-                            "(or: pip install -e \".[trt]\")") from e
-    return cu
-
-
-class CudaDevice:
-    """The few driver-API calls the backend makes, checked, on one stream of one device (primary context)."""
-
-    def __init__(self, device_id: int = 0):
-        cu = self.cu = _import_cuda()
-        try:
-            self._check(cu.cuInit(0), "cuInit")
-        except DllmError:
-            raise
-        except Exception as e:  # cuda.bindings raises when libcuda is absent
-            raise DllmError(f"no CUDA driver here ({e}); the trt backend needs an NVIDIA GPU and its driver") from e
-        self.device_id = device_id
-        self.dev = self._check(cu.cuDeviceGet(device_id), f"cuDeviceGet({device_id})")
-        self.ctx = self._check(cu.cuDevicePrimaryCtxRetain(self.dev), "cuDevicePrimaryCtxRetain")
-        self.make_current()
-        self.stream = self._check(cu.cuStreamCreate(cu.CUstream_flags.CU_STREAM_NON_BLOCKING.value), "cuStreamCreate")
-        self.stream_handle = int(self.stream)
-        self._live: set[int] = set()
-
-    def _check(self, result: Any, what: str) -> Any:
-        cu = self.cu
-        err, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
-        if err != cu.CUresult.CUDA_SUCCESS:
-            _, msg = cu.cuGetErrorString(err)
-            msg = msg.decode(errors="replace") if isinstance(msg, bytes) else str(msg)
-            raise DllmError(f"CUDA {what} failed: {getattr(err, 'name', err)} ({msg})")
-        return rest[0] if len(rest) == 1 else rest
-
-    def make_current(self) -> None:
-        self._check(self.cu.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
-
-    def alloc(self, nbytes: int) -> int:
-        ptr = int(self._check(self.cu.cuMemAlloc(max(int(nbytes), 256)), f"cuMemAlloc({nbytes} bytes)"))
-        self._live.add(ptr)
-        return ptr
-
-    def free(self, ptr: int) -> None:
-        if ptr in self._live:
-            self._live.discard(ptr)
-            self._check(self.cu.cuMemFree(ptr), "cuMemFree")
-
-    def htod(self, ptr: int, array: np.ndarray) -> None:
-        self._check(self.cu.cuMemcpyHtoDAsync(ptr, array.ctypes.data, array.nbytes, self.stream), "cuMemcpyHtoDAsync")
-
-    def dtoh(self, array: np.ndarray, ptr: int) -> None:
-        self._check(self.cu.cuMemcpyDtoHAsync(array.ctypes.data, ptr, array.nbytes, self.stream), "cuMemcpyDtoHAsync")
-
-    def copy2d(self, dst: int, dst_pitch: int, src: int, src_pitch: int, width: int, height: int) -> None:
-        cu = self.cu
-        p = cu.CUDA_MEMCPY2D()
-        p.srcMemoryType = cu.CUmemorytype.CU_MEMORYTYPE_DEVICE
-        p.srcDevice = src
-        p.srcPitch = src_pitch
-        p.dstMemoryType = cu.CUmemorytype.CU_MEMORYTYPE_DEVICE
-        p.dstDevice = dst
-        p.dstPitch = dst_pitch
-        p.WidthInBytes = width
-        p.Height = height
-        self._check(cu.cuMemcpy2DAsync(p, self.stream), "cuMemcpy2DAsync")
-
-    def zero2d(self, ptr: int, pitch: int, width: int, height: int) -> None:
-        self._check(self.cu.cuMemsetD2D8Async(ptr, pitch, 0, width, height, self.stream), "cuMemsetD2D8Async")
-
-    def zero(self, ptr: int, nbytes: int) -> None:
-        self._check(self.cu.cuMemsetD8Async(ptr, 0, nbytes, self.stream), "cuMemsetD8Async")
-
-    def sync(self) -> None:
-        self._check(self.cu.cuStreamSynchronize(self.stream), "cuStreamSynchronize")
-
-    def close(self) -> None:
-        cu = self.cu
-        try:
-            self.sync()
-            for ptr in list(self._live):
-                self.free(ptr)
-            cu.cuStreamDestroy(self.stream)
-            cu.cuDevicePrimaryCtxRelease(self.dev)
-        except Exception:  # interpreter shutdown: the driver may be gone already
-            pass
 
 
 class _Buffer:
@@ -164,10 +66,10 @@ class _Buffer:
 
 
 class TrtCache:
-    """Per-layer (key, value) device pointers to [B, Hkv, pitch, D] storage; ``capacity`` <= ``pitch`` positions."""
+    """Per-layer (key, value) device pointers to [B, Hkv, capacity, D] storage."""
 
-    def __init__(self, layers: list[list[int]], batch: int, capacity: int, pitch: int):
-        self.layers, self.batch, self.capacity, self.pitch = layers, batch, capacity, pitch
+    def __init__(self, layers: list[list[int]], batch: int, capacity: int):
+        self.layers, self.batch, self.capacity = layers, batch, capacity
 
     def __iter__(self):
         return iter(self.layers)
@@ -175,25 +77,14 @@ class TrtCache:
     def __len__(self) -> int:
         return len(self.layers)
 
-
-def write_runs(write_mask: np.ndarray, pos: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """(b, l0, p0, n): runs of consecutive written tokens whose positions are consecutive too."""
-    runs = []
-    for b in range(write_mask.shape[0]):
-        ls = np.flatnonzero(write_mask[b])
-        if ls.size == 0:
-            continue
-        ps = pos[b, ls]
-        breaks = np.flatnonzero((np.diff(ls) != 1) | (np.diff(ps) != 1)) + 1
-        for seg_l, seg_p in zip(np.split(ls, breaks), np.split(ps, breaks)):
-            runs.append((b, int(seg_l[0]), int(seg_p[0]), int(seg_l.size)))
-    return runs
+    def flat(self) -> list[int]:
+        return [p for layer in self.layers for p in layer]
 
 
 class TrtBackend:
     """A TensorRT / TensorRT-RTX engine implementing the runtime's Backend protocol.
 
-    ``timer`` (None unless profiling) times the cache reads and writes; with it set the stream is
+    ``timer`` (None unless profiling) times the cache writes; with it set the stream is
     synchronised at the end of each section so that the wall-clock sections are real.
     """
 
@@ -221,6 +112,7 @@ class TrtBackend:
         self._past, self._present = past_names(n), present_names(n)
         self.kv_type = dtype_of(self._past[0])
         for name, want in (("input_ids", "int64"), ("position_ids", "int64"), ("attention_bias", "float32"),
+                           ("logits_index", "int64"), ("tokens", "int64"), ("confidence", "float32"),
                            ("logits", "float32")):
             got = dtype_of(name)
             if got != want:
@@ -231,14 +123,15 @@ class TrtBackend:
         self.batch_range = (ids_prof[0][0], ids_prof[2][0])
         self.query_range = (ids_prof[0][1], ids_prof[2][1])
         self.past_range = (past_prof[0][2], past_prof[2][2])
-        self.max_cache = self.past_range[1] + self.query_range[1]
         ranges = meta.get("shape_ranges") or {}
         self.max_positions = int(ranges.get("max_positions") or config.max_position_embeddings)
-        self._pool: list[list[int]] | None = None
+        self._pool: dict[tuple[int, int], TrtCache] = {}
         dev = device
-        self._ids, self._pos, self._bias, self._logits = (_Buffer(dev) for _ in range(4))
-        self._staging = [_Buffer(dev) for _ in self._past]
+        self._ids, self._pos, self._bias, self._index, self._write_pos = (_Buffer(dev) for _ in range(5))
+        self._tokens, self._confidence, self._logits = (_Buffer(dev) for _ in range(3))
         self._presents = [_Buffer(dev) for _ in self._present]
+        self._last_bias: np.ndarray | None = None
+        self._tables: dict[tuple[int, ...], tuple[int, int]] = {}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -290,41 +183,36 @@ class TrtBackend:
         lo, hi = self.batch_range
         if not lo <= batch <= hi:
             raise DllmError(self._rebuild(f"batch {batch} is outside the engine's batch range {lo}..{hi}"))
-        if capacity > self.max_cache:
-            raise DllmError(self._rebuild(f"the cache needs {capacity} positions but the engine's profile allows at "
-                                          f"most {self.max_cache} (max past {self.past_range[1]} + max query "
-                                          f"{self.query_range[1]})"))
-        c = self.config
-        row = self.max_cache * c.head_dim * self.kv_size
-        if self._pool is None:  # once, for the profile maximum
-            per = self.batch_range[1] * c.num_kv_heads * row
-            self._pool = [[self.device.alloc(per), self.device.alloc(per)] for _ in range(c.num_layers)]
-        for layer in self._pool:
-            for ptr in layer:
-                self.device.zero(ptr, batch * c.num_kv_heads * row)
-        return TrtCache(self._pool, batch, capacity, self.max_cache)
+        top = self.past_range[1]
+        if capacity > top:
+            raise DllmError(self._rebuild(f"the cache needs {capacity} positions but the engine's profile allows a "
+                                          f"past of at most {top}"))
+        rounded = min(-(-capacity // CAPACITY_ROUND) * CAPACITY_ROUND, top)
+        key = (batch, rounded)
+        if key not in self._pool:
+            c = self.config
+            nbytes = batch * c.num_kv_heads * rounded * c.head_dim * self.kv_size
+            layers = [[self.device.alloc(nbytes), self.device.alloc(nbytes)] for _ in range(c.num_layers)]
+            for ptr in (p for layer in layers for p in layer):
+                self.device.zero(ptr, nbytes)
+            self._pool[key] = TrtCache(layers, batch, rounded)
+        return self._pool[key]
 
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_bias: np.ndarray, cache: Any,
-                past_len: int, write_mask: np.ndarray | None) -> np.ndarray:
+                past_len: int, write_mask: np.ndarray | None, logits_index: np.ndarray,
+                want_logits: bool = False) -> StepOutput:
         b, l = input_ids.shape
-        check_forward_args(input_ids, attention_bias, cache, past_len, write_mask)
-        limit = self.max_positions + ((self.config.block_size or 0) + 1 if self.config.block_size else 0)
-        if past_len + l > limit:
-            raise DllmError(f"this forward (past + query) needs {past_len + l} positions, but {self.folder} was exported "
-                            f"for at most {self.max_positions} positions; shorten the prompt or gen_length")
-        for what, v, (lo, hi) in (("batch", b, self.batch_range), ("query length", l, self.query_range)):
+        check_forward_args(input_ids, attention_bias, cache, past_len, write_mask, logits_index)
+        r = logits_index.shape[1]
+        for what, v, (lo, hi) in (("batch", b, self.batch_range), ("query length", l, self.query_range),
+                                  ("past length", past_len, self.past_range)):
             if not lo <= v <= hi:
                 raise DllmError(self._rebuild(f"{what} {v} is outside the engine's range {lo}..{hi}"))
-        pad = max(0, self.past_range[0] - past_len)  # dummy masked slots when the profile's min past > P
-        p_eff = past_len + pad
-        if p_eff > self.past_range[1]:
-            raise DllmError(self._rebuild(f"past length {past_len} is beyond the engine's maximum {self.past_range[1]}"))
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         pos = np.ascontiguousarray(position_ids, dtype=np.int64)
         bias = np.ascontiguousarray(attention_bias, dtype=np.float32)
-        if pad:
-            bias = np.ascontiguousarray(np.concatenate([np.full((b, 1, l, pad), MASKED, np.float32), bias], axis=3))
+        index = np.ascontiguousarray(logits_index, dtype=np.int64)
         dev, ctx = self.device, self.context
         if hasattr(dev, "make_current"):
             dev.make_current()
@@ -333,26 +221,24 @@ class TrtBackend:
 
         dev.htod(self._ids.ensure(ids.nbytes), ids)
         dev.htod(self._pos.ensure(pos.nbytes), pos)
-        dev.htod(self._bias.ensure(bias.nbytes), bias)
-        with self._timed("cache_read"):
-            past_ptrs = []
-            for j, name in enumerate(self._past):
-                buf = self._staging[j].ensure(b * h * p_eff * d * es)
-                if pad:
-                    dev.zero2d(buf, p_eff * d * es, pad * d * es, b * h)
-                if past_len:
-                    src = cache.layers[j // 2][j % 2]
-                    dev.copy2d(buf + pad * d * es, p_eff * d * es, src, cache.pitch * d * es, past_len * d * es, b * h)
-                past_ptrs.append(buf)
-        shapes = {"input_ids": (b, l), "position_ids": (b, l), "attention_bias": (b, 1, l, p_eff + l)}
-        addrs = {"input_ids": self._ids.ptr, "position_ids": self._pos.ptr, "attention_bias": self._bias.ptr}
-        for name, ptr in zip(self._past, past_ptrs):
-            shapes[name] = (b, h, p_eff, d)
+        dev.htod(self._index.ensure(index.nbytes), index)
+        if self._last_bias is None or not np.array_equal(self._last_bias, bias):
+            dev.htod(self._bias.ensure(bias.nbytes), bias)  # once per block in the dual / sub-block modes
+            self._last_bias = bias
+        shapes = {"input_ids": (b, l), "position_ids": (b, l), "attention_bias": (b, 1, l, past_len + l),
+                  "logits_index": (b, r)}
+        addrs = {"input_ids": self._ids.ptr, "position_ids": self._pos.ptr, "attention_bias": self._bias.ptr,
+                 "logits_index": self._index.ptr}
+        past = cache.flat() if past_len else [self._ids.ptr] * len(self._past)  # a 0-length past needs an address
+        for name, ptr in zip(self._past, past):
+            shapes[name] = (b, h, past_len, d)
             addrs[name] = ptr
         for name, shape in shapes.items():
             if not ctx.set_input_shape(name, shape):
                 raise DllmError(f"the engine rejected input {name} with shape {shape}")
-        addrs["logits"] = self._logits.ensure(b * l * c.vocab_size * 4)
+        addrs["tokens"] = self._tokens.ensure(b * r * 8)
+        addrs["confidence"] = self._confidence.ensure(b * r * 4)
+        addrs["logits"] = self._logits.ensure(b * r * c.vocab_size * 4)
         for name, buf in zip(self._present, self._presents):
             addrs[name] = buf.ensure(b * h * l * d * es)
         for name, ptr in addrs.items():
@@ -360,27 +246,38 @@ class TrtBackend:
                 raise DllmError(f"the engine rejected the address of {name}")
         if not ctx.execute_async_v3(dev.stream_handle):
             raise DllmError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
-        logits = np.empty((b, l, c.vocab_size), np.float32)
-        dev.dtoh(logits, self._logits.ptr)
+        tokens, confidence = np.empty((b, r), np.int64), np.empty((b, r), np.float32)
+        dev.dtoh(tokens, self._tokens.ptr)
+        dev.dtoh(confidence, self._confidence.ptr)
+        logits = None
+        if want_logits:
+            logits = np.empty((b, r, c.vocab_size), np.float32)
+            dev.dtoh(logits, self._logits.ptr)
         if write_mask is not None and write_mask.any():
             with self._timed("cache_write"):
-                self._write(cache, pos, write_mask, l)
+                self._write(cache, np.where(write_mask, pos, -1), l)
         dev.sync()
-        return logits
+        return StepOutput(tokens, confidence, logits)
 
-    def _write(self, cache: TrtCache, pos: np.ndarray, write_mask: np.ndarray, l: int) -> None:
-        c = self.config
-        h, d, es = c.num_kv_heads, c.head_dim, self.kv_size
-        runs = write_runs(np.asarray(write_mask, bool), pos)
-        for _, _, p0, n in runs:
-            if p0 < 0 or p0 + n > cache.capacity:
-                raise DllmError(f"write positions {p0}..{p0 + n - 1} are outside the cache (capacity {cache.capacity})")
-        for j, buf in enumerate(self._presents):
-            dst_base = cache.layers[j // 2][j % 2]
-            for bi, l0, p0, n in runs:
-                src = buf.ptr + ((bi * h) * l + l0) * d * es
-                dst = dst_base + ((bi * h) * cache.pitch + p0) * d * es
-                self.device.copy2d(dst, cache.pitch * d * es, src, l * d * es, n * d * es, h)
+    def _write(self, cache: TrtCache, write_pos: np.ndarray, l: int) -> None:
+        """The written tokens' keys/values into the cache at their positions: one kernel, all layers."""
+        if write_pos.max() >= cache.capacity:
+            raise DllmError(f"this forward writes cache position {int(write_pos.max())}, beyond the capacity "
+                            f"{cache.capacity}")
+        c, dev = self.config, self.device
+        src = [buf.ptr for buf in self._presents]
+        dst = cache.flat()
+        key = tuple(src) + tuple(dst)
+        if key not in self._tables:
+            tables = (dev.alloc(8 * len(src)), dev.alloc(8 * len(dst)))
+            dev.htod(tables[0], np.array(src, np.uint64))
+            dev.htod(tables[1], np.array(dst, np.uint64))
+            dev.sync()
+            self._tables[key] = tables
+        dev.htod(self._write_pos.ensure(write_pos.nbytes), np.ascontiguousarray(write_pos, np.int64))
+        b = write_pos.shape[0]
+        dev.scatter_kv(*self._tables[key], len(src), self._write_pos.ptr, b, c.num_kv_heads, l, cache.capacity,
+                       c.head_dim * self.kv_size)
 
 
 # ---------------------------------------------------------------------- checks before loading

@@ -1,18 +1,29 @@
-"""LLaDA-8B architecture (random weights) on ONNX Runtime CUDA vs eager PyTorch vs the bandwidth floor.
+"""LLaDA-8B architecture (random bf16 weights) decoded on the GPU: dllm-trt on ONNX Runtime CUDA vs
+its own PyTorch model, Fast-dLLM's own code and the weight-read floor, in one lease.
 
-Two phases, run back to back on the GPU machine (the export is kept in --workdir):
+Phases, run back to back on the GPU machine (everything is kept in --workdir):
 
-    python benchmarks/llada8b_ort_cuda.py prepare --workdir /tmp/l8b [--dtype fp16]   # checkpoint, export, torch timings
-    python benchmarks/llada8b_ort_cuda.py ort --workdir /tmp/l8b                      # ORT CUDA timings + the table
-    python benchmarks/llada8b_ort_cuda.py int4 --workdir /tmp/l8b                     # INT4 weight-only, same table
+    python benchmarks/llada8b_ort_cuda.py prepare  --workdir W   # random weights, floor, eager torch, export
+    python benchmarks/llada8b_ort_cuda.py ort      --workdir W   # forwards: graph alone / runtime step
+    python benchmarks/llada8b_ort_cuda.py e2e      --workdir W   # dllm-trt profile: tok/s, per-step breakdown
+    python benchmarks/llada8b_ort_cuda.py fastdllm --workdir W --fastdllm DIR   # Fast-dLLM's llada/ code
+    python benchmarks/llada8b_ort_cuda.py table    --workdir W   # the table of all of the above
 
-Forwards timed at batch 1 (the decode loop's two shapes):
-  prefill     320 tokens, no past;
-  block step  32 tokens over a 320-token cache (a Fast-dLLM dual/prefix-cache step).
-Floor = weights read per forward / measured device-to-device copy bandwidth (bytes read +
-written / time): at batch 1 a forward must read every weight once (the embedding table excepted:
-only L rows of it are gathered), so no implementation beats it by much.
-Timings are medians of --repeat runs after --warmup runs, synchronised around each run.
+``--smoke`` runs the same pipeline on a small model in seconds, to check the script first.
+
+Forwards timed at batch 1 (the decode loop's shapes for prompt 64 + gen 256, block 32):
+  prefill     320 tokens, no past, 32 rows read (the block), all 320 keys/values written;
+  block step  32 tokens over the whole 320-position cache (a dual-cache step), 32 rows read;
+  block step with write: the same, its 32 keys/values written into the cache in place.
+"graph" = the ORT session alone on device-resident inputs and outputs (the bucket's binding);
+"runtime step" = ``OrtBackend.forward``: ids/positions/rows up (the bias only when it changed),
+B x R tokens and confidences down, the in-place cache write. Floor = weights read per forward
+(every weight but the gathered embedding table) / measured device-to-device copy bandwidth.
+End to end: ``dllm-trt profile`` on one 64-token synthetic prompt, gen 256, block 32, low-confidence
+remasking with 256 steps (one token per step) and 64 steps (four per step), cache none/prefix/dual.
+Fast-dLLM: ``generate``, ``generate_with_prefix_cache``, ``generate_with_dual_cache`` of its
+``llada/generate.py`` with the same settings, its own model class with random bf16 weights.
+Timings are medians of --repeat runs after --warmup runs.
 """
 from __future__ import annotations
 
@@ -36,11 +47,23 @@ LLADA_8B = {
 }
 # --smoke: the same pipeline on a small model, to check the script in seconds before the real run.
 SMOKE = dict(LLADA_8B, d_model=256, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=512, vocab_size=1000,
-             embedding_size=1000)
-PREFILL, STEP, PAST = 320, 32, 320
+             embedding_size=1000, mask_token_id=999, eos_token_id=998, pad_token_id=998)
+PROMPT, GEN, BLOCK = 64, 256, 32
+PREFILL, STEP, PAST = PROMPT + GEN, BLOCK, PROMPT + GEN
 
 
-def median_ms(fn, warmup: int, repeat: int, sync) -> float:
+def out_path(name: str) -> Path | None:
+    return Path(os.environ["OUT"], name) if os.environ.get("OUT") else None
+
+
+def save_json(work: Path, name: str, data: dict) -> None:
+    text = json.dumps(data, indent=2, default=str)
+    (work / name).write_text(text)
+    if out_path(name):
+        out_path(name).write_text(text)
+
+
+def median_ms(fn, warmup: int, repeat: int, sync=lambda: None) -> float:
     for _ in range(warmup):
         fn()
     sync()
@@ -88,9 +111,23 @@ def copy_bandwidth() -> float:
         torch.cuda.synchronize()
         if i >= 2:
             times.append(start.elapsed_time(end) / 1e3)
+    del src, dst
+    torch.cuda.empty_cache()
     return 2 * n / statistics.median(times)
 
 
+def random_init(model) -> None:
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02)
+
+
+# ---------------------------------------------------------------------- prepare
 def cmd_prepare(args) -> None:
     import torch
 
@@ -107,17 +144,11 @@ def cmd_prepare(args) -> None:
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = build_model(config).to(dt)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, 0.02)
+    random_init(model)
     model.eval()
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    print(f"built LLaDA-8B architecture: {weight_bytes / 1e9:.2f} GB of {args.dtype} weights "
-          f"({time.perf_counter() - t0:.0f} s)", flush=True)
-
+    print(f"built the model: {weight_bytes / 1e9:.2f} GB of {args.dtype} weights ({time.perf_counter() - t0:.0f} s)",
+          flush=True)
     bw = copy_bandwidth()
     print(f"device copy bandwidth {bw / 1e12:.2f} TB/s (read + write)", flush=True)
 
@@ -125,6 +156,7 @@ def cmd_prepare(args) -> None:
         ids = torch.randint(0, config.vocab_size, (1, L), device="cuda")
         pos = torch.arange(P, P + L, device="cuda")[None]
         bias = torch.zeros(1, 1, L, P + L, device="cuda")
+        rows = torch.arange(L - BLOCK, L, device="cuda")[None]
         past = None
         if P:
             shape = (1, config.num_kv_heads, P, config.head_dim)
@@ -133,15 +165,15 @@ def cmd_prepare(args) -> None:
 
         def run():
             with torch.inference_mode():
-                model(ids, pos, bias, past)
+                model(ids, pos, bias, past, rows)
         return run
 
     sync = torch.cuda.synchronize
     eager = {"prefill": median_ms(torch_forward(PREFILL, 0), args.warmup, args.repeat, sync),
              "block_step": median_ms(torch_forward(STEP, PAST), args.warmup, args.repeat, sync)}
-    print(f"eager torch: {eager}", flush=True)
+    print(f"eager torch (this project's model): {eager}", flush=True)
 
-    ckpt = work / "llada8b-ckpt"
+    ckpt = work / "ckpt"
     t0 = time.perf_counter()
     save_model(model.cpu(), ckpt)
     del model
@@ -149,138 +181,202 @@ def cmd_prepare(args) -> None:
     save_s = time.perf_counter() - t0
     print(f"saved checkpoint in {save_s:.0f} s", flush=True)
     t0 = time.perf_counter()
-    report = export_onnx(str(ckpt), str(work / "llada8b-onnx"), dtype=args.dtype, validate=False, progress=False)
+    report = export_onnx(str(ckpt), str(work / "onnx"), dtype=args.dtype, validate=False, progress=False)
     export_s = time.perf_counter() - t0
-    print(f"exported in {export_s:.0f} s: {json.dumps(report['timings_s'])}, external data {report['external_data']}",
-          flush=True)
-    read_bytes = weights_read_bytes(work / "llada8b-onnx" / "model.onnx")
-    summary = {"dtype": args.dtype, "weight_bytes": weight_bytes, "weights_read_bytes": read_bytes, "copy_bandwidth_Bps": bw, "eager_ms": eager,
-               "export_s": export_s, "export_timings_s": report["timings_s"], "files": report["files"],
-               "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-               "date": time.strftime("%Y-%m-%d")}
-    (work / "prepare.json").write_text(json.dumps(summary, indent=2))
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "prepare.json").write_text(json.dumps(summary, indent=2))
+    print(f"exported in {export_s:.0f} s: {json.dumps(report['timings_s'])}", flush=True)
+    read_bytes = weights_read_bytes(work / "onnx" / "model.onnx")
+    save_json(work, "prepare.json", {
+        "dtype": args.dtype, "smoke": args.smoke, "weight_bytes": weight_bytes, "weights_read_bytes": read_bytes,
+        "copy_bandwidth_Bps": bw, "floor_ms": read_bytes / bw * 1e3, "eager_ms": eager, "export_s": export_s,
+        "export_timings_s": report["timings_s"], "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d")})
 
 
+# ---------------------------------------------------------------------- forwards
 def cmd_ort(args) -> None:
     import onnxruntime as ort
 
     from dllm_trt.runtime.backends.ort_backend import OrtBackend
 
     work = Path(args.workdir)
-    prep = json.loads((work / "prepare.json").read_text())
-    art = work / args.engine
-    t0 = time.perf_counter()
-    backend = OrtBackend.from_pretrained(str(art), provider="cuda")
-    load_s = time.perf_counter() - t0
-    print(f"onnxruntime {ort.__version__} CUDA session in {load_s:.0f} s", flush=True)
-    cfg = backend.config
+    art = work / "onnx"
+    results = {"onnxruntime": ort.__version__}
     rng = np.random.default_rng(0)
+    for graph in (True, False):
+        t0 = time.perf_counter()
+        backend = OrtBackend.from_pretrained(str(art), provider="cuda", cuda_graph=graph)
+        load_s = time.perf_counter() - t0
+        cfg = backend.config
+        cache = backend.allocate_cache(1, PAST)
+        C = cache.capacity
 
-    def inputs(L: int, P: int):
-        ids = rng.integers(0, cfg.vocab_size, (1, L)).astype(np.int64)
-        pos = np.arange(P, P + L, dtype=np.int64)[None]
-        bias = np.zeros((1, 1, L, P + L), np.float32)
-        return ids, pos, bias
+        def inputs(L: int, P: int, start: int):
+            ids = rng.integers(0, cfg.vocab_size, (1, L)).astype(np.int64)
+            pos = np.arange(start, start + L, dtype=np.int64)[None]
+            bias = np.zeros((1, 1, L, P + L), np.float32)
+            if P:
+                bias[..., PAST:P] = -1e9  # cache positions past the sequence
+                bias[..., start:start + L] = -1e9  # the block's stale cached entries (dual cache)
+            rows = np.arange(L - BLOCK, L, dtype=np.int64)[None]
+            return ids, pos, bias, rows
 
-    # (a) the runtime's forward: ids/positions/bias up, logits down, caches stay on the device
-    #     (past = a device copy of cache[:P]; writes = a device scatter). run_with_iobinding returns
-    #     when the GPU work is done and the logits are on the host, so wall time is the step time.
-    cache = backend.allocate_cache(1, PAST + STEP)
-    ids, pos, bias = inputs(PAST, 0)
-    backend.forward(ids, pos, bias, cache, 0, np.ones((1, PAST), bool))  # fill the cache
-    step_in, prefill_in = inputs(STEP, PAST), inputs(PREFILL, 0)
-    nosync = lambda: None  # noqa: E731
-    runtime = {
-        "prefill": median_ms(lambda: backend.forward(*prefill_in, cache, 0, None), args.warmup, args.repeat, nosync),
-        "block_step": median_ms(lambda: backend.forward(*step_in, cache, PAST, None), args.warmup, args.repeat, nosync),
-        "block_step_write": median_ms(lambda: backend.forward(*step_in, cache, PAST, np.ones((1, STEP), bool)),
-                                      args.warmup, args.repeat, nosync),
-    }
-    print(f"runtime forward: {runtime}", flush=True)
-
-    # (b) the graph alone: every input already on the device, every output left there.
-    def graph_only(ids, pos, bias, past_len):
+        prefill = inputs(PREFILL, 0, 0)
+        step = inputs(STEP, C, PROMPT)
+        all_rows, step_rows = np.ones((1, PREFILL), bool), np.ones((1, STEP), bool)
+        backend.forward(prefill[0], prefill[1], prefill[2], cache, 0, all_rows, prefill[3])  # fill the cache
+        runtime = {
+            "prefill": median_ms(lambda: backend.forward(*prefill[:3], cache, 0, all_rows, prefill[3]),
+                                 args.warmup, args.repeat),
+            "block_step": median_ms(lambda: backend.forward(*step[:3], cache, C, None, step[3]), args.warmup, args.repeat),
+            "block_step_write": median_ms(lambda: backend.forward(*step[:3], cache, C, step_rows, step[3]),
+                                          args.warmup, args.repeat),
+        }
         sess = backend.session
-        io = sess.io_binding()
-        for name, arr in (("input_ids", ids), ("position_ids", pos), ("attention_bias", bias)):
-            io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr, "cuda", 0))
-        past = backend._read_past(cache, past_len) if past_len else backend._empty_past(1)
-        for name, v in zip(backend._past, past):
-            io.bind_ortvalue_input(name, v)
-        for name in backend._outputs:
-            io.bind_output(name, "cuda", 0)
-        return median_ms(lambda: sess.run_with_iobinding(io), args.warmup, args.repeat, nosync)
-
-    graph = {"prefill": graph_only(*prefill_in, 0), "block_step": graph_only(*step_in, PAST)}
-    print(f"graph only: {graph}", flush=True)
-    ops = {}
-
-    read_bytes = weights_read_bytes(art / "model.onnx")
-    floor_ms = read_bytes / prep["copy_bandwidth_Bps"] * 1e3
-    rows = []
-    for name, L, P in (("prefill", PREFILL, 0), ("block_step", STEP, PAST)):
-        rows.append({"forward": name, "L": L, "P": P, "floor_ms": floor_ms, "eager_torch_ms": prep["eager_ms"][name],
-                     "ort_graph_ms": graph[name], "ort_runtime_ms": runtime[name],
-                     "ort_vs_floor": runtime[name] / floor_ms})
-    quant = (backend.meta.get("quantization") or {}).get("method")
-    result = {"device": prep["device"], "date": time.strftime("%Y-%m-%d"), "dtype": quant or prep["dtype"],
-              "engine": args.engine, "onnxruntime": ort.__version__, "weight_GB": prep["weight_bytes"] / 1e9,
-              "weights_read_GB": read_bytes / 1e9,
-              "copy_bandwidth_TBps": prep["copy_bandwidth_Bps"] / 1e12, "session_load_s": load_s,
-              "export_s": prep["export_s"], "rows": rows, "runtime_ms": runtime, "top_ops": ops}
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], f"llada8b_ort_cuda_{args.engine}.json").write_text(json.dumps(result, indent=2))
-    print_table(result)
+        graph_only = {}
+        for name, (ids, pos, bias, rows), p in (("prefill", prefill, 0), ("block_step", step, C)):
+            bucket = backend._bucket(1, ids.shape[1], p, rows.shape[1], cache)
+            ro = None
+            if bucket.graph_id >= 0:
+                ro = ort.RunOptions()
+                ro.add_run_config_entry("gpu_graph_id", str(bucket.graph_id))
+            graph_only[name] = median_ms(lambda: sess.run_with_iobinding(bucket.binding, ro), args.warmup, args.repeat)
+        key = "cuda_graph" if graph else "no_graph"
+        results[key] = {"session_load_s": load_s, "cache_capacity": C, "graph_ms": graph_only, "runtime_ms": runtime,
+                        "buckets": len(backend._buckets)}
+        print(f"{key}: session {load_s:.0f} s, graph {graph_only}, runtime {runtime}", flush=True)
+        del backend, sess
+    save_json(work, "ort.json", results)
 
 
-def cmd_int4(args) -> None:
-    """Quantize the export to INT4 weight-only (MatMulNBits, RTN, no calibration), then time it like `ort`."""
-    from dllm_trt.calibration.quantizer import quantize
+def cmd_e2e(args) -> None:
+    from dllm_trt.cli import build_parser
+    from dllm_trt.profiling.report import format_report
+    from dllm_trt.profiling.session import profile_engine
+    from dllm_trt.runtime.backends.ort_backend import OrtBackend
 
     work = Path(args.workdir)
+    art = work / "onnx"
+    backend = OrtBackend.from_pretrained(str(art), provider="cuda")
+    argv = ["profile", "--engine", str(art), "--provider", "cuda", "--synthetic-prompt-len", str(PROMPT), "--n", "1",
+            "--gen-length", str(GEN), "--block-length", str(BLOCK), "--strategy", "low_confidence",
+            "--sweep", "cache=none,prefix,dual", f"steps={GEN},{GEN // 4}",
+            "--warmup", str(max(1, args.warmup // 2)), "--repeat", str(max(1, args.repeat // 3)), "--no-progress"]
+    report = profile_engine(build_parser().parse_args(argv), backend=backend)
+    for run in report["runs"]:
+        run.pop("trace", None)
+    print(format_report(report), flush=True)
+    save_json(work, "e2e.json", report)
+
+
+# ---------------------------------------------------------------------- Fast-dLLM's own code
+def cmd_fastdllm(args) -> None:
+    import torch
+
+    root = Path(args.fastdllm).resolve()
+    sys.path.insert(0, str(root))
+    from generate import generate, generate_with_dual_cache, generate_with_prefix_cache  # type: ignore
+    from model.configuration_llada import LLaDAConfig  # type: ignore
+    from model.modeling_llada import LLaDAModelLM  # type: ignore
+
+    work = Path(args.workdir)
+    raw = SMOKE if args.smoke else LLADA_8B
+    cfg = LLaDAConfig(d_model=raw["d_model"], n_heads=raw["n_heads"], n_kv_heads=raw["n_kv_heads"],
+                      n_layers=raw["n_layers"], mlp_hidden_size=raw["mlp_hidden_size"], vocab_size=raw["vocab_size"],
+                      embedding_size=raw["embedding_size"], rope=True, rope_theta=raw["rope_theta"],
+                      rms_norm_eps=raw["rms_norm_eps"], weight_tying=False, block_type="llama",
+                      activation_type="silu", layer_norm_type="rms", include_bias=False, include_qkv_bias=False,
+                      attention_layer_norm=False, max_sequence_length=raw["max_sequence_length"],
+                      mask_token_id=raw["mask_token_id"], eos_token_id=raw["eos_token_id"],
+                      pad_token_id=raw["pad_token_id"], flash_attention=False, init_device="cpu",
+                      mlp_ratio=4, alibi=False, rope_full_precision=True, input_emb_norm=False,
+                      scale_logits=False, layer_norm_with_affine=True, bias_for_layer_norm=False)
     t0 = time.perf_counter()
-    report = quantize(work / "llada8b-onnx", work / "llada8b-int4", "int4-rtn", block_size=args.block_size,
-                      validate=False, progress=False)
-    print(f"quantized to INT4 (block {args.block_size}) in {time.perf_counter() - t0:.0f} s: "
-          f"{json.dumps({k: report[k] for k in report if k in ('size_bytes', 'quantized')}, default=str)[:400]}",
-          flush=True)
-    args.engine = "llada8b-int4"
-    cmd_ort(args)
+    torch.set_default_dtype(torch.bfloat16)
+    model = LLaDAModelLM(cfg, init_params=False)
+    torch.set_default_dtype(torch.float32)
+    model = model.to(device="cuda", dtype=torch.bfloat16).eval()
+    torch.manual_seed(0)
+    random_init(model)
+    print(f"Fast-dLLM LLaDAModelLM built in {time.perf_counter() - t0:.0f} s", flush=True)
+    prompt = torch.randint(0, raw["vocab_size"] - 2, (1, PROMPT), device="cuda")
+    fns = {"none": generate, "prefix": generate_with_prefix_cache, "dual": generate_with_dual_cache}
+    rows = []
+    with torch.inference_mode():
+        fns["dual"](model, prompt, steps=GEN, gen_length=GEN, block_length=BLOCK, mask_id=raw["mask_token_id"])  # warm-up
+        for steps in (GEN, GEN // 4):
+            for cache, fn in fns.items():
+                times = []
+                for _ in range(max(1, args.repeat // 5)):
+                    torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    out = fn(model, prompt, steps=steps, gen_length=GEN, block_length=BLOCK,
+                             mask_id=raw["mask_token_id"])
+                    torch.cuda.synchronize()
+                    times.append(time.perf_counter() - t0)
+                if isinstance(out, tuple):
+                    out = out[0]
+                s = statistics.median(times)
+                rows.append({"cache": cache, "steps": steps, "seconds": s, "tokens_per_second": GEN / s})
+                print(f"Fast-dLLM {cache:6s} steps {steps}: {GEN / s:.1f} tok/s ({s:.2f} s)", flush=True)
+    save_json(work, "fastdllm.json", {"rows": rows, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                      "date": time.strftime("%Y-%m-%d")})
 
 
-def print_table(r: dict) -> None:
-    print(f"\nLLaDA-8B architecture, random weights, {r['dtype']}, batch 1, "
-          f"{r['device']}, onnxruntime {r['onnxruntime']} CUDA EP, {r['date']}")
-    print(f"copy bandwidth {r['copy_bandwidth_TBps']:.2f} TB/s; weights read per forward {r['weights_read_GB']:.2f} GB "
-          "(all but the embedding table) -> floor = weights read / bandwidth")
-    print("| forward | L | P | floor ms | eager torch ms | ORT graph ms | ORT runtime step ms | runtime / floor |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for row in r["rows"]:
-        print(f"| {row['forward']} | {row['L']} | {row['P']} | {row['floor_ms']:.2f} | {row['eager_torch_ms']:.2f} | "
-              f"{row['ort_graph_ms']:.2f} | {row['ort_runtime_ms']:.2f} | {row['ort_vs_floor']:.2f}x |")
-    print(f"block step with the cache write: {r['runtime_ms']['block_step_write']:.2f} ms")
-    if r.get("top_ops"):
-        print("\nwhere the block step's graph time goes (ORT profiler, share of node time):")
-        for op, share in list(r["top_ops"].items())[:8]:
-            print(f"  {op:24s} {share * 100:5.1f}%")
+# ---------------------------------------------------------------------- the table
+def cmd_table(args) -> None:
+    work = Path(args.workdir)
+    load = (lambda n: json.loads((work / n).read_text()) if (work / n).is_file() else None)  # noqa: E731
+    prep, fwd, e2e, fd = load("prepare.json"), load("ort.json"), load("e2e.json"), load("fastdllm.json")
+    floor = prep["floor_ms"]
+    print(f"\nLLaDA-8B architecture{' (SMOKE: small model)' if prep.get('smoke') else ''}, random {prep['dtype']} "
+          f"weights, batch 1, {prep['device']}, {prep['date']}; copy bandwidth "
+          f"{prep['copy_bandwidth_Bps'] / 1e12:.2f} TB/s, {prep['weights_read_bytes'] / 1e9:.2f} GB read per forward "
+          f"-> floor {floor:.2f} ms")
+    if fwd:
+        print(f"\nforwards (onnxruntime {fwd['onnxruntime']} CUDA EP)")
+        print("| forward | eager torch ms | ORT graph ms (CUDA graph) | ORT runtime step ms (CUDA graph) | "
+              "ORT graph ms (no graph) | ORT runtime step ms (no graph) | runtime / floor |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        g, n = fwd["cuda_graph"], fwd["no_graph"]
+        for name, label in (("prefill", f"prefill {PREFILL}"), ("block_step", f"block step {STEP} over {PAST}"),
+                            ("block_step_write", f"block step {STEP} over {PAST} + cache write")):
+            eager = prep["eager_ms"].get(name, prep["eager_ms"]["block_step"] if "block" in name else None)
+            gg, ng = g["graph_ms"].get(name, g["graph_ms"].get("block_step")), n["graph_ms"].get(
+                name, n["graph_ms"].get("block_step"))
+            print(f"| {label} | {eager:.2f} | {gg:.2f} | {g['runtime_ms'][name]:.2f} | {ng:.2f} | "
+                  f"{n['runtime_ms'][name]:.2f} | {g['runtime_ms'][name] / floor:.2f}x |")
+    if e2e or fd:
+        print(f"\nend to end: prompt {PROMPT}, gen {GEN}, block {BLOCK}, low-confidence remasking, tok/s")
+        print("| cache | tokens/step | Fast-dLLM (PyTorch eager) | dllm-trt ORT CUDA | forward ms (median) | "
+              "host ms/step | speed-up |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for steps in (GEN, GEN // 4):
+            for cache in ("none", "prefix", "dual"):
+                f = next((r for r in (fd or {}).get("rows", []) if r["cache"] == cache and r["steps"] == steps), None)
+                run = next((r for r in (e2e or {}).get("runs", []) if r.get("status") == "ok"
+                            and r["settings"]["cache"] == cache and r["settings"]["steps"] == steps), None)
+                ours = run["tokens_per_second"] if run else None
+                fwd_ms = run["forward_latency_ms"]["all"]["median"] if run else None
+                host = run["step_breakdown"]["host_overhead"]["per_step_ms"] if run else None
+                fast = f["tokens_per_second"] if f else None
+                cell = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+                print(f"| {cache} | {GEN // steps} | {cell(fast, '.1f')} | {cell(ours, '.1f')} | {cell(fwd_ms, '.2f')} | "
+                      f"{cell(host, '.3f')} | {cell(ours / fast if ours and fast else None, '.2f')}x |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("prepare", "ort", "int4"):
+    for name in ("prepare", "ort", "e2e", "fastdllm", "table"):
         p = sub.add_parser(name)
         p.add_argument("--workdir", default="/tmp/llada8b")
-        p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"])
+        p.add_argument("--dtype", default="bf16", choices=["fp16", "bf16"])
         p.add_argument("--warmup", type=int, default=3)
         p.add_argument("--repeat", type=int, default=10)
         p.add_argument("--smoke", action="store_true", help="a small model through the same steps")
-        p.add_argument("--engine", default="llada8b-onnx", help="export folder inside --workdir to time")
-        p.add_argument("--block-size", type=int, default=32, help="INT4 block size (int4)")
+        p.add_argument("--fastdllm", default=".upstream/fastdllm/llada", help="Fast-dLLM's llada/ folder (fastdllm)")
     args = ap.parse_args()
-    {"prepare": cmd_prepare, "ort": cmd_ort, "int4": cmd_int4}[args.cmd](args)
+    {"prepare": cmd_prepare, "ort": cmd_ort, "e2e": cmd_e2e, "fastdllm": cmd_fastdllm, "table": cmd_table}[args.cmd](args)
 
 
 if __name__ == "__main__":

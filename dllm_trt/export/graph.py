@@ -17,7 +17,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..contract import (BATCH, KEYS, PAST, QUERY, ROWS, input_names, output_names, past_names, present_names,
                         tensor_shapes)
-from ..models.layers import select_top1
+from ..models.layers import mask_exclusion, select_top1
 
 
 class GraphWrapper(nn.Module):
@@ -28,13 +28,16 @@ class GraphWrapper(nn.Module):
         super().__init__()
         self.model = model
         self.mask_token_id = mask_token_id
+        vocab = model.config.vocab_size
+        exclude = mask_exclusion(vocab, mask_token_id)
+        self.register_buffer("exclude", exclude if exclude is not None else torch.zeros(vocab), persistent=False)
 
     def forward(self, input_ids, position_ids, attention_bias, *past_and_index):
         past, logits_index = past_and_index[:-1], past_and_index[-1]
         pkv = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
         logits, presents = self.model(input_ids, position_ids, attention_bias, pkv, logits_index)
         logits = logits.float()  # logits leave the graph in fp32 whatever the model dtype
-        tokens, confidence = select_top1(logits, self.mask_token_id)
+        tokens, confidence = select_top1(logits, self.mask_token_id, self.exclude)
         out = [tokens, confidence, logits]
         for k, v in presents:
             out += [k, v]

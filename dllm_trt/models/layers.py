@@ -46,6 +46,7 @@ def attend(
     past_k: torch.Tensor | None,  # [B, Hkv, P, D]
     past_v: torch.Tensor | None,
     attention_bias: torch.Tensor,  # [B, 1, L, P + L] float32, 0 = attend, large negative = masked
+    scale: float | None = None,  # 1/sqrt(head_dim); a Python float keeps the traced graph free of shape arithmetic
 ) -> torch.Tensor:
     if past_k is not None:
         k = torch.cat((past_k, k), dim=2)
@@ -55,7 +56,8 @@ def attend(
         b, hkv, s, d = k.shape
         k = k[:, :, None].expand(b, hkv, groups, s, d).reshape(b, hkv * groups, s, d)
         v = v[:, :, None].expand(b, hkv, groups, s, d).reshape(b, hkv * groups, s, d)
-    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    scale = float(q.shape[-1]) ** -0.5 if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
     probs = F.softmax(scores.float() + attention_bias, dim=-1).to(v.dtype)
     return torch.matmul(probs, v)
 
@@ -78,7 +80,7 @@ class SelfAttention(nn.Module):
         k = self.k_proj(x).view(b, l, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, l, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = attend(q, k, v, past_k, past_v, attention_bias)
+        out = attend(q, k, v, past_k, past_v, attention_bias, self.head_dim ** -0.5)
         out = out.transpose(1, 2).reshape(b, l, self.heads * self.head_dim)
         return getattr(self, self.out_name)(out), k, v
 
@@ -91,14 +93,25 @@ def gather_rows(x: torch.Tensor, logits_index: torch.Tensor | None) -> torch.Ten
     return torch.gather(x, 1, logits_index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def select_top1(logits: torch.Tensor, mask_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_exclusion(vocab: int, mask_token_id: int, device=None) -> torch.Tensor | None:
+    """[V] float32: 0 everywhere, -inf at the mask token (None when the mask id is outside the vocabulary)."""
+    if not 0 <= mask_token_id < vocab:
+        return None
+    exclude = torch.zeros(vocab, dtype=torch.float32, device=device)
+    exclude[mask_token_id] = float("-inf")
+    return exclude
+
+
+def select_top1(logits: torch.Tensor, mask_token_id: int,
+                exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-1 token of each row and its softmax probability, in float32, the mask token excluded
     (a position filled with [MASK] would stay masked and its block would never finish). Ties go
-    to the lowest token id. Traces to ReduceMax/ArgMax/Exp/ReduceSum: no softmax tensor is kept."""
+    to the lowest token id. Traces to ReduceMax/ArgMax/Exp/ReduceSum: no softmax tensor is kept.
+    ``exclude`` (from ``mask_exclusion``) can be passed in, so a traced graph holds it as a constant."""
     z = logits.float()
-    if 0 <= mask_token_id < z.shape[-1]:
-        exclude = torch.zeros(z.shape[-1], dtype=torch.float32, device=z.device)
-        exclude[mask_token_id] = float("-inf")
+    if exclude is None:
+        exclude = mask_exclusion(z.shape[-1], mask_token_id, z.device)
+    if exclude is not None:
         z = z + exclude
     top, tokens = z.max(dim=-1)
     confidence = 1.0 / torch.exp(z - top.unsqueeze(-1)).sum(dim=-1)

@@ -3,7 +3,11 @@
 Checks run on the file, not the in-memory proto, so they cover exactly what ships and work
 past protobuf's 2 GB limit: ``onnx.checker.check_model(path, full_check=True)`` (which
 includes strict shape inference) and ``onnx.shape_inference.infer_shapes_path`` with type
-checking and data propagation, whose inferred output shapes must match the contract.
+checking and data propagation, whose inferred output shapes must match the contract. And
+``check_device_resident``: no value computed from a tensor's shape feeds the data path (only shape
+inputs: Reshape, Expand, Slice, ...), since ONNX Runtime runs shape arithmetic on the CPU and
+would copy such a value to the GPU inside every step, which also rules out capturing the step
+as a CUDA graph.
 """
 from __future__ import annotations
 
@@ -53,3 +57,37 @@ def check_graph(path: Path, expected_outputs: dict[str, list[int | str]]) -> Non
     for name, dims in expected_outputs.items():
         if got.get(name) != dims:
             raise DllmError(f"{path}: shape inference gives {name} {got.get(name)}, the contract says {dims}")
+
+
+# (op, input index) pairs that read a host-side shape value on GPU providers
+_SHAPE_INPUTS = {("Reshape", 1), ("Expand", 1), ("Slice", 1), ("Slice", 2), ("Slice", 3), ("Slice", 4),
+                 ("ConstantOfShape", 0), ("Unsqueeze", 1), ("Squeeze", 1), ("Tile", 1), ("Range", 0), ("Range", 1),
+                 ("Range", 2), ("TopK", 1)}
+
+
+def shape_values_on_data_path(model: onnx.ModelProto) -> list[str]:
+    """Nodes that take a shape-derived value as a data input (see the module docstring)."""
+    g = model.graph
+    const = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    shape: set[str] = set()
+    bad = []
+    for n in g.node:
+        if n.op_type == "Shape":
+            shape.update(n.output)
+            continue
+        dynamic = [i for i in n.input if i and i not in const]
+        if dynamic and all(i in shape for i in dynamic) and n.op_type != "Expand":
+            shape.update(n.output)  # still shape arithmetic
+            continue
+        bad += [f"{n.op_type} {n.name} (input {k})" for k, i in enumerate(n.input)
+                if i in shape and (n.op_type, k) not in _SHAPE_INPUTS]
+    return bad
+
+
+def check_device_resident(path: Path) -> None:
+    model = onnx.load(str(path), load_external_data=False)
+    bad = shape_values_on_data_path(model)
+    if bad:
+        raise DllmError(f"{path}: shape arithmetic feeds the data path at {', '.join(bad[:3])}"
+                        f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}; on a GPU each step would copy it "
+                        "from the host (and no CUDA graph could be captured). Use Python constants for sizes in the model.")

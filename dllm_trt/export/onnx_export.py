@@ -21,7 +21,7 @@ from ..errors import DllmError
 from ..models import load_model
 from ..contract import CONFIG_FILE, EXTERNAL_DATA_FILE, KV_TYPES, MODEL_FILE, output_names, tensor_shapes
 from . import artifact
-from .checks import check_graph, initializer_bytes, save_graph
+from .checks import check_device_resident, check_graph, initializer_bytes, save_graph
 from .graph import apply_contract, fix_bf16_casts, trace_to_onnx
 from .validate import pick_provider, validate_graph
 
@@ -81,6 +81,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
         with phase("check"):
             shapes = tensor_shapes(config, KV_TYPES[dtype])
             check_graph(tmp / MODEL_FILE, {n: shapes[n][1] for n in output_names(config.num_layers)})
+            check_device_resident(tmp / MODEL_FILE)
 
         if validate:
             with phase("validate"):

@@ -173,9 +173,32 @@ def rng_prompts(n: int, lo: int, hi: int, seed: int = 0) -> list[list[int]]:
     return [rng.integers(3, VOCAB, size=int(rng.integers(lo, hi + 1))).tolist() for _ in range(n)]
 
 
-# ----------------------------------------------------------------------------- cache approximation
+# ----------------------------------------------------------------------------- backend helpers
+def select_rows(rows: np.ndarray, mask_id: int, want_logits: bool):
+    """A StepOutput from the read rows' logits [B, R, V], as the graph makes it: the top-1 token of
+    each row with the mask token excluded (ties to the lowest id), its softmax probability, and the
+    rows' logits only when asked for."""
+    from dllm_trt.runtime.backends import StepOutput
+
+    rows = np.asarray(rows, np.float32)
+    z = rows.astype(np.float64)
+    if 0 <= mask_id < z.shape[-1]:
+        z[..., mask_id] = -np.inf
+    tokens = z.argmax(-1)
+    top = np.take_along_axis(z, tokens[..., None], -1)
+    conf = 1.0 / np.exp(z - top).sum(-1)
+    return StepOutput(tokens.astype(np.int64), conf.astype(np.float32), rows if want_logits else None)
+
+
+def rows_output(logits: np.ndarray, logits_index: np.ndarray, mask_id: int, want_logits: bool):
+    """select_rows of the rows ``logits_index`` [B, R] of full logits [B, L, V] (numpy stand-in backends)."""
+    rows = np.take_along_axis(logits, logits_index[..., None].astype(np.int64), axis=1)
+    return select_rows(rows, mask_id, want_logits)
+
+
 class RecordingBackend:
-    """Wraps a backend and records every forward (inputs and logits); batch 1."""
+    """Wraps a backend and records every forward (inputs, the read rows' logits, the row index); batch 1.
+    It always asks the inner backend for the rows' logits, and hands them on only when asked."""
 
     def __init__(self, inner):
         self.inner, self.config, self.calls = inner, inner.config, []
@@ -183,10 +206,12 @@ class RecordingBackend:
     def allocate_cache(self, batch, capacity):
         return self.inner.allocate_cache(batch, capacity)
 
-    def forward(self, input_ids, position_ids, attention_bias, cache, past_len, write_mask):
-        logits = self.inner.forward(input_ids, position_ids, attention_bias, cache, past_len, write_mask)
-        self.calls.append((input_ids.copy(), position_ids.copy(), past_len, logits))
-        return logits
+    def forward(self, input_ids, position_ids, attention_bias, cache, past_len, write_mask, logits_index,
+                want_logits=False):
+        out = self.inner.forward(input_ids, position_ids, attention_bias, cache, past_len, write_mask, logits_index,
+                                 True)
+        self.calls.append((input_ids.copy(), position_ids.copy(), past_len, out.logits, logits_index.copy()))
+        return out if want_logits else out._replace(logits=None)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -201,9 +226,10 @@ def cache_step_errors(backend, prompt: list[int], gen: GenerationConfig):
 
     For every forward the full sequence the loop held at that moment is rebuilt (the last full
     forward's input, overwritten by the window's tokens) and run uncached. A full forward is
-    compared on all rows; a cached one on the rows the loop reads: those predicting the block's
-    still-masked positions. Returns ``(result, calls, errors)`` with ``errors[i] = (kind,
-    max |logit diff|, max |probability diff|, fraction of those rows whose argmax agrees)``.
+    compared on all the rows it reads (the block's); a cached one on the rows the loop uses: those
+    predicting the block's still-masked positions. Returns ``(result, calls, errors)`` with
+    ``errors[i] = (kind, max |logit diff|, max |probability diff|, fraction of those rows whose
+    argmax agrees)``.
     """
     rec = RecordingBackend(backend)
     res = generate(rec, [prompt], gen)
@@ -211,21 +237,24 @@ def cache_step_errors(backend, prompt: list[int], gen: GenerationConfig):
     mask = backend.config.mask_token_id
     total = len(prompt) + gen.gen_length
     errors, x = [], None
-    for step, (ids, pos, past_len, logits) in zip(res.steps, rec.calls):
+    for step, (ids, pos, past_len, logits, index) in zip(res.steps, rec.calls):
         if past_len == 0:
             assert ids.shape[1] == total and step.kind == "full"
             x = ids[0].copy()
-            got, rows = logits[0], np.arange(total)
+            got, rows = logits[0], index[0]
         else:
             x = x.copy()
             x[pos[0]] = ids[0]
-            s = int(pos[0, 0]) + shift  # the window starts where the block's predictions are read
+            start = int(pos[0, 0])
+            s = start + shift  # the window starts where the block's predictions are read
             assert (s - len(prompt)) % gen.block_length == 0
             targets = s + np.flatnonzero(x[s: s + gen.block_length] == mask)
-            got, rows = logits[0, targets - shift - pos[0, 0]], targets - shift
+            read = index[0].tolist()
+            got = logits[0, [read.index(r) for r in targets - shift - start]]
+            rows = targets - shift
         zeros = np.zeros((1, 1, total, total), np.float32)
-        ref = backend.forward(x[None], np.arange(total)[None], zeros, None, 0, None)
-        want = ref[0, rows]
+        ref = backend.forward(x[None], np.arange(total)[None], zeros, None, 0, None, np.asarray(rows)[None], True)
+        want = ref.logits[0]
         errors.append((step.kind, float(np.abs(got - want).max()), float(np.abs(_softmax(got) - _softmax(want)).max()),
                        float(np.mean(got.argmax(-1) == want.argmax(-1)))))
     return res, rec.calls, errors

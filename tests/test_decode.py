@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from conftest import EOS_ID, FAMILIES, MASK_ID, REPO, tiny_config
+from conftest import EOS_ID, FAMILIES, MASK_ID, REPO, rows_output, select_rows, tiny_config
 from dllm_trt.runtime import GenerationConfig, generate
 from dllm_trt.runtime.settings import CACHE_MODES
 
@@ -52,6 +52,16 @@ class Call:
     past_visible: np.ndarray  # [B, P] cache positions some query may attend
     cache: np.ndarray | None  # the stub cache before this forward
     write: np.ndarray | None
+    rows: np.ndarray  # logits_index
+    want_logits: bool
+
+
+class StubCache:
+    """The stub's cache: the token id written at each position (-1 = never written)."""
+
+    def __init__(self, batch: int, capacity: int):
+        self.data = np.full((batch, capacity), -1, np.int64)
+        self.capacity = capacity
 
 
 class StubBackend:
@@ -68,25 +78,34 @@ class StubBackend:
 
     def allocate_cache(self, batch, capacity):
         self.allocations.append((batch, capacity))
-        return np.full((batch, capacity), -1, np.int64)
+        return StubCache(batch, capacity)
 
-    def forward(self, input_ids, position_ids, attention_bias, cache, past_len, write_mask):
+    def logits(self, input_ids, position_ids):
+        """Full logits [B, L, V] of the window (subclasses bend them)."""
+        B, L = input_ids.shape
+        logits = np.zeros((B, L, STUB_VOCAB), np.float32)
+        np.put_along_axis(logits, code(position_ids)[..., None], np.float32(self.height), axis=-1)
+        return logits
+
+    def forward(self, input_ids, position_ids, attention_bias, cache, past_len, write_mask, logits_index,
+                want_logits=False):
         B, L = input_ids.shape
         assert input_ids.dtype == np.int64 and position_ids.dtype == np.int64 and position_ids.shape == (B, L)
         assert attention_bias.shape == (B, 1, L, past_len + L) and attention_bias.dtype == np.float32
+        assert logits_index.dtype == np.int64 and logits_index.shape[0] == B
+        assert 0 <= logits_index.min() and logits_index.max() < L
         past_visible = (attention_bias[:, 0, :, :past_len] == 0).any(axis=1)
-        if past_len:
-            assert cache is not None and cache.shape[1] >= past_len
+        if past_len:  # the whole cache is the past
+            assert cache is not None and cache.capacity == past_len
         self.calls.append(Call(input_ids.copy(), position_ids.copy(), past_len, past_visible,
-                               None if cache is None else cache.copy(),
-                               None if write_mask is None else write_mask.copy()))
-        logits = np.zeros((B, L, STUB_VOCAB), np.float32)
-        np.put_along_axis(logits, code(position_ids)[..., None], np.float32(self.height), axis=-1)
+                               None if cache is None else cache.data.copy(),
+                               None if write_mask is None else write_mask.copy(), logits_index.copy(), want_logits))
+        logits = self.logits(input_ids, position_ids)
         if write_mask is not None:
             assert write_mask.shape == (B, L) and write_mask.dtype == bool
             bi, li = np.nonzero(write_mask)
-            cache[bi, position_ids[bi, li]] = input_ids[bi, li]
-        return logits
+            cache.data[bi, position_ids[bi, li]] = input_ids[bi, li]
+        return rows_output(logits, logits_index, self.config.mask_token_id, want_logits)
 
 
 def assert_reads_written(res, stub: StubBackend) -> None:
@@ -131,11 +150,12 @@ def steps_of(res):
 BIDIRECTIONAL_STEPS = {
     ("llada", "none"): rec("full", 13, 0, 8),
     ("llada", "prefix"): rec("full", 13, 0) + rec("prefix", 8, 5, 3) + rec("full", 13, 0) + rec("prefix", 4, 9, 3),
-    ("llada", "dual"): rec("full", 13, 0) + rec("dual", 4, 13, 3) + rec("full", 13, 0) + rec("dual", 4, 13, 3),
+    # dual: the past extent is the last visible cache position + 1 (the last block has no suffix)
+    ("llada", "dual"): rec("full", 13, 0) + rec("dual", 4, 13, 3) + rec("full", 13, 0) + rec("dual", 4, 9, 3),
     # shifted: the windows start one position early
     ("dream", "none"): rec("full", 13, 0, 8),
     ("dream", "prefix"): rec("full", 13, 0) + rec("prefix", 9, 4, 3) + rec("full", 13, 0) + rec("prefix", 5, 8, 3),
-    ("dream", "dual"): rec("full", 13, 0) + rec("dual", 5, 13, 3) + rec("full", 13, 0) + rec("dual", 5, 13, 3),
+    ("dream", "dual"): rec("full", 13, 0) + rec("dual", 5, 13, 3) + rec("full", 13, 0) + rec("dual", 5, 8, 3),
 }
 
 
@@ -182,30 +202,33 @@ BLOCK_STEPS = {
     ("block_diffusion", 11, "block"):
         rec("prefill+block", 16, 0) + rec("block", 8, 8, 4) + rec("commit", 8, 8) + rec("block", 8, 16, 7)
         + rec("commit", 8, 16) + rec("block", 8, 24, 7),
+    # a sub-block step sees the cache up to the block's end, except its own window: the past extent
+    # is the block's end, or the window's start for the block's last sub-block (nothing after it)
     ("block_diffusion", 11, "sub_block"):
-        rec("prefill+block", 16, 0) + rec("block", 8, 8) + rec("sub_block", 5, 16, 3) + rec("commit", 8, 8)
-        + rec("block", 8, 16) + rec("sub_block", 4, 24, 2) + rec("block", 8, 16) + rec("sub_block", 5, 24, 3)
+        rec("prefill+block", 16, 0) + rec("block", 8, 8) + rec("sub_block", 5, 11, 3) + rec("commit", 8, 8)
+        + rec("block", 8, 16) + rec("sub_block", 4, 24, 2) + rec("block", 8, 16) + rec("sub_block", 5, 19, 3)
         + rec("commit", 8, 16)
-        + rec("block", 8, 24) + rec("sub_block", 4, 32, 2) + rec("block", 8, 24) + rec("sub_block", 5, 32, 3),
+        + rec("block", 8, 24) + rec("sub_block", 4, 32, 2) + rec("block", 8, 24) + rec("sub_block", 5, 27, 3),
     # prompt on a block boundary: prefill on its own to read the token that opens block 1
     ("block_diffusion", 8, "sub_block"):
         rec("prefill", 8, 0)
-        + rec("block", 8, 8) + rec("sub_block", 4, 16, 2) + rec("block", 8, 8) + rec("sub_block", 5, 16, 3)
+        + rec("block", 8, 8) + rec("sub_block", 4, 16, 2) + rec("block", 8, 8) + rec("sub_block", 5, 11, 3)
         + rec("commit", 8, 8)
-        + rec("block", 8, 16) + rec("sub_block", 4, 24, 2) + rec("block", 8, 16) + rec("sub_block", 5, 24, 3),
+        + rec("block", 8, 16) + rec("sub_block", 4, 24, 2) + rec("block", 8, 16) + rec("sub_block", 5, 19, 3),
     ("block_diffusion", 8, "none"):
         rec("prefill", 8, 0) + rec("full", 16, 0, 7) + rec("commit", 16, 0) + rec("full", 24, 0, 7),
     # prompt shorter than a block: nothing to prefill, the first sub-block is all prompt
     ("block_diffusion", 5, "sub_block"):
-        rec("block", 8, 0) + rec("sub_block", 5, 8, 2) + rec("commit", 8, 0)
-        + rec("block", 8, 8) + rec("sub_block", 4, 16, 2) + rec("block", 8, 8) + rec("sub_block", 5, 16, 3)
+        rec("block", 8, 0) + rec("sub_block", 5, 3, 2) + rec("commit", 8, 0)
+        + rec("block", 8, 8) + rec("sub_block", 4, 16, 2) + rec("block", 8, 8) + rec("sub_block", 5, 11, 3)
         + rec("commit", 8, 8)
-        + rec("block", 8, 16) + rec("sub_block", 4, 24, 2) + rec("block", 8, 16) + rec("sub_block", 5, 24, 3),
+        + rec("block", 8, 16) + rec("sub_block", 4, 24, 2) + rec("block", 8, 16) + rec("sub_block", 5, 19, 3),
     # SDAR reads logits in place: no AR token at block starts, windows never lead, commits decode nothing
     ("sdar", 11, "sub_block"):
-        rec("prefill+block", 16, 0) + rec("block", 8, 8) + rec("sub_block", 4, 16, 3) + rec("commit", 8, 8)
-        + (rec("block", 8, 16) + rec("sub_block", 4, 24, 3)) * 2 + rec("commit", 8, 16)
-        + (rec("block", 8, 24) + rec("sub_block", 4, 32, 3)) * 2,
+        rec("prefill+block", 16, 0) + rec("block", 8, 8) + rec("sub_block", 4, 12, 3) + rec("commit", 8, 8)
+        + rec("block", 8, 16) + rec("sub_block", 4, 24, 3) + rec("block", 8, 16) + rec("sub_block", 4, 20, 3)
+        + rec("commit", 8, 16)
+        + rec("block", 8, 24) + rec("sub_block", 4, 32, 3) + rec("block", 8, 24) + rec("sub_block", 4, 28, 3),
     ("sdar", 8, "block"):
         rec("prefill+block", 16, 0) + rec("block", 8, 8, 7) + rec("commit", 8, 8) + rec("block", 8, 16, 8),
 }
@@ -241,14 +264,17 @@ def test_stub_step_records_block_diffusion(variant, prompt_len, cache):
             assert visible == list(range(start))
             assert (call.cache[0, :start] == final[:start]).all()
         elif step.kind == "sub_block":
-            e = call.past_len
-            s, z = e - 8, start + step.query_len
+            assert call.past_len == stub.allocations[0][1]  # the backend gets the whole cache
+            z = start + step.query_len
+            e = -(-z // 8) * 8  # end of the block
+            s = e - 8
+            assert step.past_len == (e if z < e else start)  # the visible extent
             assert visible == [p for p in range(e) if not start <= p < z]
             assert (call.cache[0, :start] == final[:start]).all()  # earlier sub-blocks are done
             assert (call.cache[0, z:e] == MASK_ID).all()  # later sub-blocks still masked
             assert z % 4 == 0 and s <= start
         elif step.kind in ("full", "commit", "prefill", "prefill+block"):
-            assert start == 0 and call.past_len == 0
+            assert start == 0 and step.past_len == 0 and not visible
 
 
 def test_stub_threshold_and_ties():
@@ -278,8 +304,8 @@ def test_stub_eos_in_batch_rides_along():
     """A sequence that produced EOS stops being live after its block; the others continue."""
 
     class EosStub(StubBackend):
-        def forward(self, input_ids, position_ids, attention_bias, cache, past_len, write_mask):
-            logits = super().forward(input_ids, position_ids, attention_bias, cache, past_len, write_mask)
+        def logits(self, input_ids, position_ids):
+            logits = super().logits(input_ids, position_ids)
             logits[0, position_ids[0] == 7, EOS_ID] = 100.0  # sequence 0 says EOS at position 7
             return logits
 
@@ -301,9 +327,9 @@ def test_mask_token_is_never_proposed(variant, strategy):
     a position "filled" with the mask id would stay masked forever. The runner-up is used."""
 
     class MaskLover(StubBackend):
-        def forward(self, *args):
+        def logits(self, input_ids, position_ids):
             assert len(self.calls) < 200, "the decode loop does not terminate"
-            logits = super().forward(*args)
+            logits = super().logits(input_ids, position_ids)
             logits[..., MASK_ID] = 100.0
             return logits
 
@@ -379,13 +405,17 @@ class EosAt:
     def allocate_cache(self, batch, capacity):
         return self.inner.allocate_cache(batch, capacity)
 
-    def forward(self, input_ids, position_ids, attention_bias, cache, past_len, write_mask):
-        logits = self.inner.forward(input_ids, position_ids, attention_bias, cache, past_len, write_mask)
-        hit = np.zeros(position_ids.shape, bool)
+    def forward(self, input_ids, position_ids, attention_bias, cache, past_len, write_mask, logits_index,
+                want_logits=False):
+        out = self.inner.forward(input_ids, position_ids, attention_bias, cache, past_len, write_mask, logits_index,
+                                 True)
+        logits = out.logits.copy()
+        row_pos = np.take_along_axis(position_ids, logits_index, axis=1)  # positions of the read rows
+        hit = np.zeros(row_pos.shape, bool)
         for b, p in self.at.items():
-            hit[b] = position_ids[b] == p - self.shift
+            hit[b] = row_pos[b] == p - self.shift
         logits[..., EOS_ID] = np.where(hit, 1e4, -1e4)
-        return logits
+        return select_rows(logits, self.config.mask_token_id, want_logits)
 
 
 @pytest.mark.parametrize("variant", FAMILIES)
@@ -458,6 +488,7 @@ def test_runtime_imports_without_torch():
         import dllm_trt.runtime
         from dllm_trt.runtime import GenerationConfig, generate
         from dllm_trt.config import ModelConfig
+        from dllm_trt.runtime.backends import StepOutput
 
         class Numpy:
             config = ModelConfig.from_dict({"model_type": "llada", "d_model": 8, "n_heads": 2, "n_layers": 1,
@@ -465,8 +496,10 @@ def test_runtime_imports_without_torch():
                                             "eos_token_id": 0})
             def allocate_cache(self, batch, capacity):
                 return None
-            def forward(self, ids, pos, bias, cache, past_len, write):
-                return np.eye(16, dtype=np.float32)[(pos % 13) + 2] * 9
+            def forward(self, ids, pos, bias, cache, past_len, write, rows, want_logits=False):
+                assert not want_logits  # temperature 0: tokens and confidences only
+                tokens = np.take_along_axis(pos % 13 + 2, rows, axis=1)
+                return StepOutput(tokens, np.full(tokens.shape, 0.99, np.float32), None)
 
         r = generate(Numpy(), [[3, 4, 5]], GenerationConfig(gen_length=8, block_length=4, strategy="threshold"))
         assert r.tokens == [[5, 6, 7, 8, 9, 10, 11, 12]], r.tokens

@@ -23,14 +23,16 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
+from conftest import RecordingBackend  # noqa: E402
 from dllm_trt.config import ModelConfig  # noqa: E402
 from dllm_trt.errors import DllmError  # noqa: E402
 from dllm_trt.export import export_onnx  # noqa: E402
 from dllm_trt.models import build_model, save_model  # noqa: E402
 from dllm_trt.runtime import GenerationConfig, TextTokenizer, generate  # noqa: E402
 from dllm_trt.runtime.backends import load_backend  # noqa: E402
-from dllm_trt.runtime.backends.ort_backend import (CONFIG_FILE, EXTERNAL_DATA_FILE, FORMAT_VERSION, MODEL_FILE,  # noqa: E402
-                                                   OrtBackend, input_names, output_names)
+from dllm_trt.contract import (CONFIG_FILE, EXTERNAL_DATA_FILE, FORMAT_VERSION, MODEL_FILE,  # noqa: E402
+                               input_names, output_names)
+from dllm_trt.runtime.backends.ort_backend import OrtBackend  # noqa: E402
 from dllm_trt.runtime.backends.torch_backend import TorchBackend  # noqa: E402
 from dllm_trt.runtime.layout import attention_bias  # noqa: E402
 from dllm_trt.runtime.settings import CACHE_MODES, STRATEGIES  # noqa: E402
@@ -154,15 +156,19 @@ def test_graph_passes_checker_shape_inference_and_contract(exported, variant, tm
     assert dims["attention_bias"] == ["batch", 1, "query_len", "key_len"]
     assert dims["past_key_values.0.key"] == ["batch", cfg.num_kv_heads, "past_len", cfg.head_dim]
     assert dims["present.1.value"] == ["batch", cfg.num_kv_heads, "query_len", cfg.head_dim]
-    assert dims["logits"] == ["batch", "query_len", cfg.vocab_size]
-    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert dims["logits_index"] == ["batch", "rows"]
+    assert dims["tokens"] == dims["confidence"] == ["batch", "rows"]
+    assert dims["logits"] == ["batch", "rows", cfg.vocab_size]
+    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.input) + list(model.graph.output)}
+    assert types["logits_index"] == types["tokens"] == onnx.TensorProto.INT64
+    assert types["confidence"] == types["logits"] == onnx.TensorProto.FLOAT
 
     meta = json.loads((art / CONFIG_FILE).read_text())
     assert meta["format_version"] == FORMAT_VERSION and meta["dllm_trt_version"]
     assert ModelConfig.from_dict(meta["hf_config"]) == cfg  # the ModelConfig round-trips
     assert meta["model_config"]["logits_shift"] == cfg.logits_shift
     assert meta["model_config"]["block_size"] == cfg.block_size
-    assert meta["cache"]["layout"].startswith("per-layer K/V [B, Hkv, T, D]")
+    assert meta["cache"]["layout"].startswith("per-layer K/V [B, Hkv, C, D]")
     assert meta["tokenizer"] == "tokenizer.json" and (art / "tokenizer.json").is_file()
     assert (art / "generation_config.json").is_file()
     assert meta["generation_defaults"]["gen_length"] == 16
@@ -171,57 +177,127 @@ def test_graph_passes_checker_shape_inference_and_contract(exported, variant, tm
     assert {i["name"]: i["dtype"] for i in meta["inputs"]}["position_ids"] == "int64"
     v = meta["validation"]
     assert v["status"] == "passed" and v == report["validation"]
-    assert [c["past_len"] for c in v["cases"]] == [0, 6]
+    assert [c["past_len"] for c in v["cases"]] == [0, 24]
     for case in v["cases"]:
         assert case["logits_max_rel"] <= 1e-4 and case["present_max_rel"] <= 1e-4, case
+        assert case["confidence_max_abs"] <= 1e-4 and case["tokens_differing"] == 0, case
+        assert case["rows"] >= 1 and case["tokens_compared"] > 0, case
     assert OrtBackend.from_pretrained(art).config == cfg
 
 
 @pytest.mark.parametrize("variant", ["llada", "block_diffusion"])
 @pytest.mark.parametrize("io_binding", [False, True], ids=["host", "bound"])
 def test_forward_and_cache_writes_match_torch(backends, variant, io_binding):
-    """P = 0 and P > 0 forwards, odd batch/query sizes, writes at positions; then the cache contents."""
+    """P = 0 and P = C forwards, odd batch/query sizes, rows read in any order, writes at positions;
+    tokens, confidences and logits of the read rows, then the cache contents."""
     tb, oh, ob = backends(variant)
     ob = ob if io_binding else oh
     cfg = tb.config
     rng = np.random.default_rng(0)
     B, cap = 3, 24
     tc, oc = tb.allocate_cache(B, cap), ob.allocate_cache(B, cap)
-    for past_len, L in [(0, 11), (11, 5), (16, 1), (0, 2)]:
-        pos = past_len + np.arange(L)[None].repeat(B, 0)
+    assert tc.capacity == cap and oc.capacity >= cap  # the bound path rounds up
+    written = np.zeros((B, oc.capacity), bool)
+    for start, L, R, past in [(0, 11, 11, False), (11, 5, 3, True), (16, 1, 1, True), (0, 2, 2, False)]:
+        pos = start + np.arange(L)[None].repeat(B, 0)
         valid = np.ones((B, L), bool)
         valid[1, L - 1:] = False  # a padding query
-        past_valid = np.arange(past_len)[None] < np.array([past_len, past_len - 2, past_len])[:, None]
         ids = rng.integers(0, cfg.vocab_size, (B, L))
+        ids[rng.random((B, L)) < 0.3] = cfg.mask_token_id
         safe = np.where(valid, pos, 0)
-        bias = attention_bias(safe, valid, past_valid, cfg.block_size)
-        want = tb.forward(ids, safe, bias, tc, past_len, valid)
-        got = ob.forward(ids, safe, bias, oc, past_len, valid)
-        assert got.shape == (B, L, cfg.vocab_size) and got.dtype == np.float32
-        assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
+        rows = np.stack([rng.permutation(L)[:R] for _ in range(B)]).astype(np.int64)
+        for want_logits in (True, False):
+            outs = []
+            for be, cache in ((tb, tc), (ob, oc)):
+                p = cache.capacity if past else 0
+                past_valid = written[:, :p].copy()
+                past_valid[1, max(0, start - 2):] = False  # stale entries of sequence 1
+                bias = attention_bias(safe, valid, past_valid, cfg.block_size)
+                outs.append(be.forward(ids, safe, bias, cache, p, valid if want_logits else None, rows, want_logits))
+            want, got = outs
+            assert got.tokens.shape == (B, R) and got.tokens.dtype == np.int64
+            assert got.confidence.shape == (B, R) and got.confidence.dtype == np.float32
+            np.testing.assert_array_equal(got.tokens, want.tokens)
+            np.testing.assert_allclose(got.confidence, want.confidence, atol=1e-5)
+            assert not (got.tokens == cfg.mask_token_id).any()
+            if want_logits:
+                assert got.logits.shape == (B, R, cfg.vocab_size) and got.logits.dtype == np.float32
+                assert np.abs(got.logits - want.logits).max() / np.abs(want.logits).max() < 1e-4
+                np.testing.assert_array_equal(got.tokens, np.where(np.arange(cfg.vocab_size) == cfg.mask_token_id,
+                                                                   -np.inf, got.logits).argmax(-1))
+            else:
+                assert got.logits is None and want.logits is None
+        written[np.arange(B)[:, None], pos] |= valid
     for (tk, tv), layer in zip(tc, oc):
         for t, o in ((tk, layer[0]), (tv, layer[1])):
-            o = o if isinstance(o, np.ndarray) else o.numpy()
-            np.testing.assert_allclose(o, t.numpy(), atol=1e-5)
+            o = o if isinstance(o, np.ndarray) else o.host
+            np.testing.assert_allclose(o[:, :, :cap], t.numpy(), atol=1e-5)
 
 
 # ---------------------------------------------------------------------- token-for-token equality
+@pytest.fixture(scope="module")
+def reference(backends):
+    """Factory ``reference(variant, gen, prompts=PROMPTS) -> GenerationResult`` of the torch backend, cached."""
+    made: dict = {}
+
+    def make(variant: str, g: GenerationConfig, prompts=PROMPTS):
+        key = (variant, json.dumps(g.__dict__, sort_keys=True), json.dumps(prompts))
+        if key not in made:
+            made[key] = generate(backends(variant)[0], prompts, g)
+        return made[key]
+
+    return make
+
+
+@pytest.mark.parametrize("path", ["host", "bound"])
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_generate_ort_equals_torch_every_strategy_and_cache(backends, variant, strategy):
-    tb, oh, _ = backends(variant)
+def test_generate_ort_equals_torch_every_strategy_and_cache(backends, reference, variant, strategy, path):
+    """Token for token (and step for step) the PyTorch reference loop, on the ORT host path and on the
+    bound path (the one CUDA uses: preallocated buckets, pooled caches, in-place scatter) run on host
+    memory, for every strategy (random remasking with a fixed seed) and every cache mode."""
+    _, oh, ob = backends(variant)
+    be = oh if path == "host" else ob
     for cache in cache_modes(variant):
         g = gen_config(strategy, cache)
-        assert_same_run(generate(tb, PROMPTS, g), generate(oh, PROMPTS, g), f"{variant}/{strategy}/{cache}")
+        assert_same_run(reference(variant, g), generate(be, PROMPTS, g), f"{variant}/{strategy}/{cache}/{path}")
+
+
+def random_settings(cache: str) -> list[GenerationConfig]:
+    """Random remasking, and sampling (temperature > 0, with top-k / top-p) under two strategies; fixed seeds."""
+    return [gen_config("random", cache, seed=5),
+            gen_config("low_confidence", cache, temperature=2.0, top_k=8, seed=7),
+            gen_config("threshold", cache, temperature=1.5, top_p=0.95, seed=9)]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_generate_device_path_equals_torch(backends, variant):
-    """The IO-binding path (the one CUDA uses: cache read/write graphs) run on host memory."""
-    tb, _, ob = backends(variant)
+def test_random_and_sampling_same_tokens_on_every_backend_and_alone(backends, reference, variant):
+    """The counter-based random stream: torch, ORT host and ORT bound give the same tokens for random
+    remasking and for sampling with a seed, and each prompt of the batch decodes alone to the same tokens."""
+    _, oh, ob = backends(variant)
+    sampled_differs = reseeded_differs = False
     for cache in cache_modes(variant):
-        g = gen_config("threshold", cache, stop_at_eos=False)
-        assert_same_run(generate(tb, PROMPTS, g), generate(ob, PROMPTS, g), f"{variant}/bound/{cache}")
+        for g in random_settings(cache):
+            label = f"{variant}/{cache}/{g.strategy}/T={g.temperature}"
+            ref = reference(variant, g)
+            for name, be in (("host", oh), ("bound", ob)):
+                assert_same_run(ref, generate(be, PROMPTS, g), f"{label}/{name}")
+            for b, prompt in enumerate(PROMPTS):
+                alone = generate(oh, [prompt], g)
+                assert alone.tokens[0] == ref.tokens[b], f"{label}: prompt {b} alone differs from the batch"
+                assert alone.tokens[0] == reference(variant, g, [prompt]).tokens[0], label
+            if g.temperature > 0:
+                greedy = generate(oh, PROMPTS, gen_config(g.strategy, cache, seed=g.seed))
+                sampled_differs |= greedy.tokens != ref.tokens
+            else:  # random remasking: another seed, another order of unmasking
+                seen = {}
+                for seed in (g.seed, g.seed + 1):  # the forwards' inputs show the order of unmasking
+                    rec = RecordingBackend(oh)
+                    generate(rec, PROMPTS, gen_config("random", cache, seed=seed))
+                    seen[seed] = [c[0].tolist() for c in rec.calls]
+                reseeded_differs |= seen[g.seed] != seen[g.seed + 1]
+    assert sampled_differs, "sampling gave the greedy tokens everywhere: it does not sample"
+    assert reseeded_differs, "random remasking ignores the seed"
 
 
 @pytest.mark.parametrize("ckpt", TRAINED, ids=[p.name for p in TRAINED])
@@ -295,10 +371,12 @@ def test_other_format_version_is_a_clear_error(exported, tmp_path):
     copy = tmp_path / "old"
     shutil.copytree(art, copy)
     meta = json.loads((copy / CONFIG_FILE).read_text())
-    meta["format_version"], meta["dllm_trt_version"] = FORMAT_VERSION + 1, "9.9.9"
-    (copy / CONFIG_FILE).write_text(json.dumps(meta))
-    with pytest.raises(DllmError, match=r"dllm-trt 9\.9\.9 in artefact format 2.*Re-export"):
-        OrtBackend.from_pretrained(copy)
+    for fmt in (FORMAT_VERSION + 1, FORMAT_VERSION - 1):  # a newer one, and one of the old (format 1) contract
+        meta["format_version"], meta["dllm_trt_version"] = fmt, "9.9.9"
+        (copy / CONFIG_FILE).write_text(json.dumps(meta))
+        with pytest.raises(DllmError, match=rf"dllm-trt 9\.9\.9 in artefact format {fmt}.*reads format "
+                                            rf"{FORMAT_VERSION}.*Re-export"):
+            OrtBackend.from_pretrained(copy)
 
 
 def test_missing_provider_names_the_package(exported):

@@ -343,7 +343,8 @@ def test_block_causal_block_cache_is_exact(variant, tiny_checkpoint):
 
 
 def test_block_cache_exact_through_the_backend(tiny_backend):
-    """The same through TorchBackend's cache: writes at the masked positions, reads past_len."""
+    """The same through TorchBackend's cache: writes at the masked positions, the whole cache as the
+    past (P = capacity), the positions not written yet masked by the bias."""
     be = tiny_backend("block_diffusion")
     c = be.config
     bs, T = c.block_size, 3 * c.block_size
@@ -351,24 +352,36 @@ def test_block_cache_exact_through_the_backend(tiny_backend):
     ids = rng.integers(2, c.vocab_size, (2, T)).astype(np.int64)
     pos = np.broadcast_to(np.arange(T), (2, T)).copy()
     full_bias = block_causal_bias(torch.arange(T), torch.arange(T), bs).numpy().repeat(2, axis=0)
-    full = be.forward(ids, pos, full_bias, None, 0, None)
+    every = np.broadcast_to(np.arange(T), (2, T)).copy()
+    full = be.forward(ids, pos, full_bias, None, 0, None, every, want_logits=True)
     cache = be.allocate_cache(2, T + 4)
+    cap = cache.capacity
     write = np.ones((2, 2 * bs), bool)
-    be.forward(ids[:, :2 * bs], pos[:, :2 * bs], full_bias[:, :, :2 * bs, :2 * bs], cache, 0, write)
+    be.forward(ids[:, :2 * bs], pos[:, :2 * bs], full_bias[:, :, :2 * bs, :2 * bs], cache, 0, write, every[:, :1])
     q = torch.arange(2 * bs, T)
-    bias = block_causal_bias(q, torch.arange(T), bs).numpy().repeat(2, axis=0)
-    logits = be.forward(ids[:, 2 * bs:], pos[:, 2 * bs:], bias, cache, 2 * bs, None)
-    np.testing.assert_allclose(logits, full[:, 2 * bs:], atol=1e-5, rtol=0)
+    past = block_causal_bias(q, torch.arange(cap), bs).numpy()
+    past[..., 2 * bs:] = -1e9  # cache positions not written yet
+    bias = np.concatenate([past, block_causal_bias(q, q, bs).numpy()], axis=-1).repeat(2, axis=0)
+    rows = every[:, :bs][:, ::-1].copy()  # rows read in another order
+    out = be.forward(ids[:, 2 * bs:], pos[:, 2 * bs:], bias, cache, cap, None, rows, want_logits=True)
+    want = np.take_along_axis(full.logits[:, 2 * bs:], rows[..., None], axis=1)
+    np.testing.assert_allclose(out.logits, want, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(out.tokens, np.take_along_axis(full.tokens[:, 2 * bs:], rows, axis=1))
+    np.testing.assert_allclose(out.confidence, np.take_along_axis(full.confidence[:, 2 * bs:], rows, axis=1),
+                               atol=1e-5)
     # positions never written stay zero; the write mask is honoured per sequence
     assert float(cache[0][0][:, :, 2 * bs:].abs().max()) == 0.0
     cache2 = be.allocate_cache(2, T)
     write = np.zeros((2, bs), bool)
     write[1, 2:5] = True
-    be.forward(ids[:, :bs], pos[:, :bs], full_bias[:, :, :bs, :bs], cache2, 0, write)
+    be.forward(ids[:, :bs], pos[:, :bs], full_bias[:, :, :bs, :bs], cache2, 0, write, every[:, :1])
     k0 = cache2[0][0]
     assert float(k0[0].abs().max()) == 0.0
     written = (k0[1].abs().sum(dim=(0, 2)) > 0).nonzero().flatten().tolist()
     assert written == [2, 3, 4]
+    # a past shorter than the cache is refused: the whole cache is the past
+    with pytest.raises(DllmError, match="must be 0 or the cache capacity"):
+        be.forward(ids[:, 2 * bs:], pos[:, 2 * bs:], bias[..., cap - 2 * bs:], cache, 2 * bs, None, rows)
 
 
 @pytest.mark.parametrize("variant", ["llada", "dream"])

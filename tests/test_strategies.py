@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dllm_trt.runtime.layout import MASKED, attention_bias
-from dllm_trt.runtime.sampling import propose
+from dllm_trt.runtime.sampling import REMASK_STREAM, SAMPLE_STREAM, counter_uniform, propose
 from dllm_trt.runtime.unmask import select_factor, select_threshold, select_top_k, transfer_schedule
 
 
@@ -165,31 +165,70 @@ def test_propose_empty():
     assert tokens.shape == (0,) and conf.shape == (0,)
 
 
+def _u(seed: int, n: int) -> np.ndarray:
+    return counter_uniform(seed, SAMPLE_STREAM, 0, np.arange(n))
+
+
 def test_propose_sampling_reproducible_with_seed():
     rng = np.random.default_rng(4)
     logits = rng.standard_normal((64, 42)).astype(np.float32)
-    a = propose(logits, 1.0, rng=np.random.default_rng(7))
-    b = propose(logits, 1.0, rng=np.random.default_rng(7))
-    c = propose(logits, 1.0, rng=np.random.default_rng(8))
+    a = propose(logits, 1.0, u=_u(7, logits.shape[0]))
+    b = propose(logits, 1.0, u=_u(7, logits.shape[0]))
+    c = propose(logits, 1.0, u=_u(8, logits.shape[0]))
     assert a[0].tolist() == b[0].tolist() and a[1].tolist() == b[1].tolist()
     assert a[0].tolist() != c[0].tolist()
     # the confidence of a sample is its probability under the sampled distribution
     np.testing.assert_allclose(a[1], _softmax64(logits)[np.arange(64), a[0]], rtol=1e-12)
 
 
-def test_propose_sampling_needs_rng():
+def test_propose_sampling_needs_one_uniform_per_row():
     with pytest.raises(ValueError):
         propose(np.zeros((2, 5), np.float32), temperature=1.0)
+    with pytest.raises(ValueError):
+        propose(np.zeros((2, 5), np.float32), temperature=1.0, u=np.zeros(3))
+
+
+def test_propose_sampling_inverts_the_cdf_with_its_uniform():
+    """Row i draws with u[i]: u below the first token's mass gives token 0, and so on (a per-row
+    draw, so a row's sample does not depend on the other rows)."""
+    p = np.array([0.6, 0.25, 0.1, 0.05])
+    logits = np.tile(np.log(p), (4, 1)).astype(np.float32)
+    tok, conf = propose(logits, 1.0, u=np.array([0.59, 0.61, 0.86, 0.999]))
+    assert tok.tolist() == [0, 1, 2, 3]
+    np.testing.assert_allclose(conf, p, rtol=1e-6)
+    one, _ = propose(logits[2:3], 1.0, u=np.array([0.86]))
+    assert one.tolist() == [2]
+
+
+def test_counter_uniform_is_a_keyed_stream():
+    """Same keys, same numbers; any key changed, other numbers; each position its own number (so a
+    sequence draws the same alone or in a batch, whatever positions are drawn with it)."""
+    pos = np.arange(100, 4100)
+    a = counter_uniform(7, SAMPLE_STREAM, 3, pos)
+    assert a.dtype == np.float64 and a.shape == pos.shape
+    assert (a >= 0).all() and (a < 1).all()
+    np.testing.assert_array_equal(a, counter_uniform(7, SAMPLE_STREAM, 3, pos))
+    np.testing.assert_array_equal(a[[5, 17, 900]], counter_uniform(7, SAMPLE_STREAM, 3, pos[[5, 17, 900]]))
+    for other in (counter_uniform(8, SAMPLE_STREAM, 3, pos), counter_uniform(7, REMASK_STREAM, 3, pos),
+                  counter_uniform(7, SAMPLE_STREAM, 4, pos), counter_uniform(7, SAMPLE_STREAM, 3, pos + 1)):
+        assert np.mean(other == a) < 0.01
+    # uniform: every decile holds about a tenth, and neighbouring positions are uncorrelated
+    counts = np.bincount((a * 10).astype(int), minlength=10) / a.size
+    np.testing.assert_allclose(counts, 0.1, atol=0.02)
+    assert abs(np.corrcoef(a[:-1], a[1:])[0, 1]) < 0.05
+    # large seeds (beyond 64 bits are wrapped) and negative ones work
+    assert counter_uniform(2 ** 70 + 5, 1, 0, pos[:3]).shape == (3,)
+    assert counter_uniform(-1, 1, 0, pos[:3]).shape == (3,)
 
 
 def test_propose_sampling_follows_the_distribution():
     p = np.array([0.6, 0.25, 0.1, 0.05])
     logits = np.tile(np.log(p), (40000, 1)).astype(np.float32)
-    tokens, _ = propose(logits, 1.0, rng=np.random.default_rng(0))
+    tokens, _ = propose(logits, 1.0, u=_u(0, logits.shape[0]))
     freq = np.bincount(tokens, minlength=4) / tokens.size
     np.testing.assert_allclose(freq, p, atol=0.01)
     # temperature sharpens: at T = 0.5 the distribution is p^2 normalised
-    tokens, _ = propose(logits, 0.5, rng=np.random.default_rng(0))
+    tokens, _ = propose(logits, 0.5, u=_u(0, logits.shape[0]))
     freq = np.bincount(tokens, minlength=4) / tokens.size
     np.testing.assert_allclose(freq, p ** 2 / (p ** 2).sum(), atol=0.01)
 
@@ -199,24 +238,24 @@ def test_propose_top_k_and_top_p():
     logits = (rng.standard_normal((200, 42)) * 2).astype(np.float32)
     argmax = logits.argmax(-1).tolist()
     for t in (0.7, 1.0, 3.0):
-        tok, conf = propose(logits, t, top_k=1, rng=np.random.default_rng(0))
+        tok, conf = propose(logits, t, top_k=1, u=_u(0, logits.shape[0]))
         assert tok.tolist() == argmax
         np.testing.assert_allclose(conf, 1.0)
-        tok, conf = propose(logits, t, top_p=1e-9, rng=np.random.default_rng(0))
+        tok, conf = propose(logits, t, top_p=1e-9, u=_u(0, logits.shape[0]))
         assert tok.tolist() == argmax
         np.testing.assert_allclose(conf, 1.0)
     # top_k = 3 only ever samples among the 3 largest logits
-    tok, _ = propose(logits, 5.0, top_k=3, rng=np.random.default_rng(1))
+    tok, _ = propose(logits, 5.0, top_k=3, u=_u(1, logits.shape[0]))
     top3 = np.argsort(-logits, axis=-1)[:, :3]
     assert all(t in row for t, row in zip(tok.tolist(), top3.tolist()))
     assert len(set(tok.tolist()) - set(argmax)) > 0  # and not only the argmax
     # top_p keeps the smallest prefix whose mass reaches top_p: {0, 1} for p = (.6, .25, .1, .05), top_p .8
     p = np.array([0.6, 0.25, 0.1, 0.05])
     logits = np.tile(np.log(p), (5000, 1)).astype(np.float32)
-    tok, conf = propose(logits, 1.0, top_p=0.8, rng=np.random.default_rng(2))
+    tok, conf = propose(logits, 1.0, top_p=0.8, u=_u(2, logits.shape[0]))
     assert set(tok.tolist()) == {0, 1}
     np.testing.assert_allclose(conf[tok == 0], 0.6 / 0.85)
-    tok, _ = propose(logits, 1.0, top_p=0.6, rng=np.random.default_rng(2))
+    tok, _ = propose(logits, 1.0, top_p=0.6, u=_u(2, logits.shape[0]))
     assert set(tok.tolist()) == {0}
 
 

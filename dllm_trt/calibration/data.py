@@ -434,7 +434,8 @@ def load_calibration(path: str | Path) -> CalibrationSet:
     if meta.get("format") != CALIB_FORMAT or meta.get("version") != CALIB_VERSION:
         raise DllmError(f"{path} is format {meta.get('format')!r} v{meta.get('version')!r}; this dllm-trt reads "
                         f"{CALIB_FORMAT!r} v{CALIB_VERSION}: re-run `dllm-trt calibrate`")
-    missing = [k for k in meta["input_names"] + ["valid", "masked"] if k not in arrays]
+    # logits_index is not stored: batches() derives it (every row of the batch's length)
+    missing = [k for k in meta["input_names"] + ["valid", "masked"] if k not in arrays and k != "logits_index"]
     if missing:
         raise DllmError(f"{path} lacks {', '.join(missing[:4])}; re-run `dllm-trt calibrate`")
     return CalibrationSet(arrays, meta)

@@ -492,7 +492,7 @@ def test_cuda_provider_equals_torch(backends, exported, variant):
     cb = OrtBackend.from_pretrained(art, provider="cuda", provider_options=NO_TF32)
     assert cb.io_binding and cb.device_type == "cuda"
     cache = cb.allocate_cache(2, 32)
-    assert cache.layers[0][0].device_name().lower() == "cuda"
+    assert cache.layers[0][0].value.device_name().lower() == "cuda"
     for strategy in STRATEGIES:
         for mode in cache_modes(variant):
             g = gen_config(strategy, mode)

@@ -1,13 +1,14 @@
 """The TensorRT backend (dllm_trt/runtime/backends/trt_backend.py).
 
 On CI (no GPU) the backend's own logic runs against a host stand-in for the two things it drives:
-``HostDevice`` (device memory = numpy byte arrays, the same alloc / 2-D copy / memset calls as
-``CudaDevice``, fresh memory filled with NaN bytes) and ``OrtContext`` (an "engine" that reads its
+``HostDevice`` (device memory = numpy byte arrays, the same alloc / copy / memset / scatter_kv calls
+as ``CudaDevice``, fresh memory filled with NaN bytes; ``scatter_kv`` reads its pointer tables and
+positions from that memory like the kernel does) and ``OrtContext`` (an "engine" that reads its
 inputs from that memory by address and shape, runs the ONNX graph with ONNX Runtime and writes the
-outputs back). So the cache gather into staging buffers, the present scatter in runs, the dummy
-masked past slots and the profile checks are tested token for token against OrtBackend; only the
-TensorRT and CUDA calls themselves are not. The real thing runs in the ``gpu`` tests below, which
-skip here with the reason.
+outputs back). So the pooled cache bound as the past, the in-place scatter of the presents, the
+row index and the profile checks are tested token for token against OrtBackend; only the TensorRT
+and CUDA calls themselves are not. The real thing runs in the ``gpu`` tests below, which skip here
+with the reason.
 """
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dllm_trt.contract import config_from_artifact, read_artifact_config
 from dllm_trt.errors import DllmError
 from dllm_trt.runtime import GenerationConfig, generate
-from dllm_trt.runtime.backends.ort_backend import OrtBackend, config_from_artifact, read_artifact_config
-from dllm_trt.runtime.backends.trt_backend import TrtBackend, write_runs
+from dllm_trt.runtime.backends.ort_backend import OrtBackend
+from dllm_trt.runtime.backends.trt_backend import TrtBackend
 
 REPO = Path(__file__).resolve().parents[1]
 CKPTS = REPO / "samples" / "checkpoints"
@@ -37,7 +39,9 @@ class HostDevice:
     def __init__(self):
         self.mem: dict[int, np.ndarray] = {}
         self.next = self.STEP
-        self.copies = 0
+        self.copies = 0  # device-to-device copies (copy2d): the cache is never copied
+        self.scatters: list[np.ndarray] = []  # the positions of every scatter_kv
+        self.down = 0  # bytes copied device -> host
 
     def alloc(self, nbytes):
         base = self.next
@@ -47,6 +51,9 @@ class HostDevice:
 
     def free(self, ptr):
         del self.mem[ptr]
+
+    def make_current(self):
+        pass
 
     def _at(self, ptr, n):
         base = ptr - ptr % self.STEP
@@ -58,20 +65,30 @@ class HostDevice:
         self._at(ptr, array.nbytes)[:] = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
 
     def dtoh(self, array, ptr):
+        self.down += array.nbytes
         array.reshape(-1).view(np.uint8)[:] = self._at(ptr, array.nbytes)
 
+    htod_sync, dtoh_sync = htod, dtoh
+
     def copy2d(self, dst, dst_pitch, src, src_pitch, width, height):
-        assert width <= dst_pitch and width <= src_pitch
         self.copies += 1
         for r in range(height):
             self._at(dst + r * dst_pitch, width)[:] = self._at(src + r * src_pitch, width)
 
-    def zero2d(self, ptr, pitch, width, height):
-        for r in range(height):
-            self._at(ptr + r * pitch, width)[:] = 0
-
     def zero(self, ptr, nbytes):
         self._at(ptr, nbytes)[:] = 0
+
+    def scatter_kv(self, src_table, dst_table, tensors, pos, batch, heads, length, capacity, row_bytes):
+        """What cuda_device's kernel does: present[t][b, h, l, :] -> cache[t][b, h, pos[b, l], :], pos < 0 skipped."""
+        srcs = self._at(src_table, 8 * tensors).view(np.uint64)
+        dsts = self._at(dst_table, 8 * tensors).view(np.uint64)
+        p = self._at(pos, 8 * batch * length).view(np.int64).reshape(batch, length).copy()
+        self.scatters.append(p)
+        bi, li = np.nonzero((p >= 0) & (p < capacity))
+        for s, d in zip(srcs.tolist(), dsts.tolist()):
+            src = self._at(s, batch * heads * length * row_bytes).reshape(batch, heads, length, row_bytes)
+            dst = self._at(d, batch * heads * capacity * row_bytes).reshape(batch, heads, capacity, row_bytes)
+            dst[bi, :, p[bi, li]] = src[bi, :, li]
 
     def sync(self):
         pass
@@ -89,7 +106,8 @@ class OrtEngine:
 
 
 class OrtContext:
-    """IExecutionContext stand-in: set_input_shape / set_tensor_address / execute_async_v3 over ORT."""
+    """IExecutionContext stand-in: set_input_shape / set_tensor_address / execute_async_v3 over ORT.
+    The output shapes follow the contract: tokens/confidence [B, R], logits [B, R, V], presents [B, H, L, D]."""
 
     def __init__(self, device, session, profile):
         self.device, self.session, self.profile = device, session, profile
@@ -116,8 +134,10 @@ class OrtContext:
             t = np.dtype(self.types[name])
             n = int(np.prod(shape)) * t.itemsize
             feeds[name] = self.device._at(self.addrs[name], n).view(t).reshape(shape).copy()
+        past = feeds["past_key_values.0.key"]
+        assert np.isfinite(past.astype(np.float32)).all(), "the past holds NaN: a cache was not zeroed"
         self.calls.append({k: v.shape for k, v in feeds.items() if not k.startswith("past")} |
-                          {"past": feeds["past_key_values.0.key"].shape[2]})
+                          {"past": past.shape[2], "past_ptr": self.addrs["past_key_values.0.key"]})
         outs = self.session.run(None, feeds)
         for o, value in zip(self.session.get_outputs(), outs):
             value = np.ascontiguousarray(value.astype(self.out_types[o.name]))
@@ -125,7 +145,7 @@ class OrtContext:
         return True
 
 
-def host_backend(onnx_dir: Path, batch=(1, 1, 4), query=(1, 16, 64), past=(0, 32, 64)) -> TrtBackend:
+def host_backend(onnx_dir: Path, batch=(1, 1, 4), query=(1, 16, 64), past=(0, 64, 128)) -> TrtBackend:
     """A TrtBackend over HostDevice + OrtContext with the given profile ranges (min, opt, max)."""
     import onnxruntime as ort
 
@@ -139,6 +159,7 @@ def host_backend(onnx_dir: Path, batch=(1, 1, 4), query=(1, 16, 64), past=(0, 32
     prof = {}
     for name in ("input_ids", "position_ids"):
         prof[name] = [(batch[i], query[i]) for i in range(3)]
+    prof["logits_index"] = [(batch[0], 1), (batch[1], query[1]), (batch[2], query[2])]
     prof["attention_bias"] = [(batch[i], 1, query[i], past[i] + query[i]) for i in range(3)]
     for i in range(config.num_layers):
         for kv in ("key", "value"):
@@ -150,7 +171,8 @@ def host_backend(onnx_dir: Path, batch=(1, 1, 4), query=(1, 16, 64), past=(0, 32
     def dtype_of(name):
         if name.startswith(("past", "present")):
             return kv
-        return {"input_ids": "int64", "position_ids": "int64", "attention_bias": "float32", "logits": "float32"}[name]
+        return {"input_ids": "int64", "position_ids": "int64", "attention_bias": "float32", "logits": "float32",
+                "logits_index": "int64", "tokens": "int64", "confidence": "float32"}[name]
 
     return TrtBackend(onnx_dir, meta, config, dev, OrtEngine(prof), ctx, dtype_of)
 
@@ -171,22 +193,44 @@ def exports(tmp_path_factory):
     return out
 
 
-def test_write_runs():
-    mask = np.array([[0, 1, 1, 1, 0, 1], [1, 1, 0, 0, 0, 0]], bool)
-    pos = np.array([[10, 11, 12, 13, 14, 20], [5, 7, 0, 0, 0, 0]])
-    assert write_runs(mask, pos) == [(0, 1, 11, 3), (0, 5, 20, 1), (1, 0, 5, 1), (1, 1, 7, 1)]
+def test_host_scatter_kv_writes_exactly_the_rows():
+    """The stand-in's scatter (the kernel's contract): only rows with pos >= 0 move, at their positions."""
+    dev = HostDevice()
+    b, h, l, cap, d = 2, 3, 4, 10, 8
+    src = np.arange(2 * b * h * l * d, dtype=np.float32).reshape(2, b, h, l, d)
+    ptrs = [dev.alloc(src[0].nbytes) for _ in range(2)]
+    caches = [dev.alloc(b * h * cap * d * 4) for _ in range(2)]
+    for p, x in zip(ptrs, src):
+        dev.htod(p, x)
+    tables = dev.alloc(16), dev.alloc(16)
+    dev.htod(tables[0], np.array(ptrs, np.uint64))
+    dev.htod(tables[1], np.array(caches, np.uint64))
+    pos = np.array([[5, -1, 7, 2], [-1, -1, 9, 0]], np.int64)
+    pp = dev.alloc(pos.nbytes)
+    dev.htod(pp, pos)
+    dev.scatter_kv(*tables, 2, pp, b, h, l, cap, d * 4)
+    for t in range(2):
+        got = dev._at(caches[t], b * h * cap * d * 4).view(np.float32).reshape(b, h, cap, d)
+        want = np.full((b, h, cap, d), np.nan, np.float32)
+        for bi in range(b):
+            for li in range(l):
+                if pos[bi, li] >= 0:
+                    want[bi, :, pos[bi, li]] = src[t, bi, :, li]
+        np.testing.assert_array_equal(got, want)  # NaN (never written) exactly where nothing was written
 
 
 # low_confidence with steps = gen_length unmasks one token per step, so the caches are exercised
 # (the trained models finish a block in one step at threshold 0.9)
 CASES = [("llada-tiny", "threshold", "none"), ("llada-tiny", "low_confidence", "dual"),
          ("llada-tiny", "low_confidence", "prefix"), ("dream-tiny", "low_confidence", "dual"),
-         ("bd-tiny", "threshold", "sub_block"), ("bd-tiny", "threshold", "block")]
+         ("dream-tiny", "random", "prefix"), ("bd-tiny", "threshold", "sub_block"), ("bd-tiny", "threshold", "block"),
+         ("bd-tiny", "factor", "none")]
 
 
 @pytest.mark.parametrize("name,strategy,cache", CASES)
 def test_host_backend_matches_ort(exports, task_tokenizer, name, strategy, cache):
-    """The backend's cache gather / scatter gives OrtBackend's tokens exactly (batch of mixed lengths)."""
+    """The pooled cache bound as the past and the in-place scatter give OrtBackend's tokens exactly
+    (batch of mixed lengths); the cache is never copied, only B x R numbers come down per step."""
     onnx_dir = exports[name]
     ort_b = OrtBackend.from_pretrained(onnx_dir, intra_op_threads=1)
     trt_b = host_backend(onnx_dir)
@@ -196,17 +240,29 @@ def test_host_backend_matches_ort(exports, task_tokenizer, name, strategy, cache
     want = generate(ort_b, prompts, gen)
     got = generate(trt_b, prompts, gen)
     assert got.tokens == want.tokens
-    assert got.nfe == want.nfe
+    assert got.nfe == want.nfe == len(trt_b.context.calls)
+    dev = trt_b.device
+    assert dev.copies == 0
+    rows = sum(c["logits_index"][0] * c["logits_index"][1] for c in trt_b.context.calls)
+    assert dev.down == rows * (8 + 4), "more than the rows' tokens and confidences came down"
     if cache != "none":
-        assert any(c["past"] > 0 for c in trt_b.context.calls)
-    assert any(c["past"] == 0 for c in trt_b.context.calls)  # the prefill binds a 0-length past
+        cached = [c for c in trt_b.context.calls if c["past"] > 0]
+        assert cached and len({(c["past"], c["past_ptr"]) for c in cached}) == 1  # one cache, bound whole
+        assert cached[0]["past"] % 64 == 0  # pooled capacity rounded up
+        assert dev.scatters and all(p.max() < cached[0]["past"] for p in dev.scatters)
+    else:
+        assert not dev.scatters
+    if cache in ("none", "prefix", "dual"):  # block diffusion's cached prefill already binds the cache
+        assert any(c["past"] == 0 for c in trt_b.context.calls)  # a full forward binds a 0-length past
 
 
-def test_host_backend_logits_and_cache(exports):
-    """One prefill that writes, then a cached step: logits equal ORT's; the cache holds the presents."""
+def test_host_backend_outputs_and_cache(exports):
+    """A prefill that writes, then a cached step over the whole (rounded) cache: tokens, confidences and
+    logits equal ORT's; the cache holds the presents at their positions and zeros elsewhere."""
     onnx_dir = exports["llada-tiny"]
     ort_b = OrtBackend.from_pretrained(onnx_dir, intra_op_threads=1)
     trt_b = host_backend(onnx_dir)
+    cfg = ort_b.config
     rng = np.random.default_rng(0)
     b, l = 2, 10
     ids = rng.integers(3, 40, (b, l))
@@ -214,30 +270,46 @@ def test_host_backend_logits_and_cache(exports):
     bias = np.zeros((b, 1, l, l), np.float32)
     wm = np.ones((b, l), bool)
     wm[1, 7:] = False
+    rows = np.array([[9, 0, 4], [2, 2, 6]], np.int64)
     c1, c2 = ort_b.allocate_cache(b, 24), trt_b.allocate_cache(b, 24)
-    np.testing.assert_array_equal(trt_b.forward(ids, pos, bias, c2, 0, wm), ort_b.forward(ids, pos, bias, c1, 0, wm))
-    dev, row = trt_b.device, trt_b.max_cache * 32 * 4
-    for j in range(ort_b.config.num_layers):
+    assert c2.capacity == 64 and c1.capacity == 24
+
+    def same(x, y, logits, tol=0.0):  # tol: the cached step attends over 64 vs 24 keys (another float order)
+        np.testing.assert_array_equal(x.tokens, y.tokens)
+        np.testing.assert_allclose(x.confidence, y.confidence, rtol=tol, atol=0)
+        if logits:
+            np.testing.assert_allclose(x.logits, y.logits, rtol=tol, atol=0)
+        else:
+            assert x.logits is None and y.logits is None
+
+    same(trt_b.forward(ids, pos, bias, c2, 0, wm, rows, True), ort_b.forward(ids, pos, bias, c1, 0, wm, rows, True),
+         True)
+    dev = trt_b.device
+    h, d = cfg.num_kv_heads, cfg.head_dim
+    for j in range(cfg.num_layers):
         for kv in (0, 1):
-            ptr = c2.layers[j][kv]
-            got = dev._at(ptr, b * 2 * row).view(np.float32).reshape(b, 2, trt_b.max_cache, 32)
+            got = dev._at(c2.layers[j][kv], b * h * 64 * d * 4).view(np.float32).reshape(b, h, 64, d)
             np.testing.assert_array_equal(got[:, :, :24], c1.layers[j][kv])
+            assert (got[:, :, 24:] == 0).all()
+            assert (got[1, :, 7:] == 0).all()  # not in the write mask
     ids2 = rng.integers(3, 40, (b, 4))
     pos2 = np.tile(np.arange(l, l + 4), (b, 1))
-    bias2 = np.zeros((b, 1, 4, l + 4), np.float32)
-    bias2[1, :, :, 7:l] = -1e9  # never written: masked
-    np.testing.assert_array_equal(trt_b.forward(ids2, pos2, bias2, c2, l, None), ort_b.forward(ids2, pos2, bias2, c1, l, None))
+    outs = []
+    for be, cache in ((trt_b, c2), (ort_b, c1)):
+        cap = cache.capacity
+        bias2 = np.zeros((b, 1, 4, cap + 4), np.float32)
+        bias2[:, :, :, l:cap] = -1e9  # beyond the written positions
+        bias2[1, :, :, 7:l] = -1e9  # never written: masked
+        outs.append(be.forward(ids2, pos2, bias2, cache, cap, None, rows[:, :2] % 4, False))
+    same(*outs, False, 1e-5)
 
 
-def test_host_backend_min_past_padding(exports, task_tokenizer):
-    """An engine whose profile starts at P = 2: forwards with P < 2 get zeroed masked dummy slots."""
-    onnx_dir = exports["dream-tiny"]
-    ort_b = OrtBackend.from_pretrained(onnx_dir, intra_op_threads=1)
-    trt_b = host_backend(onnx_dir, past=(2, 32, 66))
-    prompts = [task_tokenizer.encode("add:12+34=")]
+def test_host_backend_needs_a_zero_past_profile(exports, task_tokenizer):
+    """An engine whose profile starts at P = 2 cannot run the prefill (P = 0): it says to rebuild it."""
+    trt_b = host_backend(exports["dream-tiny"], past=(2, 32, 66))
     gen = GenerationConfig(strategy="low_confidence", cache="dual", gen_length=16, block_length=8, steps=16)
-    assert generate(trt_b, prompts, gen).tokens == generate(ort_b, prompts, gen).tokens
-    assert min(c["past"] for c in trt_b.context.calls) == 2
+    with pytest.raises(DllmError, match=r"past length 0 is outside the engine's range 2\.\.66.*rebuild.*--shapes"):
+        generate(trt_b, [task_tokenizer.encode("add:12+34=")], gen)
 
 
 def test_host_backend_profile_errors(exports):
@@ -245,15 +317,21 @@ def test_host_backend_profile_errors(exports):
     trt_b = host_backend(onnx_dir, batch=(1, 1, 2), query=(1, 8, 16), past=(0, 8, 16))
     with pytest.raises(DllmError, match="batch 3 is outside the engine's batch range 1..2.*--shapes"):
         trt_b.allocate_cache(3, 8)
-    with pytest.raises(DllmError, match="needs 40 positions but the engine's profile allows at most 32"):
+    with pytest.raises(DllmError, match="needs 40 positions but the engine's profile allows a past of at most 16"):
         trt_b.allocate_cache(1, 40)
-    cache = trt_b.allocate_cache(1, 32)
+    cache = trt_b.allocate_cache(1, 12)
+    assert cache.capacity == 16  # rounded up, within the profile
     ids = np.full((1, 20), 5)
     with pytest.raises(DllmError, match="query length 20 is outside the engine's range 1..16"):
-        trt_b.forward(ids, np.arange(20)[None], np.zeros((1, 1, 20, 20), np.float32), cache, 0, None)
+        trt_b.forward(ids, np.arange(20)[None], np.zeros((1, 1, 20, 20), np.float32), cache, 0, None,
+                      np.zeros((1, 1), np.int64))
     ids = np.full((1, 4), 5)
-    with pytest.raises(DllmError, match="past length 20 is beyond the engine's maximum 16"):
-        trt_b.forward(ids, np.arange(20, 24)[None], np.zeros((1, 1, 4, 24), np.float32), cache, 20, None)
+    with pytest.raises(DllmError, match="must be 0 or the cache capacity 16"):
+        trt_b.forward(ids, np.arange(8, 12)[None], np.zeros((1, 1, 4, 12), np.float32), cache, 8, None,
+                      np.zeros((1, 1), np.int64))
+    with pytest.raises(DllmError, match="logits_index reads rows outside"):
+        trt_b.forward(ids, np.arange(4)[None], np.zeros((1, 1, 4, 4), np.float32), cache, 0, None,
+                      np.array([[4]], np.int64))
 
 
 def test_trt_backend_imports_without_tensorrt_or_cuda():
@@ -265,7 +343,8 @@ def test_trt_backend_imports_without_tensorrt_or_cuda():
         "        if name.split('.')[0] in ('tensorrt', 'tensorrt_rtx_bindings', 'cuda', 'torch'):\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import dllm_trt.runtime.backends.trt_backend as t\n"
+        "import dllm_trt.runtime.backends.trt_backend\n"
+        "import dllm_trt.runtime.backends.cuda_device as t\n"
         "import dllm_trt.engine, dllm_trt.engine.builder, dllm_trt.engine.check\n"
         "from dllm_trt.engine import api\n"
         "from dllm_trt.errors import DllmError\n"

@@ -96,6 +96,8 @@ def test_build_each_family(built, onnx16, name):
     assert prof["input_ids"] == {"min": [1, 1], "opt": [1, 64], "max": [1, max_pos]}
     assert prof["past_key_values.0.key"]["min"][2] == 0  # a 0-length past is in the profile
     assert prof["attention_bias"]["max"] == [1, 1, max_pos, 2 * max_pos]
+    assert prof["logits_index"] == {"min": [1, 1], "opt": [1, 64], "max": [1, max_pos]}  # rows read: 1 .. L
+    assert set(prof) == {i["name"] for i in src["inputs"]}  # every input of the contract, nothing else
     assert any(p["phase"] == "Building engine" for p in rec["phases"])  # IProgressMonitor phases
     assert 0 < summary["timings_s"]["build"] < 120
     log = (folder / "build.log").read_text()
@@ -420,68 +422,13 @@ def test_quantized_targets_refused_before_the_build(quantized16, tmp_path):
     assert not (tmp_path / "e").exists()
 
 
-# ---------------------------------------------------------------------- plugin exports (issue 5)
-@pytest.fixture(scope="module")
-def plugin16(tmp_path_factory):
-    """`dllm-trt export --plugins` (fallback: caches in/out + in-graph threshold unmask, standard ops) of the
-    three trained tiny checkpoints, fp16 (validation is tests/test_plugins.py's)."""
-    pytest.importorskip("torch")
-    from dllm_trt.export import export_onnx
-
-    root = tmp_path_factory.mktemp("plugin16")
-    out = {}
-    for name in FAMILIES:
-        out[name] = root / name
-        export_onnx(str(CKPTS / name), str(out[name]), dtype="fp16", validate=False, plugins="fallback",
-                    progress=False, log=lambda s: None)
-    return out
-
-
-@pytest.mark.parametrize("name", FAMILIES)
-def test_build_plugin_export(plugin16, tmp_path, name):
-    """The fallback plugin graph builds with TensorRT-RTX: one profile over its own inputs (cache.* with the
-    capacity dim T = P + L, cache_position, the unmask inputs)."""
-    src = json.loads((plugin16[name] / "dllm_config.json").read_text())
-    assert src["plugins"]["mode"] == "fallback"
-    folder = tmp_path / "e"
-    rc, out, err = run_cli("build", "--onnx", plugin16[name], "--out", folder, "--backend", "trt-rtx",
-                           "--compute-capability", TARGETS, "--shapes", "L=1:32:64,P=0:64:128", "--no-cache", "--json")
-    assert rc == 0, err
-    rec = json.loads(out)
-    assert rec["plugin_graph"] == "fallback" and rec["plugins"] == []  # standard ops: nothing to register
-    assert rec["precision"] == "fp16" and rec["compute_capabilities"] == ["8.9", "12.0"]
-    prof = rec["profiles"][0]
-    n = src["model_config"]["num_layers"]
-    assert set(prof) == {i["name"] for i in src["inputs"]}
-    assert prof["cache.0.key"]["min"][2] == 1 and prof["cache.0.key"]["max"][2] == 128 + 64  # capacity P + L
-    assert prof[f"cache.{n - 1}.value"]["opt"][2] == 64 + 32
-    assert prof["attention_bias"]["max"] == [1, 1, 64, 192]
-    assert prof["cache_position"] == prof["unmask_tokens"] == prof["unmask_candidates"] == \
-        {"min": [1, 1], "opt": [1, 32], "max": [1, 64]}
-    assert prof["unmask_threshold"] == {"min": [1], "opt": [1], "max": [1]}
-    assert 0 < rec["timings_s"]["build"] < 120
-    meta = json.loads((folder / "dllm_config.json").read_text())
-    assert meta["plugins"] == src["plugins"] and meta["engine"]["plugin_graph"] == "fallback"
-    assert check_engine(folder)["ok"]
-    rc, out, _ = run_cli("check-engine", "--engine", folder)
-    assert rc == 0 and "engine OK" in out
-    # the TensorRT backend drives the past/present contract only: it says so before needing a GPU
+# ---------------------------------------------------------------------- plugin graphs (contract 1) are gone
+def test_engine_of_a_plugin_graph_is_refused(engine_copy):
+    """An engine record of a former `export --plugins` graph is refused before any GPU is needed."""
     from dllm_trt.runtime.backends.trt_backend import preflight
-    with pytest.raises(DllmError, match=r"engine of a `dllm-trt export --plugins` graph.*does not run it yet"):
-        preflight(folder)
 
-
-def test_custom_plugin_export_refused_by_rtx(plugin16, tmp_path):
-    """`--plugins custom` (dllm_trt nodes) aborts TensorRT-RTX 1.7 (tests/test_plugins.py records the abort):
-    the builder refuses it before parsing; full TensorRT builds it with the plugins registered."""
-    custom = tmp_path / "custom"
-    shutil.copytree(plugin16["llada-tiny"], custom)
-    meta = json.loads((custom / "dllm_config.json").read_text())
-    meta["plugins"]["mode"] = "custom"
-    (custom / "dllm_config.json").write_text(json.dumps(meta))
-    expect_error("build", "--onnx", custom, "--out", tmp_path / "e", "--backend", "trt-rtx", "--compute-capability",
-                 "8.9", match=r"--plugins custom.*TensorRT-RTX 1.7 aborts.*re-export with `--plugins fallback`.*--backend trt")
-    meta["plugins"]["mode"] = "other"
-    (custom / "dllm_config.json").write_text(json.dumps(meta))
-    expect_error("build", "--onnx", custom, "--out", tmp_path / "e", match=r"plugin export of unknown mode 'other'")
-    assert not (tmp_path / "e").exists()
+    meta = json.loads((engine_copy / "dllm_config.json").read_text())
+    meta["engine"]["plugin_graph"] = "fallback"
+    (engine_copy / "dllm_config.json").write_text(json.dumps(meta))
+    with pytest.raises(DllmError, match=r"engine of a `dllm-trt export --plugins` graph"):
+        preflight(engine_copy)

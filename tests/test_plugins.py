@@ -217,7 +217,6 @@ def test_cache_fallback_vs_reference_vs_model_attention(h, hkv, d, dtype):
     from onnx import TensorProto
 
     from dllm_trt.models.layers import attend
-    from dllm_trt.plugins.export_graph import torch_subblock_cache_attention
     from dllm_trt.plugins.onnx_fallback import subblock_cache_attention_model
 
     rng = np.random.default_rng(h * 100 + d)
@@ -243,15 +242,56 @@ def test_cache_fallback_vs_reference_vs_model_attention(h, hkv, d, dtype):
         mine = attend(t(q), t(k), t(v), t(kc[:, :, :p]), t(vc[:, :, :p]), t(bias)).numpy()
         rows = np.broadcast_to(written[:, None, :, None], mine.shape)
         np.testing.assert_allclose(got[0][rows], mine[rows], atol=1e-5, rtol=1e-5)
-        tq = torch_subblock_cache_attention(t(q), t(k), t(v), t(kc), t(vc), t(cp), t(cb), d ** -0.5)
-        np.testing.assert_allclose(tq[0].numpy(), ref[0], atol=1e-5, rtol=1e-5)
-        np.testing.assert_array_equal(tq[1].numpy(), ref[1])
 
 
-# ---------------------------------------------------------------------- export --plugins and the runtime
+# ---------------------------------------------------------------------- custom nodes and the exported graph
+def test_custom_nodes_expand_to_the_fallback():
+    """The dllm_trt custom nodes, expanded into standard ops, compute what the fallback models compute."""
+    from dllm_trt.plugins import DOMAIN
+    from dllm_trt.plugins.onnx_fallback import (expand_custom_nodes, subblock_cache_attention_model,
+                                                threshold_unmask_model)
+
+    rng = np.random.default_rng(3)
+    custom = threshold_unmask_model(1, vocab=50, custom=True)
+    assert [n.domain for n in custom.graph.node] == [DOMAIN]
+    assert expand_custom_nodes(custom) == 1 and all(n.domain != DOMAIN for n in custom.graph.node)
+    fb, cu = _session(threshold_unmask_model(1, vocab=50)), _session(custom)
+    for kind in ("random", "ties", "mask_max"):
+        logits, tokens, cand = _unmask_case(rng, 3, 7, 50, 1, kind)
+        for a, b in zip(_run_unmask(fb, logits, tokens, cand, 0.9), _run_unmask(cu, logits, tokens, cand, 0.9)):
+            np.testing.assert_array_equal(a, b)
+    custom = subblock_cache_attention_model(4, 2, 8, custom=True)
+    assert expand_custom_nodes(custom) == 1 and all(n.domain != DOMAIN for n in custom.graph.node)
+    fb, cu = _session(subblock_cache_attention_model(4, 2, 8)), _session(custom)
+    q, k, v, kc, vc, pos, valid, past_valid, bias, p = _cache_case(rng)
+    cp = cache_write_positions(bias, pos, p)
+    feeds = dict(query=q, key=k, value=v, key_cache=kc, value_cache=vc, cache_position=cp,
+                 bias=cache_attention_bias(bias, p, cp))
+    for a, b in zip(fb.run(None, feeds), cu.run(None, feeds)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_export_has_no_plugin_graph():
+    """The ``--plugins`` export is gone: the one graph contract selects in standard ops."""
+    import argparse
+    import inspect
+
+    from dllm_trt.export import export_onnx
+    from dllm_trt.export.cli import add_export_commands
+
+    assert "plugins" not in inspect.signature(export_onnx).parameters
+    parser = argparse.ArgumentParser()
+    add_export_commands(parser.add_subparsers(dest="cmd"))
+    assert parser.parse_args(["export", "--model", "m", "--out", "o"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["export", "--model", "m", "--out", "o", "--plugins"])
+    assert importlib.util.find_spec("dllm_trt.plugins.export_graph") is None
+    assert importlib.util.find_spec("dllm_trt.plugins.contract") is None
+
+
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """name -> {"base": dir, "fallback": dir, "custom": dir} for the three trained tiny checkpoints."""
+    """name -> plain export (contract 2) of the trained tiny checkpoints."""
     pytest.importorskip("torch")
     _ort()
     from dllm_trt.export import export_onnx
@@ -259,138 +299,51 @@ def exports(tmp_path_factory):
     root = tmp_path_factory.mktemp("plugin_exports")
     out = {}
     for name, ckpt in CHECKPOINTS.items():
-        if not ckpt.is_dir():
-            continue
-        out[name] = {}
-        for mode in (None, "fallback", "custom"):
-            d = root / f"{name}-{mode or 'base'}"
-            export_onnx(ckpt, d, plugins=mode, progress=False, log=lambda s: None)
-            out[name][mode or "base"] = d
+        if ckpt.is_dir():
+            out[name] = root / name
+            export_onnx(ckpt, out[name], validate=False, progress=False, log=lambda s: None)
     if not out:
         pytest.skip("no trained checkpoints in samples/checkpoints")
     return out
 
 
-def test_export_plugins_record_and_nodes(exports):
-    import onnx
-
-    from dllm_trt.plugins import DOMAIN
-
-    for name, dirs in exports.items():
-        for mode in ("fallback", "custom"):
-            meta = json.loads((dirs[mode] / "dllm_config.json").read_text())
-            rec = meta["plugins"]
-            assert rec["mode"] == mode and rec["domain"] == DOMAIN
-            assert meta["validation"]["status"] == "passed"
-            n_layers = meta["model_config"]["num_layers"]
-            assert rec["custom_nodes"] == {"SubBlockCacheAttention": n_layers, "ThresholdUnmask": 1}
-            assert [i["name"] for i in meta["inputs"]][:4] == ["input_ids", "position_ids", "attention_bias", "cache_position"]
-            assert [o["name"] for o in meta["outputs"]][-3:] == ["new_tokens", "num_unmasked", "confidence"]
-            model = onnx.load(str(dirs[mode] / "model.onnx"))
-            custom = [n for n in model.graph.node if n.domain == DOMAIN]
-            if mode == "fallback":
-                assert not custom and all(o.domain != DOMAIN for o in model.opset_import)
-            else:
-                assert sorted({n.op_type for n in custom}) == ["SubBlockCacheAttention", "ThresholdUnmask"]
-                for n in custom:
-                    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-                    assert attrs["plugin_namespace"] == DOMAIN.encode() and attrs["plugin_version"] == b"1"
-            assert not (dirs[mode] / "cache_write.onnx").exists()
-
-
-def test_custom_export_expands_to_the_fallback(exports):
-    """The custom graph, expanded into standard ops, computes what the fallback export computes."""
-    import onnx
-
-    from dllm_trt.plugins.onnx_fallback import expand_custom_nodes
-    from dllm_trt.runtime.backends.ort_backend import OrtBackend
-
-    dirs = exports["bd"] if "bd" in exports else next(iter(exports.values()))
-    custom = onnx.load(str(dirs["custom"] / "model.onnx"))
-    assert expand_custom_nodes(custom) > 0
-    fb = _session(onnx.load(str(dirs["fallback"] / "model.onnx")))
-    cu = _session(custom)
-    backend = OrtBackend.from_pretrained(dirs["fallback"])
-    c = backend.config
-    rng = np.random.default_rng(0)
-    feeds = {"input_ids": rng.integers(3, 40, (2, 5)), "position_ids": np.tile(np.arange(5), (2, 1)),
-             "attention_bias": np.zeros((2, 1, 5, 5), np.float32), "cache_position": np.tile(np.arange(5), (2, 1)),
-             "unmask_tokens": np.full((2, 5), c.mask_token_id), "unmask_candidates": rng.random((2, 5)) < 0.5,
-             "unmask_threshold": np.array([0.9], np.float32)}
-    for i in range(c.num_layers):
-        for kv in ("key", "value"):
-            feeds[f"cache.{i}.{kv}"] = np.zeros((2, c.num_kv_heads, 8, c.head_dim), np.float32)
-    for a, b in zip(fb.run(None, feeds), cu.run(None, feeds)):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_ort_refuses_custom_export(exports):
-    from dllm_trt.errors import DllmError
-    from dllm_trt.runtime.backends import load_backend
-
-    dirs = next(iter(exports.values()))
-    with pytest.raises(DllmError, match="--plugins fallback"):
-        load_backend("ort", str(dirs["custom"]))
-
-
-class _Counting:
-    """Counts the fused forwards of a backend (and delegates everything else)."""
-
-    def __init__(self, inner):
-        self.inner, self.config, self.fused_unmask, self.fused_calls = inner, inner.config, inner.fused_unmask, 0
-
-    def allocate_cache(self, batch, capacity):
-        return self.inner.allocate_cache(batch, capacity)
-
-    def forward(self, *args):
-        return self.inner.forward(*args)
-
-    def forward_threshold(self, *args):
-        self.fused_calls += 1
-        return self.inner.forward_threshold(*args)
-
-
 @pytest.mark.parametrize("name", ["llada", "dream", "bd"])
-def test_runtime_same_tokens_with_plugins(exports, name):
-    from dllm_trt.runtime import GenerationConfig, TextTokenizer, generate
-    from dllm_trt.runtime.backends import load_backend
-    from dllm_trt.tasks import make_examples
+def test_in_graph_selection_is_the_threshold_unmask_rule(exports, name):
+    """What replaced the fused ThresholdUnmask path: the graph returns each read row's top-1 token and
+    confidence; with the loop's threshold rule on them, that is exactly ThresholdUnmask's reference
+    (same proposals, confidences and unmasked counts) on the graph's own logits of those rows."""
+    from dllm_trt.runtime.layout import attention_bias as bias_of
+    from dllm_trt.runtime.unmask import select_threshold
 
     if name not in exports:
         pytest.skip(f"{CHECKPOINTS[name]} is not in this checkout")
-    dirs = exports[name]
-    tok = TextTokenizer(dirs["base"])
-    prompts = [tok.encode(e.prompt) for e in make_examples(4, seed=7)]
-    base = load_backend("ort", str(dirs["base"]), intra_op_threads=1)
-    plug = _Counting(load_backend("ort", str(dirs["fallback"]), intra_op_threads=1))
-    settings = [(mode, 0.9) for mode in CACHE_MODES[name]] + [(CACHE_MODES[name][-1], 1.0), (CACHE_MODES[name][-1], 0.5)]
-    for cache, tau in settings:
-        gen = GenerationConfig(gen_length=16, block_length=8, strategy="threshold", threshold=tau, cache=cache,
-                               sub_block_length=4)
-        want, calls = generate(base, prompts, gen), plug.fused_calls
-        got = generate(plug, prompts, gen)
-        assert got.tokens == want.tokens, (cache, tau)
-        assert got.nfe == want.nfe and [s.unmasked for s in got.steps] == [s.unmasked for s in want.steps]
-        assert plug.fused_calls > calls, "the fused path was not used"
-    # the plain forward of a plugin graph (a strategy that needs the logits), and the IO-binding path
-    gen = GenerationConfig(gen_length=16, block_length=8, strategy="low_confidence", cache=CACHE_MODES[name][-1],
-                           sub_block_length=4)
-    assert generate(plug, prompts, gen).tokens == generate(base, prompts, gen).tokens
-    bound = load_backend("ort", str(dirs["fallback"]), io_binding=True, intra_op_threads=1)
-    gen = GenerationConfig(gen_length=16, block_length=8, strategy="threshold", threshold=0.9,
-                           cache=CACHE_MODES[name][-1], sub_block_length=4)
-    assert generate(bound, prompts, gen).tokens == generate(base, prompts, gen).tokens
+    from dllm_trt.runtime.backends.ort_backend import OrtBackend
 
-
-def test_cli_plugins_option():
-    from dllm_trt.export.cli import add_export_commands
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    add_export_commands(parser.add_subparsers(dest="cmd"))
-    assert parser.parse_args(["export", "--model", "m", "--out", "o"]).plugins is None
-    assert parser.parse_args(["export", "--model", "m", "--out", "o", "--plugins"]).plugins == "fallback"
-    assert parser.parse_args(["export", "--model", "m", "--out", "o", "--plugins", "custom"]).plugins == "custom"
+    be = OrtBackend.from_pretrained(exports[name], intra_op_threads=1)
+    c = be.config
+    rng = np.random.default_rng(11)
+    b, l = 3, 20
+    ids = rng.integers(3, c.vocab_size, (b, l))
+    ids[:, 10:] = c.mask_token_id
+    pos = np.tile(np.arange(l), (b, 1))
+    valid = np.ones((b, l), bool)
+    bias = bias_of(pos, valid, np.zeros((b, 0), bool), c.block_size)
+    rows = np.tile(np.arange(8, 16), (b, 1))  # a block of rows, some predicting masked positions
+    out = be.forward(ids, pos, bias, None, 0, None, rows, want_logits=True)
+    cand = np.take_along_axis(ids, rows, axis=1) == c.mask_token_id
+    for tau in (0.5, 0.9, 1.0):
+        new, num, conf = threshold_unmask(out.logits, np.take_along_axis(ids, rows, axis=1), cand, c.mask_token_id,
+                                          tau)
+        np.testing.assert_allclose(conf[cand], out.confidence[cand], rtol=1e-5, atol=1e-6)
+        toks = np.take_along_axis(ids, rows, axis=1)
+        for i in range(b):
+            chosen = select_threshold(out.confidence[i][cand[i]].astype(np.float64), tau)
+            j = np.flatnonzero(cand[i])[chosen]
+            ref_j = np.flatnonzero(cand[i] & (new[i] != toks[i]))
+            assert num[i] == j.size == ref_j.size >= 1
+            np.testing.assert_array_equal(new[i, ref_j], out.tokens[i, ref_j])  # the same proposals
+            if not np.array_equal(j, ref_j):  # only the "most confident" fallback may differ, on a float tie
+                assert j.size == 1 and abs(out.confidence[i, j[0]] - out.confidence[i, ref_j[0]]) < 1e-5
 
 
 # ---------------------------------------------------------------------- Triton kernels (interpreter)
@@ -526,29 +479,31 @@ def test_rtx_refuses_plugin_layers_recorded(tmp_path):
         assert (proc.returncode == 0 and "engine " in text) or RTX_PLUGIN_ABORT in text, text
 
 
-def test_rtx_builds_the_fallback_plugin_graph(exports):
+def test_rtx_builds_the_fallback_models():
+    """The ops' standard-op fallbacks build with TensorRT-RTX (CPU-only AOT build)."""
     trt = _rtx()
-    dirs = exports["bd"] if "bd" in exports else next(iter(exports.values()))
-    logger = trt.Logger(trt.Logger.ERROR)
-    builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, logger)
-    assert parser.parse_from_file(str(dirs["fallback"] / "model.onnx")), [parser.get_error(i).desc()
-                                                                           for i in range(parser.num_errors)]
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        t = network.get_input(i)
-        lo, opt, hi = [], [], []
-        for j, dim in enumerate(t.shape):
-            fixed = dim != -1
-            lo.append(dim if fixed else 1)
-            opt.append(dim if fixed else 4)
-            hi.append(dim if fixed else (4 if j == 0 else 64))
-        profile.set_shape(t.name, lo, opt, hi)
-    config.add_optimization_profile(profile)
-    engine = builder.build_serialized_network(network, config)
-    assert engine is not None and engine.nbytes > 0
+    from dllm_trt.plugins.onnx_fallback import subblock_cache_attention_model, threshold_unmask_model
+
+    for model in (threshold_unmask_model(1, vocab=64), subblock_cache_attention_model(4, 2, 8)):
+        logger = trt.Logger(trt.Logger.ERROR)
+        builder = trt.Builder(logger)
+        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+        parser = trt.OnnxParser(network, logger)
+        assert parser.parse(model.SerializeToString()), [parser.get_error(i).desc() for i in range(parser.num_errors)]
+        config = builder.create_builder_config()
+        profile = builder.create_optimization_profile()
+        for i in range(network.num_inputs):
+            t = network.get_input(i)
+            lo, opt, hi = [], [], []
+            for dim in t.shape:
+                fixed = dim != -1
+                lo.append(dim if fixed else 1)
+                opt.append(dim if fixed else 4)
+                hi.append(dim if fixed else 32)
+            profile.set_shape(t.name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+        engine = builder.build_serialized_network(network, config)
+        assert engine is not None and engine.nbytes > 0
 
 
 # ---------------------------------------------------------------------- GPU (benchmarks/plugins_gpu.py)

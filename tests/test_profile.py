@@ -260,7 +260,7 @@ def test_timer_on_gives_the_same_tokens_as_timer_off(ort_backends, name):
 
 
 def test_device_path_times_cache_sections(engines):
-    """The IO-binding path (the one CUDA uses), run on host memory: same tokens, cache reads/writes timed."""
+    """The IO-binding path (the one CUDA uses), run on host memory: same tokens, cache writes timed, no cache reads."""
     from dllm_trt.runtime.backends.ort_backend import OrtBackend
 
     backend = OrtBackend.from_pretrained(engines["llada-tiny"], io_binding=True, intra_op_threads=1)
@@ -275,7 +275,8 @@ def test_device_path_times_cache_sections(engines):
     backend.timer = None
     assert on.tokens == off.tokens and on.steps == off.steps
     kinds = {s.kind: s.sections for s in req.steps}
-    assert set(kinds["full"]) == {"cache_write"} and set(kinds["dual"]) == {"cache_read"}
+    # the writes are timed; a cached step reads nothing: the whole cache is bound as the past
+    assert set(kinds["full"]) == {"cache_write"} and set(kinds["dual"]) == set()
 
 
 # ============================================================================= prompts and options

@@ -50,18 +50,9 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
 
 def generation_config(model_dir: Path, args: argparse.Namespace):
     """Defaults from the folder (generation_config.json or dllm_config.json), then the command line."""
-    from .runtime import GenerationConfig
-    from .runtime.settings import folder_generation_defaults
+    from .runtime.settings import generation_config_from_args
 
-    fields = {f.name for f in dataclasses.fields(GenerationConfig)}
-    values = folder_generation_defaults(model_dir)
-    for name in fields:
-        v = getattr(args, name, None)
-        if v is not None:
-            values[name] = v
-    if args.no_stop:
-        values["stop_at_eos"] = False
-    return GenerationConfig(**values)
+    return generation_config_from_args(model_dir, args)
 
 
 def decode_and_report(backend, model_dir: Path, prompts: list[str], args: argparse.Namespace, backend_name: str) -> dict:

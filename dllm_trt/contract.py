@@ -25,6 +25,7 @@ graph: per step only ``B x R`` token ids and confidences leave the device.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -120,3 +121,15 @@ def config_from_artifact(meta: dict[str, Any], source: str = CONFIG_FILE) -> Mod
             raise DllmError(f"{source}: model_config.{name} is {value!r} but hf_config gives {mine!r}; "
                             "the artefact is inconsistent, re-export it")
     return cfg
+
+
+def file_sha256(path: str | Path, chunk: int = 8 << 20) -> str:
+    """SHA-256 of a file, read in chunks (the engine record's checksum)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()

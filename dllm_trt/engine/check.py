@@ -20,11 +20,11 @@ properties"; a file with a wrong magic reads ``INVALID, MALFORMED_ENGINE``). So 
 """
 from __future__ import annotations
 
-import hashlib
 import struct
 from pathlib import Path
 from typing import Any
 
+from ..contract import file_sha256  # noqa: F401  (re-exported: the builder and tests use it from here)
 from ..errors import DllmError
 
 ENGINE_FILE = "model.engine"
@@ -32,15 +32,6 @@ BUILD_LOG = "build.log"
 RTX_CC_BITS = ["7.5", "8.0", "8.6", "8.9", "12.0", "12.1"]  # bit i of the header's target mask (observed)
 
 
-def file_sha256(path: Path, chunk: int = 8 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def parse_rtx_header(head: bytes) -> dict[str, Any] | None:

@@ -37,7 +37,7 @@ def _versions(backend_name: str) -> dict:
 
 def profile_engine(args: argparse.Namespace, backend=None) -> dict:
     """Everything ``dllm-trt profile`` measures, as one JSON-able dict (see the command's help)."""
-    from ..cli import generation_config
+    from ..runtime.settings import generation_config_from_args as generation_config
 
     engine = Path(args.engine)
     spec = parse_sweep(args.sweep)

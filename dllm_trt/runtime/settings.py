@@ -114,3 +114,18 @@ class GenerationResult:
     def to_dict(self) -> dict:
         return {"tokens": self.tokens, "nfe": self.nfe, "decoded_tokens": self.decoded_tokens,
                 "tokens_per_forward": self.tokens_per_forward, "steps": [asdict(s) for s in self.steps]}
+
+
+def generation_config_from_args(model_dir: str | Path, args) -> GenerationConfig:
+    """Defaults from the folder (generation_config.json or dllm_config.json), then the command line's
+    options (an argparse namespace: every GenerationConfig field that is not None, and ``no_stop``).
+    Shared by ``dllm-trt run`` and ``dllm-trt profile``."""
+    names = {f.name for f in fields(GenerationConfig)}
+    values = folder_generation_defaults(Path(model_dir))
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None:
+            values[name] = v
+    if getattr(args, "no_stop", False):
+        values["stop_at_eos"] = False
+    return GenerationConfig(**values)

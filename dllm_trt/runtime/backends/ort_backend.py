@@ -32,7 +32,7 @@ from ...config import ModelConfig
 from ...contract import (CONFIG_FILE, KV_TYPES, MODEL_FILE, config_from_artifact, input_names, output_names,
                          past_names, present_names, read_artifact_config)
 from ...errors import DllmError
-from . import StepOutput, check_forward_args
+from .base import StepOutput, check_forward_args
 
 _NUMPY_TYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}  # bf16 travels as raw bits
 _ONNX_ELEMENT_TYPES = {"float32": 1, "float16": 10, "bfloat16": 16, "int64": 7}  # onnx.TensorProto values

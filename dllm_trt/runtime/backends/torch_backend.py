@@ -9,7 +9,7 @@ import torch
 
 from ...config import ModelConfig
 from ...models.layers import select_top1
-from . import StepOutput, check_forward_args
+from .base import StepOutput, check_forward_args
 
 
 _UNTIMED = nullcontext()

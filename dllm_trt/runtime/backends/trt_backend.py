@@ -40,7 +40,7 @@ from ...config import ModelConfig
 from ...errors import DllmError
 from ...contract import (CONFIG_FILE, config_from_artifact, input_names, output_names, past_names, present_names,
                          read_artifact_config)
-from . import StepOutput, check_forward_args
+from .base import StepOutput, check_forward_args
 from .cuda_device import CudaDevice
 
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "fp8": 1,
@@ -292,9 +292,9 @@ def rebuild_hint(folder: Path, rec: dict[str, Any]) -> str:
 
 def preflight(folder: Path, device_id: int = 0, verify_sha256: bool = False):
     """Check that the engine can load here and say what to rebuild if not; returns (meta, config, api, gpu)."""
-    from ...engine import api as api_mod
-    from ...engine.check import file_sha256
-    from ...engine.gpu import cc_tuple, gpu_info, no_gpu_reason
+    from ...contract import file_sha256
+    from . import trt_api as api_mod
+    from .gpu import cc_tuple, gpu_info, no_gpu_reason
 
     meta = read_artifact_config(folder)
     rec = meta.get("engine")
@@ -357,18 +357,28 @@ def preflight(folder: Path, device_id: int = 0, verify_sha256: bool = False):
 def _register_plugins(api: Any, logger: Any, plugins: list[str], folder: Path) -> list[str]:
     if not plugins:
         return []
-    from ...engine.builder import python_plugin_hook
-
     libs = [p for p in plugins if p != "dllm_trt.plugins.trt_plugins"]
     missing = [p for p in libs if not Path(p).is_file()]
     if missing:
         raise DllmError(f"the engine in {folder} uses plugin libraries that are missing here: {', '.join(missing)}")
     done = api.load_plugins(logger, libs) if libs else []
     if "dllm_trt.plugins.trt_plugins" in plugins:
-        hook = python_plugin_hook()
+        hook = _python_plugin_hook("dllm_trt.plugins.trt_plugins")
         if hook is None:
             raise DllmError(f"the engine in {folder} was built with dllm-trt's Python TensorRT plugins, which are not "
                             "available here (dllm_trt.plugins.trt_plugins.register_plugins)")
         hook(api.mod)
         done.append("dllm_trt.plugins.trt_plugins")
     return done
+
+
+def _python_plugin_hook(module: str):
+    """``register_plugins(trt_module)`` of the Python plugin module the engine record names, or None.
+    Imported by name, at load time: the runtime has no static dependency on the plugins package."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return None
+    return getattr(mod, "register_plugins", None)

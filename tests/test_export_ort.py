@@ -486,7 +486,7 @@ NO_TF32 = {"use_tf32": 0}  # fp32 on the GPU as fp32, so tokens can equal the fp
 @needs_cuda
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_cuda_provider_equals_torch(backends, exported, variant):
-    """The device path for real: caches stay on the GPU (IO binding, cache read/write graphs)."""
+    """The device path for real: caches stay on the GPU (IO binding, pooled caches, the scatter_kv kernel)."""
     tb = backends(variant)[0]
     _, art, _ = exported(variant)
     cb = OrtBackend.from_pretrained(art, provider="cuda", provider_options=NO_TF32)

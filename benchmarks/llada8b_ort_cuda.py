@@ -290,11 +290,13 @@ def cmd_fastdllm(args) -> None:
                       pad_token_id=raw["pad_token_id"], flash_attention=False, init_device="cpu",
                       mlp_ratio=4, alibi=False, rope_full_precision=True, input_emb_norm=False,
                       scale_logits=False, layer_norm_with_affine=True, bias_for_layer_norm=False)
+    cfg.use_cache = False  # newer transformers drop it from the config kwargs; Fast-dLLM's forward reads it
     t0 = time.perf_counter()
     torch.set_default_dtype(torch.bfloat16)
     model = LLaDAModelLM(cfg, init_params=False)
     torch.set_default_dtype(torch.float32)
     model = model.to(device="cuda", dtype=torch.bfloat16).eval()
+    model.config.use_cache = False
     torch.manual_seed(0)
     random_init(model)
     print(f"Fast-dLLM LLaDAModelLM built in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -232,7 +232,7 @@ def quantize(onnx_dir: str | Path, out_dir: str | Path, method: str, calib: str 
             artifact.write_json(tmp / CONFIG_FILE, new_meta)
             artifact.publish(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        artifact.discard(tmp)
         raise
     finally:
         phase.close()

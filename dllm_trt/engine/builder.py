@@ -560,7 +560,7 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, backend: str = "trt-
                 say(f"warning: could not write the engine cache at {cache_root}")
         atomic.publish(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        atomic.discard(tmp)
         raise
     timings["total"] = round(time.perf_counter() - t_start, 3)
     return {"out": str(out), "engine": str(out / ENGINE_FILE), "cache": "hit" if hit else ("miss" if use_cache else "off"),

@@ -145,7 +145,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
             artifact.write_json(tmp / CONFIG_FILE, dllm_config)
             artifact.publish(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        artifact.discard(tmp)
         raise
     finally:
         phase.close()

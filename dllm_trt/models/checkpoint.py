@@ -5,7 +5,6 @@ Only safetensors is read: no pickle, no remote code. Every error names the file 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -115,5 +114,5 @@ def save_model(model: torch.nn.Module, model_dir: str | Path, extra_files: dict[
                 fh.write(content)
         atomic.publish(tmp, model_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        atomic.discard(tmp)
         raise

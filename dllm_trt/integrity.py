@@ -113,3 +113,17 @@ def verify_folder(folder: str | Path, full_hash: bool = False) -> FolderCheck:
         elif full_hash and file_sha256(p) != rec.get("sha256"):
             res.problems.append(f"{name} has a different SHA-256 than the manifest (the file is damaged)")
     return res
+
+
+def require_intact(folder: str | Path, full_hash: bool = False, warn=None) -> FolderCheck:
+    """:func:`verify_folder`, raising ``DllmError`` (one line: what differs, what to do) on a mismatch; a folder
+    without a manifest passes with a warning through ``warn`` (older dllm-trt versions wrote none)."""
+    from .errors import DllmError
+
+    res = verify_folder(folder, full_hash=full_hash)
+    if not res.has_manifest:
+        if warn is not None:
+            warn(f"warning: {res.summary()}")
+    elif not res.ok:
+        raise DllmError(res.summary())
+    return res

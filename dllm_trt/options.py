@@ -77,12 +77,23 @@ def check_device(device: str) -> None:
 
 def require_intact(folder: Path, full_hash: bool = False) -> None:
     """Refuse a folder whose files do not match the manifest in its dllm_config.json (sizes; hashes on request)."""
-    from .integrity import verify_folder
+    from .integrity import require_intact as check
 
-    if not (folder / "dllm_config.json").is_file():
-        return  # the backend says what the folder lacks
-    res = verify_folder(folder, full_hash=full_hash)
-    if not res.has_manifest:
-        print(f"warning: {res.summary()}", file=sys.stderr)
-    elif not res.ok:
-        raise DllmError(res.summary())
+    if (folder / "dllm_config.json").is_file():  # otherwise the backend says what the folder lacks
+        check(folder, full_hash=full_hash, warn=lambda s: print(s, file=sys.stderr))
+
+
+def check_output_dir(option: str, path: str | None) -> None:
+    """A folder to write into: refuse an existing file (found before the work, not after it)."""
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise DllmError(f"{option} {path} is a file; it needs a folder path (it is created if missing)")
+
+
+def check_output_file(option: str, path: str | None) -> None:
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise DllmError(f"{option} {path} is a folder; give a file path")
+    if p.parent != Path("") and p.parent.exists() and not p.parent.is_dir():
+        raise DllmError(f"{option} {path}: {p.parent} is a file, not a folder")

@@ -34,6 +34,13 @@ TWO_GB = 2 * 1024**3
 _ELEM = {"fp32": onnx.TensorProto.FLOAT, "fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}
 
 
+def max_opset() -> int:
+    """The newest opset torch's TorchScript exporter (the one trace_to_onnx uses) can write."""
+    from torch.onnx import _constants
+
+    return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET))
+
+
 def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", opset: int = DEFAULT_OPSET,
                 validate: bool = True, external_data_threshold_bytes: int = TWO_GB, cache: str | None = None,
                 progress: bool = True, log=None, tolerance: float | None = None,
@@ -53,6 +60,9 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
         raise DllmError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     if opset < 14:
         raise DllmError(f"opset {opset} is too old for this graph; use 14 or newer (default {DEFAULT_OPSET})")
+    if opset > max_opset():
+        raise DllmError(f"--opset {opset} is newer than torch {torch.__version__}'s TorchScript exporter writes "
+                        f"({max_opset()}); use 14..{max_opset()} (default {DEFAULT_OPSET})")
     if plugins is not None and plugins not in PLUGIN_MODES:
         raise DllmError(f"unknown --plugins mode {plugins!r}; use one of {', '.join(PLUGIN_MODES)}")
     artifact.check_out_dir(out, model_dir)

@@ -394,7 +394,7 @@ def _build(api: api_mod.TrtApi, model_path: Path, config, prof: dict[str, list[l
     if monitor is not None:
         config_b.progress_monitor = monitor
     t0 = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config_b)
+    serialized = api_mod.build_interruptibly(builder, network, config_b, monitor)
     timings["build"] = round(time.perf_counter() - t0, 3)
     if serialized is None:
         raise DllmError(f"{api.display} could not build the engine: " + "; ".join(logger.errors[-5:] or ["no error logged"]))

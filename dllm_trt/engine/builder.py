@@ -66,7 +66,7 @@ def position_limit(meta: dict[str, Any], config) -> tuple[int, int]:
 
 
 def default_shapes(max_pos: int) -> dict[str, tuple[int, int, int]]:
-    return {"batch": (1, 1, 1), "query_len": (1, min(64, max_pos), max_pos), "past_len": (0, min(256, max_pos // 2), max_pos)}
+    return {"batch": (1, 1, 8), "query_len": (1, min(64, max_pos), max_pos), "past_len": (0, min(256, max_pos // 2), max_pos)}
 
 
 def parse_shapes(text: str | None, max_pos: int, limit: int) -> dict[str, tuple[int, int, int]]:
@@ -151,6 +151,18 @@ def plugin_mode(meta: dict[str, Any], backend: str, onnx_dir: Path) -> str | Non
                         "exception\"); for TensorRT-RTX re-export with `--plugins fallback` (the same ops in standard "
                         "ONNX), or build this one with --backend trt")
     return mode
+
+
+DEFAULT_RTX_FLOOR = (8, 0)  # TensorRT-RTX's default targets start at Ampere
+
+
+def default_targets(api: api_mod.TrtApi, precision: str) -> list[str] | None:
+    """Without --compute-capability: TensorRT-RTX's own targets (None), except for a precision that needs a
+    newer GPU (fp8: 8.9), where the engine is built for, and says it runs on, only the targets that can run it."""
+    need = api.min_cc(precision) if api.rtx else None
+    if not need or need <= DEFAULT_RTX_FLOOR:
+        return None
+    return [t for t in api_mod.RTX_TARGETS if cc_tuple(t) >= need]
 
 
 def parse_targets(text: str | None) -> list[str] | None:
@@ -441,6 +453,7 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, backend: str = "trt-
     if targets == ["current"] and gpu is None:
         raise DllmError("--compute-capability current needs a GPU here; name the targets instead (e.g. 8.9,12.0)")
     precision, strongly_typed, flag = resolve_precision(api, meta, precision, targets, gpu, onnx_dir)
+    targets = targets or default_targets(api, precision)
     libs: list[Path] = []
     py_plugins = False
     if plugins or plugin_libs:

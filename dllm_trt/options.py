@@ -29,8 +29,22 @@ def positive_int(name: str, value: int | None, minimum: int = 1) -> None:
         raise DllmError(f"{name} {value} is out of range: it must be an integer >= {minimum}")
 
 
+def check_decode_values(args: argparse.Namespace) -> None:
+    """Ranges of the decode options given on the command line. (The library accepts threshold > 1, meaning
+    "one token per step", and factor 0; on the command line those are typos and are refused.)"""
+    finite("--threshold", getattr(args, "threshold", None), lo=0.0, hi=1.0, lo_open=True)
+    finite("--factor", getattr(args, "factor", None), lo=0.0, lo_open=True)
+    finite("--temperature", getattr(args, "temperature", None), lo=0.0)
+    finite("--top-p", getattr(args, "top_p", None), lo=0.0, hi=1.0)
+    for name in ("gen_length", "block_length", "steps", "sub_block_length"):
+        positive_int("--" + name.replace("_", "-"), getattr(args, name, None))
+    positive_int("--top-k", getattr(args, "top_k", None), minimum=0)
+    positive_int("--seed", getattr(args, "seed", None), minimum=0)
+
+
 def check_decode_options(args: argparse.Namespace, gen, config, longest_prompt: int) -> None:
     """Options that would be silently ignored by this model or strategy, and lengths past the model's window."""
+    check_decode_values(args)
     limit = config.max_position_embeddings
     if longest_prompt + gen.gen_length > limit:
         raise DllmError(f"--gen-length {gen.gen_length} plus the prompt ({longest_prompt} tokens) exceeds the "

@@ -85,7 +85,9 @@ def test_build_each_family(built, onnx16, name):
     assert not (folder / "model.onnx").exists()
     meta = json.loads((folder / "dllm_config.json").read_text())
     src = json.loads((onnx16[name] / "dllm_config.json").read_text())
-    assert {k: v for k, v in meta.items() if k != "engine"} == src  # the export's config, plus the engine record
+    # the export's config, plus the engine record; the file manifest lists the engine folder's own files
+    assert {k: v for k, v in meta.items() if k not in ("engine", "files")} == {k: v for k, v in src.items() if k != "files"}
+    assert meta["files"]["model.engine"]["sha256"] == meta["engine"]["sha256"] and "model.onnx" not in meta["files"]
     rec = meta["engine"]
     assert rec["precision"] == "fp16" and rec["strongly_typed"] is True
     assert rec["backend_version"] == api_mod.load("trt-rtx").version

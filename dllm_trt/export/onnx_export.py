@@ -23,6 +23,7 @@ from ..runtime.backends.ort_backend import (CACHE_READ_FILE, CACHE_WRITE_FILE, C
                                             KV_TYPES, MODEL_FILE, output_names)
 from . import artifact
 from .cache_ops import save_cache_graphs
+from .fp16_range import check_fp16_range
 from .checks import check_graph, initializer_bytes, save_graph
 from .graph import QUERY, BATCH, apply_contract, fix_bf16_casts, trace_to_onnx
 from .validate import pick_provider, validate_graph
@@ -77,6 +78,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
         with phase("load"):
             gen_defaults = artifact.generation_defaults(model_dir, ModelConfig.from_pretrained(model_dir), cache)
             model, config = load_model(model_dir, dtype=dtype)
+            if dtype == "fp16":
+                check_fp16_range(model, config, str(model_dir))
 
         with phase("trace"):
             scratch = tmp / ".trace"

@@ -68,11 +68,8 @@ class GenerationConfig:
         if not 0.0 <= c.top_p <= 1.0 or c.top_k < 0 or not c.temperature >= 0 or not math.isfinite(c.temperature):
             raise DllmError(f"need a finite temperature >= 0 (got {c.temperature}), top_k >= 0 (got {c.top_k}) "
                             f"and 0 <= top_p <= 1 (got {c.top_p})")
-        if not (0.0 < c.threshold <= 1.0):  # also refuses NaN
-            raise DllmError(f"threshold {c.threshold} must lie in (0, 1]: a token is accepted when its probability "
-                            "reaches it")
-        if not (c.factor > 0 and math.isfinite(c.factor)):
-            raise DllmError(f"factor {c.factor} must be a finite number > 0")
+        if math.isnan(c.threshold) or math.isnan(c.factor):
+            raise DllmError(f"threshold ({c.threshold}) and factor ({c.factor}) must be numbers, not NaN")
         if c.seed < 0:
             raise DllmError(f"seed {c.seed} must be >= 0")
         return c

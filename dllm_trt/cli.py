@@ -231,9 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Every failure is one line on stderr: rc 2 for bad input, 130 for Ctrl-C, 143 for SIGTERM."""
     from .interrupts import Terminated, missing_module_message, sigterm_raises
 
-    args = build_parser().parse_args(argv)
     try:
         with sigterm_raises():
+            args = build_parser().parse_args(argv)
             return args.func(args)
     except DllmError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -95,9 +95,9 @@ def test_build_each_family(built, onnx16, name):
     assert rec["bytes"] == (folder / "model.engine").stat().st_size
     max_pos = src["shape_ranges"]["max_positions"]
     prof = rec["profiles"][0]
-    assert prof["input_ids"] == {"min": [1, 1], "opt": [1, 64], "max": [1, max_pos]}
+    assert prof["input_ids"] == {"min": [1, 1], "opt": [1, 64], "max": [8, max_pos]}  # batch up to 8 by default
     assert prof["past_key_values.0.key"]["min"][2] == 0  # a 0-length past is in the profile
-    assert prof["attention_bias"]["max"] == [1, 1, max_pos, 2 * max_pos]
+    assert prof["attention_bias"]["max"] == [8, 1, max_pos, 2 * max_pos]
     assert any(p["phase"] == "Building engine" for p in rec["phases"])  # IProgressMonitor phases
     assert 0 < summary["timings_s"]["build"] < 120
     log = (folder / "build.log").read_text()
@@ -457,9 +457,9 @@ def test_build_plugin_export(plugin16, tmp_path, name):
     assert set(prof) == {i["name"] for i in src["inputs"]}
     assert prof["cache.0.key"]["min"][2] == 1 and prof["cache.0.key"]["max"][2] == 128 + 64  # capacity P + L
     assert prof[f"cache.{n - 1}.value"]["opt"][2] == 64 + 32
-    assert prof["attention_bias"]["max"] == [1, 1, 64, 192]
+    assert prof["attention_bias"]["max"] == [8, 1, 64, 192]
     assert prof["cache_position"] == prof["unmask_tokens"] == prof["unmask_candidates"] == \
-        {"min": [1, 1], "opt": [1, 32], "max": [1, 64]}
+        {"min": [1, 1], "opt": [1, 32], "max": [8, 64]}
     assert prof["unmask_threshold"] == {"min": [1], "opt": [1], "max": [1]}
     assert 0 < rec["timings_s"]["build"] < 120
     meta = json.loads((folder / "dllm_config.json").read_text())

@@ -230,3 +230,41 @@ def test_demo_cache_keyed_by_content(tmp_path, capsys):
     assert main(["demo", "--model", str(LLADA), "--workdir", str(work), "--prompt", "add:457+368="]) == 0
     out = capsys.readouterr().out
     assert "exporting again" in out and "answer   825" in out
+
+
+# ---------------------------------------------------------------------- engine targets
+def test_unnamed_header_bit_is_not_a_compute_capability():
+    import struct
+
+    from dllm_trt.engine.check import describe_targets, parse_rtx_header
+
+    head = b"vtrt" + bytes(12) + struct.pack("<Q", 1234) + bytes([1, 7, 1, 116]) + bytes(4) + struct.pack("<I", 0b1111110)
+    h = parse_rtx_header(head)
+    assert h["targets"] == ["8.0", "8.6", "8.9", "12.0", "12.1"] and h["unnamed_target_bits"] == [6]
+    assert "bit6" not in describe_targets(h) and "mask bit 6" in describe_targets(h)
+
+
+def test_fp8_default_targets_are_the_ones_that_run_it():
+    pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX (the trt-rtx extra)")
+    from dllm_trt.engine import api as api_mod
+    from dllm_trt.engine.builder import default_targets
+
+    api = api_mod.load("trt-rtx")
+    assert default_targets(api, "fp8") == ["8.9", "12.0", "12.1"]
+    assert default_targets(api, "fp16") is None  # TensorRT-RTX's own default set
+
+
+# ---------------------------------------------------------------------- fp16 of a bf16-trained model
+def test_fp16_export_of_large_activations_refused(tmp_path, capsys):
+    """Residual values beyond fp16's 65504 (bf16-trained models have them): refused, not exported as Inf/NaN."""
+    from dllm_trt.models import load_model, save_model
+
+    model, _ = load_model(LLADA)
+    with torch.no_grad():
+        model.model.transformer.blocks[0].ff_out.weight.mul_(3e4)  # massive activations in the residual stream
+    big = tmp_path / "big"
+    save_model(model.to(torch.bfloat16), big, {"tokenizer.json": (LLADA / "tokenizer.json").read_text()})
+    one_line_error(capsys, ["export", "--model", big, "--out", tmp_path / "x", "--dtype", "fp16", "--no-validate"],
+                   "fp16", "--dtype bf16")
+    assert not (tmp_path / "x").exists()
+    assert main(["export", "--model", str(big), "--out", str(tmp_path / "y"), "--no-validate"]) == 0  # fp32 is fine

@@ -30,7 +30,7 @@ from dllm_trt.models import build_model, save_model  # noqa: E402
 from dllm_trt.runtime import GenerationConfig, TextTokenizer, generate  # noqa: E402
 from dllm_trt.runtime.backends import load_backend  # noqa: E402
 from dllm_trt.runtime.backends.ort_backend import (CONFIG_FILE, EXTERNAL_DATA_FILE, FORMAT_VERSION, MODEL_FILE,  # noqa: E402
-                                                   OrtBackend, input_names, output_names)
+                                                   OrtBackend)
 from dllm_trt.runtime.backends.torch_backend import TorchBackend  # noqa: E402
 from dllm_trt.runtime.layout import attention_bias  # noqa: E402
 from dllm_trt.runtime.settings import CACHE_MODES, STRATEGIES  # noqa: E402

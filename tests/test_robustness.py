@@ -268,3 +268,16 @@ def test_fp16_export_of_large_activations_refused(tmp_path, capsys):
                    "fp16", "--dtype bf16")
     assert not (tmp_path / "x").exists()
     assert main(["export", "--model", str(big), "--out", str(tmp_path / "y"), "--no-validate"]) == 0  # fp32 is fine
+
+
+def test_quantization_validation_fails_below_min_top1():
+    """--smooth-alpha 5 once gave 88% top-1 agreement and rc 0; now such a result is an error (nothing written)."""
+    from dllm_trt.calibration.quantizer import check_validation
+    from dllm_trt.errors import DllmError
+
+    v = {"status": "ran", "logits_max_abs_error_rel": 0.2, "top1_agreement_masked": 0.88, "masked_positions": 500}
+    with pytest.raises(DllmError, match="top-1 agreement .* 88.0% .* below --min-top1 95%"):
+        check_validation(v, "int8", 0.95)
+    check_validation({**v, "top1_agreement_masked": 0.99}, "int8", 0.95)
+    with pytest.raises(DllmError, match="not finite"):
+        check_validation({**v, "logits_max_abs_error_rel": float("nan")}, "int8", 0.0)

@@ -9,6 +9,7 @@
     dllm-trt profile --engine DIR [--sweep threshold=0.5,0.9]   # latency profile, speed/accuracy sweep
     dllm-trt build --onnx DIR --out DIR [--backend trt|trt-rtx]  # TensorRT / TensorRT-RTX engine
     dllm-trt check-engine --engine DIR                           # engine integrity / loadability
+    dllm-trt check DIR                                           # an export / engine folder vs its file manifest
 
 Every command prints the same fields in the same order; ``--json`` prints them as JSON.
 """
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from . import __version__
 from .errors import DllmError
 
 BUNDLED = Path(__file__).resolve().parents[1] / "samples" / "checkpoints"
@@ -58,9 +60,13 @@ def generation_config(model_dir: Path, args: argparse.Namespace):
 def decode_and_report(backend, model_dir: Path, prompts: list[str], args: argparse.Namespace, backend_name: str) -> dict:
     from .runtime import TextTokenizer, generate
 
+    from .options import check_decode_options, warn_unknown_characters
+
     tok = TextTokenizer(model_dir)
     gen = generation_config(model_dir, args)
     ids = [tok.encode(p) for p in prompts]
+    check_decode_options(args, gen, backend.config, max(len(i) for i in ids))
+    warn_unknown_characters(tok, prompts)
     t0 = time.perf_counter()
     result = generate(backend, ids, gen)
     seconds = time.perf_counter() - t0
@@ -99,9 +105,15 @@ def need_prompts(args: argparse.Namespace) -> list[str]:
 
 # ---------------------------------------------------------------------- commands
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .options import check_device
+
     model_dir = Path(args.model)
     if (model_dir / "dllm_config.json").is_file():
         return cmd_run(argparse.Namespace(**{**vars(args), "engine": args.model}))
+    if args.provider not in (None, "cpu"):
+        raise DllmError(f"--provider {args.provider} applies to exported folders (ONNX Runtime); {model_dir} is a "
+                        "checkpoint folder run by PyTorch: use --device cuda")
+    check_device(args.device)
     from .runtime.backends import load_backend
 
     backend = load_backend("torch", str(model_dir), dtype=args.dtype, device=args.device)
@@ -112,7 +124,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .runtime.backends import load_backend
 
+    from .options import require_intact
+
     engine = Path(args.engine)
+    args.provider = getattr(args, "provider", None) or "cpu"
+    require_intact(engine, full_hash=getattr(args, "verify", False))
     if getattr(args, "backend", "ort") == "trt":  # a `dllm-trt build` folder (TensorRT or TensorRT-RTX engine)
         backend = load_backend("trt", str(engine))
         name = f"{backend.engine_record['backend']} {backend.engine_record['backend_version']}"
@@ -128,9 +144,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model_dir = Path(args.model) if args.model else BUNDLED / DEMO_MODEL
     if not (model_dir / "config.json").is_file():
         raise DllmError(f"bundled checkpoint {model_dir} not found; pass --model CKPT")
-    engine = Path(args.workdir) / f"{model_dir.name}-onnx"
+    from .demo_cache import demo_export_dir, usable_export
+
+    engine = demo_export_dir(Path(args.workdir), model_dir)
     log = sys.stderr if args.json else sys.stdout
-    if not (engine / "dllm_config.json").is_file():
+    if not usable_export(engine, say=lambda s: print(s, file=log)):
         from .export.onnx_export import export_onnx
 
         print(f"exporting {model_dir} -> {engine} (once)", file=log)
@@ -147,13 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="dllm-trt", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"dllm-trt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="decode with the PyTorch reference on a checkpoint folder")
     p.add_argument("--model", required=True, help="checkpoint folder (or an exported folder: then like `run`)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="for exported folders")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (PyTorch device)")
+    p.add_argument("--provider", default=None, choices=["cpu", "cuda"], help="for exported folders (default cpu)")
     add_decode_options(p)
     p.set_defaults(func=cmd_generate)
 
@@ -162,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--backend", default="ort", choices=["ort", "trt"],
                    help="ort = ONNX Runtime on an export; trt = the engine of a `dllm-trt build` folder (GPU)")
+    p.add_argument("--verify", action="store_true",
+                   help="check every file's SHA-256 against the folder's manifest first (sizes are always checked)")
     add_decode_options(p)
     p.set_defaults(func=cmd_run)
 
@@ -172,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_decode_options(p)
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("check", help="check an export / quantized / engine folder against its file manifest",
+                       description="Compare the files of a folder written by export, quantize or build with the "
+                                   "SHA-256 and sizes recorded in its dllm_config.json. rc 0: intact; 1: not.")
+    p.add_argument("folder", help="folder written by `dllm-trt export`, `quantize` or `build`")
+    p.add_argument("--quick", action="store_true", help="sizes only (no hashing)")
+    p.set_defaults(func=cmd_check)
+
     add_export_commands(sub)
     add_calibration_commands(sub)
     add_engine_commands(sub)
@@ -179,12 +207,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from .integrity import verify_folder
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise DllmError(f"{folder} is not a folder; pass a folder written by `dllm-trt export`, `quantize` or `build`")
+    res = verify_folder(folder, full_hash=not args.quick)
+    print(("ok   " if res.ok else "FAIL ") + res.summary())
+    return 0 if res.ok else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Every failure is one line on stderr: rc 2 for bad input, 130 for Ctrl-C, 143 for SIGTERM."""
+    from .interrupts import Terminated, missing_module_message, sigterm_raises
+
     try:
-        return args.func(args)
+        with sigterm_raises():
+            args = build_parser().parse_args(argv)
+            return args.func(args)
     except DllmError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Terminated:
+        print("terminated (SIGTERM); nothing was left half-written", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C); nothing was left half-written", file=sys.stderr)
+        return 130
+    except ModuleNotFoundError as e:
+        message = missing_module_message(e.name)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

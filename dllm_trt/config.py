@@ -75,6 +75,15 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "ModelConfig":
+        if not isinstance(raw, dict):
+            raise DllmError(f"{source}: expected a JSON object, found {type(raw).__name__}")
+        try:
+            return cls._from_dict(raw, source)
+        except (ValueError, TypeError) as e:
+            raise DllmError(f"{source}: {_bad_value(raw, e)}") from None
+
+    @classmethod
+    def _from_dict(cls, raw: dict[str, Any], source: str) -> "ModelConfig":
         model_type = str(raw.get("model_type", "")).strip()
         family = FAMILIES.get(model_type.lower())
         if family is None:
@@ -147,6 +156,7 @@ class ModelConfig:
                 logits_shift=model_type.lower() in SHIFTED_MODEL_TYPES,
                 block_size=int(raw.get("bd_size", 32)) if family == "block_diffusion" else None,
             )
+        _check_ranges(cfg, raw, source)
         if cfg["num_heads"] % cfg["num_kv_heads"]:
             raise DllmError(f"{source}: {cfg['num_heads']} heads are not a multiple of {cfg['num_kv_heads']} KV heads")
         return cls(family=family, model_type=model_type, extra=dict(raw), **cfg)
@@ -212,3 +222,37 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _bad_value(raw: dict[str, Any], error: Exception) -> str:
+    """Name the key whose value is not a number (``"n_layers": "six"``)."""
+    for key, value in raw.items():
+        if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
+            continue
+        if isinstance(value, str) and not key.endswith(("_id", "_size", "_length", "_theta", "_eps", "heads",
+                                                        "layers", "_model", "_embeddings")):
+            continue
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            return f"key {key!r} must be a number, found {value!r}"
+    return f"a value has the wrong type ({error})"
+
+
+def _check_ranges(cfg: dict[str, Any], raw: dict[str, Any], source: str) -> None:
+    """Sizes must be positive and special token ids inside the vocabulary (a family default may not be)."""
+    for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+                "max_position_embeddings"):
+        if cfg[key] <= 0:
+            raise DllmError(f"{source}: {key} must be positive, found {cfg[key]}")
+    rows = max(cfg["vocab_size"], cfg["embedding_size"])
+    if not 0 <= cfg["mask_token_id"] < rows:
+        how = ("" if "mask_token_id" in raw else
+               " (config.json has no \"mask_token_id\", so the family default was used)")
+        raise DllmError(f"{source}: mask_token_id {cfg['mask_token_id']} is outside the vocabulary of {rows} "
+                        f"tokens{how}; set \"mask_token_id\" to the id of the tokenizer's mask token")
+    bad = [e for e in cfg["eos_token_ids"] if not 0 <= e < rows]
+    if bad:
+        how = "" if "eos_token_id" in raw else " (config.json has no \"eos_token_id\", so the family default was used)"
+        raise DllmError(f"{source}: eos_token_id {bad[0]} is outside the vocabulary of {rows} tokens{how}; set "
+                        "\"eos_token_id\" to the tokenizer's end-of-text id")

@@ -85,7 +85,9 @@ def test_build_each_family(built, onnx16, name):
     assert not (folder / "model.onnx").exists()
     meta = json.loads((folder / "dllm_config.json").read_text())
     src = json.loads((onnx16[name] / "dllm_config.json").read_text())
-    assert {k: v for k, v in meta.items() if k != "engine"} == src  # the export's config, plus the engine record
+    # the export's config, plus the engine record; the file manifest lists the engine folder's own files
+    assert {k: v for k, v in meta.items() if k not in ("engine", "files")} == {k: v for k, v in src.items() if k != "files"}
+    assert meta["files"]["model.engine"]["sha256"] == meta["engine"]["sha256"] and "model.onnx" not in meta["files"]
     rec = meta["engine"]
     assert rec["precision"] == "fp16" and rec["strongly_typed"] is True
     assert rec["backend_version"] == api_mod.load("trt-rtx").version
@@ -93,10 +95,10 @@ def test_build_each_family(built, onnx16, name):
     assert rec["bytes"] == (folder / "model.engine").stat().st_size
     max_pos = src["shape_ranges"]["max_positions"]
     prof = rec["profiles"][0]
-    assert prof["input_ids"] == {"min": [1, 1], "opt": [1, 64], "max": [1, max_pos]}
+    assert prof["input_ids"] == {"min": [1, 1], "opt": [1, 64], "max": [8, max_pos]}  # batch up to 8 by default
     assert prof["past_key_values.0.key"]["min"][2] == 0  # a 0-length past is in the profile
-    assert prof["attention_bias"]["max"] == [1, 1, max_pos, 2 * max_pos]
-    assert prof["logits_index"] == {"min": [1, 1], "opt": [1, 64], "max": [1, max_pos]}  # rows read: 1 .. L
+    assert prof["attention_bias"]["max"] == [8, 1, max_pos, 2 * max_pos]
+    assert prof["logits_index"] == {"min": [1, 1], "opt": [1, 64], "max": [8, max_pos]}  # rows read: 1 .. L
     assert set(prof) == {i["name"] for i in src["inputs"]}  # every input of the contract, nothing else
     assert any(p["phase"] == "Building engine" for p in rec["phases"])  # IProgressMonitor phases
     assert 0 < summary["timings_s"]["build"] < 120

@@ -91,7 +91,8 @@ def test_json_has_every_field_with_sane_values(reports, name):
         block_key = "sub_block_length" if name == "bd-tiny" else "block_length"
         assert s[block_key] == run["point"]["block"]
         assert run["requests"] == 6 and run["scored"] == 6
-        assert 0.0 <= run["exact_match"] <= 1.0
+        # the trained checkpoints solve these prompts (README: 99.9-100%); 0.5 is llada's loosest threshold
+        assert run["exact_match"] >= (0.8 if run["point"]["threshold"] < 0.9 else 0.99), run["exact_match"]
         assert run["tokens_per_forward"] >= 1.0 and run["tokens_per_forward_batch"] >= 1.0
         assert positive(run["tokens_per_second"]) and positive(run["wall_s"])
         for stat in ("latency_ms_per_request", "time_to_first_block_ms"):

@@ -60,13 +60,19 @@ def add_calibration_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="int4-awq: add AWQ's per-block weight clipping search (off by default: it hurt end-to-end "
                         "accuracy on the tiny checkpoints)")
     q.add_argument("--no-validate", action="store_true", help="skip the logits comparison with the source graph")
+    q.add_argument("--min-top1", type=float, default=0.95,
+                   help="fail (write nothing) when validation's top-1 agreement at masked positions is lower "
+                        "(default 0.95)")
     q.add_argument("--json", action="store_true", help="print the report as JSON")
     q.set_defaults(func=run_quantize)
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
+    from ..options import positive_int
     from .data import build_calibration, save_calibration
 
+    positive_int("--samples", args.samples)
+    positive_int("--seed", args.seed, minimum=0)
     calib = build_calibration(args.model, args.data, args.samples, args.mask_ratios, plain=args.plain, seed=args.seed)
     report = save_calibration(calib, args.out)
     if args.json:
@@ -87,7 +93,7 @@ def run_quantize(args: argparse.Namespace) -> int:
                       symmetric=args.symmetric, fmt=args.format, keep_lm_head=args.keep_lm_head,
                       accuracy_level=args.accuracy_level, smooth_alpha=args.smooth_alpha, awq_clip=args.clip,
                       validate=not args.no_validate, progress=not args.json and sys.stderr.isatty(),
-                      bits=args.bits, log=log)
+                      bits=args.bits, log=log, min_top1=args.min_top1)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

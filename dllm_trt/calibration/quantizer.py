@@ -46,6 +46,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..progress import PhaseProgress
 from ..errors import DllmError
+from ..integrity import require_intact
 from ..contract import CONFIG_FILE, EXTERNAL_DATA_FILE, MODEL_FILE, config_from_artifact, read_artifact_config
 from . import algorithms as alg
 from .data import CalibrationSet, build_calibration, file_sha256, load_calibration
@@ -56,6 +57,8 @@ NEEDS_CALIB = ("int4-awq", "int8", "fp8")
 INT4_FORMATS = ("nbits", "qdq")
 TWO_GB = 2 * 1024**3
 CALIB_HINT = "make one with `dllm-trt calibrate --model {model} --data builtin --out calib.npz`"
+
+MIN_TOP1 = 0.95  # default floor of validation's top-1 agreement (the tiny models score 100%)
 
 
 def _quiet_ort_quantization() -> None:
@@ -82,11 +85,15 @@ def check_request(method: str, calib: str | Path | None, block_size: int, fmt: s
         raise DllmError(f"unknown quantization method {method!r}; use one of {', '.join(METHODS)}")
     if fmt not in INT4_FORMATS:
         raise DllmError(f"unknown INT4 format {fmt!r}; use nbits (MatMulNBits) or qdq (DequantizeLinear, opset 21)")
+    if method == "int4-rtn" and calib is not None:
+        raise DllmError("--calib does not apply to --method int4-rtn (round-to-nearest uses no calibration); drop "
+                        "--calib, or use --method int4-awq to use it")
     if method in NEEDS_CALIB and calib is None:
         raise DllmError(f"--method {method} needs calibration data (--calib FILE.npz); "
                         + CALIB_HINT.format(model=onnx_dir))
-    if method.startswith("int4") and (block_size < 16 or block_size & (block_size - 1)):
-        raise DllmError(f"--block-size {block_size}: INT4 blocks must be a power of two, at least 16 (e.g. 32, 64, 128)")
+    if method.startswith("int4") and (not 16 <= block_size <= 256 or block_size & (block_size - 1)):
+        raise DllmError(f"--block-size {block_size}: INT4 blocks must be a power of two from 16 to 256 (16, 32, 64, "
+                        "128 or 256; ONNX Runtime's blockwise quantizer takes no others)")
     if bits not in (2, 4):
         raise DllmError(f"--bits {bits}: weight-only quantization takes 4 (or 2, a stress test)")
     if bits != 4 and (not method.startswith("int4") or fmt != "nbits"):
@@ -101,6 +108,19 @@ def check_request(method: str, calib: str | Path | None, block_size: int, fmt: s
                             f"{onnxruntime.__version__}): pip install -U onnxruntime")
 
 
+def check_validation(v: dict[str, Any], method: str, min_top1: float) -> None:
+    """Fail a quantization whose logits disagree with the source graph's (the folder is not written)."""
+    if v.get("status") != "ran":
+        return
+    rel, agree = v["logits_max_abs_error_rel"], v["top1_agreement_masked"]
+    if not np.isfinite(rel):
+        raise DllmError(f"{method}: the quantized graph's logits are not finite (NaN/Inf); nothing was written")
+    if agree < min_top1:
+        raise DllmError(f"{method}: top-1 agreement with the source graph is {agree:.1%} on {v['masked_positions']} "
+                        f"masked positions, below --min-top1 {min_top1:.0%}; nothing was written. Try other settings "
+                        f"(--smooth-alpha 0.5, --block-size 32, --keep-lm-head) or lower --min-top1 to accept it")
+
+
 def find_lm_head(mms, config) -> str | None:
     heads = [m.node for m in mms if m.n in (config.vocab_size, config.embedding_size)]
     return heads[-1] if heads else None
@@ -110,13 +130,22 @@ def quantize(onnx_dir: str | Path, out_dir: str | Path, method: str, calib: str 
              block_size: int = 32, symmetric: bool | None = None, fmt: str = "nbits", keep_lm_head: bool = False,
              exclude: tuple[str, ...] = (), accuracy_level: int | None = None, smooth_alpha: float = 0.5,
              awq_clip: bool = False, max_rows: int = 2048, validate: bool = True, progress: bool = True,
-             bits: int = 4, log=None) -> dict[str, Any]:
-    """Quantize the export in ``onnx_dir`` into ``out_dir``; returns the report (also stored in dllm_config.json)."""
+             bits: int = 4, log=None, min_top1: float = MIN_TOP1) -> dict[str, Any]:
+    """Quantize the export in ``onnx_dir`` into ``out_dir``; returns the report (also stored in dllm_config.json).
+
+    The folder is written only when validation's top-1 agreement at the masked positions is at least
+    ``min_top1`` (a quantization that changes the model's answers is an error, not a result)."""
     from ..export import artifact
 
     onnx_dir, out = Path(onnx_dir), Path(out_dir)
     check_request(method, calib, block_size, fmt, onnx_dir, bits)
+    if not 0.0 <= smooth_alpha <= 1.0:  # also refuses NaN
+        raise DllmError(f"--smooth-alpha {smooth_alpha} must lie in [0, 1] (SmoothQuant's migration strength; 0 = off, "
+                        "0.5 = default)")
+    if not 0.0 <= min_top1 <= 1.0:
+        raise DllmError(f"--min-top1 {min_top1} must lie in [0, 1]")
     meta = read_artifact_config(onnx_dir)
+    require_intact(onnx_dir, warn=log or print)
     if meta.get("quantization"):
         raise DllmError(f"{onnx_dir} is already quantized ({meta['quantization'].get('method')}); "
                         "quantize the floating-point export instead")
@@ -138,8 +167,6 @@ def quantize(onnx_dir: str | Path, out_dir: str | Path, method: str, calib: str 
         symmetric = fmt == "qdq" or method in ("int8", "fp8")
     _quiet_ort_quantization()
     say = log or (lambda s: tqdm.write(s) if progress else print(s))
-    if method == "int4-rtn" and calib is not None:
-        say("note: int4-rtn uses no calibration; --calib is ignored (int4-awq uses it)")
 
     phases = ["load"] + (["calibrate"] if calib_set is not None else []) + \
              (["search"] if method in ("int4-awq", "int8") else []) + ["quantize", "save", "check"] + \
@@ -151,7 +178,11 @@ def quantize(onnx_dir: str | Path, out_dir: str | Path, method: str, calib: str 
     try:
         with phase("load"):
             src_path = onnx_dir / meta.get("model_file", MODEL_FILE)
-            model = onnx.load(str(src_path), load_external_data=True)
+            try:
+                model = onnx.load(str(src_path), load_external_data=True)
+            except Exception as e:  # protobuf DecodeError, OSError for missing external data
+                raise DllmError(f"{src_path} is not a readable ONNX model ({type(e).__name__}: "
+                                f"{(str(e).splitlines() or [''])[0][:200]}); re-export the model") from None
             size_before = _graph_bytes(onnx_dir)
             index = GraphIndex(model)
             excl = list(exclude)
@@ -220,6 +251,7 @@ def quantize(onnx_dir: str | Path, out_dir: str | Path, method: str, calib: str 
         if validate:
             with phase("validate"):
                 record["validation"] = _validate(src_path, tmp / MODEL_FILE, onnx_dir, calib_set, config)
+                check_validation(record["validation"], method, min_top1)
         else:
             record["validation"] = {"status": "skipped"}
         record["timings_s"] = phase.timings
@@ -231,7 +263,7 @@ def quantize(onnx_dir: str | Path, out_dir: str | Path, method: str, calib: str 
             artifact.write_json(tmp / CONFIG_FILE, new_meta)
             artifact.publish(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        artifact.discard(tmp)
         raise
     finally:
         phase.close()

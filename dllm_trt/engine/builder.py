@@ -64,7 +64,7 @@ def position_limit(meta: dict[str, Any], config) -> tuple[int, int]:
 
 
 def default_shapes(max_pos: int) -> dict[str, tuple[int, int, int]]:
-    return {"batch": (1, 1, 1), "query_len": (1, min(64, max_pos), max_pos), "past_len": (0, min(256, max_pos // 2), max_pos)}
+    return {"batch": (1, 1, 8), "query_len": (1, min(64, max_pos), max_pos), "past_len": (0, min(256, max_pos // 2), max_pos)}
 
 
 def parse_shapes(text: str | None, max_pos: int, limit: int) -> dict[str, tuple[int, int, int]]:
@@ -113,6 +113,18 @@ def profile_shapes(shapes: dict[str, tuple[int, int, int]], config) -> dict[str,
         out[name] = [[b[i], h, p[i], d] for i in range(3)]
     out["logits_index"] = [[b[0], 1], [b[1], l[1]], [b[2], l[2]]]  # rows read: 1 .. the query length
     return out
+
+
+DEFAULT_RTX_FLOOR = (8, 0)  # TensorRT-RTX's default targets start at Ampere
+
+
+def default_targets(api: api_mod.TrtApi, precision: str) -> list[str] | None:
+    """Without --compute-capability: TensorRT-RTX's own targets (None), except for a precision that needs a
+    newer GPU (fp8: 8.9), where the engine is built for, and says it runs on, only the targets that can run it."""
+    need = api.min_cc(precision) if api.rtx else None
+    if not need or need <= DEFAULT_RTX_FLOOR:
+        return None
+    return [t for t in api_mod.RTX_TARGETS if cc_tuple(t) >= need]
 
 
 def parse_targets(text: str | None) -> list[str] | None:
@@ -356,7 +368,7 @@ def _build(api: api_mod.TrtApi, model_path: Path, config, prof: dict[str, list[l
     if monitor is not None:
         config_b.progress_monitor = monitor
     t0 = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config_b)
+    serialized = api_mod.build_interruptibly(builder, network, config_b, monitor)
     timings["build"] = round(time.perf_counter() - t0, 3)
     if serialized is None:
         raise DllmError(f"{api.display} could not build the engine: " + "; ".join(logger.errors[-5:] or ["no error logged"]))
@@ -400,6 +412,7 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, backend: str = "trt-
     if targets == ["current"] and gpu is None:
         raise DllmError("--compute-capability current needs a GPU here; name the targets instead (e.g. 8.9,12.0)")
     precision, strongly_typed, flag = resolve_precision(api, meta, precision, targets, gpu, onnx_dir)
+    targets = targets or default_targets(api, precision)
     libs: list[Path] = []
     py_plugins = False
     if plugins or plugin_libs:
@@ -518,7 +531,7 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, backend: str = "trt-
                 say(f"warning: could not write the engine cache at {cache_root}")
         atomic.publish(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        atomic.discard(tmp)
         raise
     timings["total"] = round(time.perf_counter() - t_start, 3)
     return {"out": str(out), "engine": str(out / ENGINE_FILE), "cache": "hit" if hit else ("miss" if use_cache else "off"),

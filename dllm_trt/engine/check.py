@@ -43,10 +43,20 @@ def parse_rtx_header(head: bytes) -> dict[str, Any] | None:
     (mask,) = struct.unpack_from("<I", head, 32)
     targets = [cc for i, cc in enumerate(RTX_CC_BITS) if mask >> i & 1]
     other = mask >> len(RTX_CC_BITS)
-    if other:
-        # TensorRT-RTX 1.7's default target set has bit 6 too: a target its Python enum does not name
-        targets += [f"bit{len(RTX_CC_BITS) + i}" for i in range(other.bit_length()) if other >> i & 1]
-    return {"magic": "vtrt", "plan_bytes": size, "version": version, "target_mask": mask, "targets": targets}
+    # TensorRT-RTX 1.7's default target set has bit 6 too: a target its Python enum does not name. It is
+    # kept apart: it is not a compute capability, and printing it as one ("bit6") misleads.
+    unnamed = [len(RTX_CC_BITS) + i for i in range(other.bit_length()) if other >> i & 1]
+    return {"magic": "vtrt", "plan_bytes": size, "version": version, "target_mask": mask, "targets": targets,
+            "unnamed_target_bits": unnamed}
+
+
+def describe_targets(header: dict[str, Any]) -> str:
+    """``8.9, 12.0`` (+ a note on mask bits TensorRT-RTX does not name)."""
+    text = ", ".join(header["targets"]) or "none named"
+    bits = header.get("unnamed_target_bits") or []
+    if bits:
+        text += f" (and {len(bits)} target(s) TensorRT-RTX does not name: mask bit {', '.join(map(str, bits))})"
+    return text
 
 
 def _version4(v: str) -> str:
@@ -100,7 +110,7 @@ def check_engine(folder: str | Path, use_gpu: bool = True, device_id: int = 0,
                 if h["version"] != _version4(str(rec.get("backend_version"))):
                     problems.append(f"header version {h['version']} differs from the record {rec.get('backend_version')}")
                 add("header", not problems, "; ".join(problems) or
-                    f"vtrt, {h['plan_bytes']} bytes, TensorRT-RTX {h['version']}, targets {', '.join(h['targets'])}")
+                    f"vtrt, {h['plan_bytes']} bytes, TensorRT-RTX {h['version']}, targets {describe_targets(h)}")
 
     report["gpu"] = gpu = gpu_info(device_id) if use_gpu else None
     try:

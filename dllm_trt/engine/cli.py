@@ -58,8 +58,10 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from ..options import finite
     from .builder import build_engine
 
+    finite("--workspace-gib", args.workspace_gib, lo=0.0, lo_open=True)
     log = (lambda s: print(s, file=sys.stderr))
     report = build_engine(args.onnx, args.out, backend=args.backend, precision=args.precision, shapes=args.shapes,
                           plugins=args.plugins, plugin_libs=args.plugin_lib,

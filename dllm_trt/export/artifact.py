@@ -152,3 +152,4 @@ def staging_dir(out: Path) -> Path:
 
 
 publish = atomic.publish
+discard = atomic.discard

@@ -35,8 +35,11 @@ def add_export_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from ..options import finite, positive_int
     from .onnx_export import export_onnx
 
+    finite("--tolerance", args.tolerance, lo=0.0, lo_open=True)
+    positive_int("--external-data-threshold", args.external_data_threshold, minimum=0)
     log = (lambda s: print(s, file=sys.stderr)) if args.json else None
     report = export_onnx(args.model, args.out, dtype=args.dtype, opset=args.opset, validate=not args.no_validate,
                          external_data_threshold_bytes=args.external_data_threshold, cache=args.cache,

@@ -23,12 +23,20 @@ from ..contract import CONFIG_FILE, EXTERNAL_DATA_FILE, KV_TYPES, MODEL_FILE, ou
 from . import artifact
 from .checks import check_device_resident, check_graph, initializer_bytes, save_graph
 from .graph import apply_contract, fix_bf16_casts, trace_to_onnx
+from .fp16_range import check_fp16_range
 from .validate import pick_provider, validate_graph
 
 DTYPES = ("fp32", "fp16", "bf16")
 DEFAULT_OPSET = 17
 TWO_GB = 2 * 1024**3
 _ELEM = {"fp32": onnx.TensorProto.FLOAT, "fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}
+
+
+def max_opset() -> int:
+    """The newest opset torch's TorchScript exporter (the one trace_to_onnx uses) can write."""
+    from torch.onnx import _constants
+
+    return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET))
 
 
 def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", opset: int = DEFAULT_OPSET,
@@ -46,6 +54,9 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
         raise DllmError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     if opset < 14:
         raise DllmError(f"opset {opset} is too old for this graph; use 14 or newer (default {DEFAULT_OPSET})")
+    if opset > max_opset():
+        raise DllmError(f"--opset {opset} is newer than torch {torch.__version__}'s TorchScript exporter writes "
+                        f"({max_opset()}); use 14..{max_opset()} (default {DEFAULT_OPSET})")
     artifact.check_out_dir(out, model_dir)
     if validate:
         pick_provider(dtype)  # fail before a long trace when this machine cannot validate (bf16 without CUDA)
@@ -58,6 +69,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
         with phase("load"):
             gen_defaults = artifact.generation_defaults(model_dir, ModelConfig.from_pretrained(model_dir), cache)
             model, config = load_model(model_dir, dtype=dtype)
+            if dtype == "fp16":
+                check_fp16_range(model, config, str(model_dir))
 
         with phase("trace"):
             scratch = tmp / ".trace"
@@ -100,7 +113,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
             artifact.write_json(tmp / CONFIG_FILE, dllm_config)
             artifact.publish(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        artifact.discard(tmp)
         raise
     finally:
         phase.close()

@@ -5,7 +5,6 @@ Only safetensors is read: no pickle, no remote code. Every error names the file 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -37,11 +36,51 @@ def build_model(config: ModelConfig) -> torch.nn.Module:
     return Qwen2DiffusionModel(config)
 
 
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _unreadable(f: Path, e: BaseException) -> DllmError:
+    first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+    size = f.stat().st_size if f.is_file() else 0
+    return DllmError(f"{f} is not a readable safetensors file ({size} bytes: {first}); it is truncated or damaged: "
+                     "copy it again from the original checkpoint")
+
+
+def _read(f: Path, names: list[str] | None = None) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """(tensor names, the tensors ``names``) of one file, with a one-line error naming the file
+    (safetensors raises a bare SafetensorError, or a Rust panic that is a BaseException)."""
+    try:
+        with safe_open(str(f), framework="pt") as sf:
+            keys = list(sf.keys())
+            missing = [n for n in names or [] if n not in keys]
+            if missing:
+                raise DllmError(f"{f} lacks tensor {missing[0]}, which the shard index places there; copy the "
+                                "shards and the index again from the original checkpoint")
+            return keys, {n: sf.get_tensor(n) for n in names or []}
+    except (DllmError, KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except BaseException as e:  # noqa: B036 - pyo3's PanicException derives from BaseException
+        raise _unreadable(f, e) from None
+
+
+def _index_map(index: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise DllmError(f"{index} is not a valid shard index ({e}); it must be JSON with a \"weight_map\" object "
+                        "of tensor name -> shard file") from None
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise DllmError(f"{index} has no usable \"weight_map\" (tensor name -> shard file name); copy the index "
+                        "again from the original checkpoint")
+    return weight_map
+
+
 def _weight_files(model_dir: Path) -> dict[str, Path]:
     """Map tensor name -> safetensors file, from the shard index or the single file(s)."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        weight_map = _index_map(index)
         files = {}
         for name, fname in weight_map.items():
             f = model_dir / fname
@@ -57,9 +96,8 @@ def _weight_files(model_dir: Path) -> dict[str, Path]:
         raise DllmError(f"no *.safetensors weights in {model_dir}{hint}; found: {', '.join(found) or 'nothing'}")
     files = {}
     for f in shards:
-        with safe_open(str(f), framework="pt") as sf:
-            for name in sf.keys():
-                files[name] = f
+        for name in _read(f)[0]:
+            files[name] = f
     return files
 
 
@@ -71,10 +109,20 @@ def load_state_dict(model_dir: str | Path) -> dict[str, torch.Tensor]:
     for name, f in files.items():
         by_file.setdefault(f, []).append(name)
     for f, names in by_file.items():
-        with safe_open(str(f), framework="pt") as sf:
-            for name in names:
-                state[name] = sf.get_tensor(name)
+        state.update(_read(f, names)[1])
     return state
+
+
+def check_weights(state: dict[str, torch.Tensor], model_dir: Path) -> None:
+    """Refuse weights no model was trained with: integer tensors and NaN/Inf values (they decode to nothing)."""
+    for name, t in state.items():
+        if t.dtype not in FLOAT_DTYPES:
+            raise DllmError(f"{model_dir}: tensor {name} is stored as {str(t.dtype).removeprefix('torch.')}; "
+                            "model weights must be float32, float16 or bfloat16: re-save the checkpoint")
+        if not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise DllmError(f"{model_dir}: tensor {name} holds {bad} NaN/Inf value(s); the checkpoint is damaged: "
+                            "copy it again from the original")
 
 
 def load_model(model_dir: str | Path, dtype: str | torch.dtype = "fp32", device: str = "cpu"):
@@ -96,6 +144,7 @@ def load_model(model_dir: str | Path, dtype: str | torch.dtype = "fp32", device:
         if tuple(state[name].shape) != tuple(param.shape):
             raise DllmError(f"{model_dir}: tensor {name} has shape {tuple(state[name].shape)}, "
                             f"config.json implies {tuple(param.shape)}")
+    check_weights(state, Path(model_dir))
     dt = torch_dtype(dtype)
     model.load_state_dict({k: v.to(dt) for k, v in state.items()}, assign=True)
     return model.to(device).eval(), config
@@ -115,5 +164,5 @@ def save_model(model: torch.nn.Module, model_dir: str | Path, extra_files: dict[
                 fh.write(content)
         atomic.publish(tmp, model_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        atomic.discard(tmp)
         raise

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -59,9 +60,18 @@ class GenerationConfig:
             if c.steps is None:
                 c.steps = c.gen_length
             if c.strategy in ("low_confidence", "random") and (c.steps <= 0 or c.steps % blocks):
-                raise DllmError(f"steps {c.steps} must be a positive multiple of the number of blocks ({blocks})")
-        if not 0.0 <= c.top_p <= 1.0 or c.top_k < 0 or c.temperature < 0:
-            raise DllmError("need temperature >= 0, top_k >= 0 and 0 <= top_p <= 1")
+                raise DllmError(f"steps {c.steps} must be a positive multiple of the number of blocks ({blocks} = "
+                                f"gen_length {c.gen_length} / block_length {c.block_length}); pass --steps "
+                                f"{c.gen_length} (one token per step) or another multiple of {blocks}")
+        elif c.sub_block_length <= 0:
+            raise DllmError(f"sub_block_length {c.sub_block_length} must be positive")
+        if not 0.0 <= c.top_p <= 1.0 or c.top_k < 0 or not c.temperature >= 0 or not math.isfinite(c.temperature):
+            raise DllmError(f"need a finite temperature >= 0 (got {c.temperature}), top_k >= 0 (got {c.top_k}) "
+                            f"and 0 <= top_p <= 1 (got {c.top_p})")
+        if math.isnan(c.threshold) or math.isnan(c.factor):
+            raise DllmError(f"threshold ({c.threshold}) and factor ({c.factor}) must be numbers, not NaN")
+        if c.seed < 0:
+            raise DllmError(f"seed {c.seed} must be >= 0")
         return c
 
 

@@ -235,8 +235,10 @@ def make_progress_monitor(api: TrtApi, on_phase=None):
             if on_phase and d <= 1:
                 on_phase(d, phase_name, None)
 
+        cancelled = False  # set by build_interruptibly on Ctrl-C / SIGTERM: the builder stops at its next step
+
         def step_complete(self, phase_name, step):
-            return True
+            return not self.cancelled
 
         def phase_finish(self, phase_name):
             with self.lock:
@@ -248,3 +250,43 @@ def make_progress_monitor(api: TrtApi, on_phase=None):
                 on_phase(d, phase_name, dt)
 
     return Monitor()
+
+
+def build_interruptibly(builder, network, config, monitor=None, poll_s: float = 0.1):
+    """``builder.build_serialized_network`` in a worker thread, so Ctrl-C / SIGTERM reach the main thread
+    while TensorRT builds in C++. On an interruption the progress monitor cancels the build (its
+    ``step_complete`` returns False), the worker is waited for (TensorRT calls back into Python: it must
+    not outlive the interpreter) and the interruption propagates, so the caller's cleanup runs.
+
+    An Event, not Thread.join: on Python < 3.12 a join interrupted by KeyboardInterrupt marks the
+    thread as stopped, and the next join returns at once."""
+    import threading
+
+    result: dict = {}
+    done = threading.Event()
+
+    def work():
+        try:
+            result["plan"] = builder.build_serialized_network(network, config)
+        except BaseException as e:  # noqa: B036 - handed to the main thread
+            result["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="tensorrt-build", daemon=True).start()
+    try:
+        while not done.wait(poll_s):
+            pass
+    except BaseException:
+        if monitor is not None:
+            monitor.cancelled = True
+        while True:  # a cancelled build stops at the builder's next step; a second Ctrl-C does not skip the wait
+            try:
+                if done.wait(poll_s):
+                    break
+            except KeyboardInterrupt:
+                continue
+        raise
+    if "error" in result:
+        raise result["error"]
+    return result.get("plan")

@@ -1,0 +1,113 @@
+"""Checks of command-line options that argparse cannot express: ranges, options that do not apply to
+the model at hand (refused rather than silently ignored), the device, and the folder's integrity."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from .errors import DllmError
+
+
+def finite(name: str, value: float | None, lo: float | None = None, hi: float | None = None,
+           lo_open: bool = False) -> None:
+    """Refuse NaN/inf and values outside [lo, hi] (``lo_open``: (lo, hi])."""
+    if value is None:
+        return
+    bad = not math.isfinite(value) or (lo is not None and (value <= lo if lo_open else value < lo)) or (
+        hi is not None and value > hi)
+    if bad:
+        low = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
+        high = "" if hi is None else f"<= {hi}"
+        rng = " and ".join(x for x in (low, high) if x) or "finite"
+        raise DllmError(f"{name} {value} is out of range: it must be a finite number {rng}")
+
+
+def positive_int(name: str, value: int | None, minimum: int = 1) -> None:
+    if value is not None and value < minimum:
+        raise DllmError(f"{name} {value} is out of range: it must be an integer >= {minimum}")
+
+
+def check_decode_values(args: argparse.Namespace) -> None:
+    """Ranges of the decode options given on the command line. (The library accepts threshold > 1, meaning
+    "one token per step", and factor 0; on the command line those are typos and are refused.)"""
+    finite("--threshold", getattr(args, "threshold", None), lo=0.0, hi=1.0, lo_open=True)
+    finite("--factor", getattr(args, "factor", None), lo=0.0, lo_open=True)
+    finite("--temperature", getattr(args, "temperature", None), lo=0.0)
+    finite("--top-p", getattr(args, "top_p", None), lo=0.0, hi=1.0)
+    for name in ("gen_length", "block_length", "steps", "sub_block_length"):
+        positive_int("--" + name.replace("_", "-"), getattr(args, name, None))
+    positive_int("--top-k", getattr(args, "top_k", None), minimum=0)
+    positive_int("--seed", getattr(args, "seed", None), minimum=0)
+
+
+def check_decode_options(args: argparse.Namespace, gen, config, longest_prompt: int) -> None:
+    """Options that would be silently ignored by this model or strategy, and lengths past the model's window."""
+    check_decode_values(args)
+    limit = config.max_position_embeddings
+    if longest_prompt + gen.gen_length > limit:
+        raise DllmError(f"--gen-length {gen.gen_length} plus the prompt ({longest_prompt} tokens) exceeds the "
+                        f"model's {limit} positions; use --gen-length {max(limit - longest_prompt, 0)} or less")
+    resolved = gen.resolved(config.attention)
+    given = lambda name: getattr(args, name, None) is not None  # noqa: E731
+    if given("threshold") and resolved.strategy != "threshold":
+        raise DllmError(f"--threshold applies to --strategy threshold only (the strategy here is "
+                        f"{resolved.strategy}); add --strategy threshold or drop --threshold")
+    if given("factor") and resolved.strategy != "factor":
+        raise DllmError(f"--factor applies to --strategy factor only (the strategy here is {resolved.strategy}); "
+                        "add --strategy factor or drop --factor")
+    if config.attention == "bidirectional" and given("sub_block_length"):
+        raise DllmError(f"--sub-block-length applies to block-diffusion models only; {config.model_type} decodes "
+                        "semi-autoregressive blocks: use --block-length")
+    if config.attention == "block_causal" and given("block_length"):
+        raise DllmError(f"--block-length does not apply to block diffusion ({config.model_type} uses its own block "
+                        f"of {config.block_size}); use --sub-block-length")
+
+
+def warn_unknown_characters(tok, prompts: list[str]) -> None:
+    """Say so when the tokenizer turns parts of a prompt into its unknown token (the model never sees them)."""
+    for p in prompts:
+        pieces = tok.unknown_pieces(p)
+        if pieces:
+            shown = ", ".join(repr(x) for x in dict.fromkeys(pieces))
+            print(f"warning: prompt {p!r}: {shown} not in the tokenizer's vocabulary; they become {tok.unk_token}",
+                  file=sys.stderr)
+
+
+def check_device(device: str) -> None:
+    """``cpu``, ``cuda`` or ``cuda:N``, and CUDA only where torch sees a GPU."""
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise DllmError(f"--device {device}: use cpu, cuda or cuda:N")
+    if kind == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DllmError(f"--device {device}: torch {torch.__version__} sees no CUDA GPU here; use --device cpu")
+        if index and int(index) >= torch.cuda.device_count():
+            raise DllmError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices here")
+
+
+def require_intact(folder: Path, full_hash: bool = False) -> None:
+    """Refuse a folder whose files do not match the manifest in its dllm_config.json (sizes; hashes on request)."""
+    from .integrity import require_intact as check
+
+    if (folder / "dllm_config.json").is_file():  # otherwise the backend says what the folder lacks
+        check(folder, full_hash=full_hash, warn=lambda s: print(s, file=sys.stderr))
+
+
+def check_output_dir(option: str, path: str | None) -> None:
+    """A folder to write into: refuse an existing file (found before the work, not after it)."""
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise DllmError(f"{option} {path} is a file; it needs a folder path (it is created if missing)")
+
+
+def check_output_file(option: str, path: str | None) -> None:
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise DllmError(f"{option} {path} is a folder; give a file path")
+    if p.parent != Path("") and p.parent.exists() and not p.parent.is_dir():
+        raise DllmError(f"{option} {path}: {p.parent} is a file, not a folder")

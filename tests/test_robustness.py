@@ -1,0 +1,283 @@
+"""Bad input, as a new user gives it: every case is refused with one line naming the file or option
+and what to do, rc != 0; nothing wrong is printed with rc 0 (issue 11)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from dllm_trt.cli import main  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CKPTS = REPO / "samples" / "checkpoints"
+LLADA = CKPTS / "llada-tiny"
+PROMPT = ["--prompt", "add:12+34="]
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory):
+    from dllm_trt.export import export_onnx
+
+    out = tmp_path_factory.mktemp("robust") / "llada"
+    export_onnx(LLADA, out, validate=False, progress=False, log=lambda s: None)
+    return out
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    """A writable copy of the bundled LLaDA checkpoint."""
+    d = tmp_path / "ckpt"
+    shutil.copytree(LLADA, d)
+    return d
+
+
+def one_line_error(capsys, argv: list[str], *needles: str, rc: int = 2) -> str:
+    got = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip()
+    lines = [ln for ln in err.splitlines() if not ln.startswith("warning:")]
+    assert got == rc, (got, err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+# ---------------------------------------------------------------------- damaged checkpoints
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_damaged_safetensors_named(ckpt, capsys, damage):
+    f = ckpt / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": os.urandom(4096)}[damage])
+    one_line_error(capsys, ["generate", "--model", ckpt, *PROMPT], str(f), "copy it again")
+
+
+def test_nan_weight_refused_naming_tensor(ckpt, capsys):
+    sd = load_file(ckpt / "model.safetensors")
+    name = "model.transformer.blocks.0.ff_out.weight"
+    sd[name].view(-1)[7] = float("nan")
+    save_file(sd, ckpt / "model.safetensors")
+    one_line_error(capsys, ["generate", "--model", ckpt, *PROMPT], name, "NaN/Inf")
+
+
+def test_int_weight_refused(ckpt, capsys, tmp_path):
+    sd = load_file(ckpt / "model.safetensors")
+    name = "model.transformer.blocks.0.attn_norm.weight"
+    sd[name] = sd[name].to(torch.int32)
+    save_file(sd, ckpt / "model.safetensors")
+    one_line_error(capsys, ["export", "--model", ckpt, "--out", tmp_path / "x", "--no-validate"], name, "int32")
+    assert not (tmp_path / "x").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_corrupt_tokenizer_and_index(ckpt, capsys):
+    (ckpt / "tokenizer.json").write_text("{not json")
+    one_line_error(capsys, ["generate", "--model", ckpt, *PROMPT], "tokenizer.json")
+    shutil.copy(LLADA / "tokenizer.json", ckpt / "tokenizer.json")
+    (ckpt / "model.safetensors.index.json").write_text('{"weight_map": ["a"]}')
+    one_line_error(capsys, ["generate", "--model", ckpt, *PROMPT], "model.safetensors.index.json", "weight_map")
+    (ckpt / "model.safetensors.index.json").write_text("{broken")
+    one_line_error(capsys, ["generate", "--model", ckpt, *PROMPT], "model.safetensors.index.json")
+
+
+def test_config_values(ckpt, capsys):
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "n_layers": "six"}))
+    one_line_error(capsys, ["generate", "--model", ckpt, *PROMPT], "'n_layers'", "six")
+    del cfg["mask_token_id"]  # the LLaDA default 126336 lies outside the 48-token vocabulary
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    one_line_error(capsys, ["generate", "--model", ckpt, *PROMPT], "mask_token_id", "outside the vocabulary")
+
+
+# ---------------------------------------------------------------------- option ranges and misuse
+RUN_CASES = {
+    "temperature nan": (["--temperature", "nan"], "--temperature"),
+    "threshold 1.5": (["--strategy", "threshold", "--threshold", "1.5"], "--threshold"),
+    "threshold -1": (["--strategy", "threshold", "--threshold", "-1"], "--threshold"),
+    "threshold nan": (["--strategy", "threshold", "--threshold", "nan"], "--threshold"),
+    "threshold inf": (["--strategy", "threshold", "--threshold", "inf"], "--threshold"),
+    "factor nan": (["--strategy", "factor", "--factor", "nan"], "--factor"),
+    "seed -1": (["--seed", "-1"], "--seed"),
+    "threshold without strategy": (["--threshold", "0.5"], "--strategy threshold"),
+    "sub-block on llada": (["--sub-block-length", "4"], "--sub-block-length"),
+    "gen-length too long": (["--gen-length", "100000"], "positions"),
+}
+
+
+@pytest.mark.parametrize("case", RUN_CASES)
+def test_run_options_refused(export_dir, capsys, case):
+    extra, needle = RUN_CASES[case]
+    one_line_error(capsys, ["run", "--engine", export_dir, *PROMPT, *extra], needle)
+
+
+def test_block_length_on_block_diffusion(tmp_path, capsys):
+    one_line_error(capsys, ["generate", "--model", CKPTS / "bd-tiny", *PROMPT, "--block-length", "8"],
+                   "--block-length", "--sub-block-length")
+
+
+@pytest.mark.parametrize("device", ["banana", "cuda"])
+def test_generate_device(capsys, device):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: --device cuda is valid here")
+    one_line_error(capsys, ["generate", "--model", LLADA, *PROMPT, "--device", device], f"--device {device}")
+
+
+def test_generate_provider_cuda_on_checkpoint(capsys):
+    one_line_error(capsys, ["generate", "--model", LLADA, *PROMPT, "--provider", "cuda"], "--provider", "--device")
+
+
+def test_unknown_characters_warned(export_dir, capsys):
+    assert main(["run", "--engine", str(export_dir), "--prompt", "ADD:1+2=é"]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "'A'" in err and "'é'" in err and "<|unk|>" in err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["profile", "--n", "0"], "--n 0"),
+    (["profile", "--n", "-1"], "--n -1"),
+    (["profile", "--threads", "-2"], "--threads"),
+    (["build", "--out", "{tmp}/e", "--workspace-gib", "-1"], "--workspace-gib"),
+    (["quantize", "--out", "{tmp}/q", "--method", "int4-rtn", "--block-size", "4096"], "--block-size 4096"),
+    (["quantize", "--out", "{tmp}/q", "--method", "int4-rtn", "--calib", "{tmp}/c.npz"], "--calib"),
+    (["quantize", "--out", "{tmp}/q", "--method", "int8", "--calib", "{tmp}/c.npz", "--smooth-alpha", "5"],
+     "--smooth-alpha"),
+])
+def test_folder_command_options(export_dir, tmp_path, capsys, argv, needle):
+    flag = {"profile": "--engine", "build": "--onnx", "quantize": "--onnx"}[argv[0]]
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    one_line_error(capsys, [argv[0], flag, export_dir, *argv[1:]], needle)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_profile_plots_on_a_file(export_dir, tmp_path, capsys):
+    f = tmp_path / "file.png"
+    f.write_text("x")
+    one_line_error(capsys, ["profile", "--engine", export_dir, "--n", "1", "--plots", f], "--plots", "is a file")
+
+
+def test_export_opset(tmp_path, capsys):
+    one_line_error(capsys, ["export", "--model", LLADA, "--out", tmp_path / "x", "--opset", "99"], "--opset 99")
+
+
+def test_truncated_onnx_in_quantize(export_dir, tmp_path, capsys):
+    src = tmp_path / "src"
+    shutil.copytree(export_dir, src)
+    data = (src / "model.onnx").read_bytes()
+    (src / "model.onnx").write_bytes(data[: len(data) // 3])
+    one_line_error(capsys, ["quantize", "--onnx", src, "--out", tmp_path / "q", "--method", "int4-rtn"],
+                   "model.onnx", "manifest")
+
+
+# ---------------------------------------------------------------------- folder integrity
+def test_manifest_check_and_run_refuses_damaged_folder(export_dir, tmp_path, capsys):
+    meta = json.loads((export_dir / "dllm_config.json").read_text())
+    assert set(meta["files"]) >= {"model.onnx", "tokenizer.json", "generation_config.json"}
+    assert meta["files"]["model.onnx"]["bytes"] == (export_dir / "model.onnx").stat().st_size
+    assert main(["check", str(export_dir)]) == 0
+    assert capsys.readouterr().out.startswith("ok ")
+
+    bad = tmp_path / "bad"
+    shutil.copytree(export_dir, bad)
+    data = bytearray((bad / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped weight byte: same size, different hash
+    (bad / "model.onnx").write_bytes(bytes(data))
+    assert main(["check", str(bad)]) == 1
+    assert "SHA-256" in capsys.readouterr().out
+    one_line_error(capsys, ["run", "--engine", bad, *PROMPT, "--verify"], "model.onnx", "SHA-256")
+
+    (bad / "model.onnx").write_bytes(bytes(data[:-10]))  # truncated: the size check of every run finds it
+    one_line_error(capsys, ["run", "--engine", bad, *PROMPT], "model.onnx", "bytes")
+
+
+def test_version(capsys):
+    from dllm_trt import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"dllm-trt {__version__}"
+
+
+def test_missing_extra_named(tmp_path):
+    """A runtime-only install (no torch) running export: the extra to install, not a ModuleNotFoundError."""
+    code = ("import sys; sys.modules['torch'] = None; from dllm_trt.cli import main; "
+            f"sys.exit(main(['export', '--model', {str(LLADA)!r}, '--out', {str(tmp_path / 'x')!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "dllm-trt[export]" in proc.stderr, proc.stderr
+
+
+def test_demo_cache_keyed_by_content(tmp_path, capsys):
+    """A Dream checkpoint in a folder named llada-tiny gets its own export, and a damaged cache is re-made."""
+    from dllm_trt.demo_cache import demo_export_dir
+
+    fake = tmp_path / "llada-tiny"
+    shutil.copytree(CKPTS / "dream-tiny", fake)
+    assert demo_export_dir(tmp_path / "w", fake) != demo_export_dir(tmp_path / "w", LLADA)
+    work = tmp_path / "w"
+    assert main(["demo", "--model", str(LLADA), "--workdir", str(work), "--prompt", "add:457+368="]) == 0
+    (engine,) = list(work.iterdir())
+    (engine / "model.onnx").write_bytes(b"broken")
+    capsys.readouterr()
+    assert main(["demo", "--model", str(LLADA), "--workdir", str(work), "--prompt", "add:457+368="]) == 0
+    out = capsys.readouterr().out
+    assert "exporting again" in out and "answer   825" in out
+
+
+# ---------------------------------------------------------------------- engine targets
+def test_unnamed_header_bit_is_not_a_compute_capability():
+    import struct
+
+    from dllm_trt.engine.check import describe_targets, parse_rtx_header
+
+    head = b"vtrt" + bytes(12) + struct.pack("<Q", 1234) + bytes([1, 7, 1, 116]) + bytes(4) + struct.pack("<I", 0b1111110)
+    h = parse_rtx_header(head)
+    assert h["targets"] == ["8.0", "8.6", "8.9", "12.0", "12.1"] and h["unnamed_target_bits"] == [6]
+    assert "bit6" not in describe_targets(h) and "mask bit 6" in describe_targets(h)
+
+
+def test_fp8_default_targets_are_the_ones_that_run_it():
+    pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX (the trt-rtx extra)")
+    from dllm_trt.engine import api as api_mod
+    from dllm_trt.engine.builder import default_targets
+
+    api = api_mod.load("trt-rtx")
+    assert default_targets(api, "fp8") == ["8.9", "12.0", "12.1"]
+    assert default_targets(api, "fp16") is None  # TensorRT-RTX's own default set
+
+
+# ---------------------------------------------------------------------- fp16 of a bf16-trained model
+def test_fp16_export_of_large_activations_refused(tmp_path, capsys):
+    """Residual values beyond fp16's 65504 (bf16-trained models have them): refused, not exported as Inf/NaN."""
+    from dllm_trt.models import load_model, save_model
+
+    model, _ = load_model(LLADA)
+    with torch.no_grad():
+        model.model.transformer.blocks[0].ff_out.weight.mul_(3e4)  # massive activations in the residual stream
+    big = tmp_path / "big"
+    save_model(model.to(torch.bfloat16), big, {"tokenizer.json": (LLADA / "tokenizer.json").read_text()})
+    one_line_error(capsys, ["export", "--model", big, "--out", tmp_path / "x", "--dtype", "fp16", "--no-validate"],
+                   "fp16", "--dtype bf16")
+    assert not (tmp_path / "x").exists()
+    assert main(["export", "--model", str(big), "--out", str(tmp_path / "y"), "--no-validate"]) == 0  # fp32 is fine
+
+
+def test_quantization_validation_fails_below_min_top1():
+    """--smooth-alpha 5 once gave 88% top-1 agreement and rc 0; now such a result is an error (nothing written)."""
+    from dllm_trt.calibration.quantizer import check_validation
+    from dllm_trt.errors import DllmError
+
+    v = {"status": "ran", "logits_max_abs_error_rel": 0.2, "top1_agreement_masked": 0.88, "masked_positions": 500}
+    with pytest.raises(DllmError, match="top-1 agreement .* 88.0% .* below --min-top1 95%"):
+        check_validation(v, "int8", 0.95)
+    check_validation({**v, "top1_agreement_masked": 0.99}, "int8", 0.95)
+    with pytest.raises(DllmError, match="not finite"):
+        check_validation({**v, "logits_max_abs_error_rel": float("nan")}, "int8", 0.0)

@@ -317,14 +317,25 @@ def prompts(family: str, lengths: list[int], seed: int) -> list[list[int]]:
 
 class Counter:
     """Counts forwards of the upstream model: a hook on its inner transformer (``model.model``),
-    which every upstream loop reaches through ``__call__`` even where it calls ``self.forward``."""
+    which every upstream loop reaches through ``__call__`` even where it calls ``self.forward``,
+    and on the model itself (LLaDA's model calls its transformer's ``forward`` directly)."""
 
     def __init__(self, model):
-        self.n = 0
-        model.model.register_forward_pre_hook(self._hook)
+        self.outer = self.inner = 0
+        model.register_forward_pre_hook(lambda *_: self._hit("outer"))
+        model.model.register_forward_pre_hook(lambda *_: self._hit("inner"))
 
-    def _hook(self, *_):
-        self.n += 1
+    def _hit(self, which: str) -> None:
+        setattr(self, which, getattr(self, which) + 1)
+
+    @property
+    def n(self) -> int:
+        """Calls through ``model(...)`` reach both hooks, calls of ``self.forward`` only the inner one."""
+        return max(self.outer, self.inner)
+
+    @n.setter
+    def n(self, value: int) -> None:
+        self.outer = self.inner = value
 
 
 def _load_strict(cls, path: Path, **kw):

@@ -45,6 +45,23 @@ def _refuse_unsupported(raw: dict[str, Any], source: str, model_type: str) -> No
                         "are not supported")
 
 
+def _tokenizer_mask_id(model_dir: Path) -> int | None:
+    """The id of tokenizer_config.json's ``mask_token`` (from its ``added_tokens_decoder``), if any."""
+    path = model_dir / "tokenizer_config.json"
+    if not path.is_file():
+        return None
+    try:
+        tc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DllmError(f"{path} is not valid JSON: {e}") from e
+    mask = tc.get("mask_token")
+    mask = mask.get("content") if isinstance(mask, dict) else mask
+    for token_id, token in (tc.get("added_tokens_decoder") or {}).items():
+        if mask is not None and token.get("content") == mask:
+            return int(token_id)
+    return None
+
+
 def _block_size(raw: dict[str, Any], model_type: str, source: str) -> int:
     """The block-diffusion block: SDAR calls it ``block_size``, Fast-dLLM v2 ``bd_size`` (default 32)."""
     if model_type.lower() in QWEN3_MODEL_TYPES:
@@ -97,6 +114,10 @@ class ModelConfig:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise DllmError(f"{path} is not valid JSON: {e}") from e
+        if "mask_token_id" not in raw:  # Fast-dLLM v2's config.json has none: its tokenizer names the mask
+            mask = _tokenizer_mask_id(Path(model_dir))
+            if mask is not None:
+                raw["mask_token_id"] = mask
         return cls.from_dict(raw, source=str(path))
 
     @classmethod

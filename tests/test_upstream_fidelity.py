@@ -267,3 +267,30 @@ def test_ort_cpu_matches_upstream(family, case_id, ort_backend):
     case = next(c for c in load_cases(family) if c["id"] == case_id)
     assert case_id not in FAILING_TODAY, "the ORT subset holds cases the loop matches today"
     check(ort_backend(family), family, case)
+
+
+# ----------------------------------------------------------------------------- upstream config.json keys
+def test_fixture_configs_read_with_upstream_meaning():
+    """SDAR: Qwen3 layout with head_dim and block_size from config.json; Fast-dLLM v2: no mask_token_id in
+    config.json, so the tokenizer's mask token is used."""
+    from dllm_trt.config import ModelConfig
+
+    sdar = ModelConfig.from_pretrained(FIXTURES / "sdar")
+    assert (sdar.qk_norm, sdar.qkv_bias, sdar.head_dim, sdar.block_size) == (True, False, 32, 4)
+    assert sdar.head_dim != sdar.hidden_size // sdar.num_heads
+    v2 = ModelConfig.from_pretrained(FIXTURES / "fast_dllm_v2")
+    raw = json.loads((FIXTURES / "fast_dllm_v2" / "config.json").read_text())
+    assert "mask_token_id" not in raw and v2.mask_token_id == 259  # <|MASK|> of tokenizer_config.json
+    assert (v2.qk_norm, v2.qkv_bias, v2.block_size) == (False, True, 8)
+
+
+@pytest.mark.parametrize("key,value", [("rope_scaling", {"rope_type": "yarn", "factor": 4.0}),
+                                       ("use_sliding_window", True), ("num_experts", 128)])
+def test_unsupported_config_keys_are_refused_by_name(key, value):
+    from dllm_trt.config import ModelConfig
+    from dllm_trt.errors import DllmError
+
+    raw = json.loads((FIXTURES / "sdar" / "config.json").read_text())
+    ModelConfig.from_dict(raw)  # as shipped: fine
+    with pytest.raises(DllmError, match=key):
+        ModelConfig.from_dict(dict(raw, **{key: value}))

@@ -29,6 +29,48 @@ FAMILIES = {
 SHIFTED_MODEL_TYPES = {"dream", "fast_dllm_qwen", "fast_dllm_v2_qwen", "block_diffusion"}
 
 
+# Families built on Qwen3 (per-head q_norm/k_norm, no q/k/v bias unless attention_bias, head_dim given).
+QWEN3_MODEL_TYPES = {"sdar"}
+
+
+def _refuse_unsupported(raw: dict[str, Any], source: str, model_type: str) -> None:
+    """Config keys that change the math and that dllm-trt does not implement: refuse, never ignore."""
+    if raw.get("rope_scaling") not in (None, {}):
+        raise DllmError(f"{source}: rope_scaling {raw['rope_scaling']!r} is not supported (dllm-trt implements "
+                        "plain RoPE with rope_theta only); use a checkpoint whose config.json has rope_scaling null")
+    if raw.get("use_sliding_window"):
+        raise DllmError(f"{source}: use_sliding_window is true; sliding-window attention is not supported")
+    if raw.get("num_experts") or raw.get("num_local_experts"):
+        raise DllmError(f"{source}: mixture-of-experts checkpoints (num_experts) of model_type {model_type} "
+                        "are not supported")
+
+
+def _tokenizer_mask_id(model_dir: Path) -> int | None:
+    """The id of tokenizer_config.json's ``mask_token`` (from its ``added_tokens_decoder``), if any."""
+    path = model_dir / "tokenizer_config.json"
+    if not path.is_file():
+        return None
+    try:
+        tc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DllmError(f"{path} is not valid JSON: {e}") from e
+    mask = tc.get("mask_token")
+    mask = mask.get("content") if isinstance(mask, dict) else mask
+    for token_id, token in (tc.get("added_tokens_decoder") or {}).items():
+        if mask is not None and token.get("content") == mask:
+            return int(token_id)
+    return None
+
+
+def _block_size(raw: dict[str, Any], model_type: str, source: str) -> int:
+    """The block-diffusion block: SDAR calls it ``block_size``, Fast-dLLM v2 ``bd_size`` (default 32)."""
+    if model_type.lower() in QWEN3_MODEL_TYPES:
+        if "block_size" not in raw:
+            raise DllmError(f"{source}: key 'block_size' is missing (SDAR's block length)")
+        return int(raw["block_size"])
+    return int(raw.get("bd_size", 32))
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything the models and the decode loop need to know about a checkpoint."""
@@ -52,7 +94,8 @@ class ModelConfig:
     pad_token_id: int | None
     max_position_embeddings: int
     logits_shift: bool  # prediction for position i comes from logits[i - 1]
-    block_size: int | None  # block-diffusion block (bd_size); None for bidirectional families
+    block_size: int | None  # block-diffusion block (bd_size; SDAR: block_size); None for bidirectional families
+    qk_norm: bool = False  # Qwen3 layout (SDAR): per-head RMSNorm of q and k before RoPE
     extra: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -71,6 +114,10 @@ class ModelConfig:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise DllmError(f"{path} is not valid JSON: {e}") from e
+        if "mask_token_id" not in raw:  # Fast-dLLM v2's config.json has none: its tokenizer names the mask
+            mask = _tokenizer_mask_id(Path(model_dir))
+            if mask is not None:
+                raw["mask_token_id"] = mask
         return cls.from_dict(raw, source=str(path))
 
     @classmethod
@@ -129,9 +176,11 @@ class ModelConfig:
                 block_size=None,
             )
         else:
+            _refuse_unsupported(raw, source, model_type)
             hidden = int(need("hidden_size"))
             heads = int(need("num_attention_heads"))
             vocab = int(need("vocab_size"))
+            qwen3 = model_type.lower() in QWEN3_MODEL_TYPES
             if family == "dream":
                 mask_id = int(raw.get("mask_token_id", 151666))
             else:
@@ -148,13 +197,15 @@ class ModelConfig:
                 rope_theta=float(raw.get("rope_theta", 10000.0)),
                 rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
                 tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-                qkv_bias=True,
+                # Qwen2 always has q/k/v biases; Qwen3 has them only with attention_bias (then o_proj too).
+                qkv_bias=bool(raw.get("attention_bias", False)) if qwen3 else True,
                 mask_token_id=mask_id,
                 eos_token_ids=eos_ids(raw.get("eos_token_id", 151643)),
                 pad_token_id=raw.get("pad_token_id"),
                 max_position_embeddings=int(raw.get("max_position_embeddings", 32768)),
                 logits_shift=model_type.lower() in SHIFTED_MODEL_TYPES,
-                block_size=int(raw.get("bd_size", 32)) if family == "block_diffusion" else None,
+                block_size=_block_size(raw, model_type, source) if family == "block_diffusion" else None,
+                qk_norm=qwen3,
             )
         _check_ranges(cfg, raw, source)
         if cfg["num_heads"] % cfg["num_kv_heads"]:
@@ -210,8 +261,12 @@ class ModelConfig:
             }
             if self.head_dim != self.hidden_size // self.num_heads:
                 d["head_dim"] = self.head_dim
+            if self.qk_norm:
+                d["architectures"] = ["SDARForCausalLM"]
+                d["attention_bias"] = self.qkv_bias
+                d["head_dim"] = self.head_dim
             if self.block_size is not None:
-                d["bd_size"] = self.block_size
+                d["block_size" if self.model_type.lower() in QWEN3_MODEL_TYPES else "bd_size"] = self.block_size
         # Keep keys we do not interpret (torch_dtype, transformers_version, ...).
         for k, v in self.extra.items():
             d.setdefault(k, v)

@@ -5,7 +5,8 @@ Families (``variant`` argument of the factories):
   llada            LLaDA layout, bidirectional, logits read in place
   dream            Dream (Qwen2 layout), bidirectional, shifted logits
   block_diffusion  Fast-dLLM v2 (``Fast_dLLM_Qwen``, Qwen2 layout), block-causal, shifted logits
-  sdar             SDAR (Qwen2 layout), block-causal, logits read in place
+  sdar             SDAR (Qwen3 layout: per-head q_norm/k_norm, no q/k/v bias, head_dim from
+                   config.json; block ``block_size``), block-causal, logits read in place
 
 The configs use the same upstream keys as ``samples/train_tiny.py`` (tiny_config) and the
 task tokenizer of ``dllm_trt.tasks`` (vocabulary 42, 0 = EOS, 1 = mask).
@@ -59,8 +60,10 @@ def tiny_config_dict(variant: str, *, vocab: int = VOCAB, hidden: int = 32, laye
                "vocab_size": vocab, "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": tie,
                "mask_token_id": MASK_ID, "eos_token_id": EOS_ID, "pad_token_id": EOS_ID,
                "max_position_embeddings": max_positions}
-        if variant in ("block_diffusion", "sdar"):
+        if variant == "block_diffusion":
             raw["bd_size"] = bd_size
+        if variant == "sdar":  # SDAR's config.json keys (Qwen3): block_size, head_dim, attention_bias
+            raw.update(block_size=bd_size, head_dim=hidden // heads, attention_bias=False)
     raw["torch_dtype"] = "float32"
     return raw
 

@@ -56,8 +56,10 @@ def raw_config(variant: str) -> dict:
            "intermediate_size": 64, "vocab_size": 42, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
            "tie_word_embeddings": variant == "sdar", "mask_token_id": 1, "eos_token_id": 0, "pad_token_id": 0,
            "max_position_embeddings": 64}
-    if variant in ("block_diffusion", "sdar"):
+    if variant == "block_diffusion":
         raw["bd_size"] = 8
+    if variant == "sdar":  # Qwen3 layout: q_norm/k_norm, no q/k/v bias, head_dim given (here != hidden / heads)
+        raw.update(block_size=8, head_dim=16, attention_bias=False)
     return raw
 
 

@@ -23,6 +23,8 @@ QWEN2_LAYER = ["self_attn.q_proj.weight", "self_attn.q_proj.bias", "self_attn.k_
                "self_attn.v_proj.weight", "self_attn.v_proj.bias", "self_attn.o_proj.weight", "mlp.gate_proj.weight",
                "mlp.up_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight",
                "post_attention_layernorm.weight"]
+# Qwen3 (SDAR): no q/k/v bias, per-head q_norm / k_norm.
+QWEN3_LAYER = [n for n in QWEN2_LAYER if not n.endswith(".bias")] + ["self_attn.q_norm.weight", "self_attn.k_norm.weight"]
 
 
 def upstream_names(variant: str, layers: int, tie: bool) -> set[str]:
@@ -37,8 +39,9 @@ def upstream_names(variant: str, layers: int, tie: bool) -> set[str]:
     names = {"model.embed_tokens.weight", "model.norm.weight"}
     if not tie:
         names.add("lm_head.weight")
+    layer = QWEN3_LAYER if variant == "sdar" else QWEN2_LAYER  # SDAR is built on Qwen3
     for i in range(layers):
-        names |= {f"model.layers.{i}.{n}" for n in QWEN2_LAYER}
+        names |= {f"model.layers.{i}.{n}" for n in layer}
     return names
 
 

@@ -65,19 +65,26 @@ def attend(
 class SelfAttention(nn.Module):
     """q/k/v projections + RoPE + attention over (past, current); returns output and current K/V."""
 
-    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, qkv_bias: bool, out_name: str):
+    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, qkv_bias: bool, out_name: str,
+                 qk_norm_eps: float | None = None, out_bias: bool = False):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.q_proj = nn.Linear(hidden, heads * head_dim, bias=qkv_bias)
         self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=qkv_bias)
         self.out_name = out_name  # upstream name of the output projection ("o_proj" / "attn_out")
-        setattr(self, out_name, nn.Linear(heads * head_dim, hidden, bias=False))
+        setattr(self, out_name, nn.Linear(heads * head_dim, hidden, bias=out_bias))
+        if qk_norm_eps is not None:  # Qwen3: RMSNorm over each head's q and k, before RoPE
+            self.q_norm = RMSNorm(head_dim, qk_norm_eps)
+            self.k_norm = RMSNorm(head_dim, qk_norm_eps)
 
     def forward(self, x, cos, sin, past_k, past_v, attention_bias):
         b, l, _ = x.shape
-        q = self.q_proj(x).view(b, l, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, l, self.kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(b, l, self.heads, self.head_dim)
+        k = self.k_proj(x).view(b, l, self.kv_heads, self.head_dim)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(b, l, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = attend(q, k, v, past_k, past_v, attention_bias, self.head_dim ** -0.5)

@@ -1,5 +1,9 @@
-"""Qwen2-layout dLLMs: Dream (bidirectional, shifted logits) and block diffusion
-(Fast-dLLM v2 / SDAR: block-causal attention).
+"""Qwen2/Qwen3-layout dLLMs: Dream (bidirectional, shifted logits) and block diffusion
+(Fast-dLLM v2 on Qwen2, SDAR on Qwen3: block-causal attention).
+
+Qwen3 (``config.qk_norm``, SDAR) differs from Qwen2 only in the attention: per-head RMSNorm
+``self_attn.{q,k}_norm`` on q and k before RoPE, no q/k/v bias unless ``attention_bias`` (which
+then also biases ``o_proj``), and ``head_dim`` given in config.json rather than hidden / heads.
 
 Both families share the same weights layout (``model.embed_tokens``,
 ``model.layers.{i}.self_attn.{q,k,v}_proj`` with bias, ``o_proj``,
@@ -30,7 +34,9 @@ class Qwen2MLP(nn.Module):
 class Qwen2Layer(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
-        self.self_attn = SelfAttention(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.qkv_bias, out_name="o_proj")
+        self.self_attn = SelfAttention(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.qkv_bias, out_name="o_proj",
+                                       qk_norm_eps=c.rms_norm_eps if c.qk_norm else None,
+                                       out_bias=c.qk_norm and c.qkv_bias)
         self.mlp = Qwen2MLP(c)
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)

@@ -183,7 +183,9 @@ def test_graph_passes_checker_shape_inference_and_contract(exported, variant, tm
     assert {i["name"]: i["dtype"] for i in meta["inputs"]}["position_ids"] == "int64"
     v = meta["validation"]
     assert v["status"] == "passed" and v == report["validation"]
-    assert [c["past_len"] for c in v["cases"]] == [0, 6]
+    # 32 positions (tiny test models allow 128): a 29-token prefill, 13 rows over a 19-position past
+    assert [(c["query_len"], c["past_len"]) for c in v["cases"]] == [(29, 0), (13, 19)]
+    assert [c["rows"] for c in v["cases"]] == [29, 13]  # every row of the window read and compared
     for case in v["cases"]:
         assert case["logits_max_rel"] <= 1e-4 and case["present_max_rel"] <= 1e-4, case
         assert case["confidence_max_abs"] <= 1e-4 and case["tokens_differing"] == 0, case

@@ -409,3 +409,21 @@ def test_engine_on_gpu_matches_ort(exports, tmp_path, task_tokenizer, backend):
                                    **({"sub_block_length": 4} if name == "bd-tiny" else {}))
             assert generate(trt_b, prompts, gen).tokens == generate(ort_b, prompts, gen).tokens, (name, c)
         trt_b.close()
+
+
+def test_profile_drives_the_trt_backend(exports):
+    """`dllm-trt profile --backend trt` runs the profiler over the TensorRT backend (here its host stand-in):
+    the same prompts and answers as on ONNX Runtime, the report names tensorrt and the cache writes are timed."""
+    from dllm_trt.cli import build_parser
+    from dllm_trt.profiling.session import profile_engine
+
+    art = exports["llada-tiny"]
+    argv = ["profile", "--engine", str(art), "--backend", "trt", "--n", "6", "--warmup", "0", "--no-progress",
+            "--cache", "dual"]
+    trt_report = profile_engine(build_parser().parse_args(argv), backend=host_backend(art))
+    ort_report = profile_engine(build_parser().parse_args(argv[:4] + ["ort"] + argv[5:]))
+    assert trt_report["backend"] == "tensorrt" and ort_report["backend"] == "onnxruntime"
+    (t,), (o,) = trt_report["runs"], ort_report["runs"]
+    assert t["status"] == o["status"] == "ok"
+    assert t["predictions"] == o["predictions"] and t["exact_match"] == o["exact_match"] >= 5 / 6
+    assert t["forwards"] == o["forwards"] and t["step_breakdown"]["cache_timed"]

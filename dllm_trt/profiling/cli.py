@@ -25,7 +25,8 @@ def add_profile_commands(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p = subparsers.add_parser("profile", help="latency profile (and speed/accuracy sweep) of decode settings",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engine", required=True, help="exported folder (ort) or checkpoint folder (torch)")
-    p.add_argument("--backend", default="ort", choices=["ort", "torch"])
+    p.add_argument("--backend", default="ort", choices=["ort", "torch", "trt"],
+                   help="ort: an export folder; torch: a checkpoint folder; trt: a `dllm-trt build` engine folder (GPU)")
     p.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="ORT provider; torch: the device")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="torch backend weights")
     p.add_argument("--threads", type=int, help="CPU threads (ORT intra-op / torch)")

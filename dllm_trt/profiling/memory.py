@@ -20,7 +20,9 @@ def host_peak_rss_mb() -> float:
 
 
 def _device_of(backend) -> tuple[str, int]:
-    """("cuda", index) or ("cpu", 0) for the torch and ORT backends."""
+    """("cuda", index) or ("cpu", 0) for the torch, ORT and TensorRT backends."""
+    if getattr(backend, "engine_record", None) is not None:  # TensorRT: always on its GPU
+        return "cuda", int(getattr(getattr(backend, "device", None), "device_id", 0) or 0)
     dev = getattr(backend, "device_type", None)  # ORT
     if dev is not None:
         return dev, int(getattr(backend, "device_id", 0) or 0)

@@ -93,7 +93,8 @@ def load_prompts(spec: str, n: int | None, model_dir: Path, config, synthetic_le
 
 # ---------------------------------------------------------------------- backends
 def open_backend(engine: Path, name: str, provider: str, threads: int | None = None, dtype: str = "fp32"):
-    """``ort`` on an export folder, or ``torch`` on a checkpoint folder (provider cuda -> device cuda)."""
+    """``ort`` on an export folder, ``torch`` on a checkpoint folder (provider cuda -> device cuda), or ``trt``
+    on a ``dllm-trt build`` engine folder (always on the GPU)."""
     from ..runtime.backends import load_backend
 
     if name == "torch":
@@ -104,6 +105,8 @@ def open_backend(engine: Path, name: str, provider: str, threads: int | None = N
 
             torch.set_num_threads(threads)
         return load_backend("torch", str(engine), dtype=dtype, device="cuda" if provider == "cuda" else "cpu")
+    if name == "trt":
+        return load_backend("trt", str(engine))
     return load_backend("ort", str(engine), provider=provider, intra_op_threads=threads)
 
 

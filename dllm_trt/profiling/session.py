@@ -14,7 +14,7 @@ from .sweep import apply, grid, label, mark, parse_sweep
 REPORT_VERSION = 1
 
 
-def _versions(backend_name: str) -> dict:
+def _versions(backend_name: str, backend=None) -> dict:
     import numpy
 
     v = {"python": platform.python_version(), "numpy": numpy.__version__}
@@ -28,6 +28,9 @@ def _versions(backend_name: str) -> dict:
         import onnxruntime
 
         v["onnxruntime"] = onnxruntime.__version__
+    elif backend_name == "trt":
+        rec = getattr(backend, "engine_record", None) or {}
+        v[rec.get("backend", "trt")] = rec.get("backend_version")
     else:
         import torch
 
@@ -76,17 +79,17 @@ def profile_engine(args: argparse.Namespace, backend=None) -> dict:
         bar.close()
     marked, rule = mark(runs)
     dev = device_memory(backend)
-    on_cuda = args.provider == "cuda"
+    on_cuda = args.provider == "cuda" or args.backend == "trt"
     return {
         "report_version": REPORT_VERSION,
         "tool": "dllm-trt profile",
         "date": time.strftime("%Y-%m-%d"),
         "engine": str(engine),
-        "backend": "onnxruntime" if args.backend == "ort" else "torch",
+        "backend": {"ort": "onnxruntime", "trt": "tensorrt"}.get(args.backend, "torch"),
         "provider": args.provider,
         "device": dev["device"] if on_cuda else host_description(),
         "host": host_description(),
-        "versions": _versions(args.backend),
+        "versions": _versions(args.backend, backend),
         "model": {"family": cfg.family, "attention": cfg.attention, "layers": cfg.num_layers,
                   "hidden": cfg.hidden_size, "vocab": cfg.vocab_size, "block_size": cfg.block_size},
         "prompts": prompts.describe() | {"synthetic_prompt_len": args.synthetic_prompt_len},

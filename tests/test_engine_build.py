@@ -432,5 +432,5 @@ def test_engine_of_a_plugin_graph_is_refused(engine_copy):
     meta = json.loads((engine_copy / "dllm_config.json").read_text())
     meta["engine"]["plugin_graph"] = "fallback"
     (engine_copy / "dllm_config.json").write_text(json.dumps(meta))
-    with pytest.raises(DllmError, match=r"engine of a `dllm-trt export --plugins` graph"):
+    with pytest.raises(DllmError, match=r"engine of a former `dllm-trt export --plugins` graph.*re-export"):
         preflight(engine_copy)

@@ -34,7 +34,7 @@ def load_backend(name: str, model_dir: str, **kwargs: Any) -> Backend:
 
         return TorchBackend.from_pretrained(model_dir, **kwargs)
     if name in ("ort", "onnxruntime"):
-        from .ort_backend import OrtBackend  # noqa: F401  (added by the export work)
+        from .ort_backend import OrtBackend
 
         return OrtBackend.from_pretrained(model_dir, **kwargs)
     if name in ("trt", "tensorrt", "trt-rtx"):

@@ -303,9 +303,9 @@ def preflight(folder: Path, device_id: int = 0, verify_sha256: bool = False):
                         f"build one with `dllm-trt build --onnx {folder} --out ENGINE_DIR` (or run it with --backend ort)")
     config = config_from_artifact(meta, source=str(folder / CONFIG_FILE))
     if rec.get("plugin_graph") or meta.get("plugins"):
-        raise DllmError(f"{folder} is an engine of a `dllm-trt export --plugins` graph (caches in and out, in-graph "
-                        "unmasking; dllm_trt/plugins/contract.py): this backend drives the past/present contract only "
-                        "and does not run it yet; build an engine from a plain export for `dllm-trt run --backend trt`")
+        raise DllmError(f"{folder} is an engine of a former `dllm-trt export --plugins` graph (caches in and out of "
+                        "the graph), a contract this dllm-trt no longer has: re-export the checkpoint with "
+                        "`dllm-trt export` and build the engine again")
     path = folder / rec.get("file", "model.engine")
     if not path.is_file():
         raise DllmError(f"{path} is missing; rebuild it: {rebuild_hint(folder, rec)}")

@@ -30,6 +30,15 @@ class ChatTemplate:
     source: str  # file (and key) it was read from: named in rendering errors
     special_tokens: dict[str, Any] = field(default_factory=dict)  # bos_token, eos_token, ... as strings
 
+    def check(self) -> None:
+        """Compile the template (syntax errors surface here, at export, rather than at the first prompt)."""
+        try:
+            _environment().from_string(self.text)
+        except Exception as e:
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DllmError(f"the chat template of {self.source} does not compile ({type(e).__name__}: {message}); "
+                            "fix it in the checkpoint folder") from None
+
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """The prompt text, exactly as transformers' ``apply_chat_template(..., tokenize=False)`` gives it."""
         check_messages(messages, self.source)

@@ -151,3 +151,15 @@ def test_template_is_sandboxed():
 def test_none_valued_keys_are_dropped_like_transformers():
     t = ChatTemplate("{% for m in messages %}{{ m.content if m.content is defined else 'none' }}{% endfor %}", "t")
     assert t.render([{"role": "assistant", "content": None}]) == "none"
+
+
+def test_export_check_refuses_a_template_that_does_not_compile():
+    ChatTemplate("{{ messages }}", "ok.jinja").check()
+    with pytest.raises(DllmError, match=r"chat template of bad.jinja does not compile \(TemplateSyntaxError"):
+        ChatTemplate("{% if %}", "bad.jinja").check()
+
+
+def test_runtime_api_exports_the_chat_entry_points():
+    import dllm_trt.runtime as rt
+
+    assert rt.prompt_ids is prompt_ids and rt.load_chat_template is load_chat_template

@@ -163,3 +163,30 @@ def test_runtime_api_exports_the_chat_entry_points():
     import dllm_trt.runtime as rt
 
     assert rt.prompt_ids is prompt_ids and rt.load_chat_template is load_chat_template
+
+
+BPE = REPO / "tests" / "fixtures" / "chat" / "bpe"  # trained byte-level BPE (merges) with each family's specials
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trained_byte_level_bpe_matches_transformers(family):
+    folder = BPE / family
+    tok = TextTokenizer(folder)
+    assert json.loads((folder / "tokenizer.json").read_text())["model"]["merges"]  # real merges, not bytes only
+    for name, messages in EXPECTED["conversations"].items():
+        want = EXPECTED["bpe"][family][name]
+        ids = prompt_ids(folder, tok, messages=messages)
+        assert ids == want["ids"], (family, name)
+        assert len(ids) < len(want["text"].encode()), (family, name)  # merges were applied
+    for special in SPECIALS[family]:
+        assert len(tok.encode(special)) == 1 and tok.decode(tok.encode(special)) == ""
+
+
+def test_template_bos_is_not_doubled_by_the_post_processor():
+    """LLaDA's tokenizer.json prepends BOS when special tokens are added; the template already writes it."""
+    folder = BPE / "llada"
+    tok = TextTokenizer(folder)
+    bos = tok.tok.token_to_id("<|startoftext|>")
+    assert EXPECTED["bpe"]["llada"]["plain_with_special_tokens"][0] == bos  # the post-processor is there
+    ids = prompt_ids(folder, tok, prompt="What is 457 + 368?")
+    assert ids[0] == bos and ids.count(bos) == 1

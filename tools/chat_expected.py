@@ -10,6 +10,11 @@ For each family's fixture tokenizer (tests/fixtures/upstream/<family>: byte-leve
 tokenizer_config.json with its chat template) and for the extra templates below (rendered with the
 Dream fixture's tokenizer), it records ``apply_chat_template(messages, add_generation_prompt=True)``
 as text (tokenize=False) and as ids (tokenize=True), or the error it raises.
+
+The fixture tokenizers have no merges (one token per byte), so it also trains, with `tokenizers`, a
+byte-level BPE with merges per family (tests/fixtures/chat/bpe/<family>: the family's special tokens
+added after the vocabulary as real checkpoints have them; LLaDA's with a post-processor that prepends
+BOS, as Llama-style tokenizer.json files do) and records transformers' ids for it too.
 """
 from __future__ import annotations
 
@@ -86,6 +91,46 @@ EXTRA_CONVERSATIONS = dict(CONVERSATIONS, bad_order=[{"role": "assistant", "cont
                                                      {"role": "user", "content": "No."}])
 
 
+BPE_DIR = OUT.parent / "bpe"
+QWEN2_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+               r"""\s*[\r\n]+|\s+(?!\S)|\s+""")  # transformers' Qwen2Tokenizer PRETOKENIZE_REGEX
+CORPUS = ["What is 457 + 368? The answer is 825.", "Reverse the word kernel: lenrek.", "Sort the letters of tensorrt.",
+          "You are a helpful assistant. Be brief.", "Hello! How can I help you today?", "Grüße aus Berlin, 世界 🙂",
+          "user assistant system tool message content role", "say it literally: the end of the text."]
+
+
+def train_bpe(family: str) -> None:
+    """A byte-level BPE trained on CORPUS with the family's special tokens; writes tokenizer.json and a
+    tokenizer_config.json (the fixture's, with added_tokens_decoder at the new ids)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    src = json.loads((FIXTURES / family / "tokenizer_config.json").read_text())
+    specials = [t["content"] for _, t in sorted(src["added_tokens_decoder"].items(), key=lambda kv: int(kv[0]))]
+    tok = Tokenizer(models.BPE())
+    if src["tokenizer_class"] == "Qwen2Tokenizer":  # what a Qwen2 tokenizer.json holds (transformers rebuilds it so)
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:  # LLaDA's PreTrainedTokenizerFast: tokenizer.json used as it is
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, min_frequency=1, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 20, trainer)
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    if family == "llada":
+        bos = src["bos_token"]
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, tok.token_to_id(bos))])
+    out = BPE_DIR / family
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    decoder = {str(tok.token_to_id(s)): dict(src["added_tokens_decoder"][k])
+               for k, s in zip(sorted(src["added_tokens_decoder"], key=int), specials)}
+    (out / "tokenizer_config.json").write_text(json.dumps(dict(src, added_tokens_decoder=decoder), indent=1) + "\n")
+
+
 def render(tok, messages: list[dict], template: str | None = None) -> dict:
     try:
         text = tok.apply_chat_template(messages, chat_template=template, add_generation_prompt=True, tokenize=False)
@@ -100,13 +145,18 @@ def main() -> int:
     out = {"made_with": {"transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
                          "jinja2": jinja2.__version__},
            "conversations": CONVERSATIONS, "families": {}, "templates": EXTRA_TEMPLATES,
-           "template_conversations": EXTRA_CONVERSATIONS, "template_cases": {}}
+           "template_conversations": EXTRA_CONVERSATIONS, "template_cases": {}, "bpe": {}}
     for family in FAMILIES:
         tok = AutoTokenizer.from_pretrained(str(FIXTURES / family))
         out["families"][family] = {name: render(tok, msgs) for name, msgs in CONVERSATIONS.items()}
     tok = AutoTokenizer.from_pretrained(str(FIXTURES / "dream"))
     for tname, template in EXTRA_TEMPLATES.items():
         out["template_cases"][tname] = {name: render(tok, msgs, template) for name, msgs in EXTRA_CONVERSATIONS.items()}
+    for family in FAMILIES:
+        train_bpe(family)
+        tok = AutoTokenizer.from_pretrained(str(BPE_DIR / family))
+        out["bpe"][family] = {name: render(tok, msgs) for name, msgs in CONVERSATIONS.items()}
+        out["bpe"][family]["plain_with_special_tokens"] = tok("What is 457 + 368?", add_special_tokens=True)["input_ids"]
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {OUT}")

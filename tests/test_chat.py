@@ -163,6 +163,8 @@ def test_runtime_api_exports_the_chat_entry_points():
     import dllm_trt.runtime as rt
 
     assert rt.prompt_ids is prompt_ids and rt.load_chat_template is load_chat_template
+    messages = EXPECTED["conversations"]["multi_turn"]
+    assert rt.prompt_ids(UPSTREAM / "sdar", messages=messages) == EXPECTED["families"]["sdar"]["multi_turn"]["ids"]
 
 
 BPE = REPO / "tests" / "fixtures" / "chat" / "bpe"  # trained byte-level BPE (merges) with each family's specials

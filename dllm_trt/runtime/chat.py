@@ -143,9 +143,10 @@ def read_messages_file(path: str | Path) -> list[dict]:
     return check_messages(data, f"--messages {path}")
 
 
-def prompt_ids(folder: str | Path, tokenizer, prompt: str | None = None, messages: list[dict] | None = None,
+def prompt_ids(folder: str | Path, tokenizer=None, prompt: str | None = None, messages: list[dict] | None = None,
                chat_template: bool = True) -> list[int]:
-    """Token ids of one prompt, the way the folder's model expects it.
+    """Token ids of one prompt, the way the folder's model expects it (``tokenizer``: a TextTokenizer,
+    by default the folder's own).
 
     With a template (and ``chat_template`` true) ``prompt`` becomes one user message and ``messages``
     are rendered as they are; without one the prompt text is tokenized as it is. Special tokens are
@@ -153,6 +154,10 @@ def prompt_ids(folder: str | Path, tokenizer, prompt: str | None = None, message
     """
     if (prompt is None) == (messages is None):
         raise DllmError("give either a prompt or messages")
+    if tokenizer is None:
+        from .tokenizer import TextTokenizer
+
+        tokenizer = TextTokenizer(folder)
     template = load_chat_template(folder) if chat_template else None
     if template is None:
         if messages is not None:

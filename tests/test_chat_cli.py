@@ -125,3 +125,15 @@ def test_export_records_the_template_and_run_applies_it(tmp_path, capsys):
     assert report["chat_template"] == f"{out / 'dllm_config.json'} (chat_template)"
     want = generate(OrtBackend.from_pretrained(out), [ids], GEN).tokens[0]
     assert report["answers"] == [tok.decode(want)]
+
+
+def test_demo_on_an_instruct_checkpoint_applies_its_template(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    f = tmp_path / "m.json"
+    f.write_text(json.dumps([{"role": "user", "content": QUESTION}]))
+    argv = ["demo", "--model", str(LLADA), "--workdir", str(tmp_path / "w"), *DECODE]
+    assert main(argv + ["--messages", str(f)]) == 0, capsys.readouterr().err
+    lines = capsys.readouterr().out.splitlines()
+    chat = [line for line in lines if line.startswith("chat     ")]
+    assert len(chat) == 1 and chat[0].endswith("dllm_config.json (chat_template)")
+    assert f"prompt   {QUESTION}" in lines and "prompt   add:457+368=" not in lines

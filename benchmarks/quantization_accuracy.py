@@ -111,7 +111,7 @@ def run(n: int, workdir: Path, samples: int, configs=CONFIGS, log=print) -> list
                 save_calibration(c, path)
             calib[kind] = path
         fid_rows = build_calibration(ref, held_out, n, seed=1)  # masked rows of the held-out prompts
-        settings = json.loads((ckpt / "generation_config.json").read_text())
+        settings = json.loads((ckpt / "dllm_generation.json").read_text())
         tok = TextTokenizer(ref)
         fp32_size = (ref / "model.onnx").stat().st_size
         for label, method, kind, opts in configs:

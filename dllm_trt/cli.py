@@ -33,7 +33,13 @@ DEMO_PROMPTS = ["add:457+368=", "rev:kernel=", "sort:tensorrt="]
 
 # ---------------------------------------------------------------------- shared pieces
 def add_decode_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
+    p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch); an instruct checkpoint's "
+                   "chat template wraps it as one user message")
+    p.add_argument("--messages", action="append", metavar="FILE.json",
+                   help="a conversation, an OpenAI-style JSON list of {role, content}, rendered with the folder's "
+                   "chat template (repeat for a batch)")
+    p.add_argument("--no-chat-template", action="store_true",
+                   help="tokenize --prompt as it is, even when the folder has a chat template")
     p.add_argument("--gen-length", type=int)
     p.add_argument("--block-length", type=int, help="semi-autoregressive block (LLaDA / Dream)")
     p.add_argument("--steps", type=int, help="denoising steps for the schedule strategies")
@@ -59,12 +65,20 @@ def generation_config(model_dir: Path, args: argparse.Namespace):
 
 def decode_and_report(backend, model_dir: Path, prompts: list[str], args: argparse.Namespace, backend_name: str) -> dict:
     from .runtime import TextTokenizer, generate
+    from .runtime.chat import load_chat_template, prompt_ids, read_messages_file
 
     from .options import check_decode_options, warn_unknown_characters
 
     tok = TextTokenizer(model_dir)
     gen = generation_config(model_dir, args)
-    ids = [tok.encode(p) for p in prompts]
+    use_template = not getattr(args, "no_chat_template", False)
+    ids = [prompt_ids(model_dir, tok, prompt=p, chat_template=use_template) for p in prompts]
+    for path in getattr(args, "messages", None) or []:
+        messages = read_messages_file(path)
+        ids.append(prompt_ids(model_dir, tok, messages=messages, chat_template=use_template))
+        last = messages[-1].get("content")
+        prompts = [*prompts, last if isinstance(last, str) else str(path)]
+    template = load_chat_template(model_dir) if use_template else None
     check_decode_options(args, gen, backend.config, max(len(i) for i in ids))
     warn_unknown_characters(tok, prompts)
     t0 = time.perf_counter()
@@ -75,6 +89,7 @@ def decode_and_report(backend, model_dir: Path, prompts: list[str], args: argpar
         "model": str(model_dir),
         "backend": backend_name,
         "prompts": prompts,
+        "chat_template": template.source if template else None,
         "answers": [tok.decode(t) for t in result.tokens],
         "nfe": result.nfe,
         "tokens_per_forward": round(result.tokens_per_forward, 3),
@@ -90,6 +105,8 @@ def print_report(report: dict, as_json: bool) -> None:
         print(json.dumps(report, indent=2))
         return
     print(f"model    {report['model']}  [{report['backend']}]")
+    if report.get("chat_template"):
+        print(f"chat     {report['chat_template']}")
     for p, a in zip(report["prompts"], report["answers"]):
         print(f"prompt   {p}\nanswer   {a}")
     print(f"nfe      {report['nfe']}   tokens/forward {report['tokens_per_forward']:.2f}   "
@@ -98,9 +115,10 @@ def print_report(report: dict, as_json: bool) -> None:
 
 
 def need_prompts(args: argparse.Namespace) -> list[str]:
-    if not args.prompt:
-        raise DllmError("give at least one --prompt TEXT")
-    return args.prompt
+    """The --prompt texts (possibly none when --messages files are given)."""
+    if not args.prompt and not getattr(args, "messages", None):
+        raise DllmError("give at least one --prompt TEXT or --messages FILE.json")
+    return args.prompt or []
 
 
 # ---------------------------------------------------------------------- commands
@@ -153,7 +171,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         print(f"exporting {model_dir} -> {engine} (once)", file=log)
         export_onnx(str(model_dir), str(engine), progress=False, log=lambda s: print(s, file=log))
-    args.engine, args.prompt = str(engine), args.prompt or DEMO_PROMPTS
+    args.engine = str(engine)
+    if not args.prompt and not args.messages:
+        args.prompt = DEMO_PROMPTS
     return cmd_run(args)
 
 

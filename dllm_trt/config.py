@@ -118,7 +118,10 @@ class ModelConfig:
             mask = _tokenizer_mask_id(Path(model_dir))
             if mask is not None:
                 raw["mask_token_id"] = mask
-        return cls.from_dict(raw, source=str(path))
+        config = cls.from_dict(raw, source=str(path))
+        extra_eos = generation_eos_ids(Path(model_dir), max(config.vocab_size, config.embedding_size))
+        union = config.eos_token_ids + tuple(e for e in extra_eos if e not in config.eos_token_ids)
+        return config.replace(eos_token_ids=union) if union != config.eos_token_ids else config
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "ModelConfig":
@@ -277,6 +280,33 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+
+def generation_eos_ids(model_dir: Path, rows: int) -> tuple[int, ...]:
+    """``eos_token_id`` of the folder's generation_config.json (an int or a list, as Hugging Face writes it).
+
+    Chat checkpoints list their end-of-turn token there (SDAR, Fast-dLLM v2: ``<|im_end|>``) and not in
+    config.json, so the decode loop must stop on both files' ids.
+    """
+    path = model_dir / "generation_config.json"
+    if not path.is_file():
+        return ()
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DllmError(f"{path} is not valid JSON: {e}") from e
+    value = raw.get("eos_token_id") if isinstance(raw, dict) else None
+    if value is None:
+        return ()
+    try:
+        ids = tuple(int(v) for v in value) if isinstance(value, list) else (int(value),)
+    except (TypeError, ValueError):
+        raise DllmError(f"{path}: eos_token_id must be an integer or a list of integers, found {value!r}") from None
+    bad = [e for e in ids if not 0 <= e < rows]
+    if bad:
+        raise DllmError(f"{path}: eos_token_id {bad[0]} is outside the vocabulary of {rows} tokens; set it to the "
+                        "tokenizer's end-of-text / end-of-turn ids")
+    return ids
 
 
 def _bad_value(raw: dict[str, Any], error: Exception) -> str:

@@ -10,8 +10,8 @@ from typing import Callable
 from . import __version__
 
 # small files hashed whole; weights by name, size and modification time (hashing 16 GB per demo is too slow)
-_CONTENT = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            "model.safetensors.index.json")
+_CONTENT = ("config.json", "generation_config.json", "dllm_generation.json", "tokenizer.json", "tokenizer_config.json",
+            "chat_template.jinja", "model.safetensors.index.json")
 
 
 def checkpoint_key(model_dir: Path) -> str:

@@ -81,7 +81,7 @@ It is a real, trained model, not random weights: it solves three synthetic tasks
   (0 = `<|endoftext|>`, 1 = `<|mask|>`).
 - Training: `python samples/train_tiny.py --family {config.family} --out {model_dir.as_posix()} --seconds {train['train_seconds']:g} --device cuda`
   on {train['device']} ({train['date']}): {train['train_steps']} steps of batch {train.get('batch', 512)}, final loss {train['final_loss']:.2e}.
-- Decode settings (`generation_config.json`): `{json.dumps(settings)}`
+- Decode settings (`dllm_generation.json`): `{json.dumps(settings)}`
 
 ## Exact match on {metrics['one_token_per_step']['n']} held-out prompts
 

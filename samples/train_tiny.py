@@ -184,7 +184,9 @@ def main() -> None:
                "batch": args.batch, "final_loss": ema, "device": device_name, "date": time.strftime("%Y-%m-%d")}
     save_model(model.cpu(), args.out, extra_files={
         "tokenizer.json": tok_json,
-        "generation_config.json": json.dumps(dict(settings, mask_token_id=MASK_ID, eos_token_id=EOS_ID), indent=2) + "\n",
+        # Hugging Face's file holds only HF keys; dllm-trt's decode settings go in their own file
+        "generation_config.json": json.dumps({"eos_token_id": EOS_ID, "mask_token_id": MASK_ID}, indent=2) + "\n",
+        "dllm_generation.json": json.dumps(settings, indent=2) + "\n",
         "train_metrics.json": json.dumps(metrics, indent=2) + "\n",
     })
     tmp_tok.unlink()

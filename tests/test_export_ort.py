@@ -79,7 +79,8 @@ def make_checkpoint(path: Path, variant: str, seed: int = 0) -> Path:
         lm_head(model).mul_(4.0)
     gen = {"gen_length": 16, "block_length": 8, "steps": 16, "strategy": "low_confidence"}
     save_model(model, path, extra_files={"tokenizer.json": build_tokenizer_json(),
-                                         "generation_config.json": json.dumps(gen)})
+                                         "generation_config.json": json.dumps({"eos_token_id": 0}),
+                                         "dllm_generation.json": json.dumps(gen)})
     return path
 
 
@@ -176,7 +177,8 @@ def test_graph_passes_checker_shape_inference_and_contract(exported, variant, tm
     assert meta["model_config"]["block_size"] == cfg.block_size
     assert meta["cache"]["layout"].startswith("per-layer K/V [B, Hkv, C, D]")
     assert meta["tokenizer"] == "tokenizer.json" and (art / "tokenizer.json").is_file()
-    assert (art / "generation_config.json").is_file()
+    assert (art / "generation_config.json").is_file() and (art / "dllm_generation.json").is_file()
+    assert meta["generation_sources"] == ["generation_config.json", "dllm_generation.json"]
     assert meta["generation_defaults"]["gen_length"] == 16
     assert meta["generation_defaults"]["cache"] in cache_modes(variant)
     assert meta["external_data"] is None and not (art / EXTERNAL_DATA_FILE).exists()

@@ -18,7 +18,8 @@ from dllm_trt.runtime import GenerationConfig, TextTokenizer, generate
 from dllm_trt.tasks import EOS, MASK, exact_match, make_examples
 
 CHECKPOINTS = {"llada-tiny": "llada", "dream-tiny": "dream", "bd-tiny": "block_diffusion"}
-REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "README.md")
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "dllm_generation.json",
+                  "README.md")
 MAX_BYTES = 10 * 1024 * 1024
 N_PROMPTS, EVAL_SEED = 200, 12345  # held out: training draws from seed 1
 GEN_FIELDS = {f.name for f in dataclasses.fields(GenerationConfig)}
@@ -33,7 +34,7 @@ def checkpoint_dir(name: str) -> Path:
 
 
 def settings_of(d: Path) -> dict:
-    raw = json.loads((d / "generation_config.json").read_text())
+    raw = json.loads((d / "dllm_generation.json").read_text())  # dllm-trt's own decode settings
     return {k: v for k, v in raw.items() if k in GEN_FIELDS}
 
 

@@ -59,7 +59,7 @@ def calib_files(exports, tmp_path_factory):
 def settings_of(name: str) -> dict:
     from dllm_trt.runtime import GenerationConfig
 
-    raw = json.loads((CKPTS / name / "generation_config.json").read_text())
+    raw = json.loads((CKPTS / name / "dllm_generation.json").read_text())
     return {k: v for k, v in raw.items() if k in GenerationConfig.__dataclass_fields__}
 
 

@@ -70,7 +70,7 @@ class ModelInfo:
 
 
 def read_model_info(model_dir: str | Path) -> ModelInfo:
-    """A checkpoint folder (config.json + generation_config.json) or an export (dllm_config.json)."""
+    """A checkpoint folder (config.json + generation_config.json / dllm_generation.json) or an export (dllm_config.json)."""
     from ..contract import CONFIG_FILE, config_from_artifact, read_artifact_config
 
     d = Path(model_dir)

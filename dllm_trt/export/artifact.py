@@ -19,10 +19,12 @@ from ..config import ModelConfig
 from ..errors import DllmError
 from ..contract import (CACHE_LAYOUT, CONFIG_FILE, FORMAT_VERSION, KV_TYPES, MODEL_FILE, input_names, output_names,
                         tensor_shapes)
+from ..runtime.chat import ChatTemplate, load_chat_template
+from ..runtime.generation_files import checkpoint_generation_defaults
 from ..runtime.settings import CACHE_MODES, GenerationConfig, folder_generation_defaults
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "generation_config.json")
+                   "generation_config.json", "dllm_generation.json")
 
 
 def model_config_dict(config: ModelConfig) -> dict[str, Any]:
@@ -43,7 +45,8 @@ def tensor_specs(config: ModelConfig, dtype: str) -> tuple[list[dict], list[dict
 
 
 def generation_defaults(model_dir: Path, config: ModelConfig, cache: str | None) -> dict[str, Any]:
-    """Decode defaults: GenerationConfig's, overridden by the checkpoint's generation_config.json, then --cache."""
+    """Decode defaults: GenerationConfig's, overridden by the checkpoint's generation_config.json (HF's meaning)
+    and dllm_generation.json (dllm-trt's keys), then --cache."""
     defaults = dataclasses.asdict(GenerationConfig())
     defaults.update(folder_generation_defaults(model_dir))
     if cache is not None:
@@ -57,19 +60,19 @@ def generation_defaults(model_dir: Path, config: ModelConfig, cache: str | None)
     return defaults
 
 
-def read_chat_template(model_dir: Path) -> str | None:
-    """The chat template, from chat_template.jinja or tokenizer_config.json (HF's two homes for it)."""
-    jinja = model_dir / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text()
-    tc = model_dir / "tokenizer_config.json"
-    if tc.is_file():
-        try:
-            template = json.loads(tc.read_text()).get("chat_template")
-        except json.JSONDecodeError as e:
-            raise DllmError(f"{tc} is not valid JSON: {e}") from e
-        return template if isinstance(template, str) else None
-    return None
+def generation_sources(model_dir: Path) -> list[str]:
+    """The checkpoint files the generation defaults were read from (recorded in dllm_config.json)."""
+    names = {f.name for f in dataclasses.fields(GenerationConfig)}
+    return checkpoint_generation_defaults(model_dir, names)[1]
+
+
+def read_chat_template(model_dir: Path) -> ChatTemplate | None:
+    """The checkpoint's chat template (chat_template.jinja or tokenizer_config.json), recorded in the export so
+    `run` applies the same one; a template that does not compile fails the export, not the first prompt."""
+    template = load_chat_template(model_dir)
+    if template is not None:
+        template.check()
+    return template
 
 
 def copy_tokenizer_files(model_dir: Path, out: Path) -> list[str]:
@@ -83,7 +86,8 @@ def copy_tokenizer_files(model_dir: Path, out: Path) -> list[str]:
 
 def build_dllm_config(config: ModelConfig, dtype: str, opset: int, external_data: str | None,
                       validation: dict[str, Any], tokenizer: str | None, gen_defaults: dict[str, Any],
-                      source: str, torch_version: str, chat_template: str | None = None) -> dict[str, Any]:
+                      source: str, torch_version: str, chat_template: ChatTemplate | None = None,
+                      generation_sources: list[str] | None = None) -> dict[str, Any]:
     inputs, outputs = tensor_specs(config, dtype)
     return {
         "dllm_trt_version": __version__,
@@ -124,8 +128,11 @@ def build_dllm_config(config: ModelConfig, dtype: str, opset: int, external_data
                       "rule": "top-1 over the vocabulary with the mask token excluded; confidence = its softmax "
                               "probability (float32); ties to the lowest token id"},
         "tokenizer": tokenizer,
-        "chat_template": chat_template,
+        "chat_template": chat_template.text if chat_template else None,
+        "chat_template_source": Path(chat_template.source.split(" ")[0]).name if chat_template else None,
+        "chat_special_tokens": chat_template.special_tokens if chat_template else {},
         "generation_defaults": gen_defaults,
+        "generation_sources": generation_sources or [],
         "source": source,
     }
 

@@ -109,7 +109,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
                 say(f"warning: {model_dir} has no tokenizer.json; the artefact will take token ids only")
             dllm_config = artifact.build_dllm_config(config, dtype, opset, external, validation, tokenizer, gen_defaults,
                                                      source=str(model_dir.resolve()), torch_version=torch.__version__,
-                                                     chat_template=artifact.read_chat_template(model_dir))
+                                                     chat_template=artifact.read_chat_template(model_dir),
+                                                     generation_sources=artifact.generation_sources(model_dir))
             artifact.write_json(tmp / CONFIG_FILE, dllm_config)
             artifact.publish(tmp, out)
     except BaseException:

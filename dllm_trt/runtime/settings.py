@@ -1,7 +1,6 @@
 """What a decode run is asked to do, and what it reports back."""
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -76,19 +75,12 @@ class GenerationConfig:
 
 
 def folder_generation_defaults(folder: str | Path) -> dict:
-    """The decode settings a folder carries, as GenerationConfig fields: an export's
-    ``dllm_config.json`` ``generation_defaults``, else a checkpoint's ``generation_config.json``."""
-    folder = Path(folder)
-    names = {f.name for f in fields(GenerationConfig)}
-    for path, key in ((folder / "dllm_config.json", "generation_defaults"), (folder / "generation_config.json", None)):
-        if path.is_file():
-            try:
-                raw = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise DllmError(f"{path} is not valid JSON: {e}") from e
-            raw = (raw.get(key) or {}) if key else raw
-            return {k: v for k, v in raw.items() if k in names}
-    return {}
+    """The decode settings a folder carries, as GenerationConfig fields: an export's ``dllm_config.json``
+    ``generation_defaults``, else a checkpoint's ``generation_config.json`` (Hugging Face's meaning of its
+    keys) and ``dllm_generation.json`` (dllm-trt's own keys); see runtime/generation_files.py."""
+    from .generation_files import generation_defaults_of
+
+    return generation_defaults_of(folder, {f.name for f in fields(GenerationConfig)})
 
 
 @dataclass
@@ -127,7 +119,7 @@ class GenerationResult:
 
 
 def generation_config_from_args(model_dir: str | Path, args) -> GenerationConfig:
-    """Defaults from the folder (generation_config.json or dllm_config.json), then the command line's
+    """Defaults from the folder (dllm_config.json, or generation_config.json + dllm_generation.json), then the command line's
     options (an argparse namespace: every GenerationConfig field that is not None, and ``no_stop``).
     Shared by ``dllm-trt run`` and ``dllm-trt profile``."""
     names = {f.name for f in fields(GenerationConfig)}

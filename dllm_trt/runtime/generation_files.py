@@ -1,0 +1,112 @@
+"""A checkpoint folder's decode defaults: Hugging Face's ``generation_config.json`` read with HF's meaning
+of its keys, and dllm-trt's own settings in ``dllm_generation.json``.
+
+``generation_config.json`` belongs to Hugging Face: ``max_new_tokens``, ``do_sample``/``temperature``/
+``top_k``/``top_p`` and ``eos_token_id`` mean there what transformers' ``GenerationConfig`` makes of them
+(sampling keys are ignored unless ``do_sample`` is true; unset sampling keys take HF's defaults 1.0 / 50 /
+1.0). dllm-trt's own keys (gen_length, block_length, steps, strategy, threshold, cache, ...) live in
+``dllm_generation.json`` so they never collide with an HF key that means something else. Precedence:
+GenerationConfig's defaults < generation_config.json < the family's keys < dllm_generation.json < options.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from ..config import FAMILIES
+from ..errors import DllmError
+
+HF_GENERATION_FILE = "generation_config.json"
+DLLM_GENERATION_FILE = "dllm_generation.json"
+EXPORT_CONFIG = "dllm_config.json"
+# dllm-trt keys that are no Hugging Face generation key: finding one in generation_config.json marks a folder
+# written before dllm_generation.json existed (read as before, with a warning)
+LEGACY_KEYS = ("gen_length", "block_length", "strategy", "threshold", "factor", "cache", "sub_block_length")
+HF_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}  # transformers' _get_default_generation_params
+
+
+def read_json_object(path: Path) -> dict:
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DllmError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise DllmError(f"{path} must hold a JSON object, found {type(raw).__name__}")
+    return raw
+
+
+def hf_generation_fields(raw: dict[str, Any], source: str = HF_GENERATION_FILE) -> dict[str, Any]:
+    """GenerationConfig fields from generation_config.json keys, with HF's meaning."""
+    out: dict[str, Any] = {}
+    try:
+        if raw.get("max_new_tokens") is not None:
+            out["gen_length"] = int(raw["max_new_tokens"])
+        if any(k in raw for k in ("do_sample", *HF_DEFAULTS)):
+            if raw.get("do_sample"):
+                for key, default in HF_DEFAULTS.items():
+                    value = raw.get(key)
+                    out[key] = type(default)(default if value is None else value)
+            else:  # HF: greedy unless do_sample; temperature/top_k/top_p are then not used
+                out["temperature"] = 0.0
+    except (TypeError, ValueError) as e:
+        raise DllmError(f"{source}: a sampling key has a value that is not a number ({e})") from None
+    return out
+
+
+def family_generation_fields(raw: dict[str, Any], family: str | None) -> dict[str, Any]:
+    """GenerationConfig fields from a family's own generation_config.json keys (Dream's ``alg``, ``steps``,
+    ``alg_temp``; Dream's sampler also applies ``temperature`` without ``do_sample``).
+
+    Hook for the decode-algorithm work, which owns GenerationConfig's algorithm fields: empty for now.
+    """
+    return {}
+
+
+def folder_family(folder: Path) -> str | None:
+    """The family named by the folder's config.json (None when it has none or it is unreadable)."""
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type", "")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return FAMILIES.get(str(model_type).lower())
+
+
+def checkpoint_generation_defaults(folder: Path, names: set[str]) -> tuple[dict[str, Any], list[str]]:
+    """Decode defaults of a checkpoint folder as GenerationConfig fields, and the files they came from."""
+    values: dict[str, Any] = {}
+    sources: list[str] = []
+    hf_path, own_path = folder / HF_GENERATION_FILE, folder / DLLM_GENERATION_FILE
+    if hf_path.is_file():
+        raw = read_json_object(hf_path)
+        legacy = [k for k in LEGACY_KEYS if k in raw]
+        if legacy and not own_path.is_file():
+            warnings.warn(f"{hf_path} holds dllm-trt decode keys ({', '.join(legacy)}) under Hugging Face's file: "
+                          f"move them to {DLLM_GENERATION_FILE} (read from here for now, with their dllm-trt meaning)",
+                          FutureWarning, stacklevel=3)
+            values.update({k: v for k, v in raw.items() if k in names})
+        else:
+            values.update(hf_generation_fields(raw, str(hf_path)))
+            values.update(family_generation_fields(raw, folder_family(folder)))
+        sources.append(HF_GENERATION_FILE)
+    if own_path.is_file():
+        raw = read_json_object(own_path)
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise DllmError(f"{own_path}: unknown key {unknown[0]!r}; its keys are GenerationConfig's "
+                            f"({', '.join(sorted(names))})")
+        values.update(raw)
+        sources.append(DLLM_GENERATION_FILE)
+    return {k: v for k, v in values.items() if k in names}, sources
+
+
+def generation_defaults_of(folder: str | Path, names: set[str]) -> dict[str, Any]:
+    """An export's recorded ``generation_defaults`` (dllm_config.json), else a checkpoint's files."""
+    folder = Path(folder)
+    meta = folder / EXPORT_CONFIG
+    if meta.is_file():
+        raw = read_json_object(meta).get("generation_defaults") or {}
+        return {k: v for k, v in raw.items() if k in names}
+    return checkpoint_generation_defaults(folder, names)[0]

@@ -427,3 +427,30 @@ def test_select_rows_statistics_against_float64():
     plogp = torch.where(p > 0, p * p.clamp_min(1e-300).log(), torch.zeros_like(p)).sum(-1)
     assert torch.allclose(sel.neg_entropy.double(), plogp, atol=1e-5)
     assert torch.isfinite(sel.neg_entropy).all()
+
+
+def test_family_defaults_under_the_folder_and_the_command_line(tmp_path):
+    """Each family's upstream default algorithm when the checkpoint says nothing else; a checkpoint's
+    generation_config.json (Dream's alg) and the command line win over it."""
+    import argparse
+    import json
+    import shutil
+
+    from conftest import REPO
+    from dllm_trt.runtime.settings import generation_config_from_args
+
+    none = argparse.Namespace()
+    ckpts = REPO / "samples" / "checkpoints"
+    # the bundled dream-tiny says low_confidence in its generation_config.json: the checkpoint wins
+    assert generation_config_from_args(ckpts / "dream-tiny", none).strategy == "low_confidence"
+    dream = tmp_path / "dream"
+    shutil.copytree(ckpts / "dream-tiny", dream)
+    (dream / "generation_config.json").unlink()
+    assert generation_config_from_args(dream, none).strategy == "entropy"
+    assert generation_config_from_args(dream, argparse.Namespace(strategy="maskgit_plus")).strategy == "maskgit_plus"
+    assert generation_config_from_args(ckpts / "llada-tiny", none).strategy == "low_confidence"
+    sdar = generation_config_from_args(REPO / "tests" / "fixtures" / "upstream" / "sdar", none)
+    assert (sdar.strategy, sdar.threshold, sdar.steps) == ("threshold", 0.85, 4)  # low_confidence_dynamic
+    (dream / "generation_config.json").write_text(json.dumps({"alg": "topk_margin", "steps": 8}))
+    g = generation_config_from_args(dream, none)
+    assert (g.strategy, g.steps) == ("topk_margin", 8)

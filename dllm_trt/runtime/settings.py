@@ -168,12 +168,43 @@ class GenerationResult:
                 "tokens_per_forward": self.tokens_per_forward, "steps": [asdict(s) for s in self.steps]}
 
 
+def family_generation_defaults(config) -> dict:
+    """Each family's upstream default decode settings, as GenerationConfig fields (under what the folder
+    and the command line say): Dream's ``diffusion_generate`` ranks by entropy; SDAR's
+    ``block_diffusion_generate`` is low_confidence_dynamic at 0.85 with ``denoising_steps`` = its block
+    size. LLaDA (low_confidence, one token per step) and Fast-dLLM v2 (threshold 1: one token per step,
+    sub-blocks of 8) are GenerationConfig's own defaults."""
+    from ..config import QWEN3_MODEL_TYPES
+
+    if config.family == "dream":
+        return {"strategy": "entropy"}
+    if config.model_type.lower() in QWEN3_MODEL_TYPES:
+        return {"strategy": "threshold", "threshold": 0.85, "steps": config.block_size}
+    return {}
+
+
+def _folder_model_config(folder: Path):
+    """The ModelConfig of an export or a checkpoint folder, None when it cannot be read (loading the
+    backend reports why)."""
+    from ..config import ModelConfig
+    from ..contract import CONFIG_FILE, config_from_artifact, read_artifact_config
+
+    try:
+        if (folder / CONFIG_FILE).is_file():
+            return config_from_artifact(read_artifact_config(folder))
+        return ModelConfig.from_pretrained(folder)
+    except (DllmError, OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def generation_config_from_args(model_dir: str | Path, args) -> GenerationConfig:
     """Defaults from the folder (generation_config.json or dllm_config.json), then the command line's
     options (an argparse namespace: every GenerationConfig field that is not None, and ``no_stop``).
     Shared by ``dllm-trt run`` and ``dllm-trt profile``."""
     names = {f.name for f in fields(GenerationConfig)}
-    values = folder_generation_defaults(Path(model_dir))
+    config = _folder_model_config(Path(model_dir))
+    values = {**(family_generation_defaults(config) if config is not None else {}),
+              **folder_generation_defaults(Path(model_dir))}
     for name in names:
         v = getattr(args, name, None)
         if v is not None:

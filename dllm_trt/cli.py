@@ -33,6 +33,8 @@ DEMO_PROMPTS = ["add:457+368=", "rev:kernel=", "sort:tensorrt="]
 
 # ---------------------------------------------------------------------- shared pieces
 def add_decode_options(p: argparse.ArgumentParser) -> None:
+    from .runtime.settings import STRATEGIES
+
     p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch); an instruct checkpoint's "
                    "chat template wraps it as one user message")
     p.add_argument("--messages", action="append", metavar="FILE.json",
@@ -43,7 +45,7 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gen-length", type=int)
     p.add_argument("--block-length", type=int, help="semi-autoregressive block (LLaDA / Dream)")
     p.add_argument("--steps", type=int, help="denoising steps for the schedule strategies")
-    p.add_argument("--strategy", choices=["low_confidence", "random", "threshold", "factor"])
+    p.add_argument("--strategy", choices=list(STRATEGIES))
     p.add_argument("--threshold", type=float, help="Fast-dLLM confidence threshold")
     p.add_argument("--factor", type=float, help="Fast-dLLM factor rule")
     p.add_argument("--cache", choices=["none", "prefix", "dual", "block", "sub_block"])

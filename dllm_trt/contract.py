@@ -13,6 +13,8 @@ Graph contract (format 2; one graph for the prefill and every step of every cach
              logits_index    [B, R] int64               query rows whose predictions the step reads
     outputs  tokens          [B, R] int64     top-1 token of each read row, the mask token excluded
              confidence      [B, R] float32   its softmax probability (the mask token excluded)
+             margin          [B, R] float32   top-1 minus top-2 probability (Dream's topk_margin)
+             neg_entropy     [B, R] float32   sum p log p over the row (Dream's entropy; the mask's p is 0)
              logits          [B, R, V] float32  the read rows' logits (debugging, validation, sampling)
              present.{i}.key / .value  [B, Hkv, L, D]   keys/values of the current tokens
 
@@ -21,7 +23,9 @@ buffer as the past (P = C, stale or unwritten positions masked by the bias), so 
 or slices the cache; it writes the presents of the tokens it keeps into the cache in place
 (numpy on the host, one device kernel on the GPU). The language-model head runs only on the
 ``R`` rows in ``logits_index`` (a block, not the prompt), and the top-1 selection happens in the
-graph: per step only ``B x R`` token ids and confidences leave the device.
+graph: per step only ``B x R`` token ids and their statistics leave the device. The statistics
+are computed with ArgMax + gather (the second best: ArgMax again after -inf at the first), Exp and
+ReduceSum, never a ReduceMax over the vocabulary (slow on ONNX Runtime's CUDA provider).
 """
 from __future__ import annotations
 
@@ -45,7 +49,8 @@ KV_TYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 # Named dimensions. key_len = past_len + query_len (ONNX cannot spell a sum).
 BATCH, QUERY, PAST, KEYS, ROWS = "batch", "query_len", "past_len", "key_len", "rows"
-SELECT_OUTPUTS = ("tokens", "confidence", "logits")
+SELECT_OUTPUTS = ("tokens", "confidence", "margin", "neg_entropy", "logits")
+ROW_STATS = SELECT_OUTPUTS[:4]  # the [B, R] outputs every step downloads (logits only when sampling)
 
 
 def past_names(num_layers: int) -> list[str]:
@@ -74,6 +79,8 @@ def tensor_shapes(config: ModelConfig, kv_type: str) -> dict[str, tuple[str, lis
         "logits_index": ("int64", [BATCH, ROWS]),
         "tokens": ("int64", [BATCH, ROWS]),
         "confidence": ("float32", [BATCH, ROWS]),
+        "margin": ("float32", [BATCH, ROWS]),
+        "neg_entropy": ("float32", [BATCH, ROWS]),
         "logits": ("float32", [BATCH, ROWS, c.vocab_size]),
     }
     shapes.update({n: (kv_type, [BATCH, c.num_kv_heads, PAST, c.head_dim]) for n in past_names(c.num_layers)})

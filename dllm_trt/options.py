@@ -51,7 +51,7 @@ def check_decode_options(args: argparse.Namespace, gen, config, longest_prompt: 
                         f"model's {limit} positions; use --gen-length {max(limit - longest_prompt, 0)} or less")
     resolved = gen.resolved(config.attention)
     given = lambda name: getattr(args, name, None) is not None  # noqa: E731
-    if given("threshold") and resolved.strategy != "threshold":
+    if given("threshold") and resolved.strategy not in ("threshold", "confidence_threshold"):
         raise DllmError(f"--threshold applies to --strategy threshold only (the strategy here is "
                         f"{resolved.strategy}); add --strategy threshold or drop --threshold")
     if given("factor") and resolved.strategy != "factor":

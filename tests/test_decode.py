@@ -203,26 +203,28 @@ BLOCK_STEPS = {
         rec("prefill+block", 16, 0) + rec("block", 8, 8, 4) + rec("commit", 8, 8) + rec("block", 8, 16, 7)
         + rec("commit", 8, 16) + rec("block", 8, 24, 7),
     # a sub-block step sees the cache up to the block's end, except its own window: the past extent
-    # is the block's end, or the window's start for the block's last sub-block (nothing after it)
+    # is the block's end, or the window's start for the block's last sub-block (nothing after it).
+    # No lead row: a sub-block step runs only once the sub-block's first position is decoded (Fast-dLLM
+    # v2's refresh rule), so the row predicting it is never read.
     ("block_diffusion", 11, "sub_block"):
-        rec("prefill+block", 16, 0) + rec("block", 8, 8) + rec("sub_block", 5, 11, 3) + rec("commit", 8, 8)
-        + rec("block", 8, 16) + rec("sub_block", 4, 24, 2) + rec("block", 8, 16) + rec("sub_block", 5, 19, 3)
+        rec("prefill+block", 16, 0) + rec("block", 8, 8) + rec("sub_block", 4, 12, 3) + rec("commit", 8, 8)
+        + rec("block", 8, 16) + rec("sub_block", 4, 24, 2) + rec("block", 8, 16) + rec("sub_block", 4, 20, 3)
         + rec("commit", 8, 16)
-        + rec("block", 8, 24) + rec("sub_block", 4, 32, 2) + rec("block", 8, 24) + rec("sub_block", 5, 27, 3),
+        + rec("block", 8, 24) + rec("sub_block", 4, 32, 2) + rec("block", 8, 24) + rec("sub_block", 4, 28, 3),
     # prompt on a block boundary: prefill on its own to read the token that opens block 1
     ("block_diffusion", 8, "sub_block"):
         rec("prefill", 8, 0)
-        + rec("block", 8, 8) + rec("sub_block", 4, 16, 2) + rec("block", 8, 8) + rec("sub_block", 5, 11, 3)
+        + rec("block", 8, 8) + rec("sub_block", 4, 16, 2) + rec("block", 8, 8) + rec("sub_block", 4, 12, 3)
         + rec("commit", 8, 8)
-        + rec("block", 8, 16) + rec("sub_block", 4, 24, 2) + rec("block", 8, 16) + rec("sub_block", 5, 19, 3),
+        + rec("block", 8, 16) + rec("sub_block", 4, 24, 2) + rec("block", 8, 16) + rec("sub_block", 4, 20, 3),
     ("block_diffusion", 8, "none"):
         rec("prefill", 8, 0) + rec("full", 16, 0, 7) + rec("commit", 16, 0) + rec("full", 24, 0, 7),
     # prompt shorter than a block: nothing to prefill, the first sub-block is all prompt
     ("block_diffusion", 5, "sub_block"):
-        rec("block", 8, 0) + rec("sub_block", 5, 3, 2) + rec("commit", 8, 0)
-        + rec("block", 8, 8) + rec("sub_block", 4, 16, 2) + rec("block", 8, 8) + rec("sub_block", 5, 11, 3)
+        rec("block", 8, 0) + rec("sub_block", 4, 4, 2) + rec("commit", 8, 0)
+        + rec("block", 8, 8) + rec("sub_block", 4, 16, 2) + rec("block", 8, 8) + rec("sub_block", 4, 12, 3)
         + rec("commit", 8, 8)
-        + rec("block", 8, 16) + rec("sub_block", 4, 24, 2) + rec("block", 8, 16) + rec("sub_block", 5, 19, 3),
+        + rec("block", 8, 16) + rec("sub_block", 4, 24, 2) + rec("block", 8, 16) + rec("sub_block", 4, 20, 3),
     # SDAR reads logits in place: no AR token at block starts, windows never lead, commits decode nothing
     ("sdar", 11, "sub_block"):
         rec("prefill+block", 16, 0) + rec("block", 8, 8) + rec("sub_block", 4, 12, 3) + rec("commit", 8, 8)
@@ -372,7 +374,10 @@ def test_threshold_above_one_still_progresses(variant, tiny_backend):
     assert r.tokens == ref.tokens and r.nfe == ref.nfe
     assert r.nfe == r.decoded_tokens and all(s.unmasked == [1] for s in r.steps)
     r = generate(be, prompt, gen_cfg(variant, strategy="factor", factor=0.0, stop_at_eos=False))
-    assert r.nfe == r.decoded_tokens and all(s.unmasked == [1] for s in r.steps)
+    # factor 0: one token per step, except that the last two masks of a span go together (upstream's
+    # get_transfer_index_dynamic takes all n when only the least confident fails)
+    assert all(s.unmasked in ([1], [2]) for s in r.steps) and r.decoded_tokens > r.nfe
+    assert [s.unmasked for s in r.steps].count([1]) >= r.nfe // 2
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES + ("random",))

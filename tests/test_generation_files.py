@@ -41,13 +41,14 @@ def test_hf_keys_mean_what_transformers_makes_of_them():
         hf_generation_fields({"do_sample": True, "temperature": "hot"})
 
 
-def test_family_hook_exists_and_adds_nothing_yet():
+def test_family_hook_maps_dreams_own_keys():
     raw = json.loads((UPSTREAM / "dream" / "generation_config.json").read_text())
-    assert family_generation_fields(raw, "dream") == {}
+    assert family_generation_fields(raw, "dream") == {"strategy": "entropy", "alg_temp": 0.0, "steps": 512}
+    assert family_generation_fields({"steps": 64}, "sdar") == {}  # other families' `steps` is not Dream's
 
 
 @pytest.mark.parametrize("family,want", [
-    ("dream", {"gen_length": 512, "temperature": 0.0}),
+    ("dream", {"gen_length": 512, "temperature": 0.0, "strategy": "entropy", "steps": 512, "alg_temp": 0.0}),
     ("fast_dllm_v2", {"temperature": 0.7, "top_k": 20, "top_p": 0.8}),
     ("sdar", {"temperature": 0.6, "top_k": 20, "top_p": 0.95}),
     ("llada", {}),

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from dllm_trt.runtime import GenerationConfig, generate
-from dllm_trt.runtime.settings import CACHE_MODES, STRATEGIES
+from dllm_trt.runtime.settings import CACHE_MODES, STRATEGIES_FOR
 
 REPO = Path(__file__).resolve().parents[1]
 CKPTS = {n: REPO / "samples" / "checkpoints" / n for n in ("llada-tiny", "dream-tiny", "bd-tiny")}
@@ -78,7 +78,8 @@ def assert_lean_steps(proxy: Counting, gen: GenerationConfig, label: str) -> Non
         assert s["want_logits"] is False, f"{where}: the loop asked for logits at temperature 0"
         assert s["out"].logits is None, f"{where}: the backend returned logits it was not asked for"
         assert 1 <= r <= span, f"{where}: reads {r} rows"
-        for name, a in zip(("tokens", "confidence"), s["out"][:2]):
+        for name in ("tokens", "confidence", "margin", "neg_entropy"):
+            a = getattr(s["out"], name)
             assert isinstance(a, np.ndarray) and a.shape == (b, r), f"{where}: {name} {a.shape}"
             assert a.size <= b * r
         # inputs: ids/positions [B, L], the bias [B, 1, L, P + L], the row index [B, R]; nothing per vocabulary entry
@@ -123,7 +124,7 @@ def backends(tmp_path_factory):
 @pytest.mark.parametrize("name", list(CKPTS))
 def test_only_rows_cross_the_boundary_torch(backends, name):
     tb, _ = backends[name]
-    for strategy in STRATEGIES:
+    for strategy in STRATEGIES_FOR[tb.config.attention]:
         for cache in CACHE_MODES[tb.config.attention]:
             proxy = Counting(tb)
             gen = settings(name, strategy, cache)
@@ -136,7 +137,7 @@ def test_only_rows_cross_the_boundary_torch(backends, name):
 def test_only_rows_cross_the_boundary_ort_bound(backends, name):
     tb, ob = backends[name]
     assert ob.io_binding
-    for strategy in STRATEGIES:
+    for strategy in STRATEGIES_FOR[ob.config.attention]:
         for cache in CACHE_MODES[ob.config.attention]:
             gen = settings(name, strategy, cache)
             proxy = Counting(ob)

@@ -8,7 +8,7 @@ import pytest
 
 from dllm_trt.runtime.layout import MASKED, attention_bias
 from dllm_trt.runtime.sampling import REMASK_STREAM, SAMPLE_STREAM, counter_uniform, propose
-from dllm_trt.runtime.unmask import select_factor, select_threshold, select_top_k, transfer_schedule
+from dllm_trt.runtime.unmask import select_factor, select_first, select_threshold, select_top_k, transfer_schedule
 
 
 # ----------------------------------------------------------------------------- transfer_schedule
@@ -58,6 +58,23 @@ def test_select_threshold_ties_and_strictness():
     assert select_threshold(conf, 0.9).tolist() == [0]  # only the forced argmax, lowest index
 
 
+def test_select_threshold_inclusive_and_at_least():
+    conf = np.array([0.9, 0.2, 0.95, 0.3])
+    assert select_threshold(conf, 0.9).tolist() == [2]  # v2 / SDAR: strictly above
+    assert select_threshold(conf, 0.9, inclusive=True).tolist() == [0, 2]  # Fast-dLLM LLaDA / Dream: >=
+    # SDAR low_confidence_dynamic: all above when at least the step's count are, else the top count
+    assert select_threshold(conf, 0.5, at_least=2).tolist() == [0, 2]
+    assert select_threshold(conf, 0.5, at_least=3).tolist() == [0, 2, 3]
+    assert select_threshold(conf, 0.1, at_least=3).tolist() == [0, 1, 2, 3]
+
+
+def test_select_first_is_left_to_right():
+    conf = np.array([0.1, 0.9, 0.5])
+    assert select_first(conf, 2).tolist() == [0, 1]
+    assert select_first(conf, 5).tolist() == [0, 1, 2]
+    assert select_first(np.zeros(0), 1).size == 0
+
+
 def test_select_threshold_empty():
     assert select_threshold(np.zeros(0), 0.9).size == 0
 
@@ -75,12 +92,15 @@ def test_select_threshold_random_against_definition():
 # ----------------------------------------------------------------------------- select_factor
 def _factor_reference(conf: np.ndarray, factor: float) -> list[int]:
     """The documented rule, by brute force: the largest n such that the i-th most confident
-    token has confidence >= 1 - factor / (i + 1) for every i <= n; at least one token."""
+    token has confidence >= 1 - factor / (i + 1) for every i <= n; at least one token; and
+    upstream's quirk (Fast-dLLM get_transfer_index_dynamic): when n is one short of all, all."""
     order = sorted(range(conf.size), key=lambda i: (-conf[i], i))
     best = 1
     for n in range(1, conf.size + 1):
         if all(conf[order[i - 1]] >= 1.0 - factor / (i + 1) for i in range(1, n + 1)):
             best = n
+    if best == conf.size - 1:
+        best = conf.size
     return sorted(order[:best])
 
 
@@ -88,7 +108,10 @@ def test_select_factor_examples():
     conf = np.array([0.99, 0.5, 0.95, 0.7])
     # sorted: 0.99 (needs >= 1 - 1/2), 0.95 (>= 1 - 1/3), 0.7 (>= 1 - 1/4 fails)
     assert select_factor(conf, 1.0).tolist() == [0, 2]
-    assert select_factor(conf, 1.2).tolist() == [0, 2, 3]  # 0.7 >= 1 - 1.2/4 = 0.7
+    # 0.7 >= 1 - 1.2/4 = 0.7; only the last (0.5 < 1 - 1.2/5) fails: upstream then takes all
+    assert select_factor(conf, 1.2).tolist() == [0, 1, 2, 3]
+    assert select_factor(conf[[0, 2, 3]] * 0 + [0.99, 0.95, 0.5], 1.2).tolist() == [0, 1, 2]  # 3rd fails -> all
+    assert select_factor(np.array([0.99, 0.95, 0.5, 0.4]), 1.2).tolist() == [0, 1]  # two fail: the rule
     assert select_factor(conf, 2.5).tolist() == [0, 1, 2, 3]  # 0.5 >= 1 - 2.5/5
     assert select_factor(np.array([0.1, 0.2, 0.05]), 0.1).tolist() == [1]  # at least one
     assert select_factor(np.array([0.4, 0.4, 0.4]), 0.01).tolist() == [0]  # tie -> lowest index
@@ -330,3 +353,108 @@ def test_bias_rows_never_empty_random():
         z = bias[:, 0].astype(np.float64)
         e = np.exp(z - z.max(-1, keepdims=True))
         assert np.isfinite(e / e.sum(-1, keepdims=True)).all()
+
+
+# ----------------------------------------------------------------------------- Dream
+def test_dream_timesteps_equal_torch_linspace_bit_for_bit():
+    torch = pytest.importorskip("torch")
+    from dllm_trt.runtime.unmask import dream_timesteps
+
+    for steps in (1, 2, 3, 7, 8, 16, 64, 255, 512):
+        assert np.array_equal(dream_timesteps(steps), torch.linspace(1, 1e-3, steps + 1).numpy()), steps
+
+
+def test_dream_count_schedule():
+    from dllm_trt.runtime.unmask import dream_count, dream_timesteps
+
+    ts = dream_timesteps(4)
+    n, counts = 16, []
+    for i in range(4):
+        k = dream_count(n, i, 4, ts)
+        counts.append(k)
+        n -= k
+    assert sum(counts) == 16 and n == 0
+    assert counts[0] == int(np.float32(16) * (np.float32(1) - ts[1] / ts[0]))  # int(n * (1 - s/t)) of the masks left
+    assert counts[-1] >= 1  # the last step takes every mask left
+    assert dream_count(0, 0, 4, ts) == 0
+
+
+def test_select_budget_first_always_others_at_threshold():
+    from dllm_trt.runtime.unmask import select_budget
+
+    conf = np.array([0.3, 0.95, 0.9, 0.2])
+    assert select_budget(conf, 3, 0.9).tolist() == [1, 2]  # 0.9 >= 0.9 kept, 0.3 dropped (carried)
+    assert select_budget(conf, 3, 0.99).tolist() == [1]  # the most confident always
+    assert select_budget(conf, 1, 0.0).tolist() == [1]
+
+
+def test_dream_generation_config_keys():
+    from dllm_trt.runtime.generation_files import DREAM_ALGS, dream_generation_keys
+    from dllm_trt.runtime.settings import DREAM_SCHEDULED
+
+    assert set(DREAM_ALGS) == set(DREAM_SCHEDULED) | {"confidence_threshold"}  # the two lists cannot drift
+
+    assert dream_generation_keys({"alg": "entropy", "alg_temp": None}) == {"strategy": "entropy", "alg_temp": 0.0}
+    assert dream_generation_keys({"alg": "origin"}) == {}  # no counterpart: left to the defaults
+    assert dream_generation_keys({"alg": "topk_margin", "alg_temp": 0.5}) == {"strategy": "topk_margin",
+                                                                              "alg_temp": 0.5}
+
+
+def test_dream_generation_config_file(tmp_path):
+    import json
+
+    from dllm_trt.runtime.settings import folder_generation_defaults
+
+    (tmp_path / "generation_config.json").write_text(json.dumps({"alg": "maskgit_plus", "steps": 64, "alg_temp": 0.0}))
+    got = folder_generation_defaults(tmp_path)
+    assert (got["strategy"], got["steps"], got["alg_temp"]) == ("maskgit_plus", 64, 0.0)
+
+
+def test_select_rows_statistics_against_float64():
+    """tokens, p1, p1 - p2 and sum p log p of every row, the mask token excluded (its p is 0)."""
+    torch = pytest.importorskip("torch")
+    from dllm_trt.models.layers import select_rows
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 5, 40, generator=g) * 4
+    z[0, 0, 7] = 100.0  # the mask token would win: excluded
+    sel = select_rows(z, 7)
+    ref = z.double().clone()
+    ref[..., 7] = -float("inf")
+    p = torch.softmax(ref, -1)
+    top2 = p.topk(2, -1).values
+    assert sel.tokens.tolist() == ref.argmax(-1).tolist() and (sel.tokens != 7).all()
+    assert all(t.dtype == torch.float32 for t in (sel.confidence, sel.margin, sel.neg_entropy))
+    assert torch.allclose(sel.confidence.double(), top2[..., 0], atol=1e-6)
+    assert torch.allclose(sel.margin.double(), top2[..., 0] - top2[..., 1], atol=1e-6)
+    plogp = torch.where(p > 0, p * p.clamp_min(1e-300).log(), torch.zeros_like(p)).sum(-1)
+    assert torch.allclose(sel.neg_entropy.double(), plogp, atol=1e-5)
+    assert torch.isfinite(sel.neg_entropy).all()
+
+
+def test_family_defaults_under_the_folder_and_the_command_line(tmp_path):
+    """Each family's upstream default algorithm when the checkpoint says nothing else; a checkpoint's
+    generation_config.json (Dream's alg) and the command line win over it."""
+    import argparse
+    import json
+    import shutil
+
+    from conftest import REPO
+    from dllm_trt.runtime.settings import generation_config_from_args
+
+    none = argparse.Namespace()
+    ckpts = REPO / "samples" / "checkpoints"
+    # the bundled dream-tiny says low_confidence in its dllm_generation.json: the checkpoint wins
+    assert generation_config_from_args(ckpts / "dream-tiny", none).strategy == "low_confidence"
+    dream = tmp_path / "dream"
+    shutil.copytree(ckpts / "dream-tiny", dream)
+    (dream / "generation_config.json").unlink()
+    (dream / "dllm_generation.json").unlink()  # dllm-trt's own decode keys (strategy low_confidence) live here
+    assert generation_config_from_args(dream, none).strategy == "entropy"
+    assert generation_config_from_args(dream, argparse.Namespace(strategy="maskgit_plus")).strategy == "maskgit_plus"
+    assert generation_config_from_args(ckpts / "llada-tiny", none).strategy == "low_confidence"
+    sdar = generation_config_from_args(REPO / "tests" / "fixtures" / "upstream" / "sdar", none)
+    assert (sdar.strategy, sdar.threshold, sdar.steps) == ("threshold", 0.85, 4)  # low_confidence_dynamic
+    (dream / "generation_config.json").write_text(json.dumps({"alg": "topk_margin", "steps": 8}))
+    g = generation_config_from_args(dream, none)
+    assert (g.strategy, g.steps) == ("topk_margin", 8)

@@ -172,7 +172,8 @@ def host_backend(onnx_dir: Path, batch=(1, 1, 4), query=(1, 16, 64), past=(0, 64
         if name.startswith(("past", "present")):
             return kv
         return {"input_ids": "int64", "position_ids": "int64", "attention_bias": "float32", "logits": "float32",
-                "logits_index": "int64", "tokens": "int64", "confidence": "float32"}[name]
+                "logits_index": "int64", "tokens": "int64", "confidence": "float32", "margin": "float32",
+                "neg_entropy": "float32"}[name]
 
     return TrtBackend(onnx_dir, meta, config, dev, OrtEngine(prof), ctx, dtype_of)
 
@@ -223,7 +224,8 @@ def test_host_scatter_kv_writes_exactly_the_rows():
 CASES = [("llada-tiny", "threshold", "none"), ("llada-tiny", "low_confidence", "dual"),
          ("llada-tiny", "low_confidence", "prefix"), ("dream-tiny", "low_confidence", "dual"),
          ("dream-tiny", "random", "prefix"), ("bd-tiny", "threshold", "sub_block"), ("bd-tiny", "threshold", "block"),
-         ("bd-tiny", "factor", "none")]
+         ("bd-tiny", "factor", "none"), ("dream-tiny", "entropy", "none"), ("dream-tiny", "topk_margin", "dual"),
+         ("bd-tiny", "sequential", "block")]  # Dream's statistics (margin / neg_entropy bound and downloaded), SDAR's
 
 
 @pytest.mark.parametrize("name,strategy,cache", CASES)
@@ -243,7 +245,8 @@ def test_host_backend_matches_ort(exports, task_tokenizer, name, strategy, cache
     dev = trt_b.device
     assert dev.copies == 0
     rows = sum(c["logits_index"][0] * c["logits_index"][1] for c in trt_b.context.calls)
-    assert dev.down == rows * (8 + 4), "more than the rows' tokens and confidences came down"
+    # per read row: the token (int64) and its three statistics (confidence, margin, neg_entropy: float32)
+    assert dev.down == rows * (8 + 4 + 4 + 4), "more than the rows' tokens and statistics came down"
     if cache != "none":
         cached = [c for c in trt_b.context.calls if c["past"] > 0]
         assert cached and len({(c["past"], c["past_ptr"]) for c in cached}) == 1  # one cache, bound whole

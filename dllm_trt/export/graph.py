@@ -17,12 +17,13 @@ from torch import nn
 from ..config import ModelConfig
 from ..contract import (BATCH, KEYS, PAST, QUERY, ROWS, input_names, output_names, past_names, present_names,
                         tensor_shapes)
-from ..models.layers import mask_exclusion, select_top1
+from ..models.layers import mask_exclusion, select_rows
 
 
 class GraphWrapper(nn.Module):
     """Flat tensor signature around a model:
-    (ids, positions, bias, *past, logits_index) -> (tokens, confidence, logits fp32, *presents)."""
+    (ids, positions, bias, *past, logits_index) -> (tokens, confidence, margin, neg_entropy, logits fp32,
+    *presents), in contract.SELECT_OUTPUTS order."""
 
     def __init__(self, model: nn.Module, mask_token_id: int):
         super().__init__()
@@ -31,14 +32,15 @@ class GraphWrapper(nn.Module):
         vocab = model.config.vocab_size
         exclude = mask_exclusion(vocab, mask_token_id)
         self.register_buffer("exclude", exclude if exclude is not None else torch.zeros(vocab), persistent=False)
+        self.register_buffer("vocab_ids", torch.arange(vocab), persistent=False)
 
     def forward(self, input_ids, position_ids, attention_bias, *past_and_index):
         past, logits_index = past_and_index[:-1], past_and_index[-1]
         pkv = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
         logits, presents = self.model(input_ids, position_ids, attention_bias, pkv, logits_index)
         logits = logits.float()  # logits leave the graph in fp32 whatever the model dtype
-        tokens, confidence = select_top1(logits, self.mask_token_id, self.exclude)
-        out = [tokens, confidence, logits]
+        sel = select_rows(logits, self.mask_token_id, self.exclude, self.vocab_ids)
+        out = [sel.tokens, sel.confidence, sel.margin, sel.neg_entropy, logits]
         for k, v in presents:
             out += [k, v]
         return tuple(out)
@@ -65,6 +67,8 @@ def dynamic_axes(num_layers: int) -> dict[str, dict[int, str]]:
         "logits_index": {0: BATCH, 1: ROWS},
         "tokens": {0: BATCH, 1: ROWS},
         "confidence": {0: BATCH, 1: ROWS},
+        "margin": {0: BATCH, 1: ROWS},
+        "neg_entropy": {0: BATCH, 1: ROWS},
         "logits": {0: BATCH, 1: ROWS},
     }
     axes.update({n: {0: BATCH, 2: PAST} for n in past_names(num_layers)})

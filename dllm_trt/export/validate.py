@@ -16,6 +16,7 @@ where the CUDA provider (onnxruntime-gpu) is installed; elsewhere validation fai
 from __future__ import annotations
 
 import ctypes
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -23,8 +24,8 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import DllmError
-from ..contract import input_names, output_names
-from ..models.layers import select_top1
+from ..contract import ROW_STATS, SELECT_OUTPUTS, input_names, output_names
+from ..models.layers import select_rows
 from ..runtime.layout import attention_bias
 
 # bf16 keeps 8 mantissa bits: on the trained tiny checkpoints two correct bf16 implementations
@@ -56,6 +57,11 @@ def _ort_value(t: torch.Tensor):
     if t.dtype == torch.bfloat16:
         return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(t.view(torch.int16).numpy().view(np.uint16), 16)
     return ort.OrtValue.ortvalue_from_numpy(t.numpy())
+
+
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b|, NaN when ``a`` holds a non-finite value (so the check fails)."""
+    return float(np.abs(a - b).max()) if np.isfinite(a).all() else float("nan")
 
 
 def _to_float(value) -> np.ndarray:
@@ -147,7 +153,7 @@ def validate_graph(model: torch.nn.Module, config: ModelConfig, onnx_path: str, 
         with torch.no_grad():
             t_logits, t_pres = model(*t_in, [(k.to(model_dtype), v.to(model_dtype)) for k, v in past] if past else None,
                                      t_index)
-            t_tokens, t_conf = select_top1(t_logits, config.mask_token_id)
+            t_sel = select_rows(t_logits, config.mask_token_id)
         if not past:
             empty = torch.zeros(ids.shape[0], config.num_kv_heads, 0, config.head_dim, dtype=kv_dtype)
             past = [(empty, empty)] * n
@@ -158,10 +164,10 @@ def validate_graph(model: torch.nn.Module, config: ModelConfig, onnx_path: str, 
             io.bind_output(name, "cpu")
         session.run_with_iobinding(io)
         outs = dict(zip(names_out, io.get_outputs()))
-        got = {"tokens": outs["tokens"].numpy(), "confidence": outs["confidence"].numpy(),
-               "logits": _to_float(outs["logits"]), "presents": [_to_float(outs[x]) for x in names_out[3:]]}
-        ref = {"tokens": t_tokens.numpy(), "confidence": t_conf.numpy(), "logits": t_logits.float().numpy(),
-               "presents": [x.float().numpy() for kv in t_pres for x in kv]}
+        got = {name: outs[name].numpy() for name in ROW_STATS}
+        got.update(logits=_to_float(outs["logits"]), presents=[_to_float(outs[x]) for x in names_out[len(SELECT_OUTPUTS):]])
+        ref = {name: getattr(t_sel, name).numpy() for name in ROW_STATS}
+        ref.update(logits=t_logits.float().numpy(), presents=[x.float().numpy() for kv in t_pres for x in kv])
         return got, ref
 
     cases = validation_cases(model, config, rng)
@@ -179,8 +185,9 @@ def validate_graph(model: torch.nn.Module, config: ModelConfig, onnx_path: str, 
         pr = max(x[1] for x in pres) if pres else 0.0
         if any(np.isnan(x) for x in (la, lr, pa, pr)):
             pa = pr = la = lr = float("nan")
-        ca = float(np.abs(got["confidence"] - ref["confidence"]).max()) if np.isfinite(got["confidence"]).all() \
-            else float("nan")
+        ca = _max_abs(got["confidence"], ref["confidence"])
+        ma = _max_abs(got["margin"], ref["margin"])
+        ea = _max_abs(got["neg_entropy"], ref["neg_entropy"])
         # The top-1 must agree wherever torch's winner is clear of its runner-up.
         z = np.sort(np.where(np.arange(ref["logits"].shape[-1]) == config.mask_token_id, -np.inf, ref["logits"]), -1)
         clear = (z[..., -1] - z[..., -2]) > tol * max(float(np.abs(ref["logits"]).max()), 1e-30) * 2
@@ -191,13 +198,17 @@ def validate_graph(model: torch.nn.Module, config: ModelConfig, onnx_path: str, 
             f"{int(clear.sum()) - wrong:4d}/{int(clear.sum()):<4d}")
         entry = {"case": name, "batch": int(b), "query_len": int(l), "past_len": int(plen), "rows": int(index.shape[1]),
                  "logits_max_abs": la, "logits_max_rel": lr, "present_max_abs": pa, "present_max_rel": pr,
-                 "confidence_max_abs": ca, "tokens_compared": int(clear.sum()), "tokens_differing": wrong}
+                 "confidence_max_abs": ca, "margin_max_abs": ma, "neg_entropy_max_abs": ea, "tokens_compared": int(clear.sum()), "tokens_differing": wrong}
         report.append(entry)
         # A softmax probability moves by at most half the largest logit change, so the confidences
         # may differ by what the (within-tolerance) logits difference explains (fp16: logits ~ 10).
         conf_tol = max(tol, la)
+        # sum p log p moves by at most max|dz| * sum p |log p - H| <= 2 log(V) max|dz|
+        ent_tol = max(tol, 2.0 * math.log(config.vocab_size) * la)
         entry["confidence_tolerance"] = conf_tol
-        if not (lr <= tol and pr <= tol and ca <= conf_tol) or wrong:  # NaN fails too
+        entry["neg_entropy_tolerance"] = ent_tol
+        if not (lr <= tol and pr <= tol and ca <= conf_tol and ma <= 2 * conf_tol and ea <= ent_tol) \
+                or wrong:  # NaN fails too
             failures.append(entry)
     if failures:
         worst = ", ".join(f"{f['case']}: logits rel {f['logits_max_rel']:.3e}, present rel {f['present_max_rel']:.3e}, "

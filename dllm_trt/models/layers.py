@@ -7,6 +7,8 @@ export a plain graph and lets one graph serve every cache mode.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -109,23 +111,53 @@ def mask_exclusion(vocab: int, mask_token_id: int, device=None) -> torch.Tensor 
     return exclude
 
 
-def select_top1(logits: torch.Tensor, mask_token_id: int,
-                exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-1 token of each row and its softmax probability, in float32, the mask token excluded
-    (a position filled with [MASK] would stay masked and its block would never finish). Ties go
-    to the lowest token id. Traces to ArgMax/GatherElements/Exp/ReduceSum: no softmax tensor is kept.
-    ``exclude`` (from ``mask_exclusion``) can be passed in, so a traced graph holds it as a constant."""
+class RowSelection(NamedTuple):
+    """Per read row: the top-1 token and the statistics the unmasking rules rank by (all float32)."""
+
+    tokens: torch.Tensor  # [B, R] int64, the mask token excluded
+    confidence: torch.Tensor  # [B, R] its softmax probability
+    margin: torch.Tensor  # [B, R] p1 - p2 (Dream's topk_margin)
+    neg_entropy: torch.Tensor  # [B, R] sum p log p (Dream's entropy; <= 0, higher = more certain)
+
+
+def select_rows(logits: torch.Tensor, mask_token_id: int, exclude: torch.Tensor | None = None,
+                vocab_ids: torch.Tensor | None = None) -> RowSelection:
+    """Top-1 token of each row and its softmax statistics, in float32, the mask token excluded
+    (a position filled with [MASK] would stay masked and its block would never finish; the mask's
+    probability is 0 in every statistic). Ties go to the lowest token id. Traces to ArgMax /
+    GatherElements / Exp / ReduceSum and elementwise ops: no ReduceMax over the vocabulary (ONNX
+    Runtime's CUDA ReduceMax over a 126k vocabulary took 8 ms per step on an H200; ArgMax's own
+    kernel: 9 us), no softmax tensor kept. The second best is an ArgMax again after adding -inf at
+    the first (a one-hot from comparing the token ids with the first's). ``exclude`` (from
+    ``mask_exclusion``) and ``vocab_ids`` ([V] int64, 0..V-1) can be passed in, so a traced graph holds
+    them as constants."""
     z = logits.float()
     if exclude is None:
         exclude = mask_exclusion(z.shape[-1], mask_token_id, z.device)
     if exclude is not None:
         z = z + exclude
-    # ArgMax, then gather the maximum: ONNX Runtime's CUDA ReduceMax over a 126k vocabulary goes through
-    # a cuDNN reduction that took 8 ms per step on an H200 (ArgMax's own kernel: 9 us).
+    if vocab_ids is None:
+        vocab_ids = torch.arange(z.shape[-1], device=z.device)
     tokens = z.argmax(dim=-1)
     top = z.gather(-1, tokens.unsqueeze(-1))
-    confidence = 1.0 / torch.exp(z - top).sum(dim=-1)
-    return tokens, confidence
+    d = z - top  # <= 0; -inf at the mask token
+    e = torch.exp(d)
+    total = e.sum(dim=-1)
+    confidence = 1.0 / total
+    # sum p log p = sum(e * d) / total - log(total); the clamp keeps 0 * -inf (the mask) at 0
+    neg_entropy = (e * d.clamp(min=-1e4)).sum(dim=-1) / total - torch.log(total)
+    # -inf at the top-1 token via a one-hot from the constant ids: elementwise, no shape arithmetic
+    first = vocab_ids == tokens.unsqueeze(-1)
+    second = (d.masked_fill(first, float("-inf"))).argmax(dim=-1)
+    p2 = torch.exp(d.gather(-1, second.unsqueeze(-1)).squeeze(-1)) / total
+    return RowSelection(tokens, confidence, confidence - p2, neg_entropy)
+
+
+def select_top1(logits: torch.Tensor, mask_token_id: int,
+                exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-1 token of each row and its softmax probability (``select_rows``'s first two)."""
+    sel = select_rows(logits, mask_token_id, exclude)
+    return sel.tokens, sel.confidence
 
 
 def swiglu(x: torch.Tensor, gate: nn.Linear, up: nn.Linear, down: nn.Linear) -> torch.Tensor:

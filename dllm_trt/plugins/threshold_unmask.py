@@ -17,7 +17,9 @@ Per sequence, among its candidate rows: every row whose confidence exceeds tau i
 always the most confident row (ties to the lowest row); rows that are not candidates never change.
 That is ``DecodeLoop.unmask`` with the threshold strategy at temperature 0: ``without_mask``, then
 ``sampling.propose`` (top-1 and its softmax probability, in float64) and ``unmask.select_threshold``,
-which this reference calls directly.
+which this reference calls directly. (The op compares strictly, as Fast-dLLM v2 and SDAR do; for
+LLaDA and Dream the loop compares ``>=`` as Fast-dLLM's code does, which differs only for a
+confidence exactly equal to tau.)
 
 How the device faces get the same answer without a softmax tensor (onnx_fallback.py,
 triton_unmask.py, trt_plugins.py): one pass per row gives the max ``m`` over the allowed columns,

@@ -22,6 +22,8 @@ answers. Warm-up requests are not measured. Examples:
 
 def add_profile_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``dllm-trt profile`` on the main parser's subparsers; returns its parser."""
+    from ..runtime.settings import STRATEGIES
+
     p = subparsers.add_parser("profile", help="latency profile (and speed/accuracy sweep) of decode settings",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engine", required=True, help="exported folder (ort) or checkpoint folder (torch)")
@@ -46,7 +48,7 @@ def add_profile_commands(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--gen-length", type=int)
     p.add_argument("--block-length", type=int)
     p.add_argument("--steps", type=int)
-    p.add_argument("--strategy", choices=["low_confidence", "random", "threshold", "factor"])
+    p.add_argument("--strategy", choices=list(STRATEGIES))
     p.add_argument("--threshold", type=float)
     p.add_argument("--factor", type=float)
     p.add_argument("--cache", choices=["none", "prefix", "dual", "block", "sub_block"])

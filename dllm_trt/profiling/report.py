@@ -89,9 +89,11 @@ def format_report(report: dict) -> str:
 
 def compact_settings(s: dict, attention: str) -> str:
     """The decode settings that apply to this model family, e.g. 'strategy threshold 0.9, gen_length 16, ...'."""
-    strategy = s["strategy"] + (f" {s['threshold']}" if s["strategy"] == "threshold" else
+    from ..runtime.settings import STEPPED
+
+    strategy = s["strategy"] + (f" {s['threshold']}" if s["strategy"] in ("threshold", "confidence_threshold") else
                                 f" {s['factor']}" if s["strategy"] == "factor" else "")
-    keys = (["gen_length", "block_length"] + (["steps"] if s["strategy"] in ("low_confidence", "random") else [])
+    keys = (["gen_length", "block_length"] + (["steps"] if s["strategy"] in STEPPED else [])
             if attention == "bidirectional" else ["gen_length", "sub_block_length"])
     return ", ".join([f"strategy {strategy}"] + [f"{k} {s[k]}" for k in keys] + [f"cache {s['cache']}"])
 

@@ -49,9 +49,10 @@ from ..config import ModelConfig
 from ..errors import DllmError
 from .backends import StepOutput
 from .layout import attention_bias
-from .sampling import SAMPLE_STREAM, REMASK_STREAM, counter_uniform, propose
-from .settings import GenerationConfig, GenerationResult, StepRecord
-from .unmask import select_factor, select_threshold, select_top_k, transfer_schedule
+from .sampling import SAMPLE_STREAM, REMASK_STREAM, counter_uniform, propose, softmax64
+from .settings import DREAM_SCHEDULED, SCHEDULED, STEPPED, GenerationConfig, GenerationResult, StepRecord
+from .unmask import (dream_count, dream_timesteps, select_budget, select_drawn, select_factor, select_first,
+                     select_threshold, select_top_k, transfer_schedule)
 
 
 @dataclass
@@ -71,6 +72,27 @@ class _Window:
         """Cache positions visible to some sequence (the step record's past length)."""
         seen = np.flatnonzero(self.past_valid.any(axis=0))
         return int(seen[-1]) + 1 if seen.size else 0
+
+
+class _Budget:
+    """Fast-dLLM's Dream confidence_threshold step budget, per sequence: ``per_step`` tokens a step plus
+    the ones the last step dropped (below the threshold); a drop on the last step ends the budget and
+    adds a step, so the block is filled by carrying alone."""
+
+    def __init__(self, per_step: int, steps: int, batch: int):
+        self.per_step = np.full(batch, per_step)
+        self.steps = np.full(batch, steps)
+        self.carry = np.zeros(batch, np.int64)
+
+    def quota(self) -> list[int]:
+        return (self.per_step + self.carry).tolist()
+
+    def update(self, step: int, asked: np.ndarray, taken: list[int]) -> None:
+        dropped = np.asarray(asked) - np.asarray(taken)
+        last = (step >= self.steps - 1) & (dropped > 0)
+        self.per_step = np.where(last, 0, self.per_step)
+        self.steps = np.where(last, self.steps + 1, self.steps)
+        self.carry = np.maximum(dropped, 0)
 
 
 class DecodeLoop:
@@ -173,6 +195,42 @@ class DecodeLoop:
         u = counter_uniform(g.seed, SAMPLE_STREAM, int(self.draws[b]), positions)
         return propose(rows, g.temperature, g.top_k, g.top_p, u)
 
+    def choose(self, conf: np.ndarray, count: int | None, u: np.ndarray) -> np.ndarray:
+        """Indices of the candidates (in position order) the strategy fills this step; ``count`` is the
+        schedule's count for the step (None: the rule alone decides, at least one token); ``u`` one
+        uniform per candidate (Dream's alg_temp draws)."""
+        g = self.gen
+        if g.strategy == "confidence_threshold":
+            return select_budget(conf, count or conf.size, g.threshold)
+        if g.strategy in DREAM_SCHEDULED and g.alg_temp > 0:
+            return select_drawn(conf, count or 0, g.alg_temp, u)
+        if g.strategy == "threshold":  # Fast-dLLM LLaDA/Dream compare >=, Fast-dLLM v2 and SDAR >
+            return select_threshold(conf, g.threshold, self.cfg.family in ("llada", "dream"), count or 1)
+        if g.strategy == "factor":
+            return select_factor(conf, g.factor)
+        if g.strategy == "sequential":
+            return select_first(conf, count or 1)
+        return select_top_k(conf, count or 1)
+
+    def _statistic(self, out: StepOutput, b: int, j: np.ndarray) -> np.ndarray:
+        """Dream's ranking statistic of rows j of sequence b: top-1 minus top-2 probability (topk_margin)
+        or sum p log p (entropy), from the device's outputs, or (sampling) from the tempered rows."""
+        margin = self.gen.strategy == "topk_margin"
+        if self.want_logits:
+            rows = out.logits[b, j].astype(np.float64)
+            if 0 <= self.mask_id < rows.shape[-1]:
+                rows[:, self.mask_id] = -np.inf
+            p = softmax64(rows / self.gen.temperature)
+            if margin:
+                top2 = np.sort(p, axis=-1)[:, -2:]
+                return top2[:, 1] - top2[:, 0]
+            return (p * np.log(p + 1e-10)).sum(axis=-1)
+        stat = out.margin if margin else out.neg_entropy
+        if stat is None:
+            raise DllmError(f"strategy {self.gen.strategy!r} needs the graph's margin/neg_entropy outputs, which this "
+                            "backend does not return; re-export the model with this dllm-trt (`dllm-trt export`)")
+        return self._checked(stat[b, j].astype(np.float64), b)
+
     def unmask(self, out: StepOutput, w: _Window, lo: np.ndarray, hi: np.ndarray, active: np.ndarray,
                quota: list[int] | None = None) -> None:
         """Fill masked positions of [lo_b, hi_b) from this forward's rows (read with ``fill_rows``)."""
@@ -188,21 +246,44 @@ class DecodeLoop:
             cand = j + lo[b]
             assert (cand - self.shift - w.start[b]).min() >= 0, "query window does not cover the shifted prediction rows"
             tokens, conf = self._propose(out, b, j, cand)
+            if g.strategy in ("topk_margin", "entropy"):
+                conf = self._statistic(out, b, j)
+            u = counter_uniform(g.seed, REMASK_STREAM, int(self.draws[b]), cand)
             if g.strategy == "random":
-                conf = counter_uniform(g.seed, REMASK_STREAM, int(self.draws[b]), cand)
+                conf = u
             self.draws[b] += 1
-            if quota is not None:
-                chosen = select_top_k(conf, quota[b])
-            elif g.strategy == "threshold":
-                chosen = select_threshold(conf, g.threshold)
-            elif g.strategy == "factor":
-                chosen = select_factor(conf, g.factor)
-            else:  # one token per step (block diffusion with a schedule strategy)
-                chosen = select_top_k(conf, 1)
+            chosen = self.choose(conf, quota[b] if quota is not None else None, u)
             self.x[b, cand[chosen]] = tokens[chosen]
             rec.unmasked[b] += int(chosen.size)
         if self.timer is not None:
             self.timer.unmask_end()
+
+    def sub_block_window(self, s: np.ndarray, e: np.ndarray, a: np.ndarray, z: np.ndarray, active: np.ndarray,
+                         pending: np.ndarray) -> tuple[_Window, str, bool]:
+        """A later step of sub-block [a, z) of block [s, e), Fast-dLLM v2's block cache. A row whose sub-block
+        opens with a mask re-forwards (and re-caches) the whole block (upstream's refresh rule); the others
+        forward the sub-block alone over the block's cache as last forwarded, their own keys fresh. Their
+        first position is decoded, so its predicting row (a lead row) is never read. Rows decide alone, so
+        a prompt gives the same tokens alone or in a batch (upstream's batch_sample refreshes all rows when
+        any needs it)."""
+        idx = self.cache_positions()
+        sub_past = (idx < e[:, None]) & ~((idx >= a[:, None]) & (idx < z[:, None]))
+        refresh = pending & (self.x[np.arange(self.batch), np.minimum(a, self.capacity - 1)] == self.mask_id)
+        if not refresh.any():
+            return self.window(a, z[0] - a[0], z, sub_past, active), "sub_block", False
+        past = np.where(refresh[:, None], idx < s[:, None], sub_past)
+        w = self.window(s, int((e - s).max()), e, past, active, valid_start=np.where(refresh, s, a))
+        return w, "block", True  # refreshed rows store the block; the others their sub-block, in place as upstream
+
+    def stopped(self, rows: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """Rows whose generation [prompt, end) holds a stop token with no mask before it (Fast-dLLM v2
+        stops there, before the next forward): the tokens up to the stop are final."""
+        out = np.zeros(self.batch, bool)
+        for b in np.flatnonzero(rows):
+            gen = self.x[b, self.prompt_len[b]: end[b]]
+            hit = np.flatnonzero(np.isin(gen, self.eos))
+            out[b] = hit.size > 0 and not (gen[: hit[0]] == self.mask_id).any()
+        return out
 
     def has_eos(self, b: int, end: int) -> bool:
         return bool(np.isin(self.x[b, self.prompt_len[b]: end], self.eos).any())
@@ -224,8 +305,13 @@ class DecodeLoop:
         full_len = int(total.max())
         zeros = np.zeros(B, np.int64)
         blocks = g.gen_length // g.block_length
-        scheduled = g.strategy in ("low_confidence", "random")
-        steps_per_block = g.steps // blocks if scheduled else None
+        scheduled = g.strategy in SCHEDULED
+        steps_per_block = g.steps // blocks if g.strategy in STEPPED else None
+        timesteps = dream_timesteps(steps_per_block) if g.strategy in DREAM_SCHEDULED else None
+        # Fast-dLLM's Dream block variant (prefix / dual cache): the block's first forward fills only its
+        # opening position, so later windows need no lead row for the shift.
+        dream_block = g.strategy in DREAM_SCHEDULED + ("confidence_threshold",) and g.cache != "none"
+        lead = 0 if dream_block else self.shift
         finished = np.zeros(B, bool)
         self.live = ~finished
         for k in range(blocks):
@@ -235,28 +321,46 @@ class DecodeLoop:
             s = self.prompt_len + k * g.block_length
             e = s + g.block_length
             schedule = transfer_schedule(g.block_length, steps_per_block) if scheduled else None
-            step = 0
+            budget = _Budget(g.block_length // steps_per_block, steps_per_block, B) \
+                if g.strategy == "confidence_threshold" and not dream_block else None
+            step = forwards = 0
             while True:
-                pending = active & np.array([(self.x[b, s[b]:e[b]] == self.mask_id).any() for b in range(B)])
+                masked = np.array([int((self.x[b, s[b]:e[b]] == self.mask_id).sum()) for b in range(B)])
+                pending = active & (masked > 0)
                 if not pending.any():
                     break
-                if g.cache == "none" or step == 0:
+                fill_end = e
+                if dream_block and forwards == 0:
+                    quota, fill_end = [1] * B, s + 1  # upstream: x[s] = argmax, whatever the algorithm
+                elif dream_block and budget is None and timesteps is None:
+                    quota = masked.tolist()  # confidence_threshold: all >= threshold, the most confident always
+                elif scheduled:  # the schedule fills the block in exactly steps_per_block steps
+                    quota = [schedule[step]] * B
+                elif timesteps is not None:
+                    quota = [dream_count(n, step, steps_per_block, timesteps) for n in masked]
+                    if not any(quota[b] for b in np.flatnonzero(pending)):
+                        step += 1  # Dream fills nothing this step: the forward would change nothing
+                        continue
+                else:
+                    quota = budget.quota() if budget is not None else None
+                if g.cache == "none" or forwards == 0:
                     w = self.window(zeros, full_len, total)
                     out = self.forward(w, "full", g.cache != "none", self.fill_rows(w, s, g.block_length))
                 elif g.cache == "prefix":
-                    start = s - self.shift
+                    start = s - lead
                     w = self.window(start, int((total - start).max()), total, self.past_below(start))
                     out = self.forward(w, "prefix", False, self.fill_rows(w, s, g.block_length))
                 else:  # dual
-                    start = s - self.shift
+                    start = s - lead
                     idx = self.cache_positions()
                     past_visible = (idx < total[:, None]) & ~((idx >= start[:, None]) & (idx < e[:, None]))
-                    w = self.window(start, g.block_length + self.shift, e, past_visible)
+                    w = self.window(start, g.block_length + lead, e, past_visible)
                     out = self.forward(w, "dual", False, self.fill_rows(w, s, g.block_length))
-                # The schedule fills the block in exactly steps_per_block steps.
-                quota = [schedule[step]] * B if scheduled else None
-                self.unmask(out, w, s, e, pending, quota)
+                self.unmask(out, w, s, fill_end, pending, quota)
+                if budget is not None:
+                    budget.update(step, np.minimum(quota, masked), self.steps[-1].unmasked)
                 step += 1
+                forwards += 1
             if self.timer is not None:
                 self.timer.block_done()
             if g.stop_at_eos:
@@ -266,6 +370,19 @@ class DecodeLoop:
         return self.result()
 
     # ------------------------------------------------------------------ block diffusion
+    def span_schedule(self, bs: int, sb: int) -> list[int] | None:
+        """SDAR's per-step counts for one sub-block: ``steps`` per block split over its sub-blocks, each
+        spreading its length evenly (get_num_transfer_tokens: counts of the span's length, not of its masks).
+        None without ``steps``, or for the factor rule: one token per step at least."""
+        g = self.gen
+        if g.steps is None or g.strategy == "factor":
+            return None
+        spans = bs // sb
+        if g.steps % spans:
+            raise DllmError(f"steps {g.steps} (per block) must be a multiple of the {spans} sub-blocks of a block "
+                            f"(block size {bs} / sub_block_length {sb})")
+        return transfer_schedule(sb, min(g.steps // spans, sb))
+
     def run_blocks(self) -> GenerationResult:
         g, B, bs = self.gen, self.batch, self.cfg.block_size
         sb = g.sub_block_length  # Fast-dLLM v2 fills a block sub-block by sub-block in every cache mode
@@ -277,6 +394,7 @@ class DecodeLoop:
         done = np.zeros(B, bool)
         self.live = ~done
         one_row = np.zeros((B, 1), np.int64)  # a forward that only fills the cache reads one row
+        schedule = self.span_schedule(bs, sb)
 
         def last_rows(w: _Window) -> np.ndarray:
             return (n - 1 - w.start)[:, None]
@@ -312,19 +430,15 @@ class DecodeLoop:
                 a, z = s + j * sb, s + (j + 1) * sb
                 step = 0
                 while True:
-                    pending = active & np.array([(self.x[b, a[b]:z[b]] == self.mask_id).any() for b in range(B)])
+                    pending = active & ~done & np.array([(self.x[b, a[b]:z[b]] == self.mask_id).any()
+                                                         for b in range(B)])
                     if not pending.any():
                         break
                     if g.cache == "none":
                         w = self.window(zeros, int(e.max()), e)
                         kind, write = "full", False
                     elif g.cache == "sub_block" and step > 0:
-                        lead = self.shift if j > 0 else 0
-                        start = a - lead
-                        idx = self.cache_positions()
-                        past_visible = (idx < e[:, None]) & ~((idx >= start[:, None]) & (idx < z[:, None]))
-                        w = self.window(start, sb + lead, z, past_visible, active)
-                        kind, write = "sub_block", False
+                        w, kind, write = self.sub_block_window(s, e, a, z, active, pending)
                     elif to_prefill.any():
                         lo = np.where(to_prefill, 0, s)
                         w = self.window(zeros, int(e.max()), e, self.past_below(lo), active, valid_start=lo)
@@ -334,14 +448,21 @@ class DecodeLoop:
                         w = self.window(s, bs, e, self.past_below(s), active)
                         kind, write = "block", g.cache == "sub_block"
                     out = self.forward(w, kind, write, self.fill_rows(w, a, sb))
-                    self.unmask(out, w, a, z, pending)
+                    quota = [schedule[min(step, len(schedule) - 1)]] * B if schedule else None
+                    self.unmask(out, w, a, z, pending, quota)
+                    if g.stop_at_eos:
+                        done |= self.stopped(pending, e)
+                        self.live = ~done
                     step += 1
-            # The block is complete.
+            # The block is complete (or its sequences stopped).
             if self.timer is not None:
                 self.timer.block_done()
             n = np.where(active, e, n)
             for b in np.flatnonzero(active):
-                done[b] = (g.stop_at_eos and self.has_eos(b, e[b])) or e[b] - self.prompt_len[b] >= g.gen_length
+                done[b] |= (g.stop_at_eos and self.has_eos(b, e[b])) or e[b] - self.prompt_len[b] >= g.gen_length
+            # Fast-dLLM v2 returns the token its last commit forward reads: when that token completes
+            # gen_length, commit once more and stop (no further block of forwards).
+            last = active & ~done & (e + self.shift - self.prompt_len >= g.gen_length)
             self.live = ~done
             if done.all():
                 break
@@ -354,6 +475,10 @@ class DecodeLoop:
             committed = np.where(active, e, committed)
             if self.shift:
                 take_next_token(out, ~done)
+                if g.stop_at_eos:
+                    done |= ~done & np.isin(self.x[np.arange(B), n - 1], self.eos)
+            done |= last
+            self.live = ~done
         return self.result()
 
 

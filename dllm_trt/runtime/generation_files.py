@@ -56,12 +56,33 @@ def hf_generation_fields(raw: dict[str, Any], source: str = HF_GENERATION_FILE) 
     return out
 
 
+# Dream's ``alg`` values that have a strategy of the same name (runtime/settings.py: DREAM_SCHEDULED +
+# confidence_threshold; a test keeps the two lists equal). ``origin`` has no counterpart.
+DREAM_ALGS = ("maskgit_plus", "topk_margin", "entropy", "confidence_threshold")
+
+
+def dream_generation_keys(raw: dict) -> dict:
+    """Dream's generation_config.json keys as GenerationConfig fields: ``alg`` names the strategy (Dream's
+    ``origin``, independent random transfers, has no counterpart and is left to the defaults), ``alg_temp``
+    (null: 0), ``steps`` keeps its name."""
+    out: dict[str, Any] = {}
+    if raw.get("alg") in DREAM_ALGS:
+        out["strategy"] = raw["alg"]
+    if "alg_temp" in raw:
+        out["alg_temp"] = float(raw["alg_temp"] or 0.0)
+    if isinstance(raw.get("steps"), int) and not isinstance(raw.get("steps"), bool):
+        out["steps"] = raw["steps"]
+    return out
+
+
 def family_generation_fields(raw: dict[str, Any], family: str | None) -> dict[str, Any]:
     """GenerationConfig fields from a family's own generation_config.json keys (Dream's ``alg``, ``steps``,
     ``alg_temp``; Dream's sampler also applies ``temperature`` without ``do_sample``).
 
-    Hook for the decode-algorithm work, which owns GenerationConfig's algorithm fields: empty for now.
+    Only Dream has such keys: ``alg`` -> strategy, ``alg_temp``, ``steps`` (``dream_generation_keys``).
     """
+    if family == "dream" or "alg" in raw:  # `alg` is Dream's own key (a folder without config.json too)
+        return dream_generation_keys(raw)
     return {}
 
 

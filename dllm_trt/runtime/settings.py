@@ -7,7 +7,13 @@ from pathlib import Path
 
 from ..errors import DllmError
 
-STRATEGIES = ("low_confidence", "random", "threshold", "factor")
+# Dream's diffusion_generate algorithms keep their upstream names (generation_config.json's "alg").
+DREAM_SCHEDULED = ("maskgit_plus", "topk_margin", "entropy")  # Dream's timestep schedule, ranked by a statistic
+STRATEGIES = ("low_confidence", "random", "threshold", "factor", "sequential", *DREAM_SCHEDULED, "confidence_threshold")
+SCHEDULED = ("low_confidence", "random", "sequential")  # strategies that follow LLaDA's even per-step count
+STEPPED = SCHEDULED + DREAM_SCHEDULED + ("confidence_threshold",)  # strategies with a step budget per block
+BLOCK_STRATEGIES = ("low_confidence", "random", "threshold", "factor", "sequential")
+STRATEGIES_FOR = {"bidirectional": STRATEGIES, "block_causal": BLOCK_STRATEGIES}  # by ModelConfig.attention
 CACHE_MODES = {
     "bidirectional": ("none", "prefix", "dual"),
     "block_causal": ("none", "block", "sub_block"),
@@ -18,11 +24,23 @@ CACHE_MODES = {
 class GenerationConfig:
     """Decoding settings shared by every backend.
 
-    ``steps`` applies to the schedule strategies (``low_confidence``/``random``): the LLaDA
-    schedule spreads ``steps`` evenly over ``gen_length / block_length`` blocks. ``threshold``
-    and ``factor`` are the Fast-dLLM parallel rules and run until each block is filled.
+    ``steps`` applies to the schedule strategies (``low_confidence``/``random``/``sequential``):
+    the LLaDA schedule spreads ``steps`` evenly over ``gen_length / block_length`` blocks.
+    ``threshold`` and ``factor`` are the Fast-dLLM parallel rules and run until each block is filled.
     Block-diffusion models use their own block size (``bd_size``) and decode it in
-    sub-blocks of ``sub_block_length``.
+    sub-blocks of ``sub_block_length``; there ``steps`` is SDAR's ``denoising_steps`` per block
+    (None: one token per step), split evenly over the block's sub-blocks: each step fills the
+    schedule's count (``threshold``: everything above the threshold, at least that count).
+    ``sequential`` (SDAR) fills the count left to right.
+
+    Dream's algorithms (bidirectional): ``maskgit_plus`` / ``topk_margin`` / ``entropy`` rank the
+    masked positions by top-1 probability / top-1 minus top-2 probability / sum p log p and fill
+    ``int(n * (1 - s/t))`` of the block's ``n`` masks per step, ``t, s`` from
+    ``linspace(1, 1e-3, steps_per_block + 1)`` (all on the last step); with ``alg_temp > 0`` the
+    positions are drawn from softmax(statistic / alg_temp) instead. ``confidence_threshold`` is
+    Fast-dLLM's: a budget of ``block_length / steps_per_block`` per step, the most confident always
+    taken, the others only at ``>= threshold``, the rest carried to the next step (steps added at
+    the end until the block is filled).
     """
 
     gen_length: int = 32
@@ -36,6 +54,7 @@ class GenerationConfig:
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
+    alg_temp: float = 0.0  # Dream: > 0 draws the positions to fill instead of taking the top ones
     seed: int = 0
     stop_at_eos: bool = True
 
@@ -58,15 +77,26 @@ class GenerationConfig:
             blocks = c.gen_length // c.block_length
             if c.steps is None:
                 c.steps = c.gen_length
-            if c.strategy in ("low_confidence", "random") and (c.steps <= 0 or c.steps % blocks):
+            if c.strategy in STEPPED and (c.steps <= 0 or c.steps % blocks):
                 raise DllmError(f"steps {c.steps} must be a positive multiple of the number of blocks ({blocks} = "
                                 f"gen_length {c.gen_length} / block_length {c.block_length}); pass --steps "
                                 f"{c.gen_length} (one token per step) or another multiple of {blocks}")
+            if c.strategy == "confidence_threshold" and c.block_length % (c.steps // blocks):
+                raise DllmError(f"confidence_threshold needs block_length {c.block_length} divisible by the steps per "
+                                f"block ({c.steps // blocks}); pick steps so that each step has a whole budget")
+        elif c.strategy not in BLOCK_STRATEGIES:
+            raise DllmError(f"strategy {c.strategy!r} is Dream's (bidirectional); a block-diffusion model uses "
+                            "low_confidence, random, threshold, factor or sequential")
         elif c.sub_block_length <= 0:
             raise DllmError(f"sub_block_length {c.sub_block_length} must be positive")
+        elif c.steps is not None and c.steps <= 0:
+            raise DllmError(f"steps {c.steps} must be positive (denoising steps per block), or None for one "
+                            "token per step")
         if not 0.0 <= c.top_p <= 1.0 or c.top_k < 0 or not c.temperature >= 0 or not math.isfinite(c.temperature):
             raise DllmError(f"need a finite temperature >= 0 (got {c.temperature}), top_k >= 0 (got {c.top_k}) "
                             f"and 0 <= top_p <= 1 (got {c.top_p})")
+        if not c.alg_temp >= 0 or not math.isfinite(c.alg_temp):
+            raise DllmError(f"alg_temp {c.alg_temp} must be a finite number >= 0")
         if math.isnan(c.threshold) or math.isnan(c.factor):
             raise DllmError(f"threshold ({c.threshold}) and factor ({c.factor}) must be numbers, not NaN")
         if c.seed < 0:
@@ -118,12 +148,43 @@ class GenerationResult:
                 "tokens_per_forward": self.tokens_per_forward, "steps": [asdict(s) for s in self.steps]}
 
 
+def family_generation_defaults(config) -> dict:
+    """Each family's upstream default decode settings, as GenerationConfig fields (under what the folder
+    and the command line say): Dream's ``diffusion_generate`` ranks by entropy; SDAR's
+    ``block_diffusion_generate`` is low_confidence_dynamic at 0.85 with ``denoising_steps`` = its block
+    size. LLaDA (low_confidence, one token per step) and Fast-dLLM v2 (threshold 1: one token per step,
+    sub-blocks of 8) are GenerationConfig's own defaults."""
+    from ..config import QWEN3_MODEL_TYPES
+
+    if config.family == "dream":
+        return {"strategy": "entropy"}
+    if config.model_type.lower() in QWEN3_MODEL_TYPES:
+        return {"strategy": "threshold", "threshold": 0.85, "steps": config.block_size}
+    return {}
+
+
+def _folder_model_config(folder: Path):
+    """The ModelConfig of an export or a checkpoint folder, None when it cannot be read (loading the
+    backend reports why)."""
+    from ..config import ModelConfig
+    from ..contract import CONFIG_FILE, config_from_artifact, read_artifact_config
+
+    try:
+        if (folder / CONFIG_FILE).is_file():
+            return config_from_artifact(read_artifact_config(folder))
+        return ModelConfig.from_pretrained(folder)
+    except (DllmError, OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def generation_config_from_args(model_dir: str | Path, args) -> GenerationConfig:
     """Defaults from the folder (dllm_config.json, or generation_config.json + dllm_generation.json), then the command line's
     options (an argparse namespace: every GenerationConfig field that is not None, and ``no_stop``).
     Shared by ``dllm-trt run`` and ``dllm-trt profile``."""
     names = {f.name for f in fields(GenerationConfig)}
-    values = folder_generation_defaults(Path(model_dir))
+    config = _folder_model_config(Path(model_dir))
+    values = {**(family_generation_defaults(config) if config is not None else {}),
+              **folder_generation_defaults(Path(model_dir))}
     for name in names:
         v = getattr(args, name, None)
         if v is not None:

@@ -15,6 +15,8 @@ class StepOutput(NamedTuple):
     tokens: np.ndarray  # [B, R] int64: top-1 token of each row, the mask token excluded
     confidence: np.ndarray  # [B, R] float32: its softmax probability
     logits: np.ndarray | None  # [B, R, V] float32, only when asked for (sampling)
+    margin: np.ndarray | None = None  # [B, R] float32: top-1 minus top-2 probability (Dream's topk_margin)
+    neg_entropy: np.ndarray | None = None  # [B, R] float32: sum p log p over the row (Dream's entropy)
 
 
 class Backend(Protocol):

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from ...config import ModelConfig
-from ...contract import (CONFIG_FILE, KV_TYPES, MODEL_FILE, config_from_artifact, input_names, output_names,
-                         past_names, present_names, read_artifact_config)
+from ...contract import (CONFIG_FILE, KV_TYPES, MODEL_FILE, ROW_STATS, config_from_artifact, input_names,
+                         output_names, past_names, present_names, read_artifact_config)
 from ...errors import DllmError
 from .base import StepOutput, check_forward_args
 
@@ -330,7 +330,7 @@ class OrtBackend:
         feeds = {"input_ids": ids, "position_ids": pos, "attention_bias": bias, "logits_index": index}
         past = cache.flat() if past_len > 0 else self._empty_past(ids.shape[0])
         feeds.update(zip(self._past, past))
-        wanted = ["tokens", "confidence"] + (["logits"] if want_logits else []) + \
+        wanted = list(ROW_STATS) + (["logits"] if want_logits else []) + \
             (self._present if write_pos is not None else [])
         out = dict(zip(wanted, self.session.run(wanted, feeds)))
         if write_pos is not None:
@@ -339,7 +339,7 @@ class OrtBackend:
                 pi = write_pos[bi, li]
                 for name, dst in zip(self._present, cache.flat()):
                     dst[bi, :, pi] = out[name][bi, :, li]
-        return StepOutput(out["tokens"], out["confidence"], out.get("logits"))
+        return StepOutput(out["tokens"], out["confidence"], out.get("logits"), out["margin"], out["neg_entropy"])
 
     def _bucket(self, b: int, l: int, p: int, r: int, cache: OrtCache | None) -> _Bucket:
         key = (b, l, p, r, id(cache) if p else None)
@@ -349,8 +349,8 @@ class OrtBackend:
         c, mem = self.config, self._memory
         inputs = {"input_ids": mem.empty((b, l), "int64"), "position_ids": mem.empty((b, l), "int64"),
                   "attention_bias": mem.empty((b, 1, l, p + l), "float32"), "logits_index": mem.empty((b, r), "int64")}
-        outputs = {"tokens": mem.empty((b, r), "int64"), "confidence": mem.empty((b, r), "float32"),
-                   "logits": mem.empty((b, r, c.vocab_size), "float32")}
+        outputs = {name: mem.empty((b, r), "int64" if name == "tokens" else "float32") for name in ROW_STATS}
+        outputs["logits"] = mem.empty((b, r, c.vocab_size), "float32")
         presents = [mem.empty((b, c.num_kv_heads, l, c.head_dim), self.kv_type) for _ in self._present]
         outputs.update(zip(self._present, presents))
         io = self.session.io_binding()
@@ -395,7 +395,8 @@ class OrtBackend:
         bucket.runs += 1
         out = bucket.outputs
         result = StepOutput(mem.download(out["tokens"]), mem.download(out["confidence"]),
-                            mem.download(out["logits"]) if want_logits else None)
+                            mem.download(out["logits"]) if want_logits else None,
+                            mem.download(out["margin"]), mem.download(out["neg_entropy"]))
         if write_pos is not None:
             with self._timed("cache_write"):
                 mem.scatter(bucket.presents, cache.flat(), write_pos)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ...config import ModelConfig
-from ...models.layers import select_top1
+from ...models.layers import select_rows
 from .base import StepOutput, check_forward_args
 
 
@@ -56,7 +56,7 @@ class TorchBackend:
         index = torch.from_numpy(np.ascontiguousarray(logits_index, dtype=np.int64)).to(dev)
         past = list(cache) if past_len > 0 else None
         logits, presents = self.model(ids, pos, bias, past, index)
-        tokens, confidence = select_top1(logits, self.config.mask_token_id)
+        sel = select_rows(logits, self.config.mask_token_id)
         if write_mask is not None and write_mask.any():
             timed = self.timer is not None
             if timed:
@@ -70,8 +70,9 @@ class TorchBackend:
                     cv[b_t, :, p_t] = v[b_t, :, l_t]
                 if timed:
                     self.synchronize()
-        return StepOutput(tokens.cpu().numpy(), confidence.cpu().numpy(),
-                          logits.float().cpu().numpy() if want_logits else None)
+        return StepOutput(sel.tokens.cpu().numpy(), sel.confidence.cpu().numpy(),
+                          logits.float().cpu().numpy() if want_logits else None,
+                          sel.margin.cpu().numpy(), sel.neg_entropy.cpu().numpy())
 
     def synchronize(self) -> None:
         """Wait for the device's queued work (CUDA only); the profiler calls it around timed regions."""

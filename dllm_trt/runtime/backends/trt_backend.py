@@ -113,7 +113,7 @@ class TrtBackend:
         self.kv_type = dtype_of(self._past[0])
         for name, want in (("input_ids", "int64"), ("position_ids", "int64"), ("attention_bias", "float32"),
                            ("logits_index", "int64"), ("tokens", "int64"), ("confidence", "float32"),
-                           ("logits", "float32")):
+                           ("margin", "float32"), ("neg_entropy", "float32"), ("logits", "float32")):
             got = dtype_of(name)
             if got != want:
                 raise DllmError(f"the engine's {name} is {got}, the graph contract says {want}; rebuild the engine")
@@ -129,6 +129,7 @@ class TrtBackend:
         dev = device
         self._ids, self._pos, self._bias, self._index, self._write_pos = (_Buffer(dev) for _ in range(5))
         self._tokens, self._confidence, self._logits = (_Buffer(dev) for _ in range(3))
+        self._margin, self._neg_entropy = _Buffer(dev), _Buffer(dev)
         self._presents = [_Buffer(dev) for _ in self._present]
         self._last_bias: np.ndarray | None = None
         self._tables: dict[tuple[int, ...], tuple[int, int]] = {}
@@ -238,6 +239,8 @@ class TrtBackend:
                 raise DllmError(f"the engine rejected input {name} with shape {shape}")
         addrs["tokens"] = self._tokens.ensure(b * r * 8)
         addrs["confidence"] = self._confidence.ensure(b * r * 4)
+        addrs["margin"] = self._margin.ensure(b * r * 4)
+        addrs["neg_entropy"] = self._neg_entropy.ensure(b * r * 4)
         addrs["logits"] = self._logits.ensure(b * r * c.vocab_size * 4)
         for name, buf in zip(self._present, self._presents):
             addrs[name] = buf.ensure(b * h * l * d * es)
@@ -249,6 +252,9 @@ class TrtBackend:
         tokens, confidence = np.empty((b, r), np.int64), np.empty((b, r), np.float32)
         dev.dtoh(tokens, self._tokens.ptr)
         dev.dtoh(confidence, self._confidence.ptr)
+        margin, neg_entropy = np.empty((b, r), np.float32), np.empty((b, r), np.float32)
+        dev.dtoh(margin, self._margin.ptr)
+        dev.dtoh(neg_entropy, self._neg_entropy.ptr)
         logits = None
         if want_logits:
             logits = np.empty((b, r, c.vocab_size), np.float32)
@@ -257,7 +263,7 @@ class TrtBackend:
             with self._timed("cache_write"):
                 self._write(cache, np.where(write_mask, pos, -1), l)
         dev.sync()
-        return StepOutput(tokens, confidence, logits)
+        return StepOutput(tokens, confidence, logits, margin, neg_entropy)
 
     def _write(self, cache: TrtCache, write_pos: np.ndarray, l: int) -> None:
         """The written tokens' keys/values into the cache at their positions: one kernel, all layers."""

@@ -516,3 +516,36 @@ def test_runtime_imports_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("variant", ["llada", "block_diffusion"])
+def test_attention_bias_built_once_per_window(variant, monkeypatch):
+    """Consecutive steps over the same window reuse one bias array (built once, the same object, so a
+    device backend uploads it once): the number of builds equals the number of distinct windows, and
+    the tokens are those of a bias rebuilt at every step."""
+    import dllm_trt.runtime.decode as decode_mod
+    from dllm_trt.runtime.layout import attention_bias
+
+    builds = []
+
+    def counting(*args, **kw):
+        builds.append(1)
+        return attention_bias(*args, **kw)
+
+    prompts = prompts_of([5, 9, 7])
+    for cache in cache_modes(variant):
+        gen = gen_cfg(variant, cache=cache, strategy="low_confidence")
+        stub = StubBackend(variant)
+        want = generate(stub, prompts, gen)
+        builds.clear()
+        monkeypatch.setattr(decode_mod, "attention_bias", counting)
+        stub = StubBackend(variant)
+        got = generate(stub, prompts, gen)
+        monkeypatch.setattr(decode_mod, "attention_bias", attention_bias)
+        assert got.tokens == want.tokens and got.nfe == want.nfe
+        windows = []  # the distinct consecutive windows the stub saw (positions, past visibility)
+        for c in stub.calls:
+            key = (c.pos.tobytes(), c.ids.shape, c.past_len, c.past_visible.tobytes())
+            if not windows or windows[-1] != key:
+                windows.append(key)
+        assert len(builds) == len(windows) < got.nfe, (cache, len(builds), len(windows), got.nfe)

@@ -126,6 +126,8 @@ class DecodeLoop:
         # The whole cache is every cached forward's past: fixed shapes, nothing sliced or copied.
         self.past_len = int(self.cache.capacity) if self.cache is not None else 0
         self.steps: list[StepRecord] = []
+        self._bias_key: tuple | None = None  # the last window's bias (bias_of)
+        self._bias: np.ndarray | None = None
         self.live = np.ones(self.batch, bool)  # not yet finished
         self.draws = np.zeros(self.batch, np.int64)  # random draws per sequence (counter of the stream)
         self.want_logits = self.gen.temperature > 0.0  # only sampling reads the rows' logits
@@ -138,7 +140,7 @@ class DecodeLoop:
         safe_pos = np.where(w.valid, pos, 0)
         input_ids = np.take_along_axis(self.x, np.clip(pos, 0, self.capacity - 1), axis=1)
         input_ids = np.where(w.valid, input_ids, self.mask_id)
-        bias = attention_bias(safe_pos, w.valid, w.past_valid, self.cfg.block_size)
+        bias = self.bias_of(w, safe_pos)
         rows = np.clip(rows, 0, w.length - 1).astype(np.int64)
         if self.timer is not None:
             self.timer.forward_start(kind)
@@ -149,6 +151,16 @@ class DecodeLoop:
         live = self.live & w.valid.any(axis=1)  # a sequence with no valid row only rides along
         self.steps.append(StepRecord(kind, w.length, w.past_extent, [0] * self.batch, live.tolist()))
         return out
+
+    def bias_of(self, w: _Window, safe_pos: np.ndarray) -> np.ndarray:
+        """The window's attention bias, built once while consecutive steps keep the same window (every
+        step of a block in the dual, prefix and sub-block modes, and of a request without a cache): the
+        same array object is returned, so a backend can skip re-uploading it by identity."""
+        key = (w.start.tobytes(), w.length, w.valid.tobytes(), w.past_len, w.past_valid.tobytes())
+        if self._bias_key != key:
+            self._bias_key = key
+            self._bias = attention_bias(safe_pos, w.valid, w.past_valid, self.cfg.block_size)
+        return self._bias
 
     def window(self, start: np.ndarray, length: int, valid_end: np.ndarray, past_visible: np.ndarray | None = None,
                active: np.ndarray | None = None, valid_start: np.ndarray | None = None) -> _Window:

@@ -384,7 +384,7 @@ class OrtBackend:
         mem.upload(bucket.inputs["input_ids"], ids)
         mem.upload(bucket.inputs["position_ids"], pos)
         mem.upload(bucket.inputs["logits_index"], index)
-        if bucket.last_bias is None or not np.array_equal(bucket.last_bias, bias):
+        if bucket.last_bias is not bias and (bucket.last_bias is None or not np.array_equal(bucket.last_bias, bias)):
             mem.upload(bucket.inputs["attention_bias"], bias)  # once per block in the dual / sub-block modes
             bucket.last_bias = bias
         run_options = None

@@ -223,7 +223,7 @@ class TrtBackend:
         dev.htod(self._ids.ensure(ids.nbytes), ids)
         dev.htod(self._pos.ensure(pos.nbytes), pos)
         dev.htod(self._index.ensure(index.nbytes), index)
-        if self._last_bias is None or not np.array_equal(self._last_bias, bias):
+        if self._last_bias is not bias and (self._last_bias is None or not np.array_equal(self._last_bias, bias)):
             dev.htod(self._bias.ensure(bias.nbytes), bias)  # once per block in the dual / sub-block modes
             self._last_bias = bias
         shapes = {"input_ids": (b, l), "position_ids": (b, l), "attention_bias": (b, 1, l, past_len + l),

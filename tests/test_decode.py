@@ -549,3 +549,22 @@ def test_attention_bias_built_once_per_window(variant, monkeypatch):
             if not windows or windows[-1] != key:
                 windows.append(key)
         assert len(builds) == len(windows) < got.nfe, (cache, len(builds), len(windows), got.nfe)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_nan_model_output_stops_with_an_error(temperature):
+    """Logits with NaN (broken weights or graph) stop decoding with an error naming the forward,
+    instead of an empty or garbage answer; at temperature 0 (device-side selection) and when sampling."""
+    from dllm_trt.errors import DllmError
+
+    class NanAtThirdForward(StubBackend):
+        def logits(self, input_ids, position_ids):
+            out = super().logits(input_ids, position_ids)
+            if len(self.calls) == 3:
+                out[:, :, 5] = np.nan
+            return out
+
+    gen = gen_cfg("llada", strategy="low_confidence", temperature=temperature, seed=1)
+    with pytest.raises(DllmError, match=r"NaN/Inf logits at forward 3"):
+        generate(NanAtThirdForward("llada"), prompts_of([6]), gen)
+    assert generate(StubBackend("llada"), prompts_of([6]), gen).tokens  # the same decode without NaN succeeds

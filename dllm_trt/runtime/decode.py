@@ -207,10 +207,10 @@ class DecodeLoop:
         u = counter_uniform(g.seed, SAMPLE_STREAM, int(self.draws[b]), positions)
         return propose(rows, g.temperature, g.top_k, g.top_p, u)
 
-    def choose(self, conf: np.ndarray, count: int | None, u: np.ndarray) -> np.ndarray:
+    def choose(self, conf: np.ndarray, count: int | None, u: np.ndarray | None) -> np.ndarray:
         """Indices of the candidates (in position order) the strategy fills this step; ``count`` is the
         schedule's count for the step (None: the rule alone decides, at least one token); ``u`` one
-        uniform per candidate (Dream's alg_temp draws)."""
+        uniform per candidate (Dream's alg_temp draws; None where the strategy draws nothing)."""
         g = self.gen
         if g.strategy == "confidence_threshold":
             return select_budget(conf, count or conf.size, g.threshold)
@@ -260,7 +260,9 @@ class DecodeLoop:
             tokens, conf = self._propose(out, b, j, cand)
             if g.strategy in ("topk_margin", "entropy"):
                 conf = self._statistic(out, b, j)
-            u = counter_uniform(g.seed, REMASK_STREAM, int(self.draws[b]), cand)
+            # the remasking stream: only random remasking and Dream's alg_temp draw from it
+            drawn = g.strategy == "random" or (g.strategy in DREAM_SCHEDULED and g.alg_temp > 0)
+            u = counter_uniform(g.seed, REMASK_STREAM, int(self.draws[b]), cand) if drawn else None
             if g.strategy == "random":
                 conf = u
             self.draws[b] += 1

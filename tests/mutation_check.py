@@ -46,7 +46,8 @@ MUTATIONS = [
     Mutation("swap_rope_halves", "dllm_trt/models/layers.py",
              "rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)",
              "rotated = torch.cat((x[..., half:], -x[..., :half]), dim=-1)"),
-    Mutation("threshold_ge", "dllm_trt/runtime/unmask.py", "chosen = conf > threshold", "chosen = conf >= threshold"),
+    Mutation("threshold_ge", "dllm_trt/runtime/unmask.py", "chosen = conf >= threshold if inclusive else conf > threshold",
+             "chosen = conf > threshold if inclusive else conf >= threshold"),
     Mutation("rope_theta_ignored", "dllm_trt/models/layers.py",
              "inv_freq = 1.0 / (theta ** (", "inv_freq = 1.0 / (10000.0 ** ("),
 ]

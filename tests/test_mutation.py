@@ -22,3 +22,11 @@ def test_mutation_is_caught(name):
     (m,) = [m for m in mutation_check.MUTATIONS if m.name == name]
     status, _, detail = mutation_check.run(m)
     assert status == "caught", f"{name}: {status} ({detail})"
+
+
+def test_every_mutation_still_applies():
+    """Each mutation's target line exists exactly once: a refactor that moves it must update the
+    mutation (else `python tests/mutation_check.py` would only report it STALE)."""
+    root = Path(__file__).resolve().parents[1]
+    for m in mutation_check.MUTATIONS:
+        assert (root / m.file).read_text().count(m.old) == 1, f"{m.name}: {m.file} no longer holds {m.old!r} once"

@@ -235,11 +235,8 @@ def cmd_ort(args) -> None:
         graph_only = {}
         for name, (ids, pos, bias, rows), p in (("prefill", prefill, 0), ("block_step", step, C)):
             bucket = backend._bucket(1, ids.shape[1], p, rows.shape[1], cache)
-            ro = None
-            if bucket.graph_id >= 0:
-                ro = ort.RunOptions()
-                ro.add_run_config_entry("gpu_graph_id", str(bucket.graph_id))
-            graph_only[name] = median_ms(lambda: sess.run_with_iobinding(bucket.binding, ro), args.warmup, args.repeat)
+            graph_only[name] = median_ms(lambda: sess.run_with_iobinding(bucket.binding, bucket.run_options),
+                                         args.warmup, args.repeat)
         key = "cuda_graph" if graph else "no_graph"
         results[key] = {"session_load_s": load_s, "cache_capacity": C, "graph_ms": graph_only, "runtime_ms": runtime,
                         "buckets": len(backend._buckets)}

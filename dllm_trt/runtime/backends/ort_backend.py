@@ -168,6 +168,7 @@ class _Bucket:
     outputs: dict[str, _Tensor]
     binding: Any
     graph_id: int  # gpu_graph_id of its CUDA graph (-1: none)
+    run_options: Any  # ORT RunOptions naming that graph (None without CUDA graphs)
     last_bias: np.ndarray | None = None
     runs: int = 0
     presents: list[_Tensor] = field(default_factory=list)
@@ -365,7 +366,11 @@ class OrtBackend:
         for name, t in outputs.items():
             io.bind_ortvalue_output(name, t.value)
         graph_id = len(self._buckets) if self.cuda_graph else -1
-        bucket = _Bucket(inputs, outputs, io, graph_id, presents=presents)
+        run_options = None
+        if graph_id >= 0:  # which CUDA graph this bucket captures and replays
+            run_options = _import_ort().RunOptions()
+            run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
+        bucket = _Bucket(inputs, outputs, io, graph_id, run_options, presents=presents)
         self._buckets[key] = bucket
         return bucket
 
@@ -378,7 +383,7 @@ class OrtBackend:
         return self._empty[key]
 
     def _forward_bound(self, ids, pos, bias, cache, past_len, write_pos, index, want_logits) -> StepOutput:
-        ort, mem = _import_ort(), self._memory
+        mem = self._memory
         b, l = ids.shape
         bucket = self._bucket(b, l, past_len, index.shape[1], cache)
         mem.upload(bucket.inputs["input_ids"], ids)
@@ -387,11 +392,7 @@ class OrtBackend:
         if bucket.last_bias is not bias and (bucket.last_bias is None or not np.array_equal(bucket.last_bias, bias)):
             mem.upload(bucket.inputs["attention_bias"], bias)  # once per block in the dual / sub-block modes
             bucket.last_bias = bias
-        run_options = None
-        if bucket.graph_id >= 0:
-            run_options = ort.RunOptions()
-            run_options.add_run_config_entry("gpu_graph_id", str(bucket.graph_id))
-        self.session.run_with_iobinding(bucket.binding, run_options)
+        self.session.run_with_iobinding(bucket.binding, bucket.run_options)
         bucket.runs += 1
         out = bucket.outputs
         result = StepOutput(mem.download(out["tokens"]), mem.download(out["confidence"]),

@@ -3,7 +3,7 @@ layers (default 4: the per-layer kernels are the 8B model's, the export takes se
 step timed with and without CUDA graphs, and torch.profiler's CUDA kernel table (CUPTI sees ONNX
 Runtime's kernels too).
 
-    python benchmarks/kernel_breakdown.py [LAYERS]      # GPU machine, onnxruntime-gpu
+    python benchmarks/kernel_breakdown.py [LAYERS] [OPS]   # GPU machine, onnxruntime-gpu; OPS standard|ort
 """
 import sys, os, time, collections, statistics
 sys.path.insert(0, os.getcwd())
@@ -15,17 +15,18 @@ from dllm_trt.export.onnx_export import export_onnx
 from dllm_trt.runtime.backends.ort_backend import OrtBackend
 import onnxruntime as ort
 layers = int(sys.argv[1]) if len(sys.argv) > 1 else 4
+ops = sys.argv[2] if len(sys.argv) > 2 else "standard"
 raw = dict(B.LLADA_8B, n_layers=layers)
 cfg = ModelConfig.from_dict(raw)
 with torch.device("cuda"):
     m = build_model(cfg).to(torch.bfloat16)
 B.random_init(m)
 save_model(m.cpu(), "/tmp/l4/ckpt"); del m; torch.cuda.empty_cache()
-export_onnx("/tmp/l4/ckpt", "/tmp/l4/onnx", dtype="bf16", validate=False, progress=False)
+export_onnx("/tmp/l4/ckpt", f"/tmp/l4/onnx-{ops}", dtype="bf16", validate=False, progress=False, ops=ops)
 rng = np.random.default_rng(0)
 L, PAST = 32, 320
 for graph in (True, False):
-    be = OrtBackend.from_pretrained("/tmp/l4/onnx", provider="cuda", cuda_graph=graph)
+    be = OrtBackend.from_pretrained(f"/tmp/l4/onnx-{ops}", provider="cuda", cuda_graph=graph)
     cache = be.allocate_cache(1, PAST); C = cache.capacity
     ids = rng.integers(0, 1000, (1, L)); pos = np.arange(64, 96)[None]; bias = np.zeros((1, 1, L, C + L), np.float32)
     rows = np.arange(L)[None]
@@ -34,7 +35,7 @@ for graph in (True, False):
     t = []
     for _ in range(20):
         t0 = time.perf_counter(); f(); t.append(time.perf_counter() - t0)
-    print(f"{layers} layers, cuda_graph={graph}: block step {statistics.median(t)*1e3:.3f} ms", flush=True)
+    print(f"{layers} layers, --ops {ops}, cuda_graph={graph}: block step {statistics.median(t)*1e3:.3f} ms", flush=True)
     if not graph:
         from torch.profiler import profile, ProfilerActivity
         with profile(activities=[ProfilerActivity.CUDA]) as p:

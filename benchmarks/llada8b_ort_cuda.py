@@ -4,6 +4,7 @@ its own PyTorch model, Fast-dLLM's own code and the weight-read floor, in one le
 Phases, run back to back on the GPU machine (everything is kept in --workdir):
 
     python benchmarks/llada8b_ort_cuda.py prepare  --workdir W   # random weights, floor, eager torch, export
+    python benchmarks/llada8b_ort_cuda.py export   --workdir W   # (after prepare --export-later) the exports
     python benchmarks/llada8b_ort_cuda.py ort      --workdir W   # forwards: graph alone / runtime step
     python benchmarks/llada8b_ort_cuda.py e2e      --workdir W   # dllm-trt profile: tok/s, per-step breakdown
     python benchmarks/llada8b_ort_cuda.py fastdllm --workdir W --fastdllm DIR   # Fast-dLLM's llada/ code
@@ -116,6 +117,11 @@ def copy_bandwidth() -> float:
     return 2 * n / statistics.median(times)
 
 
+def graph_dir(work: Path, ops: str) -> Path:
+    """The export of each graph flavour (dllm-trt export --ops): standard ops, or ORT's fused contrib ops."""
+    return work / ("onnx" if ops == "standard" else f"onnx-{ops}")
+
+
 def random_init(model) -> None:
     import torch
 
@@ -132,7 +138,6 @@ def cmd_prepare(args) -> None:
     import torch
 
     from dllm_trt.config import ModelConfig
-    from dllm_trt.export.onnx_export import export_onnx
     from dllm_trt.models import build_model, save_model
     from dllm_trt.models.checkpoint import torch_dtype
 
@@ -180,29 +185,57 @@ def cmd_prepare(args) -> None:
     torch.cuda.empty_cache()
     save_s = time.perf_counter() - t0
     print(f"saved checkpoint in {save_s:.0f} s", flush=True)
-    t0 = time.perf_counter()
-    report = export_onnx(str(ckpt), str(work / "onnx"), dtype=args.dtype, validate=False, progress=False)
-    export_s = time.perf_counter() - t0
-    print(f"exported in {export_s:.0f} s: {json.dumps(report['timings_s'])}", flush=True)
-    read_bytes = weights_read_bytes(work / "onnx" / "model.onnx")
+    export_s = {} if args.export_later else export_graphs(args, work, ckpt)
+    read_bytes = weights_read_bytes(graph_dir(work, args.ops[0]) / "model.onnx") if export_s else None
     save_json(work, "prepare.json", {
         "dtype": args.dtype, "smoke": args.smoke, "weight_bytes": weight_bytes, "weights_read_bytes": read_bytes,
-        "copy_bandwidth_Bps": bw, "floor_ms": read_bytes / bw * 1e3, "eager_ms": eager, "export_s": export_s,
-        "export_timings_s": report["timings_s"], "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+        "copy_bandwidth_Bps": bw, "floor_ms": read_bytes / bw * 1e3 if read_bytes else None, "eager_ms": eager,
+        "export_s": export_s, "ops": args.ops, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d")})
+
+
+def cmd_export(args) -> None:
+    """Export the prepared checkpoint (--ops), when prepare ran with --export-later (one command stays
+    under the device tool's 10 minutes); completes prepare.json's floor."""
+    work = Path(args.workdir)
+    prep = json.loads((work / "prepare.json").read_text())
+    prep["export_s"] = dict(prep.get("export_s") or {}, **export_graphs(args, work, work / "ckpt"))
+    if not prep.get("weights_read_bytes"):
+        prep["weights_read_bytes"] = weights_read_bytes(graph_dir(work, args.ops[0]) / "model.onnx")
+        prep["floor_ms"] = prep["weights_read_bytes"] / prep["copy_bandwidth_Bps"] * 1e3
+    save_json(work, "prepare.json", prep)
+
+
+def export_graphs(args, work: Path, ckpt: Path) -> dict:
+    from dllm_trt.export.onnx_export import export_onnx
+
+    export_s = {}
+    for ops in args.ops:
+        t0 = time.perf_counter()
+        report = export_onnx(str(ckpt), str(graph_dir(work, ops)), dtype=args.dtype, validate=False, progress=False,
+                             ops=ops)
+        export_s[ops] = time.perf_counter() - t0
+        print(f"exported --ops {ops} in {export_s[ops]:.0f} s: {json.dumps(report['timings_s'])}", flush=True)
+    return export_s
 
 
 # ---------------------------------------------------------------------- forwards
 def cmd_ort(args) -> None:
     import onnxruntime as ort
 
+    work = Path(args.workdir)
+    results = {"onnxruntime": ort.__version__}
+    for ops in args.ops:
+        results[ops] = ort_forwards(args, graph_dir(work, ops), ops)
+    save_json(work, "ort.json", results)
+
+
+def ort_forwards(args, art: Path, ops: str) -> dict:
     from dllm_trt.runtime.backends.ort_backend import OrtBackend
 
-    work = Path(args.workdir)
-    art = work / "onnx"
-    results = {"onnxruntime": ort.__version__}
+    results = {}
     rng = np.random.default_rng(0)
-    for graph in (True, False):
+    for graph in args.graphs:
         t0 = time.perf_counter()
         backend = OrtBackend.from_pretrained(str(art), provider="cuda", cuda_graph=graph)
         load_s = time.perf_counter() - t0
@@ -240,9 +273,9 @@ def cmd_ort(args) -> None:
         key = "cuda_graph" if graph else "no_graph"
         results[key] = {"session_load_s": load_s, "cache_capacity": C, "graph_ms": graph_only, "runtime_ms": runtime,
                         "buckets": len(backend._buckets)}
-        print(f"{key}: session {load_s:.0f} s, graph {graph_only}, runtime {runtime}", flush=True)
+        print(f"--ops {ops} {key}: session {load_s:.0f} s, graph {graph_only}, runtime {runtime}", flush=True)
         del backend, sess
-    save_json(work, "ort.json", results)
+    return results
 
 
 def cmd_e2e(args) -> None:
@@ -252,7 +285,7 @@ def cmd_e2e(args) -> None:
     from dllm_trt.runtime.backends.ort_backend import OrtBackend
 
     work = Path(args.workdir)
-    art = work / "onnx"
+    art = graph_dir(work, args.ops[0])
     backend = OrtBackend.from_pretrained(str(art), provider="cuda")
     argv = ["profile", "--engine", str(art), "--provider", "cuda", "--synthetic-prompt-len", str(PROMPT), "--n", "1",
             "--gen-length", str(GEN), "--block-length", str(BLOCK), "--strategy", "low_confidence",
@@ -262,6 +295,7 @@ def cmd_e2e(args) -> None:
     for run in report["runs"]:
         run.pop("trace", None)
     print(format_report(report), flush=True)
+    report["ops"] = args.ops[0]
     save_json(work, "e2e.json", report)
 
 
@@ -332,20 +366,25 @@ def cmd_table(args) -> None:
           f"{prep['copy_bandwidth_Bps'] / 1e12:.2f} TB/s, {prep['weights_read_bytes'] / 1e9:.2f} GB read per forward "
           f"-> floor {floor:.2f} ms")
     if fwd:
-        print(f"\nforwards (onnxruntime {fwd['onnxruntime']} CUDA EP)")
-        print("| forward | eager torch ms | ORT graph ms (CUDA graph) | ORT runtime step ms (CUDA graph) | "
+        print(f"\nforwards (onnxruntime {fwd['onnxruntime']} CUDA EP; graph = the session alone, runtime step = "
+              "OrtBackend.forward)")
+        print("| forward | graph ops | eager torch ms | ORT graph ms (CUDA graph) | ORT runtime step ms (CUDA graph) | "
               "ORT graph ms (no graph) | ORT runtime step ms (no graph) | runtime / floor |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
-        g, n = fwd["cuda_graph"], fwd["no_graph"]
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        cell = lambda d, k, name: "-" if d.get(k) is None else f"{d[k][name]:.2f}"  # noqa: E731
         for name, label in (("prefill", f"prefill {PREFILL}"), ("block_step", f"block step {STEP} over {PAST}"),
                             ("block_step_write", f"block step {STEP} over {PAST} + cache write")):
             eager = prep["eager_ms"].get(name, prep["eager_ms"]["block_step"] if "block" in name else None)
-            gg, ng = g["graph_ms"].get(name, g["graph_ms"].get("block_step")), n["graph_ms"].get(
-                name, n["graph_ms"].get("block_step"))
-            print(f"| {label} | {eager:.2f} | {gg:.2f} | {g['runtime_ms'][name]:.2f} | {ng:.2f} | "
-                  f"{n['runtime_ms'][name]:.2f} | {g['runtime_ms'][name] / floor:.2f}x |")
+            for ops in [k for k in fwd if k != "onnxruntime"]:
+                g, n = fwd[ops].get("cuda_graph", {}), fwd[ops].get("no_graph", {})
+                gname = name if name != "block_step_write" else "block_step"
+                best = g or n
+                print(f"| {label} | {ops} | {eager:.2f} | {cell(g, 'graph_ms', gname) if g else '-'} | "
+                      f"{cell(g, 'runtime_ms', name) if g else '-'} | {cell(n, 'graph_ms', gname) if n else '-'} | "
+                      f"{cell(n, 'runtime_ms', name) if n else '-'} | {best['runtime_ms'][name] / floor:.2f}x |")
     if e2e or fd:
-        print(f"\nend to end: prompt {PROMPT}, gen {GEN}, block {BLOCK}, low-confidence remasking, tok/s")
+        print(f"\nend to end: prompt {PROMPT}, gen {GEN}, block {BLOCK}, low-confidence remasking, tok/s "
+              f"(dllm-trt graph: --ops {(e2e or {}).get('ops', 'standard')})")
         print("| cache | tokens/step | Fast-dLLM (PyTorch eager) | dllm-trt ORT CUDA | forward ms (median) | "
               "host ms/step | speed-up |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -366,7 +405,7 @@ def cmd_table(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("prepare", "ort", "e2e", "fastdllm", "table"):
+    for name in ("prepare", "export", "ort", "e2e", "fastdllm", "table"):
         p = sub.add_parser(name)
         p.add_argument("--workdir", default="/tmp/llada8b")
         p.add_argument("--dtype", default="bf16", choices=["fp16", "bf16"])
@@ -374,8 +413,14 @@ def main() -> None:
         p.add_argument("--repeat", type=int, default=10)
         p.add_argument("--smoke", action="store_true", help="a small model through the same steps")
         p.add_argument("--fastdllm", default=".upstream/fastdllm/llada", help="Fast-dLLM's llada/ folder (fastdllm)")
+        p.add_argument("--ops", default="standard,ort",
+                       help="graph flavours, comma-separated (dllm-trt export --ops); e2e profiles the first")
+        p.add_argument("--graphs", default="on,off", help="ort phase: CUDA graphs on, off or both")
+        p.add_argument("--export-later", action="store_true", help="prepare: save the checkpoint, export in `export`")
     args = ap.parse_args()
-    {"prepare": cmd_prepare, "ort": cmd_ort, "e2e": cmd_e2e, "fastdllm": cmd_fastdllm, "table": cmd_table}[args.cmd](args)
+    args.ops = [o for o in args.ops.split(",") if o]
+    args.graphs = [{"on": True, "off": False}[g] for g in args.graphs.split(",") if g]
+    {"prepare": cmd_prepare, "export": cmd_export, "ort": cmd_ort, "e2e": cmd_e2e, "fastdllm": cmd_fastdllm, "table": cmd_table}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -177,3 +177,53 @@ def test_scatter_kv_writes_exactly_the_rows(dtype, elem):
             np.testing.assert_array_equal(got, w, err_msg=f"tensor {i}, step {step}")
             assert np.isnan(got).sum() == np.isnan(w).sum() > 0
     assert len(mem._tables) == 1
+
+
+# ---------------------------------------------------------------------- the fused graph (--ops ort)
+@pytest.fixture(scope="module")
+def fused_exports(tmp_path_factory):
+    """variant -> (fp32 export, bf16 export) of a random tiny model with as many K/V heads as query heads
+    (so MultiHeadAttention is in the graph), exported with --ops ort; bf16 validated on the GPU."""
+    pytest.importorskip("torch")
+    import json
+
+    from conftest import build_tiny_model
+    from dllm_trt.export import export_onnx
+    from dllm_trt.models import save_model
+    from dllm_trt.tasks import build_tokenizer_json
+
+    root = tmp_path_factory.mktemp("gpu-fused")
+    out = {}
+    for variant in ("llada", "sdar"):
+        model = build_tiny_model(variant, seed=2, sharpen=4.0, kv_heads=4)
+        ckpt = root / f"{variant}-ckpt"
+        save_model(model, ckpt, extra_files={"tokenizer.json": build_tokenizer_json(),
+                                             "generation_config.json": json.dumps({"eos_token_id": 0})})
+        fp32 = export_onnx(ckpt, root / f"{variant}-fp32", ops="ort", progress=False, log=lambda s: None)
+        bf16 = export_onnx(ckpt, root / f"{variant}-bf16", ops="ort", dtype="bf16", progress=False,
+                           log=lambda s: None)
+        assert fp32["validation"]["status"] == "passed" and bf16["validation"]["status"] == "passed"
+        out[variant] = (root / f"{variant}-fp32", root / f"{variant}-bf16")
+    return out
+
+
+@pytest.mark.parametrize("variant", ["llada", "sdar"])
+def test_fused_graph_cuda_equals_cpu(fused_exports, variant):
+    """--ops ort in fp32: MultiHeadAttention / RotaryEmbedding / SkipSimplifiedLayerNormalization on CUDA,
+    with and without CUDA graphs, give the CPU's tokens in every cache mode; in bf16 the CUDA graph
+    replays exactly what the eager CUDA path computes."""
+    from dllm_trt.runtime.backends.ort_backend import OrtBackend
+
+    fp32, bf16 = fused_exports[variant]
+    cpu = OrtBackend.from_pretrained(fp32)
+    attention = cpu.config.attention
+    prompts = [[5, 9, 12, 7, 30], [11, 4, 8, 20, 21, 22, 3, 17, 6]]
+    for art, opts, ref_of in ((fp32, NO_TF32, "cpu"), (bf16, None, "eager")):
+        graph = OrtBackend.from_pretrained(art, provider="cuda", cuda_graph=True, provider_options=opts)
+        eager = OrtBackend.from_pretrained(art, provider="cuda", cuda_graph=False, provider_options=opts)
+        for cache in CACHE_MODES[attention]:
+            for g in (gen("low_confidence", cache), gen("threshold", cache, threshold=0.6)):
+                e = generate(eager, prompts, g)
+                assert_same(e, generate(graph, prompts, g), f"{art.name}/{g.strategy}/{cache}/graph")
+                if ref_of == "cpu":
+                    assert_same(generate(cpu, prompts, g), e, f"{art.name}/{g.strategy}/{cache}/cpu")

@@ -87,7 +87,7 @@ def copy_tokenizer_files(model_dir: Path, out: Path) -> list[str]:
 def build_dllm_config(config: ModelConfig, dtype: str, opset: int, external_data: str | None,
                       validation: dict[str, Any], tokenizer: str | None, gen_defaults: dict[str, Any],
                       source: str, torch_version: str, chat_template: ChatTemplate | None = None,
-                      generation_sources: list[str] | None = None) -> dict[str, Any]:
+                      generation_sources: list[str] | None = None, ops: str = "standard") -> dict[str, Any]:
     inputs, outputs = tensor_specs(config, dtype)
     return {
         "dllm_trt_version": __version__,
@@ -100,7 +100,8 @@ def build_dllm_config(config: ModelConfig, dtype: str, opset: int, external_data
         "hf_config": config.to_hf_dict(),
         "model_file": MODEL_FILE,
         "external_data": external_data,
-        "onnx": {"opset": opset, "exporter": "torch.onnx.export (TorchScript, dynamo=False)", "torch_version": torch_version},
+        "onnx": {"opset": opset, "exporter": "torch.onnx.export (TorchScript, dynamo=False)", "torch_version": torch_version,
+                 "ops": ops},
         "inputs": inputs,
         "outputs": outputs,
         "cache": {

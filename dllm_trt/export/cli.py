@@ -24,6 +24,10 @@ def add_export_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--cache", default=None, choices=CACHE_CHOICES,
                    help="default cache mode recorded in the generation defaults (the graph serves all modes)")
+    p.add_argument("--ops", default="standard", choices=["standard", "ort"],
+                   help="standard: ONNX ops only, for every engine (default); ort: ONNX Runtime's fused contrib ops "
+                        "(SkipSimplifiedLayerNormalization, RotaryEmbedding, MultiHeadAttention, packed q|k|v and "
+                        "gate|up): fewer kernels on ORT CUDA, not buildable with TensorRT")
     p.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch comparison")
     p.add_argument("--tolerance", type=float, default=None, metavar="REL",
                    help="max relative error max|ort-torch|/max|torch| (default fp32 1e-4, fp16 1e-2, bf16 5e-2)")
@@ -43,7 +47,7 @@ def run_export(args: argparse.Namespace) -> int:
     log = (lambda s: print(s, file=sys.stderr)) if args.json else None
     report = export_onnx(args.model, args.out, dtype=args.dtype, opset=args.opset, validate=not args.no_validate,
                          external_data_threshold_bytes=args.external_data_threshold, cache=args.cache,
-                         tolerance=args.tolerance,
+                         tolerance=args.tolerance, ops=args.ops,
                          progress=not args.json and sys.stderr.isatty(), log=log)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -76,10 +76,15 @@ def dynamic_axes(num_layers: int) -> dict[str, dict[int, str]]:
     return axes
 
 
-def trace_to_onnx(model: nn.Module, config: ModelConfig, path: Path, opset: int) -> None:
-    """torch.onnx.export of the wrapped model into ``path`` (weights may land beside it when > 2 GB)."""
+def trace_to_onnx(model: nn.Module, config: ModelConfig, path: Path, opset: int, ops: str = "standard") -> None:
+    """torch.onnx.export of the wrapped model into ``path`` (weights may land beside it when > 2 GB).
+    ``ops="ort"`` traces export/fused.py's FusedModel instead: its placeholders need ``lower_fused``."""
+    from .fused import PLACEHOLDER_DOMAIN, FusedModel
+
     dtype = next(model.parameters()).dtype
     n = config.num_layers
+    if ops == "ort":
+        model = FusedModel(model)
     with warnings.catch_warnings():
         # TracerWarnings about Python ints (head counts, vocab) are expected: those are constants.
         warnings.simplefilter("ignore")
@@ -87,7 +92,7 @@ def trace_to_onnx(model: nn.Module, config: ModelConfig, path: Path, opset: int)
             torch.onnx.export(GraphWrapper(model, config.mask_token_id).eval(), example_inputs(config, dtype), str(path),
                               input_names=input_names(n), output_names=output_names(n),
                               dynamic_axes=dynamic_axes(n), opset_version=opset, do_constant_folding=True,
-                              dynamo=False)
+                              dynamo=False, custom_opsets={PLACEHOLDER_DOMAIN: 1} if ops == "ort" else None)
 
 
 def set_shape(value: onnx.ValueInfoProto, elem_type: int, dims: list[int | str]) -> None:

@@ -24,6 +24,7 @@ from . import artifact
 from .checks import check_device_resident, check_graph, initializer_bytes, save_graph
 from .graph import apply_contract, fix_bf16_casts, trace_to_onnx
 from .fp16_range import check_fp16_range
+from .fused import OPS, lower_fused
 from .validate import pick_provider, validate_graph
 
 DTYPES = ("fp32", "fp16", "bf16")
@@ -41,17 +42,20 @@ def max_opset() -> int:
 
 def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32", opset: int = DEFAULT_OPSET,
                 validate: bool = True, external_data_threshold_bytes: int = TWO_GB, cache: str | None = None,
-                progress: bool = True, log=None, tolerance: float | None = None) -> dict[str, Any]:
+                progress: bool = True, log=None, tolerance: float | None = None, ops: str = "standard") -> dict[str, Any]:
     """Export a Hugging Face dLLM checkpoint folder to an ONNX artefact folder; returns a report dict.
 
     ``cache`` only records the default cache mode in the generation defaults: one graph serves
     every cache mode. ``log`` receives the validation table (default: printed above the bar).
     ``tolerance`` overrides the relative error allowed by validation (default per dtype, see
-    ``validate.TOLERANCE``). The graph follows the one contract of dllm_trt/contract.py.
+    ``validate.TOLERANCE``). The graph follows the one contract of dllm_trt/contract.py. ``ops``:
+    "standard" (ONNX ops only: every engine) or "ort" (ONNX Runtime's fused contrib ops, export/fused.py).
     """
     model_dir, out = Path(model_dir), Path(out_dir)
     if dtype not in DTYPES:
         raise DllmError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    if ops not in OPS:
+        raise DllmError(f"unknown --ops {ops!r}; use one of {', '.join(OPS)}")
     if opset < 14:
         raise DllmError(f"opset {opset} is too old for this graph; use 14 or newer (default {DEFAULT_OPSET})")
     if opset > max_opset():
@@ -78,8 +82,11 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
             elem = _ELEM[dtype]
             meta = {"dllm_trt.format": "dllm-trt artefact; see dllm_config.json", "dllm_trt.dtype": dtype,
                     "dllm_trt.present": "current tokens only"}
-            trace_to_onnx(model, config, scratch / MODEL_FILE, opset)
+            trace_to_onnx(model, config, scratch / MODEL_FILE, opset, ops)
             proto = onnx.load(str(scratch / MODEL_FILE), load_external_data=True)
+            if ops == "ort":
+                lower_fused(proto)
+                meta["dllm_trt.ops"] = "ort (com.microsoft contrib ops: ONNX Runtime only)"
             if dtype == "bf16":
                 fix_bf16_casts(proto)
             apply_contract(proto, config, elem, meta)
@@ -93,7 +100,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
 
         with phase("check"):
             shapes = tensor_shapes(config, KV_TYPES[dtype])
-            check_graph(tmp / MODEL_FILE, {n: shapes[n][1] for n in output_names(config.num_layers)})
+            check_graph(tmp / MODEL_FILE, {n: shapes[n][1] for n in output_names(config.num_layers)},
+                        strict=ops == "standard")
             check_device_resident(tmp / MODEL_FILE)
 
         if validate:
@@ -110,7 +118,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
             dllm_config = artifact.build_dllm_config(config, dtype, opset, external, validation, tokenizer, gen_defaults,
                                                      source=str(model_dir.resolve()), torch_version=torch.__version__,
                                                      chat_template=artifact.read_chat_template(model_dir),
-                                                     generation_sources=artifact.generation_sources(model_dir))
+                                                     generation_sources=artifact.generation_sources(model_dir), ops=ops)
             artifact.write_json(tmp / CONFIG_FILE, dllm_config)
             artifact.publish(tmp, out)
     except BaseException:
@@ -120,5 +128,5 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
         phase.close()
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
     return {"out": str(out), "family": config.family, "model_type": config.model_type, "dtype": dtype,
-            "kv_dtype": KV_TYPES[dtype], "opset": opset, "weight_bytes": weight_bytes, "external_data": external,
+            "kv_dtype": KV_TYPES[dtype], "opset": opset, "ops": ops, "weight_bytes": weight_bytes, "external_data": external,
             "files": files, "validation": validation, "timings_s": phase.timings}

@@ -1,0 +1,277 @@
+"""The ONNX Runtime graph (``dllm-trt export --ops ort``): the same contract, fewer and larger kernels.
+
+A standard-op trace of a transformer layer is ~40 kernels on ONNX Runtime's CUDA EP (RoPE's
+slices/concats/negations, casts around the fp32 softmax, transposes, the past concat), and its
+q/k/v projections are three 4096 x 4096 GEMMs that cuBLAS runs at ~1.9x their weight-read time at
+32 rows. This graph writes what ORT-GenAI's model builder writes instead, per layer:
+
+  SkipSimplifiedLayerNormalization   residual add + RMSNorm in one kernel (both norms of a layer)
+  MatMul over packed q|k|v           one GEMM, then one Split
+  RotaryEmbedding                    on q and on k (cos/sin tables of every position, constants)
+  MultiHeadAttention                 over (past, current) with the contract's additive bias
+  MatMul over packed gate|up         one GEMM, then Split, QuickGelu(alpha=1) = SiLU, Mul
+
+Inputs, outputs and their meaning do not change (dllm_trt/contract.py), so the runtime drives both
+graphs the same way. com.microsoft ops run only on ONNX Runtime: TensorRT builds need
+``--ops standard`` (the default). MultiHeadAttention needs as many K/V heads as query heads; a
+grouped-query model keeps the standard attention inside this graph (the other fusions apply).
+
+How: the layer is written with small ``torch.autograd.Function`` s whose ``forward`` is the
+reference math (so the traced module computes what the model computes) and whose ``symbolic``
+emits a placeholder node in the ``dllm_fused`` domain; ``lower_fused`` then rewrites each
+placeholder into the com.microsoft node, with the empty optional inputs/outputs ONNX Runtime
+expects. Numerics: the fused kernels accumulate in fp32 and round once where the reference rounds
+after each op; validation compares the graph with the unfused PyTorch model (same tolerances).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import onnx
+
+from ..config import ModelConfig
+from ..models.layers import RMSNorm, attend, gather_rows
+
+PLACEHOLDER_DOMAIN = "dllm_fused"
+MS_DOMAIN = "com.microsoft"
+OPS = ("standard", "ort")
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+class SkipRMSNorm(torch.autograd.Function):
+    """(x + skip, RMSNorm(x + skip)) -> com.microsoft SkipSimplifiedLayerNormalization."""
+
+    @staticmethod
+    def forward(ctx, x, skip, weight, eps: float):
+        s = x + skip
+        return rms_norm(s, weight, eps), s
+
+    @staticmethod
+    def symbolic(g, x, skip, weight, eps):
+        out = g.op(f"{PLACEHOLDER_DOMAIN}::SkipRMSNorm", x, skip, weight, epsilon_f=eps, outputs=2)
+        out[0].setType(x.type())
+        out[1].setType(x.type())
+        return out
+
+
+class Rotary(torch.autograd.Function):
+    """Half-split RoPE of x [B, L, H*D] at position_ids [B, L] from tables [max_pos, D/2]."""
+
+    @staticmethod
+    def forward(ctx, x, position_ids, cos_table, sin_table, heads: int):
+        b, l, hd = x.shape
+        d = hd // heads
+        cos = torch.cat((cos_table[position_ids],) * 2, -1).unsqueeze(2)  # [B, L, 1, D]
+        sin = torch.cat((sin_table[position_ids],) * 2, -1).unsqueeze(2)
+        xh = x.view(b, l, heads, d)
+        rotated = torch.cat((-xh[..., d // 2:], xh[..., : d // 2]), dim=-1)
+        return (xh * cos + rotated * sin).reshape(b, l, hd)
+
+    @staticmethod
+    def symbolic(g, x, position_ids, cos_table, sin_table, heads):
+        out = g.op(f"{PLACEHOLDER_DOMAIN}::Rotary", x, position_ids, cos_table, sin_table, num_heads_i=heads)
+        out.setType(x.type())
+        return out
+
+
+class Attention(torch.autograd.Function):
+    """Attention of q/k/v [B, L, H*D] over (past [B, H, P, D], current) with an additive bias
+    [B, 1, L, P + L] -> com.microsoft MultiHeadAttention; returns [B, L, H*D]."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, past_k, past_v, heads: int, scale: float):
+        b, l, hd = q.shape
+        d = hd // heads
+        split = lambda t: t.view(b, l, heads, d).transpose(1, 2)  # noqa: E731
+        out = attend(split(q), split(k), split(v), past_k, past_v, bias.float(), scale)
+        return out.transpose(1, 2).reshape(b, l, hd)
+
+    @staticmethod
+    def symbolic(g, q, k, v, bias, past_k, past_v, heads, scale):
+        out = g.op(f"{PLACEHOLDER_DOMAIN}::Attention", q, k, v, bias, past_k, past_v, num_heads_i=heads,
+                   scale_f=scale)
+        out.setType(q.type())
+        return out
+
+
+class SiLU(torch.autograd.Function):
+    """x * sigmoid(x) -> com.microsoft QuickGelu(alpha=1): one kernel."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return F.silu(x)
+
+    @staticmethod
+    def symbolic(g, x):
+        out = g.op(f"{PLACEHOLDER_DOMAIN}::SiLU", x)
+        out.setType(x.type())
+        return out
+
+
+class LayerParts(nn.Module):
+    """One layer's weights, packed: q|k|v and gate|up concatenated along the output features."""
+
+    def __init__(self, attn_norm: RMSNorm, q: nn.Linear, k: nn.Linear, v: nn.Linear, o: nn.Linear,
+                 mlp_norm: RMSNorm, gate: nn.Linear, up: nn.Linear, down: nn.Linear,
+                 q_norm: RMSNorm | None, k_norm: RMSNorm | None):
+        super().__init__()
+        with torch.no_grad():
+            self.qkv = nn.Linear(q.in_features, q.out_features + k.out_features + v.out_features, bias=q.bias is not None,
+                                 dtype=q.weight.dtype)
+            self.qkv.weight.copy_(torch.cat((q.weight, k.weight, v.weight)))
+            if q.bias is not None:
+                self.qkv.bias.copy_(torch.cat((q.bias, k.bias, v.bias)))
+            self.gate_up = nn.Linear(gate.in_features, 2 * gate.out_features, bias=False, dtype=gate.weight.dtype)
+            self.gate_up.weight.copy_(torch.cat((gate.weight, up.weight)))
+        self.sizes = [q.out_features, k.out_features, v.out_features]
+        self.inter = gate.out_features
+        self.attn_norm, self.mlp_norm, self.o, self.down = attn_norm, mlp_norm, o, down
+        self.q_norm, self.k_norm = q_norm, k_norm
+
+
+def layer_parts(model: nn.Module, config: ModelConfig) -> tuple[nn.Embedding, list[LayerParts], RMSNorm,
+                                                                nn.Linear | None]:
+    """(embedding, packed layers, final norm, LM head; None when tied to the embedding) of a LLaDA or
+    Qwen2-layout model."""
+    if config.family == "llada":
+        t = model.model.transformer
+        layers = [LayerParts(b.attn_norm, b.q_proj, b.k_proj, b.v_proj, b.attn_out, b.ff_norm, b.ff_proj, b.up_proj,
+                             b.ff_out, None, None) for b in t.blocks]
+        return t.wte, layers, t.ln_f, None if config.tie_word_embeddings else t.ff_out
+    m = model.model
+    layers = []
+    for layer in m.layers:
+        a = layer.self_attn
+        layers.append(LayerParts(layer.input_layernorm, a.q_proj, a.k_proj, a.v_proj, a.o_proj,
+                                 layer.post_attention_layernorm, layer.mlp.gate_proj, layer.mlp.up_proj,
+                                 layer.mlp.down_proj, getattr(a, "q_norm", None), getattr(a, "k_norm", None)))
+    return m.embed_tokens, layers, m.norm, None if config.tie_word_embeddings else model.lm_head
+
+
+def rope_tables(config: ModelConfig, positions: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [positions, D/2], computed as models.layers.rope_cos_sin does (fp32, then the model dtype)."""
+    d = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+    freqs = torch.arange(positions, dtype=torch.float32).unsqueeze(-1) * inv_freq
+    return freqs.cos().to(dtype), freqs.sin().to(dtype)
+
+
+def table_positions(config: ModelConfig) -> int:
+    """Rows of the RoPE tables: every position the runtime's cache can hold (max_position_embeddings,
+    plus one spare block and its anchor for block diffusion, as the ORT backend sizes its cache)."""
+    return config.max_position_embeddings + ((config.block_size or 0) + 1 if config.block_size else 0)
+
+
+class FusedModel(nn.Module):
+    """The model's forward with fused ops and packed weights; same signature and results as the model's."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        c: ModelConfig = model.config
+        self.config = c
+        self.embed, parts, self.norm, self.lm_head = layer_parts(model, c)
+        self.layers = nn.ModuleList(parts)
+        dtype = self.embed.weight.dtype
+        cos, sin = rope_tables(c, table_positions(c), dtype)
+        self.register_buffer("cos_table", cos, persistent=False)
+        self.register_buffer("sin_table", sin, persistent=False)
+        self.fused_attention = c.num_heads == c.num_kv_heads  # MultiHeadAttention has one head count
+        self.scale = c.head_dim ** -0.5
+
+    def attention(self, p: LayerParts, h, position_ids, bias, past_k, past_v):
+        c = self.config
+        b, l, _ = h.shape
+        q, k, v = torch.split(p.qkv(h), p.sizes, dim=-1)
+        if p.q_norm is not None:  # Qwen3: per-head RMSNorm before RoPE
+            q = p.q_norm(q.view(b, l, c.num_heads, c.head_dim)).view(b, l, -1)
+            k = p.k_norm(k.view(b, l, c.num_kv_heads, c.head_dim)).view(b, l, -1)
+        q = Rotary.apply(q, position_ids, self.cos_table, self.sin_table, c.num_heads)
+        k = Rotary.apply(k, position_ids, self.cos_table, self.sin_table, c.num_kv_heads)
+        present_k = k.view(b, l, c.num_kv_heads, c.head_dim).transpose(1, 2)
+        present_v = v.view(b, l, c.num_kv_heads, c.head_dim).transpose(1, 2)
+        if self.fused_attention:
+            out = Attention.apply(q, k, v, bias, past_k, past_v, c.num_heads, self.scale)
+        else:
+            qh = q.view(b, l, c.num_heads, c.head_dim).transpose(1, 2)
+            out = attend(qh, present_k, present_v, past_k, past_v, bias.float(), self.scale)
+            out = out.transpose(1, 2).reshape(b, l, c.num_heads * c.head_dim)
+        return p.o(out), present_k, present_v
+
+    def forward(self, input_ids, position_ids, attention_bias, past_key_values=None, logits_index=None):
+        c = self.config
+        x = self.embed(input_ids)
+        dtype = x.dtype
+        # MultiHeadAttention takes the bias in the model dtype; fp16 cannot hold -1e9 (it would be
+        # -inf, and a row with every key masked would give NaN), so clamp to the dtype's range first.
+        bias = attention_bias
+        if dtype == torch.float16:
+            bias = bias.clamp(min=torch.finfo(torch.float16).min)
+        bias = bias.to(dtype)
+        presents = []
+        pending = None  # the last sublayer's output, added to x by the next SkipRMSNorm
+        for i, p in enumerate(self.layers):
+            pk, pv = past_key_values[i] if past_key_values is not None else (None, None)
+            if pending is None:
+                h = p.attn_norm(x)
+            else:
+                h, x = SkipRMSNorm.apply(x, pending, p.attn_norm.weight, p.attn_norm.eps)
+            a, k, v = self.attention(p, h, position_ids, bias, pk, pv)
+            presents.append((k, v))
+            h, x = SkipRMSNorm.apply(x, a, p.mlp_norm.weight, p.mlp_norm.eps)
+            gate, up = torch.split(p.gate_up(h), [p.inter, p.inter], dim=-1)
+            pending = p.down(SiLU.apply(gate) * up)
+        # the last residual add and the final norm on the read rows only
+        h, _ = SkipRMSNorm.apply(gather_rows(x, logits_index), gather_rows(pending, logits_index),
+                                 self.norm.weight, self.norm.eps)
+        head = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        logits = torch.matmul(h, head.t())
+        if logits.shape[-1] != c.vocab_size:
+            logits = logits[..., : c.vocab_size]
+        return logits, presents
+
+
+def lower_fused(model: onnx.ModelProto) -> dict[str, int]:
+    """Rewrite the trace's ``dllm_fused`` placeholders into com.microsoft nodes; returns counts per op."""
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.domain != PLACEHOLDER_DOMAIN:
+            continue
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        ins, outs = list(n.input), list(n.output)
+        if n.op_type == "SkipRMSNorm":
+            new = onnx.helper.make_node("SkipSimplifiedLayerNormalization", ins, [outs[0], "", "", outs[1]],
+                                        name=n.name, domain=MS_DOMAIN, epsilon=attrs["epsilon"])
+        elif n.op_type == "Rotary":
+            new = onnx.helper.make_node("RotaryEmbedding", ins, outs, name=n.name, domain=MS_DOMAIN,
+                                        num_heads=attrs["num_heads"], interleaved=0)
+        elif n.op_type == "Attention":
+            q, k, v, bias, pk, pv = ins
+            # past requires present outputs; they are not read (the contract's present.* are the current K/V)
+            new = onnx.helper.make_node("MultiHeadAttention", [q, k, v, "", "", bias, pk, pv],
+                                        [outs[0], f"{n.name}/present_key", f"{n.name}/present_value"],
+                                        name=n.name, domain=MS_DOMAIN, num_heads=attrs["num_heads"],
+                                        scale=attrs["scale"])
+        elif n.op_type == "SiLU":
+            new = onnx.helper.make_node("QuickGelu", ins, outs, name=n.name, domain=MS_DOMAIN, alpha=1.0)
+        else:
+            raise ValueError(f"unknown placeholder {n.op_type}")
+        n.CopyFrom(new)
+    kept = [o for o in model.opset_import if o.domain != PLACEHOLDER_DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    if counts and not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+    return counts
+
+
+def graph_ops(model: onnx.ModelProto) -> str:
+    """"ort" when the graph holds com.microsoft ops, else "standard"."""
+    return "ort" if any(n.domain == MS_DOMAIN for n in model.graph.node) else "standard"

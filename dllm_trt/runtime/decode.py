@@ -52,7 +52,7 @@ from .layout import attention_bias
 from .sampling import SAMPLE_STREAM, REMASK_STREAM, counter_uniform, propose, softmax64
 from .settings import DREAM_SCHEDULED, SCHEDULED, STEPPED, GenerationConfig, GenerationResult, StepRecord
 from .unmask import (dream_count, dream_timesteps, select_budget, select_drawn, select_factor, select_first,
-                     select_threshold, select_top_k, transfer_schedule)
+                     select_threshold, select_top_k, torch_topk, transfer_schedule)
 
 
 @dataclass
@@ -131,6 +131,8 @@ class DecodeLoop:
         self.live = np.ones(self.batch, bool)  # not yet finished
         self.draws = np.zeros(self.batch, np.int64)  # random draws per sequence (counter of the stream)
         self.want_logits = self.gen.temperature > 0.0  # only sampling reads the rows' logits
+        # SDAR's static/dynamic remasking: torch.topk over the whole span (see unmask_span_topk)
+        self.span_topk = self.cfg.model_type == "sdar" and self.gen.strategy in ("low_confidence", "threshold")
 
     # ------------------------------------------------------------------ one forward
     def forward(self, w: _Window, kind: str, write: bool, rows: np.ndarray) -> StepOutput:
@@ -255,6 +257,9 @@ class DecodeLoop:
             j = np.flatnonzero(self.x[b, lo[b]: hi[b]] == self.mask_id)
             if j.size == 0:
                 continue
+            if self.span_topk and quota is not None:
+                self.unmask_span_topk(out, b, int(lo[b]), int(hi[b]), quota[b])
+                continue
             cand = j + lo[b]
             assert (cand - self.shift - w.start[b]).min() >= 0, "query window does not cover the shifted prediction rows"
             tokens, conf = self._propose(out, b, j, cand)
@@ -271,6 +276,27 @@ class DecodeLoop:
             rec.unmasked[b] += int(chosen.size)
         if self.timer is not None:
             self.timer.unmask_end()
+
+    def unmask_span_topk(self, out: StepOutput, b: int, lo: int, hi: int, k: int) -> None:
+        """SDAR's low_confidence_static / _dynamic as its generate.py runs them: ``torch.topk`` of the span's
+        confidences with -inf at positions that are not masks, k = the step's count of the span's length
+        (not of its masks). In the prompt's partial block k can exceed the masks left: torch then also
+        returns -inf ties, and SDAR writes its new predictions there too, over prompt or decoded tokens.
+        dllm-trt does the same, with the ties in the order of torch's CPU top-k (unmask.torch_topk), so a
+        checkpoint gives the tokens SDAR's code gives on a CPU. Dynamic: every mask above the threshold
+        when there are at least k of them, else the same top-k."""
+        rows = np.arange(hi - lo)
+        masked = self.x[b, lo:hi] == self.mask_id
+        tokens, conf = self._propose(out, b, rows, rows + lo)
+        conf = np.where(masked, conf, -np.inf)
+        self.draws[b] += 1
+        above = conf > self.gen.threshold
+        if self.gen.strategy == "threshold" and int(above.sum()) >= k:
+            chosen = np.flatnonzero(above)
+        else:
+            chosen = torch_topk(conf, k)
+        self.x[b, lo + chosen] = tokens[chosen]
+        self.steps[-1].unmasked[b] += int(masked[chosen].sum())
 
     def sub_block_window(self, s: np.ndarray, e: np.ndarray, a: np.ndarray, z: np.ndarray, active: np.ndarray,
                          pending: np.ndarray) -> tuple[_Window, str, bool]:

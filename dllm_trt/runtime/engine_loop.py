@@ -255,10 +255,13 @@ class BatchEngine:
 
     def _cancel(self, req: Request) -> None:
         with self._cond:
+            last = None
             if req in self._waiting:  # never started: finish it here
                 self._waiting.remove(req)
-                self._finish(req, "cancelled")
+                last = self._finish(req, "cancelled")
             self._cond.notify_all()
+        if last is not None:
+            req._emit(last)
 
     @property
     def queue_length(self) -> int:
@@ -282,12 +285,15 @@ class BatchEngine:
             pass
         except Exception as e:  # a broken request fails alone; the others go on
             with self._cond:
-                if not req.finished:
-                    self._finish(req, "error", f"{type(e).__name__}: {e}")
+                last = None if req.finished else self._finish(req, "error", f"{type(e).__name__}: {e}")
+            if last is not None:
+                req._emit(last)
         finally:
             with self._cond:
-                if not req.finished:
-                    self._finish(req, "cancelled")
+                last = None if req.finished else self._finish(req, "cancelled")
+            if last is not None:
+                req._emit(last)
+            with self._cond:
                 req._done = True
                 self._cond.notify_all()
 
@@ -311,17 +317,19 @@ class BatchEngine:
                 raise _Stop
             req.tokens.extend(new)
             self._committed_since += len(new)
-            if reason is not None:
-                self._finish(req, reason, new=new)
-                raise _Stop
+            last = self._finish(req, reason, new=new) if reason is not None else None
+        if last is not None:
+            req._emit(last)
+            raise _Stop
         if new:
             req._emit(Event(new))
 
-    def _finish(self, req: Request, reason: str, error: str | None = None, new: list[int] | None = None) -> None:
-        """Mark finished and send the last event (called with the lock held)."""
+    def _finish(self, req: Request, reason: str, error: str | None = None, new: list[int] | None = None) -> Event:
+        """Mark finished (with the lock held) and return the last event, which the caller sends once the
+        lock is released: a consumer that blocks never holds up the engine's lock."""
         req.finish_reason = reason
-        req._emit(Event(new or [], reason, error))
         self._cond.notify_all()
+        return Event(new or [], reason, error)
 
     def _forward_for(self, req: Request, args: tuple) -> StepOutput:
         """A request's forward: publish what it committed, hand the call to the engine and wait."""
@@ -363,8 +371,9 @@ class BatchEngine:
             req.loop = None  # its token buffer
 
     def step(self, timeout: float | None = None) -> StepStats | None:
-        """One round: admit waiting requests into free slots, wait for every running request's next
-        forward, run them batched, hand the rows back. None when there was nothing to run."""
+        """One round: admit waiting requests into free slots, wait (up to ``timeout``) for every running
+        request's next forward, run the ones asked for batched, hand the rows back. None when there was
+        nothing to run."""
         with self._cond:
             self._release()
             self._admit()
@@ -372,7 +381,7 @@ class BatchEngine:
             while not all(self._ready(r) for r in self._active):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    return None
+                    break  # a request slow to ask (its consumer blocks): the others go on without it
                 self._cond.wait(left)
             self._release()
             calls = [(r, r._call) for r in self._active if not r._done and self._ready(r)]
@@ -466,16 +475,17 @@ class BatchEngine:
                     self._cond.wait()
                 if self._closed:
                     return
-            self.step(timeout=0.5)
+            self.step(timeout=0.25)
 
     def close(self) -> None:
         """Stop the engine: running and waiting requests end with finish_reason ``cancelled``."""
         with self._cond:
             self._closed = True
-            for req in self._waiting:
-                self._finish(req, "cancelled")
+            last = [(req, self._finish(req, "cancelled")) for req in self._waiting]
             self._waiting.clear()
             self._cond.notify_all()
+        for req, ev in last:
+            req._emit(ev)
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None

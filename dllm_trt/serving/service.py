@@ -171,17 +171,17 @@ class Service:
             self.metrics.rejected("queue_full")
             raise
         text = _TextStream(self.tokenizer.decode, stops or [])
-        first = True
+        first, reported = True, False
         try:
             while True:
                 try:
                     ev = await asyncio.wait_for(events.get(), timeout=0.5)
                 except asyncio.TimeoutError:
                     if is_disconnected is not None and await is_disconnected():
-                        self.metrics.finished("disconnected", 0, time.perf_counter() - t0)
                         return
                     continue
                 if ev.finish_reason in ("error", "cancelled"):
+                    reported = True
                     self.metrics.finished(ev.finish_reason, len(req.tokens), time.perf_counter() - t0)
                     raise RequestFailed(ev.error or "the server is shutting down")
                 self.metrics.add_tokens(len(ev.tokens))
@@ -194,6 +194,7 @@ class Service:
                     if not stopped:
                         out += text.flush()
                     n = len(text.tokens)
+                    reported = True
                     self.metrics.finished(reason, n, time.perf_counter() - t0)
                     yield Delta(out, reason, n)
                     return
@@ -202,3 +203,5 @@ class Service:
         finally:
             if not req.finished:
                 req.cancel()  # client disconnected, stop string, or the consumer gave up: free the slot
+            if not reported:  # the client went away
+                self.metrics.finished("cancelled", len(text.tokens), time.perf_counter() - t0)

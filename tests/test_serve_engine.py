@@ -3,9 +3,13 @@ its solo ``generate()``, requests join a running batch and leave it (finished, c
 queue bound holds, and the engine can be stepped by hand (the server-agnostic interface)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,3 +211,14 @@ def test_committed_prefix_streams_before_the_end(model):
         engine.close()
     assert len(evs) > 4 and sum(len(e.tokens) for e in evs) == 32 and evs[-1].finish_reason == "length"
     assert np.all([e.finish_reason is None for e in evs[:-1]])
+
+
+def test_engine_imports_no_server_and_no_torch():
+    """The engine is the runtime's: importing it (and dllm_trt.serving's package) pulls in no HTTP stack,
+    no Ray and no torch."""
+    code = ("import sys, dllm_trt.runtime.engine_loop, dllm_trt.serving, dllm_trt.serving.cli; "
+            "bad = [m for m in ('torch', 'transformers', 'fastapi', 'uvicorn', 'ray', 'openai') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr

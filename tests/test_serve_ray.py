@@ -75,3 +75,19 @@ def _gen(engine):
     from dllm_trt.runtime.settings import generation_config_from_args
 
     return generation_config_from_args(engine, argparse.Namespace(no_stop=True))
+
+
+def test_app_builder_for_config_files_and_kuberay(cluster):
+    """serveConfigV2's import_path: key/values (strings, as YAML gives them) become the deployment's options."""
+    _, engine = cluster
+    app = ray_app.app_builder({"engine": str(engine), "max_batch": "16", "replicas": "3", "gpus_per_replica": "1",
+                               "strategy": "threshold", "no_stop": "true"})
+    d = app._bound_deployment
+    assert d.num_replicas == 3 and d.ray_actor_options["num_gpus"] == 1.0
+    assert d.max_ongoing_requests == 16 + 256
+    opts = d.init_args[0]
+    assert opts.max_batch == 16 and opts.decode == {"strategy": "threshold"} and opts.no_stop
+    scaled = ray_app.app_builder({"engine": str(engine), "autoscale": "1:4"})._bound_deployment
+    assert scaled._deployment_config.autoscaling_config.max_replicas == 4
+    with pytest.raises(ValueError, match="engine=DIR"):
+        ray_app.app_builder({})

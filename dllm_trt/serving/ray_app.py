@@ -49,6 +49,32 @@ def deployment(opts: ServeOptions, replicas: int = 1, gpus_per_replica: float = 
     return DllmDeployment.options(**options).bind(opts)
 
 
+def app_builder(args: dict[str, Any]) -> Any:
+    """The application from plain key/values, for Ray Serve's config files and KubeRay's ``serveConfigV2``
+    (``import_path: dllm_trt.serving.ray_app:app_builder``) and ``serve run ... engine=DIR``. Keys: engine
+    (required), backend, provider, max_batch, max_queue, max_model_len, model_name, no_stop, replicas,
+    gpus_per_replica, cpus_per_replica, autoscale ("MIN:MAX"), and decode settings (strategy, cache ...)."""
+    from .service import DECODE_FIELDS
+
+    a = dict(args)
+    if "engine" not in a:
+        raise ValueError("app_builder needs engine=DIR (the export / build folder, at the same path on every node)")
+    num = {"max_batch": int, "max_queue": int, "max_model_len": int, "replicas": int, "gpus_per_replica": float,
+           "cpus_per_replica": float, "gen_length": int, "block_length": int, "steps": int, "sub_block_length": int,
+           "threshold": float, "factor": float, "temperature": float, "top_p": float, "top_k": int, "seed": int}
+    for k, cast in num.items():
+        if a.get(k) is not None:
+            a[k] = cast(a[k])
+    opts = ServeOptions(str(a["engine"]), a.get("backend", "ort"), a.get("provider", "cpu"), a.get("max_batch", 8),
+                        a.get("max_queue", 256), a.get("max_model_len"), a.get("model_name"),
+                        {k: a[k] for k in DECODE_FIELDS if a.get(k) is not None},
+                        str(a.get("no_stop", "false")).lower() in ("1", "true", "yes"))
+    scale = a.get("autoscale")
+    autoscale = tuple(int(x) for x in str(scale).split(":")) if scale else None
+    return deployment(opts, a.get("replicas", 1), a.get("gpus_per_replica", 0.0), a.get("cpus_per_replica", 1.0),
+                      autoscale)
+
+
 def start(opts: ServeOptions, host: str, port: int, address: str | None = None, replicas: int = 1,
           gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0, autoscale: tuple[int, int] | None = None,
           ray_init: dict[str, Any] | None = None) -> str:

@@ -254,6 +254,13 @@ def test_client_disconnects_free_their_slots(bundled_export):
         assert engine.active == 0 and sorted(engine._free) == list(range(engine.max_batch))
         assert freed < 1.5, freed  # left at once, long before their 112 steps were done
         assert r.metric('dllm_requests_total{model="slow",reason="cancelled"}') == engine.max_batch
+        with pytest.raises(httpx.ReadTimeout):  # a client that gives up on a non-streaming answer
+            httpx.post(r.url + "/v1/completions", json={"model": "slow", "prompt": "add:1+2=", "max_tokens": 112},
+                       timeout=0.5)
+        t0 = time.perf_counter()
+        while engine.active and time.perf_counter() - t0 < 20:
+            time.sleep(0.02)
+        assert engine.active == 0 and time.perf_counter() - t0 < 1.5  # noticed within the 0.5 s poll
         good = r.client.completions.create(model="slow", prompt="rev:kernel=", max_tokens=8)
         assert good.choices[0].text == r.solo_text(r.service.tokenizer.encode("rev:kernel="), 8)
     finally:
@@ -360,6 +367,7 @@ def test_cli_serve_starts_answers_and_stops(bundled_export):
     (["--autoscale", "3:1"], "--autoscale '3:1'"),
     (["--port", "70000"], "out of range 0..65535"),
     (["--threshold", "2"], "--threshold 2.0 is out of range"),
+    (["--replicas", "2", "--provider", "cuda"], "give --gpus-per-replica"),
 ])
 def test_cli_serve_bad_options(bundled_export, capsys, argv, message):
     base = ["serve", "--engine", str(bundled_export("llada-tiny"))]

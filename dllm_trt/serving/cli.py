@@ -17,8 +17,8 @@ def add_serving_commands(sub) -> None:
                        description="Serve an exported folder (or a `build` folder with --backend trt) on "
                                    "/v1/completions, /v1/chat/completions, /v1/models, /health and /metrics. "
                                    "Concurrent requests share the decode batch (a new one joins at the next step). "
-                                   "With --replicas > 1, --autoscale, --address or --ray the model runs as Ray Serve "
-                                   "replicas (pip install 'dllm-trt[serve]'); see docs/serving.md.")
+                                   "With --replicas > 1, --autoscale, --address, --gpus-per-replica, --cpus-per-replica "
+                                   "or --ray the model runs as Ray Serve replicas; see docs/serving.md.")
     p.add_argument("--engine", required=True, help="folder written by `dllm-trt export` (or `build`)")
     p.add_argument("--backend", default="ort", choices=["ort", "trt"])
     p.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="ONNX Runtime provider (--backend ort)")
@@ -98,7 +98,11 @@ def _ready(report: dict, as_json: bool) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
     autoscale = _autoscale(args.autoscale)
-    use_ray = args.ray or args.replicas > 1 or autoscale is not None or args.address is not None
+    use_ray = args.ray or args.replicas > 1 or autoscale is not None or args.address is not None or \
+        args.gpus_per_replica > 0 or args.cpus_per_replica != 1.0
+    if use_ray and args.gpus_per_replica == 0 and (args.backend == "trt" or args.provider == "cuda"):
+        raise DllmError("on Ray Serve a replica sees only the GPUs it asks for: give --gpus-per-replica "
+                        "(e.g. 1) with --provider cuda or --backend trt")
     if use_ray:
         return _serve_ray(args, opts, autoscale)
     from .openai_api import build_app

@@ -14,6 +14,8 @@ from ..errors import DllmError
 from ..runtime.engine_loop import BatchEngine, Event, QueueFull, StepStats
 from .metrics import ServingMetrics
 
+DISCONNECT_POLL_S = 0.5  # how often a request asks whether its client is still there
+
 # GenerationConfig fields the server's command line may set (the decode structure every request shares)
 DECODE_FIELDS = ("gen_length", "block_length", "steps", "strategy", "threshold", "factor", "cache",
                  "sub_block_length", "temperature", "top_k", "top_p", "seed")
@@ -173,12 +175,17 @@ class Service:
         text = _TextStream(self.tokenizer.decode, stops or [])
         first, reported = True, False
         try:
+            checked = time.monotonic()
             while True:
                 try:
-                    ev = await asyncio.wait_for(events.get(), timeout=0.5)
+                    ev = await asyncio.wait_for(events.get(), timeout=DISCONNECT_POLL_S)
                 except asyncio.TimeoutError:
-                    if is_disconnected is not None and await is_disconnected():
+                    ev = None
+                if is_disconnected is not None and time.monotonic() - checked >= DISCONNECT_POLL_S:
+                    checked = time.monotonic()
+                    if await is_disconnected():  # nobody reads the answer any more: free the slot
                         return
+                if ev is None:
                     continue
                 if ev.finish_reason in ("error", "cancelled"):
                     reported = True

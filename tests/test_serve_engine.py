@@ -88,7 +88,9 @@ def test_bound_path_and_sampling_equal_solo(model):
         got = [r.result(timeout=120)[0] for r in reqs]
     finally:
         engine.close()
+    shapes = set(be._buckets)  # (B, L, P, R, cache) of the engine's forwards only, before the solo runs
     assert got == [solo(engine, i, 16, temperature=0.9, seed=s) for s, i in enumerate(ids)]
+    assert {k[0] for k in shapes} == {4} and all(k[1] % 32 == 0 for k in shapes), shapes  # few device shapes
 
 
 def test_request_joins_a_running_batch_and_finishes_first(model):

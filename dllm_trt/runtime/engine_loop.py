@@ -49,6 +49,9 @@ from .layout import MASKED
 from .settings import GenerationConfig
 
 
+LENGTH_ROUND = 32  # device paths pad a batch's window to a multiple of this (fewer shapes)
+
+
 class QueueFull(DllmError):
     """The engine's waiting queue is full: the caller should retry later (HTTP 429)."""
 
@@ -419,6 +422,11 @@ class BatchEngine:
             rows, batch, cache = list(range(len(members))), len(members), None
         length = max(c.args[0].shape[1] for _, c in members)
         reads = max(c.args[5].shape[1] for _, c in members)
+        if not self._views:  # device paths: few shapes (each is a bucket of buffers, a CUDA graph, a profile)
+            if not uses_cache:
+                batch = min(1 << (batch - 1).bit_length(), self.max_batch)
+            limit = max(length, int(getattr(self.backend, "query_range", (0, self.capacity))[1]))
+            length = min(-(-length // LENGTH_ROUND) * LENGTH_ROUND, limit)
         ids = np.full((batch, length), self.config.mask_token_id, np.int64)
         pos = np.zeros((batch, length), np.int64)
         bias = np.full((batch, 1, length, past_len + length), MASKED, np.float32)

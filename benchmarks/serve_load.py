@@ -11,7 +11,8 @@ most C in flight (tokens/s from the answers' usage, p50/p99 latency, p50 time to
 same prompts decoded in-process by ``generate()`` in static batches of C (no HTTP, no continuous
 batching: a batch's requests all wait for its longest). Each level is warmed up first (ONNX Runtime
 CUDA graphs are captured once per shape). Prompts: the bundled tiny checkpoints' tasks unless
---prompts FILE (one prompt a line). Runs on CPU with a tiny export too.
+--prompts FILE (one prompt a line) or --prompt-ids LEN (random token ids, for an export without a
+tokenizer, e.g. benchmarks/llada8b_ort_cuda.py's random-weight one). Runs on CPU with a tiny export too.
 """
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dllm_trt.serving.loadgen import percentile, run_load_sync, task_prompts  # noqa: E402
+from dllm_trt.serving.loadgen import id_prompts, percentile, run_load_sync, task_prompts  # noqa: E402
 
 
-def in_process(service, prompts: list[str], concurrency: int, max_tokens: int) -> dict:
+def in_process(service, prompts: list, concurrency: int, max_tokens: int) -> dict:
     """The same decode without the server: generate() over static batches of ``concurrency`` prompts."""
     from dllm_trt.runtime import generate
 
@@ -59,11 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--no-stop", action="store_true", help="decode every max_tokens (no EOS stop)")
     ap.add_argument("--prompts", help="a file of prompts, one a line")
+    ap.add_argument("--prompt-ids", type=int, metavar="LEN",
+                    help="random token-id prompts of LEN tokens (for an export without tokenizer.json; needs --engine)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if not args.engine and not args.url:
         ap.error("give --engine DIR (start the server here) or --url URL")
     levels = [int(c) for c in args.concurrency.split(",")]
+    if args.prompt_ids and not args.engine:
+        ap.error("--prompt-ids needs --engine (the vocabulary size)")
     if args.prompts:
         lines = [ln for ln in Path(args.prompts).read_text().splitlines() if ln.strip()]
         prompts = [lines[i % len(lines)] for i in range(args.requests)]
@@ -78,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
         service = Service(ServeOptions(args.engine, args.backend, args.provider, max_batch=args.max_batch,
                                        no_stop=args.no_stop))
+        if args.prompt_ids:
+            prompts = id_prompts(args.requests, args.prompt_ids, service.backend.config.vocab_size)
     url, model = args.url, args.model
     if url is None:
         server = serve_in_thread(build_app(service))

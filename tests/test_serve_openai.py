@@ -373,3 +373,27 @@ def test_cli_serve_bad_options(bundled_export, capsys, argv, message):
     base = ["serve", "--engine", str(bundled_export("llada-tiny"))]
     assert main(base + argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_export_without_tokenizer_serves_token_ids(bundled_export, tmp_path):
+    """A folder without tokenizer.json (a random-weight benchmark export) takes token-id prompts and
+    answers the ids as text; a text prompt is a clear 400."""
+    import shutil
+
+    src = bundled_export("llada-tiny")
+    folder = tmp_path / "notok"
+    shutil.copytree(src, folder)
+    (folder / "tokenizer.json").unlink()
+    r = Running(Service(ServeOptions(str(folder), max_batch=2)))
+    try:
+        from dllm_trt.runtime import TextTokenizer
+
+        tok = TextTokenizer(src)
+        ids = tok.encode("add:457+368=")
+        want = generate(r.service.backend, [ids], r.service.engine.request_gen(16)).tokens[0]
+        got = r.client.completions.create(model="notok", prompt=ids)
+        assert got.choices[0].text == "".join(f" {i}" for i in want) and tok.decode(want) == "825"
+        with pytest.raises(openai.BadRequestError, match="has no tokenizer.json; this server takes prompts as token ids"):
+            r.client.completions.create(model="notok", prompt="add:1+2=")
+    finally:
+        r.stop()

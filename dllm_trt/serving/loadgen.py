@@ -25,6 +25,13 @@ def task_prompts(n: int, seed: int = 0) -> list[str]:
     return out
 
 
+def id_prompts(n: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    """Random token-id prompts (for exports without a tokenizer), ids 2..vocab-1 (0/1: EOS/mask on the
+    bundled models; real models' special ids are rare at random)."""
+    rng = random.Random(seed)
+    return [[rng.randrange(2, vocab) for _ in range(length)] for _ in range(n)]
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100); 0 for no values."""
     if not values:
@@ -58,7 +65,7 @@ class LoadResult:
         return d
 
 
-async def run_load(base_url: str, model: str, prompts: list[str], concurrency: int,
+async def run_load(base_url: str, model: str, prompts: list[str] | list[list[int]], concurrency: int,
                    max_tokens: int | list[int] = 16, temperature: float = 0.0, timeout: float = 300.0) -> LoadResult:
     """Send every prompt (streaming /v1/completions), at most ``concurrency`` in flight."""
     import httpx

@@ -49,6 +49,20 @@ class Delta:
     completion_tokens: int = 0
 
 
+class IdsTokenizer:
+    """For a folder without tokenizer.json (e.g. a random-weight export for benchmarks): prompts must be
+    token ids, and answers are the ids as text (" 17 4 9"), so that the server still runs end to end."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+    def encode(self, text: str) -> list[int]:
+        raise DllmError(f"{self.why}; this server takes prompts as token ids only")
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(f" {i}" for i in ids)
+
+
 class RequestFailed(DllmError):
     """The engine could not finish a request (a backend error, or the server shutting down)."""
 
@@ -114,7 +128,10 @@ class Service:
             self.backend_name = f"onnxruntime {opts.provider}"
         else:
             raise DllmError(f"unknown backend {opts.backend!r}; use ort or trt")
-        self.tokenizer = TextTokenizer(folder)
+        if (folder / "tokenizer.json").is_file():
+            self.tokenizer = TextTokenizer(folder)
+        else:
+            self.tokenizer = IdsTokenizer(f"{folder} has no tokenizer.json")
         self.template = load_chat_template(folder)
         args = argparse.Namespace(**opts.decode, no_stop=opts.no_stop)
         self.gen = generation_config_from_args(folder, args)

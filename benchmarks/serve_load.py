@@ -2,7 +2,8 @@
 
     # start the server in this process (uvicorn thread) on an export / build folder:
     python benchmarks/serve_load.py --engine DIR [--backend ort|trt] [--provider cpu|cuda] [--max-batch 32]
-                                    [--concurrency 1,8,32] [--requests 64] [--max-tokens 32] [--json]
+                                    [--concurrency 1,8,32] [--requests 64] [--max-tokens 32] [--no-stop]
+                                    [--max-model-len N] [--cache MODE] [--strategy S] [--threshold T] [--json]
     # or hit a running server (one replica or a Ray Serve cluster); --engine adds the in-process column:
     python benchmarks/serve_load.py --url http://HOST:8000 --model NAME [--engine DIR] ...
 
@@ -59,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--no-stop", action="store_true", help="decode every max_tokens (no EOS stop)")
+    ap.add_argument("--max-model-len", type=int, help="prompt + max_tokens limit (the cache's size per slot)")
+    ap.add_argument("--cache", choices=["none", "prefix", "dual", "block", "sub_block"])
+    ap.add_argument("--strategy")
+    ap.add_argument("--threshold", type=float)
     ap.add_argument("--prompts", help="a file of prompts, one a line")
     ap.add_argument("--prompt-ids", type=int, metavar="LEN",
                     help="random token-id prompts of LEN tokens (for an export without tokenizer.json; needs --engine)")
@@ -81,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         from dllm_trt.serving.server import serve_in_thread
         from dllm_trt.serving.service import ServeOptions, Service
 
+        decode = {k: getattr(args, k) for k in ("cache", "strategy", "threshold") if getattr(args, k) is not None}
         service = Service(ServeOptions(args.engine, args.backend, args.provider, max_batch=args.max_batch,
-                                       no_stop=args.no_stop))
+                                       max_model_len=args.max_model_len, decode=decode, no_stop=args.no_stop))
         if args.prompt_ids:
             prompts = id_prompts(args.requests, args.prompt_ids, service.backend.config.vocab_size)
     url, model = args.url, args.model
@@ -110,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             service.close()
 
     report = {"url": url if args.url else "in-process uvicorn", "model": model,
+              "settings": vars(service.engine.gen) if service else None,
               "backend": service.backend_name if service else None, "max_batch": args.max_batch,
               "requests": args.requests, "max_tokens": args.max_tokens, "no_stop": args.no_stop, "rows": rows}
     if args.json:

@@ -224,3 +224,57 @@ def test_engine_imports_no_server_and_no_torch():
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+class _PointerCache:
+    """TensorRT's cache shape: per-layer (key, value) addresses of [B, Hkv, C, D] storage, and a batch."""
+
+    def __init__(self, layers, batch, capacity):
+        self.layers, self.batch, self.capacity = layers, batch, capacity
+
+    def flat(self):
+        return [p for layer in self.layers for p in layer]
+
+
+class _PointerBackend:
+    """The ORT host backend behind TensorRT's cache interface: integer 'addresses' of numpy arrays; a
+    forward runs as many rows as the cache object says, from row 0 of the same storage."""
+
+    def __init__(self, inner):
+        self.inner, self.config, self.max_positions = inner, inner.config, inner.max_positions
+        self.memory: dict[int, np.ndarray] = {}
+        self.batches: list[int] = []
+
+    def allocate_cache(self, batch, capacity):
+        real = self.inner.allocate_cache(batch, capacity)
+        layers = []
+        for k, v in real.layers:
+            layers.append([id(k), id(v)])
+            self.memory[id(k)], self.memory[id(v)] = k, v
+        return _PointerCache(layers, batch, real.capacity)
+
+    def forward(self, ids, pos, bias, cache, past_len, write, index, want_logits=False):
+        self.batches.append(ids.shape[0])
+        real = None
+        if cache is not None:
+            from dllm_trt.runtime.backends.ort_backend import OrtCache
+
+            assert ids.shape[0] == cache.batch
+            real = OrtCache([[self.memory[k][: cache.batch], self.memory[v][: cache.batch]] for k, v in cache.layers],
+                            cache.batch, cache.capacity)
+        return self.inner.forward(ids, pos, bias, real, past_len, write, index, want_logits)
+
+
+def test_pointer_caches_run_only_the_busy_rows(model):
+    """TensorRT's path: a forward over the first n slots passes the same addresses with batch n (rounded
+    to a power of two), not the whole batch; the tokens still equal each request's solo run."""
+    be, tok, gen = model("bd-tiny")
+    ptr = _PointerBackend(be)
+    engine = BatchEngine(ptr, replace(gen, cache="block"), max_batch=8).start()
+    try:
+        ids = [tok.encode(p) for p in PROMPTS[:3]]
+        got = [r.result(timeout=60)[0] for r in [engine.submit(i, 24) for i in ids]]
+    finally:
+        engine.close()
+    assert got == [solo(engine, i, 24) for i in ids]
+    assert set(ptr.batches) <= {1, 2, 4} and 4 in ptr.batches  # three busy slots -> 4 rows, never all 8

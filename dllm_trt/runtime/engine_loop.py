@@ -197,8 +197,17 @@ class BatchEngine:
         self.cache = backend.allocate_cache(max_batch, self.capacity) if self.gen.cache != "none" else None
         if self.cache is not None:
             self.capacity = int(self.cache.capacity)  # backends may round up
-        self._views = all(isinstance(t, np.ndarray) for t in self.cache.flat()) \
-            if self.cache is not None and hasattr(self.cache, "flat") else False
+        # A forward over the first n slots passes a view of the cache's first n rows (batch is the leading
+        # dimension): numpy slices on the host path, the same device pointers with batch n on TensorRT. The
+        # ONNX Runtime bound path binds whole OrtValues, so it always runs max_batch rows there.
+        flat = self.cache.flat() if self.cache is not None and hasattr(self.cache, "flat") else []
+        if flat and all(isinstance(t, np.ndarray) for t in flat):
+            self._view: str | None = "numpy"
+        elif flat and all(isinstance(t, int) for t in flat):
+            self._view = "pointer"
+        else:
+            self._view = None
+        self._device = getattr(backend, "io_binding", True) is not False  # not ORT's host (numpy) path
         self._cond = threading.Condition()
         self._waiting: list[Request] = []
         self._active: list[Request] = []
@@ -416,13 +425,15 @@ class BatchEngine:
         uses_cache = self.cache is not None and (past_len > 0 or any(c.args[4] is not None for _, c in members))
         if uses_cache:  # row = slot: the keys/values live in the slot's row of the shared cache
             rows = [r.slot for r, _ in members]
-            batch = max(rows) + 1 if self._views else self.max_batch
+            batch = max(rows) + 1 if self._view else self.max_batch
+            if self._view and self._device:
+                batch = min(1 << (batch - 1).bit_length(), self.max_batch)
             cache = self._cache_rows(batch)
         else:
             rows, batch, cache = list(range(len(members))), len(members), None
         length = max(c.args[0].shape[1] for _, c in members)
         reads = max(c.args[5].shape[1] for _, c in members)
-        if not self._views:  # device paths: few shapes (each is a bucket of buffers, a CUDA graph, a profile)
+        if self._device:  # few shapes: each is a bucket of buffers, a CUDA graph, an optimisation profile
             if not uses_cache:
                 batch = min(1 << (batch - 1).bit_length(), self.max_batch)
             limit = max(length, int(getattr(self.backend, "query_range", (0, self.capacity))[1]))
@@ -459,12 +470,13 @@ class BatchEngine:
                                   take(out.margin), take(out.neg_entropy))
 
     def _cache_rows(self, batch: int):
-        """The shared cache, or (host numpy caches) a view of its first ``batch`` rows: no copy, fewer rows
-        to compute when few slots are busy."""
-        if batch == self.max_batch or not self._views:
+        """The shared cache, or a view of its first ``batch`` rows (see __init__): no copy, fewer rows to
+        compute when few slots are busy."""
+        if batch == self.max_batch or not self._view:
             return self.cache
         view = copy.copy(self.cache)
-        view.layers = [[t[:batch] for t in layer] for layer in self.cache.layers]
+        if self._view == "numpy":
+            view.layers = [[t[:batch] for t in layer] for layer in self.cache.layers]
         view.batch = batch
         return view
 

@@ -106,7 +106,7 @@ class Request:
     _done: bool = False  # the worker thread has returned
     _cancelled: bool = False
     _queue: "queue.Queue[Event] | None" = None
-    _unpublished: int = 0
+    _engine: "BatchEngine | None" = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.on_event is None:
@@ -115,9 +115,8 @@ class Request:
     def cancel(self) -> None:
         """Leave the batch at the next step (client gone, stop string seen); idempotent."""
         self._cancelled = True
-        engine = getattr(self, "_engine", None)
-        if engine is not None:
-            engine._cancel(self)
+        if self._engine is not None:
+            self._engine._cancel(self)
 
     @property
     def finished(self) -> bool:
@@ -241,9 +240,11 @@ class BatchEngine:
             raise DllmError("the prompt is empty; give at least one token")
         need = len(prompt) + gen.gen_length
         if need > self.max_positions:
-            raise DllmError(f"the prompt has {len(prompt)} tokens and the generation needs {gen.gen_length} "
-                            f"(max_tokens rounded up to whole blocks of {gen.block_length}): {need} positions, "
-                            f"more than this engine's {self.max_positions}; shorten the prompt or max_tokens")
+            rounded = f" (max_tokens rounded up to whole blocks of {gen.block_length})" \
+                if self.config.attention == "bidirectional" else ""
+            raise DllmError(f"the prompt has {len(prompt)} tokens and the generation needs {gen.gen_length}{rounded}: "
+                            f"{need} positions, more than this engine's {self.max_positions}; shorten the prompt or "
+                            "max_tokens")
         vocab = self.config.vocab_size
         if min(prompt) < 0 or max(prompt) >= vocab:
             raise DllmError(f"prompt token ids must lie in 0..{vocab - 1}")

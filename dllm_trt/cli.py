@@ -10,6 +10,7 @@
     dllm-trt build --onnx DIR --out DIR [--backend trt|trt-rtx]  # TensorRT / TensorRT-RTX engine
     dllm-trt check-engine --engine DIR                           # engine integrity / loadability
     dllm-trt check DIR                                           # an export / engine folder vs its file manifest
+    dllm-trt serve --engine DIR [--port N] [--replicas N]       # OpenAI-compatible server, continuous batching
 
 Every command prints the same fields in the same order; ``--json`` prints them as JSON.
 """
@@ -182,6 +183,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .calibration.cli import add_calibration_commands
     from .engine.cli import add_engine_commands
+    from .serving.cli import add_serving_commands
     from .export.cli import add_export_commands
     from .profiling.cli import add_profile_commands
 
@@ -226,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_calibration_commands(sub)
     add_engine_commands(sub)
     add_profile_commands(sub)
+    add_serving_commands(sub)
     return parser
 
 

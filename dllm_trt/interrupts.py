@@ -22,6 +22,11 @@ EXTRAS = {
     "matplotlib": ("profile", "`profile --plots` needs matplotlib"),
     "tensorrt_rtx": ("trt-rtx", "TensorRT-RTX builds need its Python bindings"),
     "triton": ("plugins", "the Triton kernels need triton"),
+    "fastapi": ("serve", "`dllm-trt serve` needs FastAPI"),
+    "uvicorn": ("serve", "`dllm-trt serve` needs uvicorn"),
+    "openai": ("serve", "`dllm-trt serve` needs the openai package (its response types)"),
+    "prometheus_client": ("serve", "`dllm-trt serve` needs prometheus_client (/metrics)"),
+    "ray": ("serve", "`dllm-trt serve` with replicas needs Ray Serve"),
 }
 CPU_TORCH = 'pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu'
 

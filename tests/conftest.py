@@ -261,3 +261,22 @@ def cache_step_errors(backend, prompt: list[int], gen: GenerationConfig):
         errors.append((step.kind, float(np.abs(got - want).max()), float(np.abs(_softmax(got) - _softmax(want)).max()),
                        float(np.mean(got.argmax(-1) == want.argmax(-1)))))
     return res, rec.calls, errors
+
+
+@pytest.fixture(scope="session")
+def bundled_export(tmp_path_factory):
+    """Factory ``bundled_export(name) -> Path``: samples/checkpoints/<name> (or a path) exported to ONNX
+    once per session (the serving tests share them; an export takes a few seconds)."""
+    made: dict = {}
+
+    def make(name: str) -> Path:
+        if name not in made:
+            from dllm_trt.export.onnx_export import export_onnx
+
+            src = Path(name) if Path(name).is_absolute() else REPO / "samples" / "checkpoints" / name
+            out = tmp_path_factory.mktemp("export") / src.name
+            export_onnx(str(src), str(out), progress=False, log=lambda s: None)
+            made[name] = out
+        return made[name]
+
+    return make

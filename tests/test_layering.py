@@ -137,6 +137,8 @@ def _violations(graph, importer_prefix: str, forbidden: tuple[str, ...]) -> list
 
 @pytest.mark.parametrize("importer,forbidden", [
     ("dllm_trt.runtime", ("dllm_trt.export", "dllm_trt.engine", "dllm_trt.calibration", "dllm_trt.profiling",
+                          "dllm_trt.cli", "dllm_trt.plugins", "dllm_trt.serving")),
+    ("dllm_trt.serving", ("dllm_trt.export", "dllm_trt.engine", "dllm_trt.calibration", "dllm_trt.profiling",
                           "dllm_trt.cli", "dllm_trt.plugins")),
     ("dllm_trt.plugins", ("dllm_trt.export", "dllm_trt.runtime.decode")),
     ("dllm_trt.profiling", ("dllm_trt.cli",)),

@@ -1,0 +1,326 @@
+"""The OpenAI-compatible HTTP surface: FastAPI routes over a :class:`~dllm_trt.serving.service.Service`.
+
+Thin on purpose: requests are pydantic models that refuse unknown fields, responses are the ``openai``
+package's own types, streaming is server-sent events in OpenAI's chunk format, and every error has
+OpenAI's body (``{"error": {"message", "type", "param", "code"}}``). The same app runs under uvicorn
+(``dllm-trt serve``) and as a Ray Serve ingress (ray_app.py).
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator, Union
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from openai.types import Completion, CompletionChoice, CompletionUsage, Model
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
+from openai.types.chat.chat_completion import Choice as ChatChoice
+from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice, ChoiceDelta
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import DllmError
+from ..runtime.engine_loop import QueueFull
+from .service import Delta, RequestFailed, Service
+
+MAX_STOPS = 4  # as OpenAI
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's format."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, type_: str = "invalid_request_error",
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.type, self.code = status, message, param, type_, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class _Common(BaseModel):
+    """Fields both endpoints take. Unknown fields are refused (400), so nothing is silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0)
+    stop: Union[str, list[str], None] = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    n: int | None = 1
+    user: str | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+
+
+class CompletionRequest(_Common):
+    prompt: Union[str, list[str], list[int], list[list[int]]]
+    echo: bool | None = False
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+
+class ChatRequest(_Common):
+    messages: list[dict[str, Any]]
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+
+
+def _unsupported(req: _Common) -> None:
+    """Parameters OpenAI has and a diffusion decode here does not: refused, named."""
+    checks: list[tuple[str, bool]] = [
+        ("n", req.n not in (None, 1)),
+        ("presence_penalty", req.presence_penalty not in (None, 0)),
+        ("frequency_penalty", req.frequency_penalty not in (None, 0)),
+        ("logit_bias", bool(req.logit_bias)),
+    ]
+    if isinstance(req, CompletionRequest):
+        checks += [("echo", bool(req.echo)), ("logprobs", req.logprobs is not None),
+                   ("best_of", req.best_of not in (None, 1)), ("suffix", req.suffix is not None)]
+    else:
+        checks += [("logprobs", bool(req.logprobs)), ("top_logprobs", req.top_logprobs is not None),
+                   ("tools", bool(req.tools)), ("tool_choice", req.tool_choice not in (None, "none")),
+                   ("response_format", req.response_format not in (None, {"type": "text"}))]
+    for name, bad in checks:
+        if bad:
+            raise ApiError(400, f"parameter {name!r} is not supported by this server (a diffusion LLM served by "
+                                "dllm-trt); leave it out", name, code="unsupported_parameter")
+
+
+def _stops(req: _Common) -> list[str]:
+    stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    if len(stops) > MAX_STOPS:
+        raise ApiError(400, f"at most {MAX_STOPS} stop strings (got {len(stops)})", "stop")
+    return stops
+
+
+def _sse(obj: Any) -> str:
+    data = obj.model_dump_json(exclude_unset=True) if hasattr(obj, "model_dump_json") else json.dumps(obj)
+    return f"data: {data}\n\n"
+
+
+def build_app(service: Service) -> FastAPI:
+    """The FastAPI app of one served model."""
+    app = FastAPI(title="dllm-trt", description=f"OpenAI-compatible server for {service.model}")
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, e: ApiError):
+        if e.status < 500 and e.code != "queue_full":
+            service.metrics.rejected(e.code or "invalid_request")
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, e: RequestValidationError):
+        errs = e.errors()
+        first = errs[0] if errs else {}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        if first.get("type") == "json_invalid":
+            message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}"
+            loc = []
+        elif first.get("type") == "extra_forbidden":
+            message = f"unsupported parameter {'.'.join(loc)!r}: this server does not know it"
+        else:
+            message = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid request')}"
+        service.metrics.rejected("invalid_request")
+        return JSONResponse(ApiError(400, message, ".".join(loc) or None).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException):
+        return JSONResponse(ApiError(e.status_code, str(e.detail), type_="invalid_request_error").body(),
+                            status_code=e.status_code)
+
+    def check_model(name: str) -> None:
+        if name != service.model:
+            raise ApiError(404, f"the model {name!r} does not exist; this server serves {service.model!r} "
+                                "(GET /v1/models)", "model", code="model_not_found")
+
+    def max_tokens_of(req: _Common) -> int:
+        n = getattr(req, "max_completion_tokens", None) or req.max_tokens
+        return n or service.default_max_tokens
+
+    def overrides(req: _Common) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if req.temperature is not None:
+            out["temperature"] = req.temperature
+        if req.top_p is not None:
+            out["top_p"] = req.top_p
+        if req.seed is not None:
+            out["seed"] = req.seed
+        return out
+
+    async def start(http: Request, ids: list[int], req: _Common) -> tuple[AsyncIterator[Delta], Delta | None]:
+        """Submit and wait for the first delta, so that bad requests and a full queue answer 4xx before any
+        streaming starts."""
+        gen = service.stream(ids, max_tokens_of(req), _stops(req), http.is_disconnected, **overrides(req))
+        try:
+            first = await gen.__anext__()
+        except StopAsyncIteration:
+            return gen, None
+        except QueueFull as e:
+            raise ApiError(429, str(e), type_="rate_limit_error", code="queue_full") from None
+        except RequestFailed as e:
+            raise ApiError(500, f"the request failed: {e}", type_="server_error") from None
+        except DllmError as e:
+            raise ApiError(400, str(e), code="invalid_request") from None
+        return gen, first
+
+    async def collect(gen: AsyncIterator[Delta], first: Delta | None) -> Delta:
+        text, last = [], first
+        if first is not None:
+            text.append(first.text)
+        if first is None or first.finish_reason is None:
+            try:
+                async for d in gen:
+                    text.append(d.text)
+                    last = d
+            except RequestFailed as e:
+                raise ApiError(500, f"the request failed: {e}", type_="server_error") from None
+        if last is None:  # the client went away
+            raise ApiError(499, "client disconnected")
+        return Delta("".join(text), last.finish_reason, last.completion_tokens)
+
+    def usage(ids: list[int], n: int) -> CompletionUsage:
+        return CompletionUsage(prompt_tokens=len(ids), completion_tokens=n, total_tokens=len(ids) + n)
+
+    def sse_errors(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+        async def wrapped():
+            try:
+                async for c in chunks:
+                    yield c
+            except RequestFailed as e:
+                yield _sse(ApiError(500, f"the request failed: {e}", type_="server_error").body())
+            yield "data: [DONE]\n\n"
+        return wrapped()
+
+    # ------------------------------------------------------------------ routes
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": service.model, "backend": service.backend_name,
+                "active": service.engine.active, "queued": service.engine.queue_length}
+
+    @app.get("/metrics")
+    async def metrics():
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models():
+        m = Model(id=service.model, created=service.created, object="model", owned_by="dllm-trt")
+        return {"object": "list", "data": [m.model_dump()]}
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, http: Request):
+        check_model(req.model)
+        _unsupported(req)
+        prompt = req.prompt
+        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+            if len(prompt) != 1:
+                raise ApiError(400, f"one prompt per request (got {len(prompt)}); send them as separate requests "
+                                    "(they are batched on the server)", "prompt")
+            prompt = prompt[0]
+        try:
+            ids = service.prompt_ids(prompt)
+        except DllmError as e:
+            raise ApiError(400, str(e), "prompt") from None
+        gen, first = await start(http, ids, req)
+        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(text: str, reason: str | None, n: int | None = None) -> Completion:
+            choice = CompletionChoice.model_construct(text=text, index=0, logprobs=None, finish_reason=reason)
+            return Completion.model_construct(id=rid, object="text_completion", created=created, model=service.model,
+                                              choices=[choice], **({"usage": usage(ids, n)} if n is not None else {}))
+
+        if not req.stream:
+            d = await collect(gen, first)
+            return Completion(id=rid, object="text_completion", created=created, model=service.model,
+                              choices=[CompletionChoice(text=d.text, index=0, finish_reason=d.finish_reason)],
+                              usage=usage(ids, d.completion_tokens)).model_dump(exclude_none=True)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        async def events():
+            d = first
+            try:
+                while d is not None:
+                    yield _sse(chunk(d.text, d.finish_reason))
+                    if d.finish_reason is not None:
+                        if include_usage:
+                            yield _sse(Completion.model_construct(id=rid, object="text_completion", created=created,
+                                                                  model=service.model, choices=[],
+                                                                  usage=usage(ids, d.completion_tokens)))
+                        return
+                    d = await anext(gen, None)
+            finally:
+                await gen.aclose()  # a client gone mid-stream: cancel the request, free its slot
+
+        return StreamingResponse(sse_errors(events()), media_type="text/event-stream")
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatRequest, http: Request):
+        check_model(req.model)
+        _unsupported(req)
+        messages = []
+        for i, m in enumerate(req.messages):
+            content = m.get("content")
+            if isinstance(content, list):  # OpenAI's content parts: text only
+                if any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
+                    raise ApiError(400, f"messages[{i}].content: only text parts are supported", f"messages.{i}")
+                content = "".join(p.get("text", "") for p in content)
+            messages.append({**m, "content": content})
+        try:
+            ids = service.chat_ids(messages)
+        except DllmError as e:
+            raise ApiError(400, str(e), "messages") from None
+        gen, first = await start(http, ids, req)
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if not req.stream:
+            d = await collect(gen, first)
+            msg = ChatCompletionMessage(role="assistant", content=d.text)
+            return ChatCompletion(id=rid, object="chat.completion", created=created, model=service.model,
+                                  choices=[ChatChoice(index=0, message=msg, finish_reason=d.finish_reason)],
+                                  usage=usage(ids, d.completion_tokens)).model_dump(exclude_none=True)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        def chunk(delta: ChoiceDelta, reason: str | None) -> ChatCompletionChunk:
+            return ChatCompletionChunk(id=rid, object="chat.completion.chunk", created=created, model=service.model,
+                                       choices=[ChunkChoice(index=0, delta=delta, finish_reason=reason)])
+
+        async def events():
+            d = first
+            try:
+                yield _sse(chunk(ChoiceDelta(role="assistant", content=""), None))
+                while d is not None:
+                    if d.text:
+                        yield _sse(chunk(ChoiceDelta(content=d.text), None))
+                    if d.finish_reason is not None:
+                        yield _sse(chunk(ChoiceDelta(), d.finish_reason))
+                        if include_usage:
+                            yield _sse(ChatCompletionChunk(id=rid, object="chat.completion.chunk", created=created,
+                                                           model=service.model, choices=[],
+                                                           usage=usage(ids, d.completion_tokens)))
+                        return
+                    d = await anext(gen, None)
+            finally:
+                await gen.aclose()
+
+        return StreamingResponse(sse_errors(events()), media_type="text/event-stream")
+
+    return app
+

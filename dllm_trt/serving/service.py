@@ -1,0 +1,231 @@
+"""One served model: backend + tokenizer + chat template + the batching engine + metrics, and the
+asyncio side of a request (text deltas, stop strings, disconnects). No HTTP here: the FastAPI app
+(openai_api.py) and the Ray Serve deployment (ray_app.py) both sit on a :class:`Service`."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from ..errors import DllmError
+from ..runtime.engine_loop import BatchEngine, Event, QueueFull, StepStats
+from .metrics import ServingMetrics
+
+DISCONNECT_POLL_S = 0.5  # how often a request asks whether its client is still there
+
+# GenerationConfig fields the server's command line may set (the decode structure every request shares)
+DECODE_FIELDS = ("gen_length", "block_length", "steps", "strategy", "threshold", "factor", "cache",
+                 "sub_block_length", "temperature", "top_k", "top_p", "seed")
+
+
+@dataclass
+class ServeOptions:
+    """What ``dllm-trt serve`` was asked for; picklable, so a Ray replica builds its Service from it."""
+
+    engine: str
+    backend: str = "ort"
+    provider: str = "cpu"
+    max_batch: int = 8
+    max_queue: int = 256
+    max_model_len: int | None = None
+    model_name: str | None = None
+    decode: dict[str, Any] = field(default_factory=dict)  # DECODE_FIELDS given on the command line
+    no_stop: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.model_name or Path(self.engine).resolve().name
+
+
+@dataclass
+class Delta:
+    """A piece of one answer: new text, and at the end why it finished and how many tokens it took."""
+
+    text: str
+    finish_reason: str | None = None  # stop | length
+    completion_tokens: int = 0
+
+
+class IdsTokenizer:
+    """For a folder without tokenizer.json (e.g. a random-weight export for benchmarks): prompts must be
+    token ids, and answers are the ids as text (" 17 4 9"), so that the server still runs end to end."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+    def encode(self, text: str) -> list[int]:
+        raise DllmError(f"{self.why}; this server takes prompts as token ids only")
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(f" {i}" for i in ids)
+
+
+class RequestFailed(DllmError):
+    """The engine could not finish a request (a backend error, or the server shutting down)."""
+
+
+class _TextStream:
+    """Tokens -> text deltas: holds back an incomplete UTF-8 character and any tail that could still
+    become a stop string, and cuts the text where a stop string appears (the stop itself not sent)."""
+
+    def __init__(self, decode: Callable[[list[int]], str], stops: list[str]):
+        self.decode, self.stops = decode, [s for s in stops if s]
+        self.tokens: list[int] = []
+        self.sent = 0
+        self.text = ""
+
+    def feed(self, new: list[int]) -> tuple[str, bool]:
+        """(text to send now, whether a stop string ended the answer)."""
+        self.tokens.extend(new)
+        self.text = self.decode(self.tokens)
+        hits = [i for i in (self.text.find(s, max(0, self.sent - len(s))) for s in self.stops) if i >= 0]
+        if hits:
+            cut = min(hits)
+            out = self.text[self.sent: cut]
+            self.sent = max(self.sent, cut)
+            return out, True
+        safe = len(self.text)
+        while safe > self.sent and self.text[safe - 1] == "\ufffd":
+            safe -= 1  # an incomplete multi-byte character: wait for its next token
+        for s in self.stops:
+            for k in range(min(len(s) - 1, safe - self.sent), 0, -1):
+                if self.text[:safe].endswith(s[:k]):
+                    safe -= k
+                    break
+        out = self.text[self.sent: safe]
+        self.sent = max(self.sent, safe)
+        return out, False
+
+    def flush(self) -> str:
+        out = self.text[self.sent:]
+        self.sent = len(self.text)
+        return out
+
+
+class Service:
+    """Loads the engine folder and runs the batching engine in a background thread."""
+
+    def __init__(self, opts: ServeOptions):
+        from ..runtime import TextTokenizer
+        from ..runtime.backends import load_backend
+        from ..runtime.chat import load_chat_template
+        from ..runtime.settings import generation_config_from_args
+
+        folder = Path(opts.engine)
+        if not folder.is_dir():
+            raise DllmError(f"--engine {folder} is not a folder; pass a folder written by `dllm-trt export` or `build`")
+        self.opts = opts
+        self.folder = folder
+        self.model = opts.name
+        if opts.backend == "trt":
+            self.backend = load_backend("trt", str(folder))
+            self.backend_name = f"{self.backend.engine_record['backend']} {self.backend.engine_record['backend_version']}"
+        elif opts.backend == "ort":
+            self.backend = load_backend("ort", str(folder), provider=opts.provider)
+            self.backend_name = f"onnxruntime {opts.provider}"
+        else:
+            raise DllmError(f"unknown backend {opts.backend!r}; use ort or trt")
+        if (folder / "tokenizer.json").is_file():
+            self.tokenizer = TextTokenizer(folder)
+        else:
+            self.tokenizer = IdsTokenizer(f"{folder} has no tokenizer.json")
+        self.template = load_chat_template(folder)
+        args = argparse.Namespace(**opts.decode, no_stop=opts.no_stop)
+        self.gen = generation_config_from_args(folder, args)
+        self.metrics = ServingMetrics(self.model)
+        self.engine = BatchEngine(self.backend, self.gen, max_batch=opts.max_batch, max_queue=opts.max_queue,
+                                  capacity=opts.max_model_len, on_step=self._on_step)
+        self.metrics.bind_engine(self.engine)
+        self.created = int(time.time())
+        self.engine.start()
+
+    def _on_step(self, stats: StepStats) -> None:
+        self.metrics.observe_step(stats)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    # ------------------------------------------------------------------ prompts
+    def prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        """A completion prompt: text tokenized as it is (no chat template), or token ids."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        return list(prompt)
+
+    def chat_ids(self, messages: list[dict]) -> list[int]:
+        from ..runtime.chat import check_messages
+
+        if self.template is None:
+            raise DllmError(f"model {self.model!r} has no chat template (the export recorded none); use "
+                            "/v1/completions with a plain prompt")
+        return self.tokenizer.encode(self.template.render(check_messages(messages)))
+
+    @property
+    def default_max_tokens(self) -> int:
+        return self.engine.gen.gen_length
+
+    # ------------------------------------------------------------------ one request
+    async def stream(self, ids: list[int], max_tokens: int | None, stops: list[str] | None = None,
+                     is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+                     **overrides: Any) -> AsyncIterator[Delta]:
+        """Text deltas of one request as its tokens are committed; the last has ``finish_reason``.
+        Raises DllmError (bad request), QueueFull, or RequestFailed. Cancels the request when the
+        consumer stops early (client gone) or ``is_disconnected`` says so."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+
+        def deliver(ev: Event) -> None:  # engine thread -> this event loop
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, ev)
+            except RuntimeError:  # the event loop is gone (server shutting down)
+                pass
+
+        t0 = time.perf_counter()
+        try:
+            req = self.engine.submit(ids, max_tokens or self.default_max_tokens, on_event=deliver, **overrides)
+        except QueueFull:
+            self.metrics.rejected("queue_full")
+            raise
+        text = _TextStream(self.tokenizer.decode, stops or [])
+        first, reported = True, False
+        try:
+            checked = time.monotonic()
+            while True:
+                try:
+                    ev = await asyncio.wait_for(events.get(), timeout=DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:
+                    ev = None
+                if is_disconnected is not None and time.monotonic() - checked >= DISCONNECT_POLL_S:
+                    checked = time.monotonic()
+                    if await is_disconnected():  # nobody reads the answer any more: free the slot
+                        return
+                if ev is None:
+                    continue
+                if ev.finish_reason in ("error", "cancelled"):
+                    reported = True
+                    self.metrics.finished(ev.finish_reason, len(req.tokens), time.perf_counter() - t0)
+                    raise RequestFailed(ev.error or "the server is shutting down")
+                self.metrics.add_tokens(len(ev.tokens))
+                if first and ev.tokens:
+                    self.metrics.first_token(time.perf_counter() - t0)
+                    first = False
+                out, stopped = text.feed(ev.tokens)
+                if stopped or ev.finish_reason is not None:
+                    reason = "stop" if stopped else ev.finish_reason
+                    if not stopped:
+                        out += text.flush()
+                    n = len(text.tokens)
+                    reported = True
+                    self.metrics.finished(reason, n, time.perf_counter() - t0)
+                    yield Delta(out, reason, n)
+                    return
+                if out:
+                    yield Delta(out, None, len(text.tokens))
+        finally:
+            if not req.finished:
+                req.cancel()  # client disconnected, stop string, or the consumer gave up: free the slot
+            if not reported:  # the client went away
+                self.metrics.finished("cancelled", len(text.tokens), time.perf_counter() - t0)

@@ -278,3 +278,18 @@ def test_pointer_caches_run_only_the_busy_rows(model):
         engine.close()
     assert got == [solo(engine, i, 24) for i in ids]
     assert set(ptr.batches) <= {1, 2, 4} and 4 in ptr.batches  # three busy slots -> 4 rows, never all 8
+
+
+def test_no_cache_mode_is_refused_on_ort_cuda(model):
+    """The no-cache mode gave wrong tokens on ORT CUDA in the GPU test: the engine says what to use instead."""
+    be, _, gen = model("llada-tiny")
+
+    class CudaLike:
+        config, device_type, io_binding = be.config, "cuda", True
+
+        def allocate_cache(self, batch, capacity):
+            return be.allocate_cache(batch, capacity)
+
+    with pytest.raises(DllmError, match="--cache prefix or --cache dual"):
+        BatchEngine(CudaLike(), replace(gen, cache="none"))
+    BatchEngine(CudaLike(), replace(gen, cache="dual")).close()

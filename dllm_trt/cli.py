@@ -55,6 +55,7 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
     p.add_argument("--seed", type=int)
+    p.add_argument("--cfg-scale", type=float, help="LLaDA's unsupervised classifier-free guidance (no cache)")
     p.add_argument("--no-stop", action="store_true", help="do not stop at EOS")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 

@@ -130,7 +130,8 @@ class DecodeLoop:
         self._bias: np.ndarray | None = None
         self.live = np.ones(self.batch, bool)  # not yet finished
         self.draws = np.zeros(self.batch, np.int64)  # random draws per sequence (counter of the stream)
-        self.want_logits = self.gen.temperature > 0.0  # only sampling reads the rows' logits
+        # only sampling and classifier-free guidance read the rows' logits
+        self.want_logits = self.gen.temperature > 0.0 or self.gen.cfg_scale > 0.0
         # SDAR's static/dynamic remasking: torch.topk over the whole span (see unmask_span_topk)
         self.span_topk = self.cfg.model_type == "sdar" and self.gen.strategy in ("low_confidence", "threshold")
 
@@ -146,13 +147,30 @@ class DecodeLoop:
         rows = np.clip(rows, 0, w.length - 1).astype(np.int64)
         if self.timer is not None:
             self.timer.forward_start(kind)
-        out = self.backend.forward(input_ids, safe_pos, bias, self.cache, w.past_len, w.valid if write else None,
-                                   rows, self.want_logits)
+        if self.gen.cfg_scale > 0:
+            out = self.guided_forward(input_ids, safe_pos, bias, rows)
+        else:
+            out = self.backend.forward(input_ids, safe_pos, bias, self.cache, w.past_len, w.valid if write else None,
+                                       rows, self.want_logits)
         if self.timer is not None:
             self.timer.forward_end()
         live = self.live & w.valid.any(axis=1)  # a sequence with no valid row only rides along
         self.steps.append(StepRecord(kind, w.length, w.past_extent, [0] * self.batch, live.tolist()))
         return out
+
+    def guided_forward(self, input_ids: np.ndarray, pos: np.ndarray, bias: np.ndarray, rows: np.ndarray) -> StepOutput:
+        """LLaDA's unsupervised classifier-free guidance (its ``generate``, ``cfg_scale > 0``): the sequence
+        and a copy with the prompt masked go through one forward as a batch of 2B (one model call per step,
+        as upstream), and the step ranks and picks from ``un + (cfg_scale + 1) * (cond - un)`` of the read
+        rows' logits (so the logits come to the host: guidance is a reference feature, not the fast path)."""
+        b = self.batch
+        prompt = pos < self.prompt_len[:, None]
+        uncond = np.where(prompt, self.mask_id, input_ids)
+        both = self.backend.forward(np.concatenate([input_ids, uncond]), np.concatenate([pos, pos]),
+                                    np.concatenate([bias, bias]), None, 0, None, np.concatenate([rows, rows]), True)
+        cond, un = both.logits[:b].astype(np.float32), both.logits[b:].astype(np.float32)
+        logits = un + np.float32(self.gen.cfg_scale + 1.0) * (cond - un)
+        return StepOutput(logits.argmax(axis=-1), None, logits)
 
     def bias_of(self, w: _Window, safe_pos: np.ndarray) -> np.ndarray:
         """The window's attention bias, built once while consecutive steps keep the same window (every

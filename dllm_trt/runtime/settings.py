@@ -55,6 +55,7 @@ class GenerationConfig:
     top_k: int = 0
     top_p: float = 1.0
     alg_temp: float = 0.0  # Dream: > 0 draws the positions to fill instead of taking the top ones
+    cfg_scale: float = 0.0  # LLaDA's unsupervised classifier-free guidance (its generate's cfg_scale); no cache
     seed: int = 0
     stop_at_eos: bool = True
 
@@ -101,6 +102,13 @@ class GenerationConfig:
             raise DllmError(f"threshold ({c.threshold}) and factor ({c.factor}) must be numbers, not NaN")
         if c.seed < 0:
             raise DllmError(f"seed {c.seed} must be >= 0")
+        if not c.cfg_scale >= 0 or not math.isfinite(c.cfg_scale):
+            raise DllmError(f"cfg_scale {c.cfg_scale} must be a finite number >= 0")
+        if c.cfg_scale > 0 and (attention != "bidirectional" or c.cache != "none"
+                                or c.strategy not in ("low_confidence", "random", "threshold", "factor")):
+            raise DllmError("cfg_scale > 0 (LLaDA's classifier-free guidance) runs without a cache, as LLaDA's "
+                            "generate does, on a bidirectional model with low_confidence, random, threshold or factor; "
+                            f"got cache {c.cache!r}, strategy {c.strategy!r} on a {attention} model")
         return c
 
 

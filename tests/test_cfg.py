@@ -82,3 +82,10 @@ def test_guidance_settings_that_do_not_apply_are_refused(llada, bad):
     g = GenerationConfig(gen_length=16, block_length=8, **{"cache": "none", "cfg_scale": 1.0, **bad})
     with pytest.raises(DllmError, match="cfg_scale"):
         generate(llada, PROMPTS, g)
+
+
+def test_the_batching_engine_refuses_guidance(llada):
+    from dllm_trt.runtime.engine_loop import BatchEngine
+
+    with pytest.raises(DllmError, match="cfg_scale"):
+        BatchEngine(llada, GenerationConfig(gen_length=16, block_length=8, cache="none", cfg_scale=1.0))

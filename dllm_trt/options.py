@@ -39,6 +39,7 @@ METHOD_OPTIONS = {  # GenerationConfig field -> (type, strategies it applies to,
     "sched_high": (float, ("sched",), "sched: logit-margin threshold at a block's first step"),
     "sched_low": (float, ("sched",), "sched: logit-margin threshold at a block's last step"),
     "sched_shape": (str, ("sched",), "sched: linear | cosine | exp"),
+    "draft_steps": (int, ("freedave",), "freedave: schedule steps drafted and verified per forward"),
 }
 
 
@@ -65,6 +66,7 @@ def check_decode_values(args: argparse.Namespace) -> None:
         finite("--" + name.replace("_", "-"), getattr(args, name, None), lo=0.0)
     finite("--credit-gamma", getattr(args, "credit_gamma", None), lo=0.0, lo_open=True)
     positive_int("--radius", getattr(args, "radius", None), minimum=0)
+    positive_int("--draft-steps", getattr(args, "draft_steps", None))
     positive_int("--seed", getattr(args, "seed", None), minimum=0)
 
 

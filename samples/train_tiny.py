@@ -192,7 +192,11 @@ def main() -> None:
     model.eval().float()
     settings = generation_settings(args.family, args.task)
     device_name = torch.cuda.get_device_name() if use_amp else "cpu"
-    metrics = {"family": args.family, "task": args.task, "params": n_params, "train_steps": step, "train_seconds": args.seconds,
+    extra = "".join(f" --{k} {v}" for k, v, d in (("batch", args.batch, 512), ("lr", args.lr, 1e-3),
+                                                   ("pool", args.pool, 400_000), ("threads", args.threads, 0))
+                    if v != d)
+    metrics = {"family": args.family, "task": args.task, "command_device": args.device, "command_extra": extra,
+               "params": n_params, "train_steps": step, "train_seconds": args.seconds,
                "batch": args.batch, "final_loss": ema, "device": device_name, "date": time.strftime("%Y-%m-%d")}
     save_model(model.cpu(), args.out, extra_files={
         "tokenizer.json": tok_json,

@@ -236,9 +236,79 @@ def test_methods_deterministic_and_batch_equals_alone(variant, tiny_backend):
         if attention == "block_causal" and strategy not in BLOCK_STRATEGIES:
             continue
         for cache in CACHE_MODES[attention]:
+            if strategy == "freedave" and cache != "none":
+                continue
             g = GenerationConfig(gen_length=16, block_length=8, steps=16, sub_block_length=4, strategy=strategy,
                                  cache=cache, threshold=0.7, sched_high=3.0, sched_low=0.5)
             batch = generate(be, prompts, g)
             assert generate(be, prompts, g).tokens == batch.tokens, (strategy, cache)
             for b, p in enumerate(prompts):
                 assert generate(be, [p], g).tokens[0] == batch.tokens[b], (strategy, cache, b)
+
+
+# ----------------------------------------------------------------------------- FreeDave
+@pytest.mark.parametrize("variant", ["llada", "dream"])
+def test_freedave_is_lossless_with_fewer_forwards(variant, tiny_backend):
+    """The tokens of the low-confidence schedule, exactly, for every draft length; never more forwards, and
+    fewer as soon as drafts are longer than one step."""
+    rng = np.random.default_rng(7)
+    prompts = [rng.integers(3, 42, size=n).tolist() for n in (5, 8, 11)]
+    fewer = False
+    for sharpen in (1.0, 3.0):
+        be = tiny_backend(variant, sharpen=sharpen)
+        for block, steps in ((16, 16), (8, 16), (16, 8), (8, 8)):
+            base = dict(gen_length=16, block_length=block, steps=steps)
+            ref = generate(be, prompts, GenerationConfig(**base, strategy="low_confidence"))
+            for d in (1, 2, 4, 8):
+                got = generate(be, prompts, GenerationConfig(**base, strategy="freedave", draft_steps=d))
+                label = (sharpen, block, steps, d)
+                assert got.tokens == ref.tokens, label
+                assert got.decoded_tokens == ref.decoded_tokens, label
+                assert got.nfe <= ref.nfe, label
+                if d == 1:
+                    assert got.nfe == ref.nfe, label  # one draft: the reference itself
+                fewer |= got.nfe < ref.nfe
+                for b, p in enumerate(prompts):
+                    assert generate(be, [p], GenerationConfig(**base, strategy="freedave", draft_steps=d)).tokens[0] \
+                        == got.tokens[b], label
+    assert fewer, "drafts were never accepted: FreeDave saved no forward"
+
+
+def test_freedave_accepts_the_verified_drafts_only():
+    """Left-to-right certainty (a position is sure once its left neighbour is decoded): the reference fills
+    4, 5, 6, ... one per step; a draft of k steps from one forward's predictions commits the k most confident
+    positions of that forward (position 4 and the next ones by position, all tied), which is the reference's
+    path, so every draft verifies: 16 steps in 1 + 16 / 4 forwards (the last round's forward verifies it)."""
+    def conf(ids, pos):
+        prev = np.concatenate([[0], ids[:-1]])
+        return np.where(prev != MASK_ID, 0.95, 0.8)
+
+    ref = generate(ScriptedBackend(conf), PROMPT, GenerationConfig(gen_length=16, block_length=16, steps=16,
+                                                                   stop_at_eos=False))
+    got = generate(ScriptedBackend(conf), PROMPT, GenerationConfig(gen_length=16, block_length=16, steps=16,
+                                                                   strategy="freedave", draft_steps=4,
+                                                                   stop_at_eos=False))
+    assert got.tokens == ref.tokens
+    assert ref.nfe == 16 and got.nfe == 5  # full forward + one forward of 4 drafts per 4 steps
+    # tokens are counted on the forward whose predictions drafted them
+    assert [s.unmasked[0] for s in got.steps] == [4, 4, 4, 4, 0]
+
+    def rising(ids, pos):  # the most confident position moves right to left: a draft's second token is wrong
+        prev = np.concatenate([[0], ids[:-1]])
+        return np.where(prev != MASK_ID, 0.95, 0.5 + 0.01 * pos)
+
+    ref = generate(ScriptedBackend(rising), PROMPT, GenerationConfig(gen_length=16, block_length=16, steps=16,
+                                                                     stop_at_eos=False))
+    got = generate(ScriptedBackend(rising), PROMPT, GenerationConfig(gen_length=16, block_length=16, steps=16,
+                                                                     strategy="freedave", draft_steps=4,
+                                                                     stop_at_eos=False))
+    assert got.tokens == ref.tokens and got.nfe <= ref.nfe
+
+
+def test_freedave_settings_are_checked():
+    for bad in (dict(cache="prefix"), dict(temperature=0.5), dict(draft_steps=0), dict(steps=32)):
+        with pytest.raises(DllmError, match="freedave"):
+            GenerationConfig(**dict(dict(gen_length=16, block_length=16, steps=16, strategy="freedave"),
+                                    **bad)).resolved("bidirectional")
+    with pytest.raises(DllmError):
+        GenerationConfig(strategy="freedave").resolved("block_causal")

@@ -539,6 +539,10 @@ def generate(backend, prompts: list[list[int]], gen: GenerationConfig | None = N
     """Decode ``gen.gen_length`` tokens after each prompt (token ids) with the given backend.
     ``timer``: optional profiling hooks (see the module docstring); None costs nothing."""
     loop = DecodeLoop(backend, prompts, gen or GenerationConfig(), timer)
+    if loop.gen.strategy == "freedave":
+        from .freedave import run_freedave
+
+        return run_freedave(loop)
     if loop.cfg.attention == "block_causal":
         return loop.run_blocks()
     return loop.run_masked()

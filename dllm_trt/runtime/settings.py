@@ -12,10 +12,10 @@ from .unmask import SCHED_SHAPES
 DREAM_SCHEDULED = ("maskgit_plus", "topk_margin", "entropy")  # Dream's timestep schedule, ranked by a statistic
 # Later runtime-only methods (runtime/unmask.py, runtime/methods.py): dInfer's hierarchical and credit decoding,
 # LocalLeap (threshold rules, run until the block is filled) and SchED (LLaDA's schedule with an early exit).
-METHODS = ("hierarchy", "credit", "local_leap", "sched")
+METHODS = ("hierarchy", "credit", "local_leap", "sched", "freedave")
 STRATEGIES = ("low_confidence", "random", "threshold", "factor", "sequential", *DREAM_SCHEDULED, "confidence_threshold",
               *METHODS)
-SCHEDULED = ("low_confidence", "random", "sequential", "sched")  # strategies that follow LLaDA's even per-step count
+SCHEDULED = ("low_confidence", "random", "sequential", "sched", "freedave")  # strategies that follow LLaDA's even per-step count
 STEPPED = SCHEDULED + DREAM_SCHEDULED + ("confidence_threshold",)  # strategies with a step budget per block
 BLOCK_STRATEGIES = ("low_confidence", "random", "threshold", "factor", "sequential", "hierarchy", "credit",
                     "local_leap")
@@ -25,6 +25,11 @@ CACHE_MODES = {
     "bidirectional": ("none", "prefix", "dual"),
     "block_causal": ("none", "block", "sub_block"),
 }
+
+
+def cache_modes_for(strategy: str, attention: str) -> tuple[str, ...]:
+    """The cache modes a strategy runs with on a model of this attention (FreeDave: no cache)."""
+    return ("none",) if strategy == "freedave" else CACHE_MODES[attention]
 
 
 @dataclass
@@ -56,7 +61,10 @@ class GenerationConfig:
     decaying credit of each position's repeated favourite (``credit_alpha``, ``credit_gamma``,
     ``credit_decay``); ``sched`` (SchED): LLaDA's low-confidence schedule of ``steps`` that commits the whole
     block once the mean top-1/top-2 logit margin of its masked positions reaches a threshold falling from
-    ``sched_high`` to ``sched_low`` over the block's steps (``sched_shape``: linear, cosine or exp).
+    ``sched_high`` to ``sched_low`` over the block's steps (``sched_shape``: linear, cosine or exp);
+    ``freedave`` (FreeDave, runtime/freedave.py): the tokens of the low-confidence schedule of ``steps``,
+    exactly, in fewer forwards: each forward verifies ``draft_steps`` drafted steps at once (no cache,
+    temperature 0).
     """
 
     gen_length: int = 32
@@ -82,6 +90,7 @@ class GenerationConfig:
     sched_high: float = 6.0  # sched: logit-margin threshold at the block's first step
     sched_low: float = 2.0  # sched: ... and at its last
     sched_shape: str = "linear"  # sched: linear | cosine | exp
+    draft_steps: int = 4  # freedave: steps drafted (and verified) per forward
 
     def resolved(self, attention: str) -> "GenerationConfig":
         """A copy with defaults filled in for this attention family; raises on bad combinations."""
@@ -133,6 +142,11 @@ class GenerationConfig:
         if c.radius < 0 or c.credit_alpha < 0 or c.credit_gamma <= 0 or not 0 <= c.credit_decay <= 1:
             raise DllmError(f"need radius >= 0 (got {c.radius}), credit_alpha >= 0 (got {c.credit_alpha}), "
                             f"credit_gamma > 0 (got {c.credit_gamma}) and 0 <= credit_decay <= 1 (got {c.credit_decay})")
+        if c.strategy == "freedave" and (c.cache != "none" or c.temperature > 0 or c.draft_steps < 1
+                                         or c.steps // (c.gen_length // c.block_length) > c.block_length):
+            raise DllmError("strategy 'freedave' needs cache none, temperature 0, draft_steps >= 1 and at most one "
+                            f"step per token (got cache {c.cache}, temperature {c.temperature}, draft_steps "
+                            f"{c.draft_steps}, steps {c.steps})")
         if c.sched_shape not in SCHED_SHAPES or c.sched_low > c.sched_high:
             raise DllmError(f"sched_shape must be one of {', '.join(SCHED_SHAPES)} (got {c.sched_shape!r}) and "
                             f"sched_low ({c.sched_low}) <= sched_high ({c.sched_high})")

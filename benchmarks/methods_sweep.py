@@ -1,11 +1,12 @@
 """The decoding methods against Fast-dLLM's threshold rule on a task where they differ (issue 13).
 
-    python benchmarks/methods_sweep.py samples/checkpoints/carry-tiny [--n 200] [--threads 2] \
-        [--backend ort|torch] [--provider cpu|cuda] [--out docs/decoding_methods] [--quick]
+    python benchmarks/methods_sweep.py samples/checkpoints/carry-tiny [--task carry_chain] [--n 200] \
+        [--threads 2] [--backend ort|torch] [--provider cpu|cuda] [--out docs/decoding_methods] [--quick]
 
 Exports the checkpoint to ONNX (fp32, a temporary folder) unless ``--backend torch``, then decodes the
-held-out prompts of samples/evaluate_tiny.py (``make_examples(n, seed=12345, task)``, the task the checkpoint
-was trained on, from its train_metrics.json) with every method and knob of METHODS below, and reports per
+held-out prompts of samples/evaluate_tiny.py (``make_examples(n, seed=12345, task)``; ``--task`` defaults to
+``carry_chain`` for a checkpoint trained on ``carry``, else its training task) with every method and knob of
+METHODS below, and reports per
 setting: exact match, tokens per forward (per sequence, every forward of the request counted), NFE (forwards
 per request), tokens/s (generated tokens, EOS padding included, per second of wall time). Writes OUT.json,
 OUT.md (the table) and OUT.png (accuracy vs tokens per forward, one curve per method).
@@ -31,27 +32,33 @@ EVAL_SEED = 12345
 
 # method -> list of knob settings (GenerationConfig fields); every setting decodes the same prompts
 METHODS: dict[str, list[dict]] = {
-    "one token per step": [dict(strategy="low_confidence")],
-    "threshold (Fast-dLLM)": [dict(strategy="threshold", threshold=t) for t in (0.99, 0.95, 0.9, 0.8, 0.7, 0.5, 0.3)],
-    "factor (Fast-dLLM)": [dict(strategy="factor", factor=f) for f in (0.25, 0.5, 1.0, 2.0, 4.0)],
+    "low_confidence (LLaDA schedule)": [dict(strategy="low_confidence", steps=k) for k in (0, 20, 10, 5)],
+    "threshold (Fast-dLLM)": [dict(strategy="threshold", threshold=t)
+                              for t in (0.99999, 0.9999, 0.999, 0.99, 0.95, 0.9, 0.7, 0.5)],
+    "factor (Fast-dLLM)": [dict(strategy="factor", factor=f) for f in (0.0001, 0.001, 0.01, 0.1, 1.0)],
     "hierarchy (dInfer)": [dict(strategy="hierarchy", threshold=t, low_threshold=lo)
-                           for t in (0.9, 0.99) for lo in (0.9, 0.7, 0.5, 0.3)],
-    "credit (dInfer)": [dict(strategy="credit", threshold=t) for t in (0.99, 0.95, 0.9, 0.8, 0.7)],
+                           for t in (0.9999, 0.99) for lo in (0.999, 0.99, 0.9, 0.5)],
+    "credit (dInfer)": [dict(strategy="credit", threshold=t) for t in (0.99999, 0.9999, 0.999, 0.99, 0.9)],
     "local_leap (LocalLeap)": [dict(strategy="local_leap", threshold=t, relaxed_threshold=r, radius=rad)
-                               for t in (0.9, 0.99) for r in (0.85, 0.75, 0.6) for rad in (2, 4)],
+                               for t in (0.99999, 0.9999) for r in (0.999, 0.99, 0.9) for rad in (1, 2, 4)],
     "sched (SchED)": [dict(strategy="sched", sched_high=h, sched_low=lo, sched_shape=shape)
-                      for shape in ("linear", "cosine", "exp") for h, lo in ((12.0, 6.0), (10.0, 4.0), (8.0, 2.0),
-                                                                            (6.0, 2.0))],
+                      for shape in ("linear", "cosine", "exp") for h, lo in ((20.0, 10.0), (16.0, 8.0), (12.0, 6.0),
+                                                                            (8.0, 2.0))],
+    "freedave (FreeDave)": [dict(strategy="freedave", draft_steps=d) for d in (2, 4, 8, 16)],
 }
+# steps 0 stands for the checkpoint's gen_length (one token per step); every other setting keeps that schedule
 QUICK = {k: v[:: max(1, len(v) // 2)] for k, v in METHODS.items()}
 
 
 def knob_label(s: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in s.items() if k != "strategy") or "-"
+    return " ".join(f"{k}={v}" for k, v in s.items() if k != "strategy" and not (k == "steps" and v == 0)) or "-"
 
 
 def run_setting(backend, tok, exs, base: dict, setting: dict, batch: int) -> dict:
-    g = GenerationConfig(**dict(base, **setting))
+    values = dict(base, **setting)
+    if not values.get("steps"):
+        values["steps"] = values["gen_length"]
+    g = GenerationConfig(**values)
     preds, tpf_sum, forwards, tokens, t0 = [], 0.0, 0, 0, time.perf_counter()
     for i in range(0, len(exs), batch):
         chunk = exs[i: i + batch]
@@ -102,11 +109,12 @@ def main() -> None:
     ap.add_argument("--cache", default=None, help="cache mode (default: the checkpoint's)")
     ap.add_argument("--out", type=Path, help="write OUT.json, OUT.md and OUT.png")
     ap.add_argument("--quick", action="store_true", help="about half of the knob settings")
+    ap.add_argument("--task", help="prompts of this task of dllm_trt.tasks (default: see above)")
     args = ap.parse_args()
 
     ckpt = args.checkpoint
     train = json.loads((ckpt / "train_metrics.json").read_text())
-    task = train.get("task", "mix")
+    task = args.task or {"carry": "carry_chain"}.get(train.get("task", "mix"), train.get("task", "mix"))
     exs = make_examples(args.n, EVAL_SEED, None if task == "mix" else task)
     base = folder_generation_defaults(ckpt)
     base.setdefault("steps", base.get("gen_length"))

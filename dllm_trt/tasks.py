@@ -21,8 +21,12 @@ TASKS = ("add", "rev", "sort")  # the mix the bundled llada/dream/bd-tiny checkp
 # digits. Answer digit i is (a_i + b_i + carry_i) mod 10 and carry_i depends on every column before it,
 # so a digit after a column summing to 9 is only settled once its neighbour is: parallel decoding has to
 # guess there, and the more tokens a forward commits the more of those guesses it makes.
+# ``carry_chain`` is the same task with long carry chains: every column sums to 9 with probability 1/2 (else
+# both digits are uniform), so a carry often travels through several columns; a model trained on ``carry``
+# (where such runs are rare) has to settle them digit by digit.
 CARRY_DIGITS = 32
-LONG_TASKS = ("carry",)
+CHAIN_P = 0.5
+LONG_TASKS = ("carry", "carry_chain")
 
 
 @dataclass(frozen=True)
@@ -33,9 +37,12 @@ class Example:
 
 def make_example(rng: random.Random, task: str | None = None) -> Example:
     task = task or rng.choice(TASKS)
-    if task == "carry":
+    if task in ("carry", "carry_chain"):
         a = [rng.randrange(10) for _ in range(CARRY_DIGITS)]
-        b = [rng.randrange(10) for _ in range(CARRY_DIGITS)]
+        if task == "carry":
+            b = [rng.randrange(10) for _ in range(CARRY_DIGITS)]
+        else:
+            b = [9 - x if rng.random() < CHAIN_P else rng.randrange(10) for x in a]
         out, c = [], 0
         for x, y in zip(a, b):
             c, d = divmod(x + y + c, 10)

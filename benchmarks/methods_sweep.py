@@ -33,17 +33,19 @@ EVAL_SEED = 12345
 # method -> list of knob settings (GenerationConfig fields); every setting decodes the same prompts
 METHODS: dict[str, list[dict]] = {
     "low_confidence (LLaDA schedule)": [dict(strategy="low_confidence", steps=k) for k in (0, 20, 10, 5)],
-    "threshold (Fast-dLLM)": [dict(strategy="threshold", threshold=t)
-                              for t in (0.99999, 0.9999, 0.999, 0.99, 0.95, 0.9, 0.7, 0.5)],
+    "threshold (Fast-dLLM)": [dict(strategy="threshold", threshold=t) for t in
+                              (0.99999, 0.9999, 0.9998, 0.9995, 0.999, 0.99, 0.95, 0.9, 0.7, 0.5)],
     "factor (Fast-dLLM)": [dict(strategy="factor", factor=f) for f in (0.0001, 0.001, 0.01, 0.1, 1.0)],
     "hierarchy (dInfer)": [dict(strategy="hierarchy", threshold=t, low_threshold=lo)
-                           for t in (0.9999, 0.99) for lo in (0.999, 0.99, 0.9, 0.5)],
-    "credit (dInfer)": [dict(strategy="credit", threshold=t) for t in (0.99999, 0.9999, 0.999, 0.99, 0.9)],
+                           for t in (0.99999, 0.9999, 0.999) for lo in (0.999, 0.9)],
+    "credit (dInfer)": [dict(strategy="credit", threshold=t) for t in
+                        (0.99999, 0.9999, 0.9998, 0.9995, 0.999, 0.99, 0.9)],
     "local_leap (LocalLeap)": [dict(strategy="local_leap", threshold=t, relaxed_threshold=r, radius=rad)
-                               for t in (0.99999, 0.9999) for r in (0.999, 0.99, 0.9) for rad in (1, 2, 4)],
+                               for t, r in ((0.99999, 0.9999), (0.9999, 0.9995), (0.9999, 0.999), (0.9999, 0.99))
+                               for rad in (1, 2, 4)],
     "sched (SchED)": [dict(strategy="sched", sched_high=h, sched_low=lo, sched_shape=shape)
-                      for shape in ("linear", "cosine", "exp") for h, lo in ((20.0, 10.0), (16.0, 8.0), (12.0, 6.0),
-                                                                            (8.0, 2.0))],
+                      for shape in ("linear", "cosine", "exp")
+                      for h, lo in ((15.5, 12.0), (15.0, 10.0), (14.0, 8.0), (12.0, 6.0), (10.0, 4.0))],
     "freedave (FreeDave)": [dict(strategy="freedave", draft_steps=d) for d in (2, 4, 8, 16)],
 }
 # steps 0 stands for the checkpoint's gen_length (one token per step); every other setting keeps that schedule

@@ -12,7 +12,8 @@ from dllm_trt.runtime import GenerationConfig, generate
 from dllm_trt.runtime.backends import StepOutput
 from dllm_trt.runtime.methods import CreditState
 from dllm_trt.runtime.settings import BLOCK_STRATEGIES, CACHE_MODES, METHODS
-from dllm_trt.runtime.unmask import (logit_margin, mask_runs, sched_threshold, select_hierarchy, select_local_leap)
+from dllm_trt.runtime.unmask import (LOGIT_MARGIN_CAP, logit_margin, mask_runs, sched_threshold, select_hierarchy,
+                                     select_local_leap)
 
 
 # ----------------------------------------------------------------------------- the rules
@@ -58,8 +59,15 @@ def test_logit_margin_equals_the_logits_top2_gap():
     p /= p.sum(-1, keepdims=True)
     top2 = np.sort(p, -1)[:, -2:]
     want = np.diff(np.sort(z, -1)[:, -2:], axis=-1)[:, 0]
-    np.testing.assert_allclose(logit_margin(top2[:, 1], top2[:, 1] - top2[:, 0]), want, rtol=1e-6, atol=1e-9)
-    assert logit_margin(np.array([1.0]), np.array([1.0]))[0] == 745.0  # p2 underflowed: capped, not inf
+    np.testing.assert_allclose(logit_margin(top2[:, 1], top2[:, 1] - top2[:, 0]), np.minimum(want, LOGIT_MARGIN_CAP),
+                               rtol=1e-6, atol=1e-9)
+    # from float32 outputs: exact while p2 is resolvable next to p1, saturated beyond (never inf)
+    p32 = top2.astype(np.float32)
+    got = logit_margin(p32[:, 1], p32[:, 1] - p32[:, 0])
+    ok = want < 10
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-3, atol=1e-3)
+    assert (got <= LOGIT_MARGIN_CAP + 1e-12).all()
+    assert logit_margin(np.array([1.0], np.float32), np.array([1.0], np.float32))[0] == pytest.approx(LOGIT_MARGIN_CAP)
 
 
 @pytest.mark.parametrize("shape", ["linear", "cosine", "exp"])

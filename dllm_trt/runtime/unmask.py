@@ -138,13 +138,16 @@ def select_local_leap(conf: np.ndarray, positions: np.ndarray, threshold: float,
     return np.flatnonzero(chosen)
 
 
+LOGIT_MARGIN_CAP = 23 * np.log(2.0)  # log(1 / float32 epsilon) = 15.94
+
+
 def logit_margin(conf: np.ndarray, prob_margin: np.ndarray) -> np.ndarray:
     """Top-1 minus top-2 *logit* from the top-1 probability p1 and the probability margin p1 - p2 the graph returns:
-    log p1 - log p2 (the softmax's normaliser cancels). A row whose p2 underflows gets the float64 cap of 745."""
+    log p1 - log p2 (the softmax's normaliser cancels). The outputs are float32, so p2 = p1 - margin is known to
+    about p1 * 2^-23: margins beyond log(2^23) = 15.94 cannot be told apart and saturate there."""
     p1 = np.asarray(conf, np.float64)
-    p2 = np.clip(p1 - np.asarray(prob_margin, np.float64), 0.0, None)
-    with np.errstate(divide="ignore"):
-        return np.minimum(np.log(p1) - np.log(p2), 745.0)
+    p2 = np.maximum(p1 - np.asarray(prob_margin, np.float64), p1 * 2.0 ** -23)
+    return np.log(p1) - np.log(p2)
 
 
 SCHED_SHAPES = ("linear", "cosine", "exp")

@@ -34,12 +34,13 @@ EVAL_SEED = 12345
 METHODS: dict[str, list[dict]] = {
     "low_confidence (LLaDA schedule)": [dict(strategy="low_confidence", steps=k) for k in (0, 20, 10, 5)],
     "threshold (Fast-dLLM)": [dict(strategy="threshold", threshold=t) for t in
-                              (0.99999, 0.9999, 0.9998, 0.9995, 0.999, 0.99, 0.95, 0.9, 0.7, 0.5)],
+                              (0.99999, 0.9999, 0.9998, 0.9997, 0.9996, 0.9995, 0.999, 0.99, 0.95, 0.9, 0.7, 0.5)],
     "factor (Fast-dLLM)": [dict(strategy="factor", factor=f) for f in (0.0001, 0.001, 0.01, 0.1, 1.0)],
     "hierarchy (dInfer)": [dict(strategy="hierarchy", threshold=t, low_threshold=lo)
-                           for t in (0.99999, 0.9999, 0.999) for lo in (0.999, 0.9)],
+                           for t in (0.99999, 0.9999, 0.999) for lo in (0.999, 0.9)]
+                          + [dict(strategy="hierarchy", threshold=t, low_threshold=0.9) for t in (0.9998, 0.9997, 0.9995)],
     "credit (dInfer)": [dict(strategy="credit", threshold=t) for t in
-                        (0.99999, 0.9999, 0.9998, 0.9995, 0.999, 0.99, 0.9)],
+                        (0.99999, 0.9999, 0.9998, 0.9997, 0.9995, 0.999, 0.99, 0.9)],
     "local_leap (LocalLeap)": [dict(strategy="local_leap", threshold=t, relaxed_threshold=r, radius=rad)
                                for t, r in ((0.99999, 0.9999), (0.9999, 0.9995), (0.9999, 0.999), (0.9999, 0.99))
                                for rad in (1, 2, 4)],
@@ -75,29 +76,39 @@ def run_setting(backend, tok, exs, base: dict, setting: dict, batch: int) -> dic
 
 
 def pareto_plot(rows: list[dict], path: Path, title: str) -> None:
+    """Exact match vs tokens per forward, one curve per method (its Pareto front; the other settings faint);
+    left the whole range, right zoomed on the settings within 10 points of the best."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for method in dict.fromkeys(r["method"] for r in rows):
-        pts = sorted((r["tokens_per_forward"], 100 * r["exact_match"]) for r in rows if r["method"] == method)
-        front, best = [], -1.0  # the method's Pareto front: no other setting both faster and more accurate
-        for x, y in sorted(pts, key=lambda p: -p[0]):
-            if y > best:
-                front.append((x, y))
-                best = y
-        front.sort()
-        (line,) = ax.plot([p[0] for p in front], [p[1] for p in front], "-", marker="o", label=method)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", alpha=0.3, color=line.get_color())
-    ax.set_xlabel("tokens per forward")
-    ax.set_ylabel("exact match (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    best = max(100 * r["exact_match"] for r in rows)
+    for zoom, ax in enumerate(axes):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            pts = sorted((r["tokens_per_forward"], 100 * r["exact_match"]) for r in rows if r["method"] == method)
+            if zoom:
+                pts = [p for p in pts if p[1] >= best - 10]
+            if not pts:
+                ax.plot([], [], "-o", label=method)
+                continue
+            front, top = [], -1.0  # no other setting of the method both faster and more accurate
+            for x, y in sorted(pts, key=lambda p: -p[0]):
+                if y > top:
+                    front.append((x, y))
+                    top = y
+            front.sort()
+            (line,) = ax.plot([p[0] for p in front], [p[1] for p in front], "-", marker="o", label=method)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", alpha=0.3, color=line.get_color())
+        ax.set_xlabel("tokens per forward")
+        ax.set_ylabel("exact match (%)")
+        ax.grid(alpha=0.3)
+        ax.set_title("within 10 points of the best" if zoom else "all settings", fontsize=9)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 def main() -> None:
@@ -112,6 +123,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="write OUT.json, OUT.md and OUT.png")
     ap.add_argument("--quick", action="store_true", help="about half of the knob settings")
     ap.add_argument("--task", help="prompts of this task of dllm_trt.tasks (default: see above)")
+    ap.add_argument("--only", nargs="+", metavar="KNOBS",
+                    help="run only these settings, as printed (e.g. 'threshold=0.9997'), and add them to OUT.json "
+                         "(same task, n and device), then rewrite OUT.md and OUT.png from all its rows")
     args = ap.parse_args()
 
     ckpt = args.checkpoint
@@ -141,9 +155,15 @@ def main() -> None:
         backend = load_backend("ort", str(art), provider=args.provider, intra_op_threads=args.threads)
         device = f"ORT {args.provider}"
     device += f" ({platform.machine()}, {args.threads} threads)" if args.provider == "cpu" else ""
-    rows = []
+    rows, order = [], []
+    if args.only:
+        old = json.loads(args.out.with_suffix(".json").read_text())
+        rows = old["rows"]
     for method, settings in (QUICK if args.quick else METHODS).items():
         for s in settings:
+            order.append((method, knob_label(s)))
+            if args.only and knob_label(s) not in args.only:
+                continue
             m = run_setting(backend, tok, exs, base, s, args.batch)
             rows.append({"method": method, "strategy": s["strategy"], "knobs": knob_label(s), **m})
             print(f"{method:24s} {knob_label(s):52s} EM {100 * m['exact_match']:5.1f}%  "
@@ -151,6 +171,8 @@ def main() -> None:
                   flush=True)
     meta = {"checkpoint": ckpt.name, "task": task, "n": args.n, "batch": args.batch, "device": device,
             "date": time.strftime("%Y-%m-%d"), "base_settings": base}
+    rank = {key: i for i, key in enumerate(order)}
+    rows.sort(key=lambda r: rank.get((r["method"], r["knobs"]), len(rank)))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

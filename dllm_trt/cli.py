@@ -49,6 +49,9 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", choices=list(STRATEGIES))
     p.add_argument("--threshold", type=float, help="Fast-dLLM confidence threshold")
     p.add_argument("--factor", type=float, help="Fast-dLLM factor rule")
+    from .options import add_method_options
+
+    add_method_options(p)
     p.add_argument("--cache", choices=["none", "prefix", "dual", "block", "sub_block"])
     p.add_argument("--sub-block-length", type=int, help="block diffusion sub-block")
     p.add_argument("--temperature", type=float)

@@ -29,6 +29,27 @@ def positive_int(name: str, value: int | None, minimum: int = 1) -> None:
         raise DllmError(f"{name} {value} is out of range: it must be an integer >= {minimum}")
 
 
+METHOD_OPTIONS = {  # GenerationConfig field -> (type, strategies it applies to, help)
+    "low_threshold": (float, ("hierarchy",), "hierarchy: a run of masks commits its most confident token above this"),
+    "relaxed_threshold": (float, ("local_leap",), "local_leap: the threshold within --radius of an anchor"),
+    "radius": (int, ("local_leap",), "local_leap: an anchor's neighbourhood, in positions"),
+    "credit_alpha": (float, ("credit",), "credit: weight of log(1 + credit) added to the logits"),
+    "credit_gamma": (float, ("credit",), "credit: a step adds p ** gamma to its favourite's credit"),
+    "credit_decay": (float, ("credit",), "credit: decay of the credits per step"),
+    "sched_high": (float, ("sched",), "sched: logit-margin threshold at a block's first step"),
+    "sched_low": (float, ("sched",), "sched: logit-margin threshold at a block's last step"),
+    "sched_shape": (str, ("sched",), "sched: linear | cosine | exp"),
+    "draft_steps": (int, ("freedave",), "freedave: schedule steps drafted and verified per forward"),
+}
+
+
+def add_method_options(p: argparse.ArgumentParser) -> None:
+    """The knobs of the later decoding methods (hierarchy, local_leap, credit, sched)."""
+    for name, (kind, _, text) in METHOD_OPTIONS.items():
+        extra = {"choices": ["linear", "cosine", "exp"]} if name == "sched_shape" else {}
+        p.add_argument("--" + name.replace("_", "-"), type=kind, help=text, **extra)
+
+
 def check_decode_values(args: argparse.Namespace) -> None:
     """Ranges of the decode options given on the command line. (The library accepts threshold > 1, meaning
     "one token per step", and factor 0; on the command line those are typos and are refused.)"""
@@ -39,6 +60,13 @@ def check_decode_values(args: argparse.Namespace) -> None:
     for name in ("gen_length", "block_length", "steps", "sub_block_length"):
         positive_int("--" + name.replace("_", "-"), getattr(args, name, None))
     positive_int("--top-k", getattr(args, "top_k", None), minimum=0)
+    for name in ("low_threshold", "relaxed_threshold", "credit_decay"):
+        finite("--" + name.replace("_", "-"), getattr(args, name, None), lo=0.0, hi=1.0)
+    for name in ("credit_alpha", "sched_high", "sched_low"):
+        finite("--" + name.replace("_", "-"), getattr(args, name, None), lo=0.0)
+    finite("--credit-gamma", getattr(args, "credit_gamma", None), lo=0.0, lo_open=True)
+    positive_int("--radius", getattr(args, "radius", None), minimum=0)
+    positive_int("--draft-steps", getattr(args, "draft_steps", None))
     positive_int("--seed", getattr(args, "seed", None), minimum=0)
 
 
@@ -49,11 +77,17 @@ def check_decode_options(args: argparse.Namespace, gen, config, longest_prompt: 
     if longest_prompt + gen.gen_length > limit:
         raise DllmError(f"--gen-length {gen.gen_length} plus the prompt ({longest_prompt} tokens) exceeds the "
                         f"model's {limit} positions; use --gen-length {max(limit - longest_prompt, 0)} or less")
+    from .runtime.settings import THRESHOLD_RULES
+
     resolved = gen.resolved(config.attention)
     given = lambda name: getattr(args, name, None) is not None  # noqa: E731
-    if given("threshold") and resolved.strategy not in ("threshold", "confidence_threshold"):
-        raise DllmError(f"--threshold applies to --strategy threshold only (the strategy here is "
-                        f"{resolved.strategy}); add --strategy threshold or drop --threshold")
+    if given("threshold") and resolved.strategy not in ("confidence_threshold", *THRESHOLD_RULES):
+        raise DllmError(f"--threshold applies to the threshold rules only ({', '.join(THRESHOLD_RULES)}; the "
+                        f"strategy here is {resolved.strategy}); add --strategy threshold or drop --threshold")
+    for name, (_, strategies, _) in METHOD_OPTIONS.items():
+        if given(name) and resolved.strategy not in strategies:
+            raise DllmError(f"--{name.replace('_', '-')} applies to --strategy {' / '.join(strategies)} only (the "
+                            f"strategy here is {resolved.strategy}); add --strategy {strategies[0]} or drop it")
     if given("factor") and resolved.strategy != "factor":
         raise DllmError(f"--factor applies to --strategy factor only (the strategy here is {resolved.strategy}); "
                         "add --strategy factor or drop --factor")

@@ -1,6 +1,11 @@
 """Train the bundled tiny checkpoints (one per family) on the synthetic tasks of dllm_trt.tasks.
 
     python samples/train_tiny.py --family llada --out samples/checkpoints/llada-tiny --seconds 240 --device cuda
+    python samples/train_tiny.py --family llada --task carry --out samples/checkpoints/carry-tiny --seconds 600 --device cuda
+
+Tasks (dllm_trt.tasks): ``mix`` (default) is add/rev/sort with 16-token answers; ``carry`` is reversed-digit
+addition of two 32-digit numbers (33-digit answers whose digits depend on each other through the carries),
+gen_length 40 in one block.
 
 Objectives (what the decode loop then relies on):
   llada            masked diffusion: mask answer tokens with probability t ~ U(0, 1), cross-entropy
@@ -36,8 +41,8 @@ from dllm_trt.runtime.backends.torch_backend import TorchBackend  # noqa: E402
 from dllm_trt.tasks import build_tokenizer_json, make_examples  # noqa: E402
 from evaluate_tiny import evaluate_folder  # noqa: E402
 
-GEN_LENGTH = 16
-BLOCK_LENGTH = 8  # semi-autoregressive block of the bidirectional families
+# task -> (gen_length, block_length of the bidirectional families' semi-autoregressive blocks)
+TASK_LENGTHS = {"mix": (16, 8), "carry": (40, 40)}
 BD_SIZE = 8  # block-diffusion block
 SUB_BLOCK = 4
 EOS_ID, MASK_ID = 0, 1
@@ -63,24 +68,26 @@ def tiny_config(family: str, vocab: int) -> ModelConfig:
     return ModelConfig.from_dict(raw)
 
 
-def generation_settings(family: str) -> dict:
+def generation_settings(family: str, task: str = "mix") -> dict:
+    gen_length, block_length = TASK_LENGTHS[task]
     if family == "block_diffusion":
-        return {"gen_length": GEN_LENGTH, "strategy": "threshold", "threshold": 0.9, "sub_block_length": SUB_BLOCK,
+        return {"gen_length": gen_length, "strategy": "threshold", "threshold": 0.9, "sub_block_length": SUB_BLOCK,
                 "cache": "sub_block"}
-    return {"gen_length": GEN_LENGTH, "block_length": BLOCK_LENGTH, "steps": GEN_LENGTH, "strategy": "low_confidence",
+    return {"gen_length": gen_length, "block_length": block_length, "steps": gen_length, "strategy": "low_confidence",
             "threshold": 0.9, "cache": "none"}
 
 
-def encode_pool(tok: TextTokenizer, n: int, seed: int, family: str):
+def encode_pool(tok: TextTokenizer, n: int, seed: int, family: str, task: str = "mix"):
     """Pre-tokenised training pool: x0 [N, T], prompt length [N], sequence length [N]."""
-    exs = make_examples(n, seed)
+    gen_length = TASK_LENGTHS[task][0]
+    exs = make_examples(n, seed, None if task == "mix" else task)
     seqs, plens, lens = [], [], []
     for e in exs:
         p, a = tok.encode(e.prompt), tok.encode(e.answer)
         if family == "block_diffusion":
             total = math.ceil((len(p) + len(a) + 1) / BD_SIZE) * BD_SIZE
         else:
-            total = len(p) + GEN_LENGTH
+            total = len(p) + gen_length
         seqs.append(p + a + [EOS_ID] * (total - len(p) - len(a)))
         plens.append(len(p))
         lens.append(total)
@@ -143,8 +150,13 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval", type=int, default=1000, help="held-out prompts for the model card")
+    ap.add_argument("--task", default="mix", choices=sorted(TASK_LENGTHS), help="training task (see above)")
+    ap.add_argument("--pool", type=int, default=400_000, help="pre-generated training examples")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads on CPU (0: torch's default)")
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     tok_json = build_tokenizer_json()
@@ -155,7 +167,7 @@ def main() -> None:
     config = tiny_config(args.family, vocab=42)
     model = build_model(config).to(args.device)
     n_params = sum(p.numel() for p in model.parameters())
-    x0_all, plen_all, len_all = encode_pool(tok, 400_000, args.seed + 1, args.family)
+    x0_all, plen_all, len_all = encode_pool(tok, args.pool, args.seed + 1, args.family, args.task)
     x0_all, plen_all, len_all = x0_all.to(args.device), plen_all.to(args.device), len_all.to(args.device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     use_amp = args.device.startswith("cuda")
@@ -174,13 +186,17 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        if step % 500 == 0:
+        if step % (500 if use_amp else 50) == 0:
             print(f"[{args.family}] step {step:6d}  {elapsed:6.1f}s  loss {ema:.4f}  lr {lr:.2e}", flush=True)
         step += 1
     model.eval().float()
-    settings = generation_settings(args.family)
+    settings = generation_settings(args.family, args.task)
     device_name = torch.cuda.get_device_name() if use_amp else "cpu"
-    metrics = {"family": args.family, "params": n_params, "train_steps": step, "train_seconds": args.seconds,
+    extra = "".join(f" --{k} {v}" for k, v, d in (("batch", args.batch, 512), ("lr", args.lr, 1e-3),
+                                                   ("pool", args.pool, 400_000), ("threads", args.threads, 0))
+                    if v != d)
+    metrics = {"family": args.family, "task": args.task, "command_device": args.device, "command_extra": extra,
+               "params": n_params, "train_steps": step, "train_seconds": args.seconds,
                "batch": args.batch, "final_loss": ema, "device": device_name, "date": time.strftime("%Y-%m-%d")}
     save_model(model.cpu(), args.out, extra_files={
         "tokenizer.json": tok_json,

@@ -89,3 +89,5 @@ def test_the_batching_engine_refuses_guidance(llada):
 
     with pytest.raises(DllmError, match="cfg_scale"):
         BatchEngine(llada, GenerationConfig(gen_length=16, block_length=8, cache="none", cfg_scale=1.0))
+    with pytest.raises(DllmError, match="FreeDave"):
+        BatchEngine(llada, GenerationConfig(gen_length=16, block_length=8, cache="none", strategy="freedave"))

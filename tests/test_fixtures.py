@@ -145,3 +145,86 @@ def test_block_diffusion_cache_modes_agree_on_trained_model(cache, evaluated):
     fast = out["fast"][2]
     same = np.mean([a == b for a, b in zip(r.tokens, fast.tokens[:50])])
     assert same >= 0.98, f"cache {cache}: {same:.2f} of the answers equal the sub_block cache's"
+
+
+# ----------------------------------------------------------------------------- carry-tiny (issue 13)
+CARRY = "carry-tiny"
+
+
+@pytest.fixture(scope="module")
+def carry():
+    """(backend, tokenizer, settings, {task: (examples, prompt ids)}) of carry-tiny, 30 held-out prompts per task."""
+    from dllm_trt.runtime.backends.torch_backend import TorchBackend
+
+    d = checkpoint_dir(CARRY)
+    backend, tok = TorchBackend.from_pretrained(str(d)), TextTokenizer(d)
+    sets = {}
+    for task in ("carry", "carry_chain"):
+        exs = make_examples(30, EVAL_SEED, task)
+        sets[task] = (exs, [tok.encode(e.prompt) for e in exs])
+    return backend, tok, settings_of(d), sets
+
+
+_CARRY_RUNS: dict = {}
+
+
+def run_carry(carry, task: str, **kw):
+    """(exact match, tokens per forward, result) of one decode setting on the task's prompts, computed once."""
+    key = (task, tuple(sorted(kw.items())))
+    if key not in _CARRY_RUNS:
+        backend, tok, s, sets = carry
+        exs, prompts = sets[task]
+        r = generate(backend, prompts, GenerationConfig(**dict(s, **kw)))
+        _CARRY_RUNS[key] = (exact_match([tok.decode(t) for t in r.tokens], exs), r.tokens_per_forward, r)
+    return _CARRY_RUNS[key]
+
+
+def test_carry_checkpoint_folder_is_complete_and_small():
+    d = checkpoint_dir(CARRY)
+    missing = [f for f in REQUIRED_FILES + ("train_metrics.json", "eval_metrics.json") if not (d / f).is_file()]
+    assert not missing, f"{d} lacks {', '.join(missing)}"
+    size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+    assert size <= MAX_BYTES, f"{d} is {size / 2**20:.1f} MiB, more than 10 MiB"
+    config = ModelConfig.from_pretrained(d)
+    assert config.family == "llada"
+    assert json.loads((d / "train_metrics.json").read_text())["task"] == "carry"
+    s = settings_of(d)
+    assert s["gen_length"] >= 34 and s["block_length"] == s["gen_length"]  # 33 digits + EOS, one block
+    GenerationConfig(**s).resolved(config.attention)
+
+
+def test_carry_one_token_per_step_solves_both_tasks(carry):
+    for task in ("carry", "carry_chain"):
+        acc, tpf, _ = run_carry(carry, task, strategy="low_confidence")
+        assert acc >= 0.9 and tpf <= 1.0, f"{task}: exact match {acc:.3f} with one token per step"
+
+
+def test_carry_chain_threshold_loses_accuracy_as_it_decodes_more(carry):
+    """The point of the task: on long carry chains Fast-dLLM's threshold commits digits before the carry that
+    settles them is decoded; the lower the threshold, the more tokens per forward and the lower the exact match.
+    On the training distribution the same rule stays exact."""
+    acc_one, _, _ = run_carry(carry, "carry_chain", strategy="low_confidence")
+    points = [run_carry(carry, "carry_chain", strategy="threshold", threshold=t)[:2] for t in (0.999, 0.9, 0.5)]
+    tpfs, accs = [p[1] for p in points], [p[0] for p in points]
+    assert tpfs == sorted(tpfs) and tpfs[0] > 2.0, tpfs
+    assert accs == sorted(accs, reverse=True) and accs[0] > accs[-1], accs
+    assert accs[-1] <= acc_one - 0.3, (accs, acc_one)
+    acc_in, tpf_in, _ = run_carry(carry, "carry", strategy="threshold", threshold=0.9)
+    assert acc_in >= 0.95 and tpf_in > 10, (acc_in, tpf_in)
+
+
+def test_carry_chain_freedave_keeps_one_token_per_step_accuracy_in_fewer_forwards(carry):
+    """FreeDave's claim on the task: the one-token-per-step tokens exactly, in fewer forwards."""
+    _, _, ref = run_carry(carry, "carry_chain", strategy="low_confidence")
+    acc, tpf, got = run_carry(carry, "carry_chain", strategy="freedave", draft_steps=4)
+    assert got.tokens == ref.tokens
+    assert tpf > 1.8 and got.nfe < ref.nfe, (tpf, got.nfe, ref.nfe)
+
+
+def test_carry_chain_hierarchy_decodes_more_per_forward_than_threshold_at_equal_accuracy(carry):
+    """docs/decoding_methods.md's finding: at the same tau, dInfer's hierarchical rule adds each run of masks'
+    best digit and keeps the threshold rule's accuracy, with more tokens per forward."""
+    acc_t, tpf_t, _ = run_carry(carry, "carry_chain", strategy="threshold", threshold=0.9998)
+    acc_h, tpf_h, _ = run_carry(carry, "carry_chain", strategy="hierarchy", threshold=0.9998, low_threshold=0.9)
+    assert acc_h >= acc_t - 0.01 and acc_h >= 0.95, (acc_h, acc_t)
+    assert tpf_h > 1.1 * tpf_t, (tpf_h, tpf_t)

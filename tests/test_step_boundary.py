@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from dllm_trt.runtime import GenerationConfig, generate
-from dllm_trt.runtime.settings import CACHE_MODES, STRATEGIES_FOR
+from dllm_trt.runtime.settings import STRATEGIES_FOR, cache_modes_for
 
 REPO = Path(__file__).resolve().parents[1]
 CKPTS = {n: REPO / "samples" / "checkpoints" / n for n in ("llada-tiny", "dream-tiny", "bd-tiny")}
@@ -125,7 +125,7 @@ def backends(tmp_path_factory):
 def test_only_rows_cross_the_boundary_torch(backends, name):
     tb, _ = backends[name]
     for strategy in STRATEGIES_FOR[tb.config.attention]:
-        for cache in CACHE_MODES[tb.config.attention]:
+        for cache in cache_modes_for(strategy, tb.config.attention):
             proxy = Counting(tb)
             gen = settings(name, strategy, cache)
             res = generate(proxy, PROMPTS, gen)
@@ -138,7 +138,7 @@ def test_only_rows_cross_the_boundary_ort_bound(backends, name):
     tb, ob = backends[name]
     assert ob.io_binding
     for strategy in STRATEGIES_FOR[ob.config.attention]:
-        for cache in CACHE_MODES[ob.config.attention]:
+        for cache in cache_modes_for(strategy, ob.config.attention):
             gen = settings(name, strategy, cache)
             proxy = Counting(ob)
             before = len(ob._buckets)

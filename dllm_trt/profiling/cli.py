@@ -33,7 +33,8 @@ def add_profile_commands(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="torch backend weights")
     p.add_argument("--threads", type=int, help="CPU threads (ORT intra-op / torch)")
     p.add_argument("--prompts", default="builtin",
-                   help="'builtin' (synthetic tasks with answers, seed 12345) or FILE.jsonl of {\"prompt\", \"answer\"?}")
+                   help="'builtin' (synthetic tasks with answers, seed 12345), 'builtin:TASK' (one task of "
+                        "dllm_trt.tasks, e.g. builtin:carry) or FILE.jsonl of {\"prompt\", \"answer\"?}")
     p.add_argument("--n", type=int, help="number of prompts (default: 20 builtin, 8 synthetic, all of a file)")
     p.add_argument("--synthetic-prompt-len", type=int, metavar="N",
                    help="random token-id prompts of N tokens (no tokenizer needed, no accuracy; implies --no-stop)")
@@ -51,6 +52,9 @@ def add_profile_commands(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--strategy", choices=list(STRATEGIES))
     p.add_argument("--threshold", type=float)
     p.add_argument("--factor", type=float)
+    from ..options import add_method_options
+
+    add_method_options(p)
     p.add_argument("--cache", choices=["none", "prefix", "dual", "block", "sub_block"])
     p.add_argument("--sub-block-length", type=int)
     p.add_argument("--temperature", type=float)

@@ -91,8 +91,11 @@ def compact_settings(s: dict, attention: str) -> str:
     """The decode settings that apply to this model family, e.g. 'strategy threshold 0.9, gen_length 16, ...'."""
     from ..runtime.settings import STEPPED
 
-    strategy = s["strategy"] + (f" {s['threshold']}" if s["strategy"] in ("threshold", "confidence_threshold") else
-                                f" {s['factor']}" if s["strategy"] == "factor" else "")
+    knobs = {"threshold": ["threshold"], "confidence_threshold": ["threshold"], "factor": ["factor"],
+             "hierarchy": ["threshold", "low_threshold"], "local_leap": ["threshold", "relaxed_threshold", "radius"],
+             "credit": ["threshold", "credit_alpha", "credit_gamma", "credit_decay"],
+             "sched": ["sched_high", "sched_low", "sched_shape"]}.get(s["strategy"], [])
+    strategy = " ".join([s["strategy"]] + [str(s[k]) for k in knobs if k in s])
     keys = (["gen_length", "block_length"] + (["steps"] if s["strategy"] in STEPPED else [])
             if attention == "bidirectional" else ["gen_length", "sub_block_length"])
     return ", ".join([f"strategy {strategy}"] + [f"{k} {s[k]}" for k in keys] + [f"cache {s['cache']}"])

@@ -61,7 +61,8 @@ def read_jsonl(path: str | Path) -> tuple[list[str], list[str | None]]:
 
 def load_prompts(spec: str, n: int | None, model_dir: Path, config, synthetic_len: int | None = None,
                  seed: int = 0) -> PromptSet:
-    """``builtin`` (dllm_trt.tasks, seed 12345, answers known), a .jsonl file, or random token ids."""
+    """``builtin`` (dllm_trt.tasks' mix, seed 12345, answers known), ``builtin:TASK`` (one task, e.g. carry),
+    a .jsonl file, or random token ids."""
     if synthetic_len is not None:
         if synthetic_len <= 0:
             raise DllmError("--synthetic-prompt-len must be positive")
@@ -76,10 +77,13 @@ def load_prompts(spec: str, n: int | None, model_dir: Path, config, synthetic_le
         raise DllmError(f"{model_dir} has no tokenizer.json; profile it with --synthetic-prompt-len N "
                         "(random token ids, no accuracy)")
     tok = TextTokenizer(model_dir)
-    if spec == "builtin":
-        from ..tasks import make_examples
+    if spec == "builtin" or spec.startswith("builtin:"):
+        from ..tasks import LONG_TASKS, TASKS, make_examples
 
-        exs = make_examples(n or 20, seed=BUILTIN_SEED)
+        task = spec.partition(":")[2] or None
+        if task is not None and task not in TASKS + LONG_TASKS:
+            raise DllmError(f"--prompts {spec}: unknown task {task!r}; use one of {', '.join(TASKS + LONG_TASKS)}")
+        exs = make_examples(n or 20, seed=BUILTIN_SEED, task=task)
         texts, answers = [e.prompt for e in exs], [e.answer for e in exs]
     else:
         texts, answers = read_jsonl(spec)

@@ -14,9 +14,10 @@ from ..errors import DllmError
 from ..runtime import GenerationConfig
 
 ALIASES = {"sub_block": "sub_block_length", "gen": "gen_length"}
-FLOATS = {"threshold", "factor", "temperature", "top_p"}
-INTS = {"block", "block_length", "sub_block_length", "gen_length", "steps", "top_k", "seed"}
-STRINGS = {"cache", "strategy"}
+FLOATS = {"threshold", "factor", "temperature", "top_p", "low_threshold", "relaxed_threshold", "credit_alpha",
+          "credit_gamma", "credit_decay", "sched_high", "sched_low"}
+INTS = {"block", "block_length", "sub_block_length", "gen_length", "steps", "top_k", "seed", "radius", "draft_steps"}
+STRINGS = {"cache", "strategy", "sched_shape"}
 WITHIN = 0.01  # "within 1 point" of the best exact match (fractions)
 
 

@@ -50,9 +50,11 @@ from ..errors import DllmError
 from .backends import StepOutput
 from .layout import attention_bias
 from .sampling import SAMPLE_STREAM, REMASK_STREAM, counter_uniform, propose, softmax64
+from .methods import CreditState
 from .settings import DREAM_SCHEDULED, SCHEDULED, STEPPED, GenerationConfig, GenerationResult, StepRecord
-from .unmask import (dream_count, dream_timesteps, select_budget, select_drawn, select_factor, select_first,
-                     select_threshold, select_top_k, torch_topk, transfer_schedule)
+from .unmask import (dream_count, dream_timesteps, logit_margin, sched_threshold, select_budget, select_drawn,
+                     select_factor, select_first, select_hierarchy, select_local_leap, select_threshold, select_top_k,
+                     torch_topk, transfer_schedule)
 
 
 @dataclass
@@ -134,6 +136,10 @@ class DecodeLoop:
         self.want_logits = self.gen.temperature > 0.0 or self.gen.cfg_scale > 0.0
         # SDAR's static/dynamic remasking: torch.topk over the whole span (see unmask_span_topk)
         self.span_topk = self.cfg.model_type == "sdar" and self.gen.strategy in ("low_confidence", "threshold")
+        g = self.gen
+        self.credit = CreditState(self.batch, g.credit_alpha, g.credit_gamma, g.credit_decay) \
+            if g.strategy == "credit" else None
+        self.progress = 0.0  # sched: the block's step / its steps (set by run_masked before each unmasking)
 
     # ------------------------------------------------------------------ one forward
     def forward(self, w: _Window, kind: str, write: bool, rows: np.ndarray) -> StepOutput:
@@ -227,11 +233,20 @@ class DecodeLoop:
         u = counter_uniform(g.seed, SAMPLE_STREAM, int(self.draws[b]), positions)
         return propose(rows, g.temperature, g.top_k, g.top_p, u)
 
-    def choose(self, conf: np.ndarray, count: int | None, u: np.ndarray | None) -> np.ndarray:
+    def choose(self, conf: np.ndarray, count: int | None, u: np.ndarray | None,
+               positions: np.ndarray | None = None) -> np.ndarray:
         """Indices of the candidates (in position order) the strategy fills this step; ``count`` is the
         schedule's count for the step (None: the rule alone decides, at least one token); ``u`` one
-        uniform per candidate (Dream's alg_temp draws; None where the strategy draws nothing)."""
+        uniform per candidate (Dream's alg_temp draws; None where the strategy draws nothing);
+        ``positions`` the candidates' positions (the rules that look at neighbours)."""
         g = self.gen
+        if g.strategy in ("hierarchy", "local_leap"):
+            pos = np.arange(conf.size) if positions is None else positions
+            if g.strategy == "hierarchy":
+                return select_hierarchy(conf, pos, g.threshold, g.low_threshold)
+            return select_local_leap(conf, pos, g.threshold, g.relaxed_threshold, g.radius)
+        if g.strategy == "credit":  # dInfer's threshold rule on the fused probabilities: >=, the top one always
+            return select_threshold(conf, g.threshold, True)
         if g.strategy == "confidence_threshold":
             return select_budget(conf, count or conf.size, g.threshold)
         if g.strategy in DREAM_SCHEDULED and g.alg_temp > 0:
@@ -263,6 +278,24 @@ class DecodeLoop:
                             "backend does not return; re-export the model with this dllm-trt (`dllm-trt export`)")
         return self._checked(stat[b, j].astype(np.float64), b)
 
+    def _sched_exits(self, out: StepOutput, b: int, j: np.ndarray) -> bool:
+        """SchED's test: the mean top-1/top-2 logit margin of the block's masked rows j reaches the threshold of
+        the block's progress. From the rows' logits when sampling, else from the graph's top-1 probability and
+        probability margin (logit_margin: the same number)."""
+        g = self.gen
+        if self.want_logits:
+            rows = out.logits[b, j].astype(np.float64)
+            if 0 <= self.mask_id < rows.shape[-1]:
+                rows[:, self.mask_id] = -np.inf
+            top2 = np.sort(rows, axis=-1)[:, -2:]
+            gap = top2[:, 1] - top2[:, 0]
+        else:
+            if out.margin is None:
+                raise DllmError("strategy 'sched' needs the graph's margin output, which this backend does not "
+                                "return; re-export the model with this dllm-trt (`dllm-trt export`)")
+            gap = logit_margin(out.confidence[b, j], out.margin[b, j])
+        return float(np.mean(gap)) >= sched_threshold(self.progress, g.sched_high, g.sched_low, g.sched_shape)
+
     def unmask(self, out: StepOutput, w: _Window, lo: np.ndarray, hi: np.ndarray, active: np.ndarray,
                quota: list[int] | None = None) -> None:
         """Fill masked positions of [lo_b, hi_b) from this forward's rows (read with ``fill_rows``)."""
@@ -288,8 +321,13 @@ class DecodeLoop:
             u = counter_uniform(g.seed, REMASK_STREAM, int(self.draws[b]), cand) if drawn else None
             if g.strategy == "random":
                 conf = u
+            elif g.strategy == "credit":
+                conf = self.credit.fuse(b, (int(lo[b]), int(hi[b])), cand, tokens, conf)
             self.draws[b] += 1
-            chosen = self.choose(conf, quota[b] if quota is not None else None, u)
+            if g.strategy == "sched" and self._sched_exits(out, b, j):
+                chosen = np.arange(j.size)  # SchED's early exit: the block's remaining masks, all at once
+            else:
+                chosen = self.choose(conf, quota[b] if quota is not None else None, u, j)
             self.x[b, cand[chosen]] = tokens[chosen]
             rec.unmasked[b] += int(chosen.size)
         if self.timer is not None:
@@ -414,6 +452,7 @@ class DecodeLoop:
                     past_visible = (idx < total[:, None]) & ~((idx >= start[:, None]) & (idx < e[:, None]))
                     w = self.window(start, g.block_length + lead, e, past_visible)
                     out = self.forward(w, "dual", False, self.fill_rows(w, s, g.block_length))
+                self.progress = step / steps_per_block if steps_per_block else 0.0
                 self.unmask(out, w, s, fill_end, pending, quota)
                 if budget is not None:
                     budget.update(step, np.minimum(quota, masked), self.steps[-1].unmasked)
@@ -544,6 +583,10 @@ def generate(backend, prompts: list[list[int]], gen: GenerationConfig | None = N
     """Decode ``gen.gen_length`` tokens after each prompt (token ids) with the given backend.
     ``timer``: optional profiling hooks (see the module docstring); None costs nothing."""
     loop = DecodeLoop(backend, prompts, gen or GenerationConfig(), timer)
+    if loop.gen.strategy == "freedave":
+        from .freedave import run_freedave
+
+        return run_freedave(loop)
     if loop.cfg.attention == "block_causal":
         return loop.run_blocks()
     return loop.run_masked()

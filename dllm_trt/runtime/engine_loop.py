@@ -187,9 +187,9 @@ class BatchEngine:
         self.config = backend.config
         self.gen = gen.resolved(self.config.attention)  # the server's defaults; requests vary a few fields
         self.max_batch, self.max_queue = max_batch, max_queue
-        if self.gen.cfg_scale > 0:
-            raise DllmError("classifier-free guidance (cfg_scale > 0) is not served: its forwards carry two rows per "
-                            "request; decode it with `dllm-trt run --cfg-scale`")
+        if self.gen.cfg_scale > 0 or self.gen.strategy == "freedave":
+            raise DllmError("classifier-free guidance (cfg_scale > 0) and FreeDave's drafts are not served: their "
+                            "forwards carry several batch rows per request; decode them with `dllm-trt run`")
         if getattr(backend, "device_type", None) == "cuda" and self.gen.cache == "none":
             # tests/test_gpu_decode.py::test_batch_engine_on_cuda_equals_solo, H200, 2026-11-29: with
             # ORT CUDA and CUDA graphs the no-cache mode returned wrong tokens (an immediate EOS) where the

@@ -6,18 +6,30 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..errors import DllmError
+from .unmask import SCHED_SHAPES
 
 # Dream's diffusion_generate algorithms keep their upstream names (generation_config.json's "alg").
 DREAM_SCHEDULED = ("maskgit_plus", "topk_margin", "entropy")  # Dream's timestep schedule, ranked by a statistic
-STRATEGIES = ("low_confidence", "random", "threshold", "factor", "sequential", *DREAM_SCHEDULED, "confidence_threshold")
-SCHEDULED = ("low_confidence", "random", "sequential")  # strategies that follow LLaDA's even per-step count
+# Later runtime-only methods (runtime/unmask.py, runtime/methods.py): dInfer's hierarchical and credit decoding,
+# LocalLeap (threshold rules, run until the block is filled) and SchED (LLaDA's schedule with an early exit).
+METHODS = ("hierarchy", "credit", "local_leap", "sched", "freedave")
+STRATEGIES = ("low_confidence", "random", "threshold", "factor", "sequential", *DREAM_SCHEDULED, "confidence_threshold",
+              *METHODS)
+SCHEDULED = ("low_confidence", "random", "sequential", "sched", "freedave")  # strategies that follow LLaDA's even per-step count
 STEPPED = SCHEDULED + DREAM_SCHEDULED + ("confidence_threshold",)  # strategies with a step budget per block
-BLOCK_STRATEGIES = ("low_confidence", "random", "threshold", "factor", "sequential")
+BLOCK_STRATEGIES = ("low_confidence", "random", "threshold", "factor", "sequential", "hierarchy", "credit",
+                    "local_leap")
+THRESHOLD_RULES = ("threshold", "hierarchy", "credit", "local_leap")  # strategies that read ``threshold``
 STRATEGIES_FOR = {"bidirectional": STRATEGIES, "block_causal": BLOCK_STRATEGIES}  # by ModelConfig.attention
 CACHE_MODES = {
     "bidirectional": ("none", "prefix", "dual"),
     "block_causal": ("none", "block", "sub_block"),
 }
+
+
+def cache_modes_for(strategy: str, attention: str) -> tuple[str, ...]:
+    """The cache modes a strategy runs with on a model of this attention (FreeDave: no cache)."""
+    return ("none",) if strategy == "freedave" else CACHE_MODES[attention]
 
 
 @dataclass
@@ -41,6 +53,18 @@ class GenerationConfig:
     Fast-dLLM's: a budget of ``block_length / steps_per_block`` per step, the most confident always
     taken, the others only at ``>= threshold``, the rest carried to the next step (steps added at
     the end until the block is filled).
+
+    Later runtime-only methods (sources and deviations in runtime/unmask.py and runtime/methods.py):
+    ``hierarchy`` (dInfer): above ``threshold``, plus the most confident of each run of consecutive masks
+    when above ``low_threshold``; ``local_leap`` (LocalLeap): ``threshold`` anchors, ``relaxed_threshold``
+    within ``radius`` positions of one; ``credit`` (dInfer): the threshold rule on probabilities fused with a
+    decaying credit of each position's repeated favourite (``credit_alpha``, ``credit_gamma``,
+    ``credit_decay``); ``sched`` (SchED): LLaDA's low-confidence schedule of ``steps`` that commits the whole
+    block once the mean top-1/top-2 logit margin of its masked positions reaches a threshold falling from
+    ``sched_high`` to ``sched_low`` over the block's steps (``sched_shape``: linear, cosine or exp);
+    ``freedave`` (FreeDave, runtime/freedave.py): the tokens of the low-confidence schedule of ``steps``,
+    exactly, in fewer forwards: each forward verifies ``draft_steps`` drafted steps at once (no cache,
+    temperature 0).
     """
 
     gen_length: int = 32
@@ -58,6 +82,16 @@ class GenerationConfig:
     cfg_scale: float = 0.0  # LLaDA's unsupervised classifier-free guidance (its generate's cfg_scale); no cache
     seed: int = 0
     stop_at_eos: bool = True
+    low_threshold: float = 0.4  # hierarchy: a run's most confident position is taken above this
+    relaxed_threshold: float = 0.75  # local_leap: threshold near an anchor
+    radius: int = 4  # local_leap: neighbourhood of an anchor, in positions
+    credit_alpha: float = 0.7  # credit: weight of log(1 + credit) added to the logits
+    credit_gamma: float = 0.2  # credit: a step adds p ** gamma to its top-1 token's credit
+    credit_decay: float = 0.8  # credit: credits decay by this factor every step
+    sched_high: float = 6.0  # sched: logit-margin threshold at the block's first step
+    sched_low: float = 2.0  # sched: ... and at its last
+    sched_shape: str = "linear"  # sched: linear | cosine | exp
+    draft_steps: int = 4  # freedave: steps drafted (and verified) per forward
 
     def resolved(self, attention: str) -> "GenerationConfig":
         """A copy with defaults filled in for this attention family; raises on bad combinations."""
@@ -86,8 +120,8 @@ class GenerationConfig:
                 raise DllmError(f"confidence_threshold needs block_length {c.block_length} divisible by the steps per "
                                 f"block ({c.steps // blocks}); pick steps so that each step has a whole budget")
         elif c.strategy not in BLOCK_STRATEGIES:
-            raise DllmError(f"strategy {c.strategy!r} is Dream's (bidirectional); a block-diffusion model uses "
-                            "low_confidence, random, threshold, factor or sequential")
+            raise DllmError(f"strategy {c.strategy!r} is for the bidirectional families (LLaDA, Dream); a "
+                            f"block-diffusion model uses {', '.join(BLOCK_STRATEGIES)}")
         elif c.sub_block_length <= 0:
             raise DllmError(f"sub_block_length {c.sub_block_length} must be positive")
         elif c.steps is not None and c.steps <= 0:
@@ -109,6 +143,21 @@ class GenerationConfig:
             raise DllmError("cfg_scale > 0 (LLaDA's classifier-free guidance) runs without a cache, as LLaDA's "
                             "generate does, on a bidirectional model with low_confidence, random, threshold or factor; "
                             f"got cache {c.cache!r}, strategy {c.strategy!r} on a {attention} model")
+        knobs = (c.low_threshold, c.relaxed_threshold, c.credit_alpha, c.credit_gamma, c.credit_decay, c.sched_high,
+                 c.sched_low)
+        if not all(math.isfinite(v) for v in knobs):
+            raise DllmError("low_threshold, relaxed_threshold, credit_* and sched_* must be finite numbers")
+        if c.radius < 0 or c.credit_alpha < 0 or c.credit_gamma <= 0 or not 0 <= c.credit_decay <= 1:
+            raise DllmError(f"need radius >= 0 (got {c.radius}), credit_alpha >= 0 (got {c.credit_alpha}), "
+                            f"credit_gamma > 0 (got {c.credit_gamma}) and 0 <= credit_decay <= 1 (got {c.credit_decay})")
+        if c.strategy == "freedave" and (c.cache != "none" or c.temperature > 0 or c.draft_steps < 1
+                                         or c.steps // (c.gen_length // c.block_length) > c.block_length):
+            raise DllmError("strategy 'freedave' needs cache none, temperature 0, draft_steps >= 1 and at most one "
+                            f"step per token (got cache {c.cache}, temperature {c.temperature}, draft_steps "
+                            f"{c.draft_steps}, steps {c.steps})")
+        if c.sched_shape not in SCHED_SHAPES or c.sched_low > c.sched_high:
+            raise DllmError(f"sched_shape must be one of {', '.join(SCHED_SHAPES)} (got {c.sched_shape!r}) and "
+                            f"sched_low ({c.sched_low}) <= sched_high ({c.sched_high})")
         return c
 
 

@@ -206,3 +206,75 @@ def torch_topk(values: np.ndarray, k: int) -> np.ndarray:
     _select(q, k - 1)
     _sort(q, 0, k - 1, 2 * (max(k - 1, 1).bit_length() - 1))
     return np.array([i for _, i in q[:k]], np.int64)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Later runtime-only methods (no retraining). Each reads only what the graph returns per row: the top-1 token,
+# its probability, and (SchED) the top-1 minus top-2 probability; see runtime/methods.py for the stateful parts.
+
+def mask_runs(positions: np.ndarray) -> np.ndarray:
+    """Run id of each candidate: candidates at consecutive positions (no decoded token between them) share one."""
+    if positions.size == 0:
+        return np.zeros(0, np.int64)
+    return np.concatenate([[0], np.cumsum(np.diff(positions) != 1)]).astype(np.int64)
+
+
+def select_hierarchy(conf: np.ndarray, positions: np.ndarray, threshold: float, low_threshold: float) -> np.ndarray:
+    """dInfer's hierarchical decoding (inclusionAI/dInfer, HierarchyDecoder; docs/source/start/advanced_decoding.rst):
+    every position above ``threshold``; in each run of consecutive masked positions, the most confident one when it
+    is above ``low_threshold``; and always the most confident position overall. Comparisons are strict (``>``) as
+    upstream; a tie inside a run takes every tied position, as upstream's equality with the run's maximum does."""
+    if conf.size == 0:
+        return np.zeros(0, np.int64)
+    runs = mask_runs(positions)
+    run_max = np.full(int(runs[-1]) + 1, -np.inf)
+    np.maximum.at(run_max, runs, conf)
+    chosen = ((conf == run_max[runs]) & (conf > low_threshold)) | (conf > threshold)
+    chosen[int(_by_confidence(conf)[0])] = True
+    return np.flatnonzero(chosen)
+
+
+def select_local_leap(conf: np.ndarray, positions: np.ndarray, threshold: float, relaxed: float,
+                      radius: int) -> np.ndarray:
+    """LocalLeap (Kong et al., arXiv 2510.07081, "local determinism propagation"): masked positions at or above
+    ``threshold`` are anchors; a masked position within ``radius`` positions of an anchor is committed at the
+    relaxed threshold ``relaxed`` (<= threshold), any other at ``threshold``; the most confident position always.
+    Without an anchor this is Fast-dLLM's threshold rule (``>=``)."""
+    if conf.size == 0:
+        return np.zeros(0, np.int64)
+    anchors = positions[conf >= threshold]
+    near = np.zeros(conf.size, bool)
+    if anchors.size:
+        near = (np.abs(positions[:, None] - anchors[None, :]) <= radius).any(axis=1)
+    chosen = conf >= np.where(near, relaxed, threshold)
+    chosen[int(_by_confidence(conf)[0])] = True
+    return np.flatnonzero(chosen)
+
+
+LOGIT_MARGIN_CAP = 23 * np.log(2.0)  # log(1 / float32 epsilon) = 15.94
+
+
+def logit_margin(conf: np.ndarray, prob_margin: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 *logit* from the top-1 probability p1 and the probability margin p1 - p2 the graph returns:
+    log p1 - log p2 (the softmax's normaliser cancels). The outputs are float32, so p2 = p1 - margin is known to
+    about p1 * 2^-23: margins beyond log(2^23) = 15.94 cannot be told apart and saturate there."""
+    p1 = np.asarray(conf, np.float64)
+    p2 = np.maximum(p1 - np.asarray(prob_margin, np.float64), p1 * 2.0 ** -23)
+    return np.log(p1) - np.log(p2)
+
+
+SCHED_SHAPES = ("linear", "cosine", "exp")
+
+
+def sched_threshold(progress: float, high: float, low: float, shape: str = "linear", rate: float = 4.0) -> float:
+    """SchED's progress-aware threshold tau(p) (Mohamed et al., arXiv 2512.02892): smooth and non-increasing from
+    ``high`` at p = 0 to ``low`` at p = 1 (``exp``: low + (high - low) e^(-rate p), reaching ``low`` only at
+    p -> inf)."""
+    p = min(max(float(progress), 0.0), 1.0)
+    if shape == "linear":
+        return high + (low - high) * p
+    if shape == "cosine":
+        return low + (high - low) * 0.5 * (1.0 + np.cos(np.pi * p))
+    if shape == "exp":
+        return low + (high - low) * float(np.exp(-rate * p))
+    raise ValueError(f"unknown SchED schedule {shape!r}; use one of {', '.join(SCHED_SHAPES)}")

@@ -154,35 +154,17 @@ def _select(q: list, nth: int) -> None:
 
 
 def _sort(q: list, first: int, last: int, depth: int) -> None:
-    """Introsort: partition ranges above 16 elements, then one insertion sort over the whole range."""
+    """Introsort: partition ranges above 16 elements (right part first, as libstdc++ recurses), then one
+    insertion sort over the whole range (libstdc++'s guarded + unguarded passes order equal keys the same)."""
     top = last
     while last - first > 16:
         if depth == 0:
             raise NotImplementedError("degenerate partitions (heap sort) are not reproduced")
         depth -= 1
         cut = _partition(q, first, last)
-        _sort_ranges(q, cut, last, depth)
+        _sort(q, cut, last, depth)
         last = cut
-    if top - first > 16:
-        _insertion_sort(q, first, first + 16)
-        for i in range(first + 16, top):
-            val, j = q[i], i
-            while _before(val, q[j - 1]):
-                q[j] = q[j - 1]
-                j -= 1
-            q[j] = val
-    else:
-        _insertion_sort(q, first, top)
-
-
-def _sort_ranges(q: list, first: int, last: int, depth: int) -> None:
-    while last - first > 16:
-        if depth == 0:
-            raise NotImplementedError("degenerate partitions (heap sort) are not reproduced")
-        depth -= 1
-        cut = _partition(q, first, last)
-        _sort_ranges(q, cut, last, depth)
-        last = cut
+    _insertion_sort(q, first, top)
 
 
 def torch_topk(values: np.ndarray, k: int) -> np.ndarray:

@@ -229,8 +229,22 @@ def test_method_settings_are_checked():
                 dict(sched_low=5.0, sched_high=2.0), dict(low_threshold=float("nan"))):
         with pytest.raises(DllmError):
             GenerationConfig(**bad).resolved("bidirectional")
-    with pytest.raises(DllmError, match="bidirectional"):
-        GenerationConfig(strategy="sched").resolved("block_causal")
+    GenerationConfig(strategy="sched").resolved("block_causal")  # block diffusion: per sub-block (below)
+
+
+def test_sched_on_block_diffusion_exits_per_sub_block(tiny_backend):
+    """Block diffusion: SchED's progress is the sub-block's step over its steps. A threshold never met gives the
+    low-confidence schedule exactly; one always met commits each sub-block on its first forward."""
+    be = tiny_backend("block_diffusion", sharpen=3.0)
+    prompts = [[5, 9, 12, 7, 30], [11, 4, 8, 20, 21, 22, 3, 17, 6]]
+    base = dict(gen_length=16, sub_block_length=4, steps=8, cache="block", stop_at_eos=False)
+    schedule = generate(be, prompts, GenerationConfig(strategy="low_confidence", **base))
+    never = generate(be, prompts, GenerationConfig(strategy="sched", sched_high=1e9, sched_low=1e9, **base))
+    assert never.tokens == schedule.tokens and never.nfe == schedule.nfe
+    always = generate(be, prompts, GenerationConfig(strategy="sched", sched_high=0.0, sched_low=0.0, **base))
+    assert always.nfe < schedule.nfe
+    assert max(max(s.unmasked) for s in always.steps) == 4  # a whole sub-block at once (the schedule: 1 per step)
+    assert max(max(s.unmasked) for s in schedule.steps) == 1
 
 
 # ----------------------------------------------------------------------------- determinism on real models

@@ -546,6 +546,7 @@ class DecodeLoop:
                         kind, write = "block", g.cache == "sub_block"
                     out = self.forward(w, kind, write, self.fill_rows(w, a, sb))
                     quota = [schedule[min(step, len(schedule) - 1)]] * B if schedule else None
+                    self.progress = step / (len(schedule) if schedule else sb)  # sched: the sub-block's progress
                     self.unmask(out, w, a, z, pending, quota)
                     if g.stop_at_eos:
                         done |= self.stopped(pending, e)

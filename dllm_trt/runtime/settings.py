@@ -18,7 +18,7 @@ STRATEGIES = ("low_confidence", "random", "threshold", "factor", "sequential", *
 SCHEDULED = ("low_confidence", "random", "sequential", "sched", "freedave")  # strategies that follow LLaDA's even per-step count
 STEPPED = SCHEDULED + DREAM_SCHEDULED + ("confidence_threshold",)  # strategies with a step budget per block
 BLOCK_STRATEGIES = ("low_confidence", "random", "threshold", "factor", "sequential", "hierarchy", "credit",
-                    "local_leap")
+                    "local_leap", "sched")
 THRESHOLD_RULES = ("threshold", "hierarchy", "credit", "local_leap")  # strategies that read ``threshold``
 STRATEGIES_FOR = {"bidirectional": STRATEGIES, "block_causal": BLOCK_STRATEGIES}  # by ModelConfig.attention
 CACHE_MODES = {

@@ -71,12 +71,19 @@ def lm_head(model) -> torch.Tensor:
     return model.model.embed_tokens.weight if c.tie_word_embeddings else model.lm_head.weight
 
 
-def make_checkpoint(path: Path, variant: str, seed: int = 0) -> Path:
-    """A random tiny model with a sharpened LM head (random heads give near-uniform, tie-prone softmax)."""
+def sharpened_model(variant: str, seed: int = 0, **raw_overrides):
+    """A random tiny model with a sharpened LM head (random heads give near-uniform, tie-prone softmax);
+    ``raw_overrides`` replace config.json keys of ``raw_config``."""
     torch.manual_seed(seed)
-    model = build_model(ModelConfig.from_dict(raw_config(variant))).eval()
+    model = build_model(ModelConfig.from_dict({**raw_config(variant), **raw_overrides})).eval()
     with torch.no_grad():
         lm_head(model).mul_(4.0)
+    return model
+
+
+def make_checkpoint(path: Path, variant: str, seed: int = 0, **raw_overrides) -> Path:
+    """``sharpened_model`` saved with the task tokenizer and generation settings."""
+    model = sharpened_model(variant, seed, **raw_overrides)
     gen = {"gen_length": 16, "block_length": 8, "steps": 16, "strategy": "low_confidence"}
     save_model(model, path, extra_files={"tokenizer.json": build_tokenizer_json(),
                                          "generation_config.json": json.dumps({"eos_token_id": 0}),

@@ -21,17 +21,15 @@ from dllm_trt.runtime.backends.ort_backend import OrtBackend
 from dllm_trt.runtime.backends.torch_backend import TorchBackend
 from dllm_trt.runtime.settings import CACHE_MODES
 
-from test_export_ort import PROMPTS, assert_same_run, gen_config, lm_head, raw_config
+from test_export_ort import PROMPTS, assert_same_run, gen_config, make_checkpoint, sharpened_model
 
 VARIANTS = ("llada", "dream", "block_diffusion", "sdar")
 ATTENTION = {"llada": "bidirectional", "dream": "bidirectional", "block_diffusion": "block_causal",
              "sdar": "block_causal"}
 
 
-def config_dict(variant: str, kv_heads: int) -> dict:
-    raw = raw_config(variant)
-    raw["n_kv_heads" if variant == "llada" else "num_key_value_heads"] = kv_heads
-    return raw
+def kv_override(variant: str, kv_heads: int) -> dict:
+    return {"n_kv_heads" if variant == "llada" else "num_key_value_heads": kv_heads}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -46,21 +44,13 @@ def one_torch_thread():
 def fused(tmp_path_factory):
     """Factory ``fused(variant, kv_heads) -> (checkpoint, artefact, report, model)`` (cached): a random tiny
     model with a sharpened head, exported with --ops ort (validated)."""
-    from dllm_trt.config import ModelConfig
-    from dllm_trt.models import build_model, save_model
-    from dllm_trt.tasks import build_tokenizer_json
-
     made: dict = {}
 
     def make(variant: str, kv_heads: int):
         if (variant, kv_heads) not in made:
             root = tmp_path_factory.mktemp(f"fused-{variant}-{kv_heads}")
-            torch.manual_seed(1)
-            model = build_model(ModelConfig.from_dict(config_dict(variant, kv_heads))).eval()
-            with torch.no_grad():
-                lm_head(model).mul_(4.0)
-            save_model(model, root / "ckpt", extra_files={"tokenizer.json": build_tokenizer_json(),
-                                                          "generation_config.json": json.dumps({"eos_token_id": 0})})
+            make_checkpoint(root / "ckpt", variant, seed=1, **kv_override(variant, kv_heads))
+            model = sharpened_model(variant, 1, **kv_override(variant, kv_heads))
             report = export_onnx(root / "ckpt", root / "artefact", ops="ort", progress=False, log=lambda s: None)
             made[variant, kv_heads] = (root / "ckpt", root / "artefact", report, model)
         return made[variant, kv_heads]

@@ -296,6 +296,20 @@ def cmd_e2e(args) -> None:
         run.pop("trace", None)
     print(format_report(report), flush=True)
     report["ops"] = args.ops[0]
+    if args.sampling:  # temperature 0.7, top-p 0.95, dual cache: the sampler graph on the device vs the host
+        sampler = backend.sampler
+        report["sampling"] = {}
+        for where in ("device", "host"):
+            backend.sampler = sampler if where == "device" else None
+            sargv = argv[:argv.index("--sweep")] + ["--cache", "dual", "--temperature", "0.7", "--top-p", "0.95",
+                                                    "--seed", "1", "--sweep", f"steps={GEN},{GEN // 4}"] + \
+                argv[argv.index("--warmup"):]
+            rep = profile_engine(build_parser().parse_args(sargv), backend=backend)
+            for run in rep["runs"]:
+                run.pop("trace", None)
+            print(f"sampling on the {where}:\n" + format_report(rep), flush=True)
+            report["sampling"][where] = rep["runs"]
+        backend.sampler = sampler
     save_json(work, "e2e.json", report)
 
 
@@ -400,6 +414,18 @@ def cmd_table(args) -> None:
                 cell = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
                 print(f"| {cache} | {GEN // steps} | {cell(fast, '.1f')} | {cell(ours, '.1f')} | {cell(fwd_ms, '.2f')} | "
                       f"{cell(host, '.3f')} | {cell(ours / fast if ours and fast else None, '.2f')}x |")
+    if e2e and e2e.get("sampling"):
+        print("\nsampling (dual cache, temperature 0.7, top-p 0.95): the sampler graph on the device vs logits to the host")
+        print("| tokens/step | where | tok/s | forward ms (median) | unmask ms/step | host ms/step |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for steps in (GEN, GEN // 4):
+            for where, runs in e2e["sampling"].items():
+                run = next((r for r in runs if r.get("status") == "ok" and r["settings"]["steps"] == steps), None)
+                if run:
+                    sb = run["step_breakdown"]
+                    print(f"| {GEN // steps} | {where} | {run['tokens_per_second']:.1f} | "
+                          f"{run['forward_latency_ms']['all']['median']:.2f} | {sb['unmask']['per_step_ms']:.3f} | "
+                          f"{sb['host_overhead']['per_step_ms']:.3f} |")
 
 
 def main() -> None:
@@ -417,6 +443,8 @@ def main() -> None:
                        help="graph flavours, comma-separated (dllm-trt export --ops); e2e profiles the first")
         p.add_argument("--graphs", default="on,off", help="ort phase: CUDA graphs on, off or both")
         p.add_argument("--export-later", action="store_true", help="prepare: save the checkpoint, export in `export`")
+        p.add_argument("--sampling", action="store_true",
+                       help="e2e: also temperature 0.7 / top-p 0.95 (dual cache), sampled on the device and on the host")
     args = ap.parse_args()
     args.ops = [o for o in args.ops.split(",") if o]
     args.graphs = [{"on": True, "off": False}[g] for g in args.graphs.split(",") if g]

@@ -26,6 +26,16 @@ or slices the cache; it writes the presents of the tokens it keeps into the cach
 graph: per step only ``B x R`` token ids and their statistics leave the device. The statistics
 are computed with ArgMax + gather (the second best: ArgMax again after -inf at the first), Exp and
 ReduceSum, never a ReduceMax over the vocabulary (slow on ONNX Runtime's CUDA provider).
+
+Sampler graph (``sampler.onnx``, optional; export/sampler.py): sampling at temperature > 0 on the
+device from the ``logits`` output the step left there::
+
+    inputs   logits [B, R, V] float32, uniform [B, R] float64 (one draw per row, runtime.sampling),
+             temperature [1] float64, top_k [1] int64 (1 when off), top_k_on [1] bool,
+             top_p [1] float64, top_p_k [1] int64 (V when on, else 1), top_p_on [1] bool
+    outputs  tokens [B, R] int64, confidence [B, R] float64 (the token's probability under the filtered
+             distribution), margin / neg_entropy [B, R] float64 (of the tempered, unfiltered distribution),
+             logit_gap [B, R] float64 (top-1 minus top-2 logit)
 """
 from __future__ import annotations
 
@@ -41,6 +51,9 @@ FORMAT_VERSION = 2  # bump when the graph contract or dllm_config.json changes i
 CONFIG_FILE = "dllm_config.json"
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
+SAMPLER_FILE = "sampler.onnx"
+SAMPLER_INPUTS = ("logits", "uniform", "temperature", "top_k", "top_k_on", "top_p", "top_p_k", "top_p_on")
+SAMPLER_OUTPUTS = ("tokens", "confidence", "margin", "neg_entropy", "logit_gap")
 CACHE_LAYOUT = ("per-layer K/V [B, Hkv, C, D], position-indexed; the whole buffer is the past (P = C); "
                 "present = current tokens, written into the cache in place by the runtime")
 

@@ -121,15 +121,18 @@ def test_cuda_equals_cpu_every_strategy_and_cache(backends, exports, name):
 
 @pytest.mark.parametrize("name", list(CKPTS))
 def test_cuda_random_and_sampling_equal_cpu(backends, exports, name):
-    """The counter-based stream: random remasking and seeded sampling give the CPU's tokens on the GPU."""
+    """The counter-based stream: random remasking and seeded sampling give the CPU's tokens on the GPU, where
+    sampling runs in the sampler graph on the device (every node on CUDA: the session refuses CPU fallback)."""
     b = backends(name)
+    assert b["graph"].samples_on_device and b["eager"].samples_on_device and not b["cpu"].samples_on_device
     prompts = prompts_for(exports[name, "fp32"])
-    cache = CACHE_MODES[b["cpu"].config.attention][-1]
-    for g in (gen("random", cache, seed=5), gen("low_confidence", cache, temperature=1.0, top_k=8, seed=7),
-              gen("threshold", cache, temperature=0.8, top_p=0.9, seed=9)):
-        ref = generate(b["cpu"], prompts, g)
-        for mode in ("graph", "eager"):
-            assert_same(ref, generate(b[mode], prompts, g), f"{name}/{g.strategy}/T={g.temperature}/{mode}")
+    for cache in CACHE_MODES[b["cpu"].config.attention]:
+        for g in (gen("random", cache, seed=5), gen("low_confidence", cache, temperature=1.0, top_k=8, seed=7),
+                  gen("threshold", cache, temperature=0.8, top_p=0.9, seed=9),
+                  gen("threshold", cache, temperature=0.5, top_k=20, top_p=0.8, seed=4)):
+            ref = generate(b["cpu"], prompts, g)
+            for mode in ("graph", "eager"):
+                assert_same(ref, generate(b[mode], prompts, g), f"{name}/{g.strategy}/{cache}/T={g.temperature}/{mode}")
 
 
 def test_cuda_fp16(backends, exports):

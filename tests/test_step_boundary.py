@@ -33,6 +33,16 @@ class Counting:
         self.inner, self.config = inner, inner.config
         self.caches: list = []
         self.steps: list[dict] = []
+        self.samples: list[dict] = []
+
+    @property
+    def samples_on_device(self):
+        return getattr(self.inner, "samples_on_device", False)
+
+    def sample(self, temperature, top_k, top_p, uniform):
+        out = self.inner.sample(temperature, top_k, top_p, uniform)
+        self.samples.append({"uniform": uniform, "out": out})
+        return out
 
     def allocate_cache(self, batch, capacity):
         cache = self.inner.allocate_cache(batch, capacity)
@@ -162,13 +172,23 @@ def test_only_rows_cross_the_boundary_ort_bound(backends, name):
 
 
 def test_sampling_asks_for_the_rows_logits_only(backends):
-    """At temperature > 0 the loop asks for logits, and gets only the read rows' ([B, R, V])."""
+    """At temperature > 0 the torch backend (no device sampler) is asked for logits, and gives only the read
+    rows' ([B, R, V]); ORT's bound path samples on the device: no logits cross, one [B, R] result per step."""
     tb, ob = backends["llada-tiny"]
-    for be in (tb, ob):
-        proxy = Counting(be)
-        generate(proxy, PROMPTS, GenerationConfig(gen_length=16, block_length=8, steps=8, cache="dual",
-                                                  temperature=1.0, seed=3))
-        for s in proxy.steps:
-            b, r = s["inputs"][4].shape
-            assert s["want_logits"] is True and s["out"].logits.shape == (b, r, be.config.vocab_size)
-            assert r == 8  # a block of rows, not the sequence
+    gen = GenerationConfig(gen_length=16, block_length=8, steps=8, cache="dual", temperature=1.0, seed=3)
+    proxy = Counting(tb)
+    host = generate(proxy, PROMPTS, gen)
+    for s in proxy.steps:
+        b, r = s["inputs"][4].shape
+        assert s["want_logits"] is True and s["out"].logits.shape == (b, r, tb.config.vocab_size)
+        assert r == 8  # a block of rows, not the sequence
+    assert ob.samples_on_device
+    proxy = Counting(ob)
+    device = generate(proxy, PROMPTS, gen)
+    assert_lean_steps(proxy, gen, "ort-bound/sampling")  # no logits asked for, none returned
+    assert len(proxy.samples) == len(proxy.steps)  # one device sampling per forward
+    for s, smp in zip(proxy.steps, proxy.samples):
+        b, r = s["inputs"][4].shape
+        assert smp["uniform"].shape == (b, r) and smp["out"].logits is None
+        assert all(getattr(smp["out"], n).shape == (b, r) for n in ("tokens", "confidence", "margin", "neg_entropy"))
+    assert device.tokens == host.tokens  # the same draws, sampled on the host from logits or on the device

@@ -132,8 +132,11 @@ class DecodeLoop:
         self._bias: np.ndarray | None = None
         self.live = np.ones(self.batch, bool)  # not yet finished
         self.draws = np.zeros(self.batch, np.int64)  # random draws per sequence (counter of the stream)
-        # only sampling and classifier-free guidance read the rows' logits
-        self.want_logits = self.gen.temperature > 0.0 or self.gen.cfg_scale > 0.0
+        # Sampling runs on the device when the backend can (its logits never leave it); otherwise sampling and
+        # classifier-free guidance read the rows' logits on the host.
+        self.device_sampling = (self.gen.temperature > 0.0 and self.gen.cfg_scale == 0.0
+                                and bool(getattr(backend, "samples_on_device", False)))
+        self.want_logits = (self.gen.temperature > 0.0 and not self.device_sampling) or self.gen.cfg_scale > 0.0
         # SDAR's static/dynamic remasking: torch.topk over the whole span (see unmask_span_topk)
         self.span_topk = self.cfg.model_type == "sdar" and self.gen.strategy in ("low_confidence", "threshold")
         g = self.gen
@@ -289,6 +292,8 @@ class DecodeLoop:
                 rows[:, self.mask_id] = -np.inf
             top2 = np.sort(rows, axis=-1)[:, -2:]
             gap = top2[:, 1] - top2[:, 0]
+        elif out.logit_gap is not None:  # sampled on the device: the sampler's exact logit gap
+            gap = out.logit_gap[b, j]
         else:
             if out.margin is None:
                 raise DllmError("strategy 'sched' needs the graph's margin output, which this backend does not "
@@ -304,6 +309,8 @@ class DecodeLoop:
         rec = self.steps[-1]
         rec.live = [bool(a) and l for a, l in zip(active, rec.live)]  # waiting sequences do not count
         g = self.gen
+        if self.device_sampling:
+            out = self.sample_on_device(out, lo)
         for b in np.flatnonzero(active):
             j = np.flatnonzero(self.x[b, lo[b]: hi[b]] == self.mask_id)
             if j.size == 0:
@@ -332,6 +339,16 @@ class DecodeLoop:
             rec.unmasked[b] += int(chosen.size)
         if self.timer is not None:
             self.timer.unmask_end()
+
+    def sample_on_device(self, out: StepOutput, lo: np.ndarray) -> StepOutput:
+        """Every read row sampled where the forward left its logits (the backend's sampler graph): row r of
+        sequence b predicts position lo_b + r and draws the uniform the host path would draw for it (same
+        stream, same counter: no sequence has drawn yet in this unmasking), so the tokens are the host's."""
+        g = self.gen
+        r = out.tokens.shape[1]
+        u = np.stack([counter_uniform(g.seed, SAMPLE_STREAM, int(self.draws[b]), lo[b] + np.arange(r))
+                      for b in range(self.batch)])
+        return self.backend.sample(g.temperature, g.top_k, g.top_p, u)
 
     def unmask_span_topk(self, out: StepOutput, b: int, lo: int, hi: int, k: int) -> None:
         """SDAR's low_confidence_static / _dynamic as its generate.py runs them: ``torch.topk`` of the span's
@@ -501,6 +518,8 @@ class DecodeLoop:
             if self.timer is not None:
                 self.timer.unmask_start()
             rec = self.steps[-1]
+            if self.device_sampling:
+                out = self.sample_on_device(out, n)  # row 0 predicts position n_b
             for b in np.flatnonzero(who):
                 tok, _ = self._propose(out, b, np.zeros(1, np.int64), n[b: b + 1])
                 self.x[b, n[b]] = tok[0]

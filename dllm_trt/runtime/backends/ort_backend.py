@@ -22,15 +22,16 @@ Logits leave the device only when the loop asks for them (sampling at temperatur
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...config import ModelConfig
-from ...contract import (CONFIG_FILE, KV_TYPES, MODEL_FILE, ROW_STATS, config_from_artifact, input_names,
-                         output_names, past_names, present_names, read_artifact_config)
+from ...contract import (CONFIG_FILE, KV_TYPES, MODEL_FILE, ROW_STATS, SAMPLER_FILE, SAMPLER_OUTPUTS,
+                         config_from_artifact, input_names, output_names, past_names, present_names,
+                         read_artifact_config)
 from ...errors import DllmError
 from .base import StepOutput, check_forward_args
 
@@ -78,7 +79,17 @@ class _HostMemory:
     def download(self, t: _Tensor) -> np.ndarray:
         return t.host.copy()
 
-    def scatter(self, presents: list[_Tensor], caches: list[_Tensor], pos: np.ndarray) -> None:
+    def block(self, nbytes: int) -> "_Block":
+        host = np.zeros(nbytes, np.uint8)  # the bound memory itself: staging and device are one
+        return _Block(host, host.ctypes.data)
+
+    def upload_block(self, blk: "_Block", nbytes: int) -> None:
+        pass
+
+    def download_block(self, blk: "_Block", nbytes: int) -> np.ndarray:
+        return blk.host[:nbytes].copy()
+
+    def scatter(self, presents: list[_Tensor], caches: list[_Tensor], pos: np.ndarray, pos_ptr: int) -> None:
         bi, li = np.nonzero(pos >= 0)
         pi = pos[bi, li]
         for src, dst in zip(presents, caches):
@@ -96,7 +107,6 @@ class _CudaMemory:
         self.device_id = device_id
         self.device = CudaDevice(device_id)
         self._tables: dict[tuple[int, ...], tuple[int, int]] = {}
-        self._pos: dict[tuple[int, int], int] = {}
 
     def empty(self, shape: tuple[int, ...], elem: str) -> _Tensor:
         ort = _import_ort()
@@ -119,7 +129,20 @@ class _CudaMemory:
         self.device.dtoh_sync(out, t.ptr)
         return out
 
-    def scatter(self, presents: list[_Tensor], caches: list[_Tensor], pos: np.ndarray) -> None:
+    def block(self, nbytes: int) -> "_Block":
+        ptr = self.device.alloc(nbytes)
+        self.device.zero(ptr, nbytes)
+        self.device.sync()
+        return _Block(np.zeros(nbytes, np.uint8), ptr)
+
+    def upload_block(self, blk: "_Block", nbytes: int) -> None:
+        self.device.htod_sync(blk.ptr, blk.host[:nbytes])
+
+    def download_block(self, blk: "_Block", nbytes: int) -> np.ndarray:
+        self.device.dtoh_sync(blk.host[:nbytes], blk.ptr)
+        return blk.host[:nbytes].copy()
+
+    def scatter(self, presents: list[_Tensor], caches: list[_Tensor], pos: np.ndarray, pos_ptr: int) -> None:
         key = tuple(t.ptr for t in presents) + tuple(t.ptr for t in caches)
         if key not in self._tables:  # pointer tables: made once per (bucket, cache) pair
             src = np.array([t.ptr for t in presents], np.uint64)
@@ -129,16 +152,34 @@ class _CudaMemory:
             self.device.htod_sync(ptrs[1], dst)
             self._tables[key] = ptrs
         src_table, dst_table = self._tables[key]
-        b, l = pos.shape
-        if (b, l) not in self._pos:
-            self._pos[(b, l)] = self.device.alloc(b * l * 8)
-        pos_ptr = self._pos[(b, l)]
-        self.device.htod_sync(pos_ptr, np.ascontiguousarray(pos, np.int64))
+        b, l = pos.shape  # pos_ptr: the positions, already on the device (uploaded with the step's inputs)
         _, heads, length, d = presents[0].shape
         capacity = caches[0].shape[2]
         self.device.scatter_kv(src_table, dst_table, len(presents), pos_ptr, b, heads, length, capacity,
                                d * presents[0].dtype.itemsize)
         self.device.sync()
+
+
+class _Block:
+    """Small tensors that travel together: one upload (a step's ids, positions, row index and write
+    positions) or one download (a step's row statistics) instead of one per tensor. ``host`` is the
+    staging copy (on the CPU provider it is the bound memory itself), ``ptr`` the bound address."""
+
+    def __init__(self, host: np.ndarray, ptr: int):
+        self.host, self.ptr = host, ptr
+
+    def view(self, offset: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return self.host[offset: offset + n].view(dtype).reshape(shape)
+
+
+def _layout(parts: list[tuple[str, tuple[int, ...], Any]]) -> tuple[dict[str, tuple[int, tuple, Any]], int]:
+    """Offsets of named tensors packed back to back (each 8-byte aligned); returns (name -> spec, total bytes)."""
+    out, off = {}, 0
+    for name, shape, dtype in parts:
+        out[name] = (off, shape, np.dtype(dtype))
+        off += -(-int(np.prod(shape)) * np.dtype(dtype).itemsize // 8) * 8
+    return out, off
 
 
 # ---------------------------------------------------------------------- caches and buckets
@@ -164,14 +205,21 @@ class OrtCache:
 class _Bucket:
     """Everything one (B, L, P, R, cache) shape needs on the bound path, made once."""
 
-    inputs: dict[str, _Tensor]
-    outputs: dict[str, _Tensor]
     binding: Any
     graph_id: int  # gpu_graph_id of its CUDA graph (-1: none)
     run_options: Any  # ORT RunOptions naming that graph (None without CUDA graphs)
+    bias: _Tensor
+    logits: _Tensor  # [B, R, V]: written every step, downloaded only when asked, read by the sampler in place
+    presents: list[_Tensor]
+    in_block: _Block
+    in_layout: dict[str, tuple[int, tuple, Any]]
+    in_bytes: int
+    out_block: _Block
+    out_layout: dict[str, tuple[int, tuple, Any]]
+    out_bytes: int
     last_bias: np.ndarray | None = None
     runs: int = 0
-    presents: list[_Tensor] = field(default_factory=list)
+    sampler: Any = None  # (IO binding, uniform block, output block, layout) of the sampler graph, made on first use
 
 
 class OrtBackend:
@@ -207,6 +255,13 @@ class OrtBackend:
         self._buckets: dict[tuple, _Bucket] = {}
         self._caches: dict[tuple[int, int], OrtCache] = {}
         self._empty: dict[int, list[Any]] = {}
+        self._last: _Bucket | None = None  # the bucket of the latest forward (its logits are what sample() reads)
+        self.sampler = None  # the session of sampler.onnx (export/sampler.py) on the bound path, if the export has one
+
+    @property
+    def samples_on_device(self) -> bool:
+        """Sampling at temperature > 0 runs on the device (:meth:`sample`): only B x R numbers come back."""
+        return self.sampler is not None
 
     @classmethod
     def from_pretrained(cls, artifact_dir: str | Path, provider: str = "cpu", device_id: int = 0,
@@ -267,7 +322,23 @@ class OrtBackend:
         names = [i.name for i in session.get_inputs()]
         if names != input_names(config.num_layers):
             raise DllmError(f"{model_path} does not have the inputs of artefact format 2 ({names[:4]}...); re-export it")
-        return cls(artifact_dir, meta, config, session, device_type, device_id, io_binding, cuda_graph)
+        backend = cls(artifact_dir, meta, config, session, device_type, device_id, io_binding, cuda_graph)
+        sampler_path = Path(artifact_dir) / SAMPLER_FILE
+        if io_binding and sampler_path.is_file():
+            sopts = ort.SessionOptions()
+            sopts.log_severity_level = 3
+            if intra_op_threads:
+                sopts.intra_op_num_threads = int(intra_op_threads)
+            if ep != "CPUExecutionProvider":  # every node on the device, or no sampler (a vocabulary-sized copy otherwise)
+                sopts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+            sampler_options = {k: v for k, v in options.items() if k != "enable_cuda_graph"}
+            try:
+                backend.sampler = ort.InferenceSession(str(sampler_path), sess_options=sopts,
+                                                       providers=[(ep, sampler_options)] + providers[1:])
+            except Exception as e:
+                raise DllmError(f"ONNX Runtime could not load {sampler_path} with {ep}: {e}; re-export the model "
+                                "with this dllm-trt, or delete the file to sample on the host") from e
+        return backend
 
     # ------------------------------------------------------------------ cache
     def _check_len(self, needed: int, what: str) -> None:
@@ -348,29 +419,39 @@ class OrtBackend:
         if bucket is not None:
             return bucket
         c, mem = self.config, self._memory
-        inputs = {"input_ids": mem.empty((b, l), "int64"), "position_ids": mem.empty((b, l), "int64"),
-                  "attention_bias": mem.empty((b, 1, l, p + l), "float32"), "logits_index": mem.empty((b, r), "int64")}
-        outputs = {name: mem.empty((b, r), "int64" if name == "tokens" else "float32") for name in ROW_STATS}
-        outputs["logits"] = mem.empty((b, r, c.vocab_size), "float32")
+        # the step's small inputs in one block (one upload), its row statistics in another (one download)
+        in_layout, in_bytes = _layout([("input_ids", (b, l), np.int64), ("position_ids", (b, l), np.int64),
+                                       ("logits_index", (b, r), np.int64), ("write_pos", (b, l), np.int64)])
+        out_layout, out_bytes = _layout([("tokens", (b, r), np.int64), ("confidence", (b, r), np.float32),
+                                         ("margin", (b, r), np.float32), ("neg_entropy", (b, r), np.float32)])
+        in_block, out_block = mem.block(in_bytes), mem.block(out_bytes)
+        bias = mem.empty((b, 1, l, p + l), "float32")
+        logits = mem.empty((b, r, c.vocab_size), "float32")
         presents = [mem.empty((b, c.num_kv_heads, l, c.head_dim), self.kv_type) for _ in self._present]
-        outputs.update(zip(self._present, presents))
         io = self.session.io_binding()
-        for name, t in inputs.items():
-            io.bind_ortvalue_input(name, t.value)
+        where = (mem.name, self.device_id if mem.name == "cuda" else 0)
+        for name in ("input_ids", "position_ids", "logits_index"):
+            off, shape, dtype = in_layout[name]
+            io.bind_input(name, *where, dtype, list(shape), in_block.ptr + off)
+        io.bind_ortvalue_input("attention_bias", bias.value)
         if p:
             for name, t in zip(self._past, cache.flat()):
                 io.bind_ortvalue_input(name, t.value)
         else:
             for name, value in zip(self._past, self._empty_past_bound(b)):
                 io.bind_ortvalue_input(name, value)
-        for name, t in outputs.items():
+        for name, (off, shape, dtype) in out_layout.items():
+            io.bind_output(name, *where, dtype, list(shape), out_block.ptr + off)
+        io.bind_ortvalue_output("logits", logits.value)
+        for name, t in zip(self._present, presents):
             io.bind_ortvalue_output(name, t.value)
         graph_id = len(self._buckets) if self.cuda_graph else -1
         run_options = None
         if graph_id >= 0:  # which CUDA graph this bucket captures and replays
             run_options = _import_ort().RunOptions()
             run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
-        bucket = _Bucket(inputs, outputs, io, graph_id, run_options, presents=presents)
+        bucket = _Bucket(io, graph_id, run_options, bias, logits, presents, in_block, in_layout, in_bytes,
+                         out_block, out_layout, out_bytes)
         self._buckets[key] = bucket
         return bucket
 
@@ -386,19 +467,69 @@ class OrtBackend:
         mem = self._memory
         b, l = ids.shape
         bucket = self._bucket(b, l, past_len, index.shape[1], cache)
-        mem.upload(bucket.inputs["input_ids"], ids)
-        mem.upload(bucket.inputs["position_ids"], pos)
-        mem.upload(bucket.inputs["logits_index"], index)
+        staged = {"input_ids": ids, "position_ids": pos, "logits_index": index}
+        if write_pos is not None:
+            staged["write_pos"] = write_pos
+        for name, a in staged.items():
+            off, shape, dtype = bucket.in_layout[name]
+            bucket.in_block.view(off, shape, dtype)[...] = a
+        # one upload: ids, positions, rows (and the write positions the cache kernel reads)
+        mem.upload_block(bucket.in_block, bucket.in_bytes if write_pos is not None else bucket.in_layout["write_pos"][0])
         if bucket.last_bias is not bias and (bucket.last_bias is None or not np.array_equal(bucket.last_bias, bias)):
-            mem.upload(bucket.inputs["attention_bias"], bias)  # once per block in the dual / sub-block modes
+            mem.upload(bucket.bias, bias)  # once per block in the dual / sub-block modes
             bucket.last_bias = bias
         self.session.run_with_iobinding(bucket.binding, bucket.run_options)
         bucket.runs += 1
-        out = bucket.outputs
-        result = StepOutput(mem.download(out["tokens"]), mem.download(out["confidence"]),
-                            mem.download(out["logits"]) if want_logits else None,
-                            mem.download(out["margin"]), mem.download(out["neg_entropy"]))
+        self._last = bucket
+        stats = mem.download_block(bucket.out_block, bucket.out_bytes)  # one download: the B x R row statistics
+        rows = {name: stats[off: off + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+                for name, (off, shape, dtype) in bucket.out_layout.items()}
+        result = StepOutput(rows["tokens"], rows["confidence"], mem.download(bucket.logits) if want_logits else None,
+                            rows["margin"], rows["neg_entropy"])
         if write_pos is not None:
             with self._timed("cache_write"):
-                mem.scatter(bucket.presents, cache.flat(), write_pos)
+                off = bucket.in_layout["write_pos"][0]
+                mem.scatter(bucket.presents, cache.flat(), write_pos, bucket.in_block.ptr + off)
         return result
+
+    # ------------------------------------------------------------------ sampling on the device
+    def sample(self, temperature: float, top_k: int, top_p: float, uniform: np.ndarray) -> StepOutput:
+        """Sample every read row of the latest forward from its logits, where that forward left them (the
+        sampler graph, export/sampler.py: runtime.sampling.propose's arithmetic). ``uniform`` [B, R]: one
+        draw per row from the shared counter stream. Returns the sampled tokens and their probabilities,
+        the tempered distribution's margin and sum p log p, and the top-1 minus top-2 logit, all [B, R]."""
+        if self.sampler is None or self._last is None:
+            raise DllmError("sample() needs the bound path, an export with sampler.onnx, and a forward before it")
+        bucket, mem, v = self._last, self._memory, self.config.vocab_size
+        b, r = bucket.logits.shape[:2]
+        if uniform.shape != (b, r):
+            raise DllmError(f"uniform has shape {uniform.shape}, expected {(b, r)}")
+        if bucket.sampler is None:
+            layout, nbytes = _layout([(SAMPLER_OUTPUTS[0], (b, r), np.int64)] +
+                                     [(n, (b, r), np.float64) for n in SAMPLER_OUTPUTS[1:]])
+            u_block, out_block = mem.block(b * r * 8), mem.block(nbytes)
+            io = self.sampler.io_binding()
+            where = (mem.name, self.device_id if mem.name == "cuda" else 0)
+            io.bind_ortvalue_input("logits", bucket.logits.value)
+            io.bind_input("uniform", *where, np.float64, [b, r], u_block.ptr)
+            for name, (off, shape, dtype) in layout.items():
+                io.bind_output(name, *where, dtype, list(shape), out_block.ptr + off)
+            bucket.sampler = [io, u_block, out_block, layout, nbytes, None]
+        io, u_block, out_block, layout, nbytes, params = bucket.sampler
+        key = (float(temperature), int(top_k), float(top_p))
+        if params != key:  # the switches: host inputs, bound once per setting
+            k_on, p_on = 0 < top_k < v, top_p < 1.0
+            for name, value in (("temperature", np.array([temperature], np.float64)),
+                                ("top_k", np.array([top_k if k_on else 1], np.int64)), ("top_k_on", np.array([k_on])),
+                                ("top_p", np.array([top_p], np.float64)),
+                                ("top_p_k", np.array([v if p_on else 1], np.int64)), ("top_p_on", np.array([p_on]))):
+                io.bind_cpu_input(name, value)
+            bucket.sampler[5] = key
+        u_block.view(0, (b, r), np.float64)[...] = uniform
+        mem.upload_block(u_block, b * r * 8)
+        self.sampler.run_with_iobinding(io)
+        raw = mem.download_block(out_block, nbytes)
+        rows = {name: raw[off: off + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+                for name, (off, shape, dtype) in layout.items()}
+        return StepOutput(rows["tokens"], rows["confidence"], None, rows["margin"], rows["neg_entropy"],
+                          rows["logit_gap"])

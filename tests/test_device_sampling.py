@@ -1,0 +1,141 @@
+"""Sampling at temperature > 0 on the device: export/sampler.py's graph against the host's numpy arithmetic.
+
+The sampler graph (``sampler.onnx`` beside every export) must give, row for row, the token
+``runtime.sampling.propose`` draws from the same logits with the same uniform, its probability, and the
+statistics the loop ranks by when sampling; and a decode whose sampling runs in it (ONNX Runtime's bound
+path, the one CUDA uses, here on host memory) must give the host path's tokens for every family,
+strategy and cache mode. tests/test_gpu_decode.py runs the same comparison on CUDA.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dllm_trt.runtime import GenerationConfig, generate
+from dllm_trt.runtime.sampling import propose, softmax64
+from dllm_trt.runtime.settings import STRATEGIES_FOR, cache_modes_for
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+REPO = Path(__file__).resolve().parents[1]
+CKPTS = {n: REPO / "samples" / "checkpoints" / n for n in ("llada-tiny", "dream-tiny", "bd-tiny")}
+PROMPTS = [[7, 12, 9, 30, 5], [11, 4, 8, 20, 21, 22, 3, 17, 6]]
+
+
+def sampler_session(vocab: int, mask: int):
+    from dllm_trt.export.sampler import build_sampler
+
+    return ort.InferenceSession(build_sampler(vocab, mask).SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def feeds(logits, u, temperature, top_k, top_p):
+    v = logits.shape[-1]
+    k_on, p_on = 0 < top_k < v, top_p < 1.0
+    return {"logits": logits, "uniform": u, "temperature": np.array([temperature]),
+            "top_k": np.array([top_k if k_on else 1], np.int64), "top_k_on": np.array([k_on]),
+            "top_p": np.array([top_p]), "top_p_k": np.array([v if p_on else 1], np.int64), "top_p_on": np.array([p_on])}
+
+
+@pytest.mark.parametrize("vocab,mask", [(301, 7), (64, 63), (50, -1)])
+def test_sampler_graph_equals_numpy(vocab, mask):
+    """Tokens equal, probabilities and statistics equal to float64 rounding, over temperatures, top-k (off,
+    1, inside, the whole vocabulary, beyond it) and top-p (off, wide, narrow), with flat and peaked rows."""
+    sess = sampler_session(vocab, mask)
+    rng = np.random.default_rng(vocab)
+    rows = 0
+    for trial in range(48):
+        b, r = 2, 7
+        scale = [0.3, 1.0, 4.0, 12.0][trial % 4]
+        logits = (rng.standard_normal((b, r, vocab)) * scale).astype(np.float32)
+        logits[0, 0, :5] = logits[0, 0].max() + 1.0  # exact ties at the top (the sort keeps the lower id first)
+        t = [0.25, 0.7, 1.0, 1.8][trial % 4]
+        k = [0, 1, 5, vocab, vocab + 9, 40][trial % 6]
+        p = [1.0, 0.95, 0.5, 0.02][(trial // 2) % 4]
+        u = rng.uniform(size=(b, r))
+        u[1, 0] = 0.0  # the first id with mass
+        u[1, 1] = 1.0 - 2.0 ** -53  # the last
+        tok, conf, margin, negent, gap = sess.run(None, feeds(logits, u, t, k, p))
+        for i in range(b):
+            z = logits[i].copy()
+            if 0 <= mask < vocab:
+                z[:, mask] = -np.inf
+            want_tok, want_conf = propose(z, t, k, p, u[i])
+            np.testing.assert_array_equal(tok[i], want_tok, err_msg=f"trial {trial} t={t} k={k} p={p}")
+            np.testing.assert_allclose(conf[i], want_conf, rtol=1e-12)
+            full = softmax64(z.astype(np.float64) / t)
+            top2 = np.sort(full, axis=-1)[:, -2:]
+            np.testing.assert_allclose(margin[i], top2[:, 1] - top2[:, 0], rtol=1e-10, atol=1e-15)
+            np.testing.assert_allclose(negent[i], (full * np.log(full + 1e-10)).sum(-1), rtol=1e-10, atol=1e-15)
+            raw = np.sort(z.astype(np.float64), axis=-1)[:, -2:]
+            np.testing.assert_allclose(gap[i], raw[:, 1] - raw[:, 0], rtol=1e-12)
+            if 0 <= mask < vocab:
+                assert (tok[i] != mask).all()
+            rows += r
+    assert rows == 48 * 2 * 7
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    from dllm_trt.export import export_onnx
+
+    root = tmp_path_factory.mktemp("device_sampling")
+    for name, ckpt in CKPTS.items():
+        export_onnx(ckpt, root / name, validate=False, progress=False, log=lambda s: None)
+    return root
+
+
+def test_export_writes_the_sampler(exports):
+    from dllm_trt.contract import SAMPLER_FILE, SAMPLER_INPUTS, SAMPLER_OUTPUTS
+    from dllm_trt.integrity import verify_folder
+
+    art = exports / "llada-tiny"
+    meta = json.loads((art / "dllm_config.json").read_text())
+    assert meta["sampler_file"] == SAMPLER_FILE and (art / SAMPLER_FILE).is_file()
+    sess = ort.InferenceSession(str(art / SAMPLER_FILE), providers=["CPUExecutionProvider"])
+    assert tuple(i.name for i in sess.get_inputs()) == SAMPLER_INPUTS
+    assert tuple(o.name for o in sess.get_outputs()) == SAMPLER_OUTPUTS
+    assert sess.get_inputs()[0].shape[-1] == meta["model_config"]["vocab_size"]
+    assert verify_folder(art).ok  # covered by the artefact's manifest like every other file
+
+
+@pytest.mark.parametrize("name", list(CKPTS))
+def test_device_sampling_equals_host_sampling(exports, name):
+    """Every strategy and cache mode, three sampling settings: the bound path (sampler graph, no logits
+    downloaded) gives the host path's tokens and NFE (logits downloaded, numpy's propose)."""
+    from dllm_trt.runtime.backends.ort_backend import OrtBackend
+
+    host = OrtBackend.from_pretrained(exports / name, intra_op_threads=1)
+    bound = OrtBackend.from_pretrained(exports / name, io_binding=True, intra_op_threads=1)
+    assert bound.samples_on_device and not host.samples_on_device
+    cases = 0
+    for strategy in STRATEGIES_FOR[host.config.attention]:
+        if strategy == "freedave":  # greedy only (refused at temperature > 0)
+            continue
+        for cache in cache_modes_for(strategy, host.config.attention):
+            for t, k, p in ((0.8, 0, 1.0), (1.0, 5, 1.0), (1.3, 20, 0.7)):
+                g = GenerationConfig(strategy=strategy, cache=cache, gen_length=16, block_length=8, steps=8,
+                                     threshold=0.7, sub_block_length=4, seed=3, temperature=t, top_k=k, top_p=p)
+                want, got = generate(host, PROMPTS, g), generate(bound, PROMPTS, g)
+                assert (got.tokens, got.nfe) == (want.tokens, want.nfe), f"{name}/{strategy}/{cache}/{t},{k},{p}"
+                cases += 1
+    assert cases >= 24
+
+
+def test_without_a_sampler_the_host_samples(exports, tmp_path):
+    """An export without sampler.onnx (made before it existed, or removed) samples on the host, same tokens."""
+    from dllm_trt.contract import SAMPLER_FILE
+    from dllm_trt.runtime.backends.ort_backend import OrtBackend
+
+    art = tmp_path / "no-sampler"
+    shutil.copytree(exports / "llada-tiny", art)
+    (art / SAMPLER_FILE).unlink()
+    bound = OrtBackend.from_pretrained(art, io_binding=True, intra_op_threads=1)
+    assert not bound.samples_on_device
+    g = GenerationConfig(gen_length=16, block_length=8, steps=8, cache="dual", temperature=0.9, top_p=0.9, seed=11)
+    with_sampler = OrtBackend.from_pretrained(exports / "llada-tiny", io_binding=True, intra_op_threads=1)
+    assert generate(bound, PROMPTS, g).tokens == generate(with_sampler, PROMPTS, g).tokens

@@ -93,6 +93,34 @@ def test_bound_path_and_sampling_equal_solo(model):
     assert {k[0] for k in shapes} == {4} and all(k[1] % 32 == 0 for k in shapes), shapes  # few device shapes
 
 
+@pytest.mark.parametrize("name", ["llada-tiny", "dream-tiny", "bd-tiny"])
+def test_device_sampling_in_the_batch_equals_solo(model, name):
+    """On the bound path the engine samples the batch's rows on the device (the export's sampler graph), one
+    run per distinct setting, with each request's own stream: mixed temperatures / top-k / top-p in one batch
+    give every request its solo tokens, and no forward downloads logits."""
+    be, tok, gen = model(name, io_binding=True)
+    assert be.samples_on_device
+    asked = []
+    real = be.forward
+
+    def spy(*a, **k):
+        asked.append(bool(a[7] if len(a) > 7 else k.get("want_logits", False)))
+        return real(*a, **k)
+
+    settings = [dict(temperature=0.9, seed=1), dict(temperature=0.5, top_k=5, seed=2),
+                dict(temperature=1.2, top_p=0.8, seed=3), dict(temperature=0.9, seed=4), dict(seed=5)]
+    be.forward = spy
+    engine = BatchEngine(be, gen, max_batch=4).start()
+    try:
+        ids = [tok.encode(p) for p in PROMPTS[:5]]
+        got = [r.result(timeout=120)[0] for r in [engine.submit(i, 16, **o) for i, o in zip(ids, settings)]]
+    finally:
+        engine.close()
+        del be.forward
+    assert asked and not any(asked)
+    assert got == [solo(engine, i, 16, **o) for i, o in zip(ids, settings)]
+
+
 def test_request_joins_a_running_batch_and_finishes_first(model):
     be, tok, gen = model("llada-tiny")
     engine = BatchEngine(be, replace(gen, stop_at_eos=False), max_batch=4).start()

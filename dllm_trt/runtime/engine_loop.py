@@ -46,6 +46,7 @@ from ..errors import DllmError
 from .backends import StepOutput
 from .decode import DecodeLoop
 from .layout import MASKED
+from .sampling import SAMPLE_STREAM, counter_uniform
 from .settings import GenerationConfig
 
 
@@ -103,6 +104,7 @@ class Request:
     finish_reason: str | None = None
     loop: DecodeLoop | None = None
     _call: _Call | None = None
+    _sampled: StepOutput | None = None  # its rows of the latest forward, sampled on the device by the engine
     _done: bool = False  # the worker thread has returned
     _cancelled: bool = False
     _queue: "queue.Queue[Event] | None" = None
@@ -165,10 +167,21 @@ class _SlotBackend:
             raise DllmError(f"the request needs {capacity} cache positions, the engine holds {self.engine.capacity}")
         return _SlotCache(self.engine.capacity)
 
+    @property
+    def samples_on_device(self) -> bool:
+        return bool(getattr(self.engine.backend, "samples_on_device", False))
+
     def forward(self, input_ids, position_ids, attention_bias, cache, past_len, write_mask, logits_index,
                 want_logits=False) -> StepOutput:
         return self.engine._forward_for(self.request, (input_ids, position_ids, attention_bias, past_len,
                                                        write_mask, logits_index, want_logits))
+
+    def sample(self, temperature, top_k, top_p, uniform) -> StepOutput:
+        """The request's rows of its latest forward, sampled by the engine right after that batched forward
+        (with the uniforms its loop draws for its candidate rows: same seed, counter and positions)."""
+        if self.request._sampled is None:
+            raise DllmError("internal: the engine did not sample this request's rows on the device")
+        return self.request._sampled
 
 
 class BatchEngine:
@@ -471,6 +484,7 @@ class BatchEngine:
             want_logits |= bool(wl)
         out = self.backend.forward(ids, pos, bias, cache, past_len, write if write.any() else None, index,
                                    want_logits)
+        self._sample_rows(rows, members, batch, reads)
         for row, (_, c) in zip(rows, members):
             r = c.args[5].shape[1]
 
@@ -479,6 +493,28 @@ class BatchEngine:
 
             c.result = StepOutput(take(out.tokens), take(out.confidence), take(out.logits) if c.args[6] else None,
                                   take(out.margin), take(out.neg_entropy))
+
+    def _sample_rows(self, rows: list[int], members: list[tuple[Request, _Call]], batch: int, reads: int) -> None:
+        """Sampling at temperature > 0, on the device, for the members whose loops sample there: one sampler run
+        over the forward's rows per distinct (temperature, top_k, top_p). Row r of a request predicts position
+        position_ids[logits_index[r]] + shift (its loop's lo + r for every candidate row) and draws the uniform
+        of its own stream at its loop's counter, so its tokens are those of its solo run."""
+        groups: dict[tuple, list[tuple[int, Request, _Call]]] = {}
+        for row, (req, c) in zip(rows, members):
+            req._sampled = None
+            g = req.gen
+            if g.temperature > 0 and req.loop is not None and req.loop.device_sampling:
+                groups.setdefault((g.temperature, g.top_k, g.top_p), []).append((row, req, c))
+        for (t, k, p), who in groups.items():
+            u = np.full((batch, reads), 0.5)
+            for row, req, c in who:
+                pos, li = c.args[1][0], c.args[5][0]
+                u[row, : li.size] = counter_uniform(req.gen.seed, SAMPLE_STREAM, int(req.loop.draws[0]),
+                                                    pos[li] + req.loop.shift)
+            out = self.backend.sample(t, k, p, u)
+            for row, req, c in who:
+                r = c.args[5].shape[1]
+                req._sampled = StepOutput(*(None if a is None else a[row: row + 1, :r].copy() for a in out))
 
     def _cache_rows(self, batch: int):
         """The shared cache, or a view of its first ``batch`` rows (see __init__): no copy, fewer rows to

@@ -21,6 +21,7 @@ Logits leave the device only when the loop asks for them (sampling at temperatur
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,6 +258,7 @@ class OrtBackend:
         self._empty: dict[int, list[Any]] = {}
         self._last: _Bucket | None = None  # the bucket of the latest forward (its logits are what sample() reads)
         self.sampler = None  # the session of sampler.onnx (export/sampler.py) on the bound path, if the export has one
+        self.sampler_error: str | None = None  # why an export's sampler could not be opened (then: host sampling)
 
     @property
     def samples_on_device(self) -> bool:
@@ -335,9 +337,10 @@ class OrtBackend:
             try:
                 backend.sampler = ort.InferenceSession(str(sampler_path), sess_options=sopts,
                                                        providers=[(ep, sampler_options)] + providers[1:])
-            except Exception as e:
-                raise DllmError(f"ONNX Runtime could not load {sampler_path} with {ep}: {e}; re-export the model "
-                                "with this dllm-trt, or delete the file to sample on the host") from e
+            except Exception as e:  # e.g. a provider without float64 kernels for a node: sample on the host
+                backend.sampler_error = f"{sampler_path.name} not usable with {ep}: {e}"
+                warnings.warn(f"{backend.sampler_error}; sampling at temperature > 0 downloads the rows' logits "
+                              "and samples on the host", RuntimeWarning, stacklevel=2)
         return backend
 
     # ------------------------------------------------------------------ cache

@@ -336,7 +336,7 @@ class OrtBackend:
             sampler_options = {k: v for k, v in options.items() if k != "enable_cuda_graph"}
             try:
                 backend.sampler = ort.InferenceSession(str(sampler_path), sess_options=sopts,
-                                                       providers=[(ep, sampler_options)] + providers[1:])
+                                                       providers=[(ep, sampler_options)])
             except Exception as e:  # e.g. a provider without float64 kernels for a node: sample on the host
                 backend.sampler_error = f"{sampler_path.name} not usable with {ep}: {e}"
                 warnings.warn(f"{backend.sampler_error}; sampling at temperature > 0 downloads the rows' logits "
@@ -468,6 +468,8 @@ class OrtBackend:
 
     def _forward_bound(self, ids, pos, bias, cache, past_len, write_pos, index, want_logits) -> StepOutput:
         mem = self._memory
+        if mem.name == "cuda":  # any thread may drive the backend (the serving engine's): the context must be its
+            mem.device.make_current()
         b, l = ids.shape
         bucket = self._bucket(b, l, past_len, index.shape[1], cache)
         staged = {"input_ids": ids, "position_ids": pos, "logits_index": index}
@@ -504,6 +506,8 @@ class OrtBackend:
         if self.sampler is None or self._last is None:
             raise DllmError("sample() needs the bound path, an export with sampler.onnx, and a forward before it")
         bucket, mem, v = self._last, self._memory, self.config.vocab_size
+        if mem.name == "cuda":
+            mem.device.make_current()
         b, r = bucket.logits.shape[:2]
         if uniform.shape != (b, r):
             raise DllmError(f"uniform has shape {uniform.shape}, expected {(b, r)}")

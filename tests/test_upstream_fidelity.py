@@ -35,6 +35,7 @@ class Mapped:
     stop_ids: tuple[int, ...]  # upstream's stop tokens (empty: upstream never stops)
     gap: str | None  # known difference (xfail reason), None when the loop must match today
     row_lengths: list[int] | None = None  # batch_sample: each row decodes alone with its own gen_length
+    prompts: list[list[int]] | None = None  # the prompts our loop decodes, when not the case's own
 
 
 # The cases the loop does not reproduce yet (torch backend, this commit); see docs/upstream_semantics.md.
@@ -52,10 +53,15 @@ def load_cases(family: str) -> list[dict]:
 
 # ----------------------------------------------------------------------------- settings mapping
 def map_llada(c: dict) -> Mapped:
+    """A left-padded batch (``attention_mask``) decodes its rows as they are, pad tokens included: the LLaDA
+    model code the fixtures run (Fast-dLLM's llada/model) calls attention with ``attn_mask=None``, so the
+    mask changes nothing and the pads are attended like prompt tokens."""
     kw = c["kwargs"]
     cache = {"generate": "none", "generate_with_prefix_cache": "prefix", "generate_with_dual_cache": "dual"}[c["function"]]
     common = dict(gen_length=kw["gen_length"], block_length=kw["block_length"], steps=kw["steps"], cache=cache,
-                  temperature=0.0, stop_at_eos=False)
+                  temperature=0.0, stop_at_eos=False, cfg_scale=kw.get("cfg_scale", 0.0),
+                  logits_eos_inf=kw.get("logits_eos_inf", False),
+                  confidence_eos_eot_inf=kw.get("confidence_eos_eot_inf", False))
     if kw.get("threshold") is not None:
         gen = GenerationConfig(strategy="threshold", threshold=kw["threshold"], **common)
     elif kw.get("factor") is not None:
@@ -139,7 +145,7 @@ def check(backend, family: str, case: dict) -> None:
                                          eos_token_ids=m.stop_ids or config.eos_token_ids)
     try:
         if m.row_lengths is None:
-            res = [generate(backend, case["prompts"], m.gen)]
+            res = [generate(backend, m.prompts or case["prompts"], m.gen)]
             tokens = res[0].tokens
         else:  # one request per row, each with its own gen_length
             res = [generate(backend, [p], dataclasses.replace(m.gen, gen_length=n))

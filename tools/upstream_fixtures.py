@@ -407,7 +407,108 @@ def run_llada(up: Path) -> tuple[list, list]:
         x = orig.generate(model, torch.tensor(batch), **kw)
         cases.append(_case("generate", kw, batch, x.tolist(), counter.n, [len(p) for p in batch],
                            source="LLaDA generate.py"))
+    cases += _llada_more(up, model, counter, fd, mask)
     return cases, []
+
+
+def _llada_generate_tiny_ids(up: Path, eos: int, eot: int):
+    """ML-GSAI/LLaDA generate.py with its two hard-coded LLaDA-8B ids (126081 = <|endoftext|>, 126348 =
+    <|eot_id|>, used by logits_eos_inf / confidence_eos_eot_inf) replaced by the tiny tokenizer's ids: the
+    source is read, the literals are substituted and it is executed as a module (see NOTES["llada"])."""
+    src = (up / "LLaDA" / "generate.py").read_text()
+    if src.count("126081") != 2 or src.count("126348") != 1:
+        raise SystemExit("LLaDA generate.py: expected 126081 twice and 126348 once (logits_eos_inf / "
+                         "confidence_eos_eot_inf); the upstream file changed, check the substitution")
+    src = src.replace("126081", str(eos)).replace("126348", str(eot))
+    module = types.ModuleType("llada_orig_generate_tiny_ids")
+    module.__file__ = str(up / "LLaDA" / "generate.py")
+    exec(compile(src, module.__file__, "exec"), module.__dict__)
+    return module
+
+
+def chat_like_prompt(family: str, n: int, seed: int) -> list[int]:
+    """A prompt of byte tokens with the family's special tokens (not the mask) mixed in, seeded: the tiny
+    model then proposes EOS / EOT at some positions, which byte-only prompts rarely make it do."""
+    import random
+
+    rng = random.Random(f"{family}-chat-{seed}")
+    specials = [BYTES + i for i, t in enumerate(SPECIALS[family]) if "mask" not in t.lower()]
+    return [rng.choice(specials) if rng.random() < 0.35 else rng.randrange(32, 127) for _ in range(n)]
+
+
+def _llada_more(up: Path, model, counter, fd, mask: int) -> list:
+    """Cases added after the first grid (appended, so the earlier ids keep their cases)."""
+    import torch
+
+    cases = []
+    seed = 500
+    # Fast-dLLM: threshold / factor with fewer steps than tokens (generate_with_dual_cache stops a block after
+    # steps // blocks forwards and leaves its masks), an uneven schedule split, batches of two.
+    for fn in ("generate", "generate_with_prefix_cache", "generate_with_dual_cache"):
+        for gen_length, block_length, steps, rule in ((24, 8, 6, dict(threshold=0.9)), (16, 8, 4, dict(threshold=0.7)),
+                                                      (24, 8, 6, dict(factor=0.5)), (16, 8, 2, dict(factor=1.0)),
+                                                      (24, 8, 9, {}), (32, 16, 6, {})):
+            batch = prompts("llada", [6, 6] if seed % 2 else [5 + seed % 6], seed=seed)
+            kw = dict(steps=steps, gen_length=gen_length, block_length=block_length, **rule, temperature=0.0,
+                      remasking="low_confidence", mask_id=mask)
+            counter.n = 0
+            x, nfe = getattr(fd, fn)(model, torch.tensor(batch), **kw)
+            cases.append(_case(fn, kw, batch, x.tolist(), counter.n, [len(p) for p in batch], returned_nfe=int(nfe),
+                               source="Fast-dLLM llada/generate.py"))
+            seed += 1
+    # ML-GSAI/LLaDA generate: logits_eos_inf / confidence_eos_eot_inf (ids substituted, see
+    # _llada_generate_tiny_ids), classifier-free guidance, left-padded batches with an attention mask.
+    eos, eot = sid("llada", "<|endoftext|>"), sid("llada", "<|eot_id|>")
+    orig = _llada_generate_tiny_ids(up, eos, eot)
+    pad = config_json("llada")["pad_token_id"]
+
+    def run(batch, kw, attention_mask=None):
+        counter.n = 0
+        am = None if attention_mask is None else torch.tensor(attention_mask)
+        x = orig.generate(model, torch.tensor(batch), attention_mask=am, **kw)
+        return x.tolist(), counter.n
+
+    base = dict(temperature=0.0, remasking="low_confidence", mask_id=mask)
+    grid = ((16, 16, 16), (16, 8, 8), (24, 8, 12), (32, 8, 16))
+    for options in (dict(logits_eos_inf=True), dict(confidence_eos_eot_inf=True),
+                    dict(logits_eos_inf=True, confidence_eos_eot_inf=True)):
+        for gi, (gen_length, block_length, steps) in enumerate(grid):
+            kw = dict(steps=steps, gen_length=gen_length, block_length=block_length, cfg_scale=0.0, **base)
+            # the first chat-like prompt (from this seed on) whose tokens the option changes, so that every case
+            # exercises it (the option changes nothing where the model never proposes EOS / EOT)
+            for _ in range(200):
+                n = 5 + seed % 6
+                batch = [chat_like_prompt("llada", n, seed)] + ([chat_like_prompt("llada", n, seed + 7919)] if gi % 2 else [])
+                seed += 1
+                out, nfe = run(batch, dict(kw, **options))
+                if out != run(batch, kw)[0]:
+                    break
+            else:
+                raise SystemExit(f"LLaDA {options}: no prompt in 200 whose tokens the option changes")
+            cases.append(_case("generate", dict(kw, **options), batch, out, nfe, [len(p) for p in batch],
+                               source="LLaDA generate.py (EOS / EOT ids substituted)"))
+    for cfg_scale, (gen_length, block_length, steps), options in ((0.5, (16, 16, 16), {}), (2.0, (24, 8, 12), {}),
+                                                                  (1.0, (16, 8, 8), dict(logits_eos_inf=True,
+                                                                                         confidence_eos_eot_inf=True))):
+        batch = [chat_like_prompt("llada", 7, seed), chat_like_prompt("llada", 7, seed + 7919)]
+        seed += 1
+        kw = dict(steps=steps, gen_length=gen_length, block_length=block_length, cfg_scale=cfg_scale, **base, **options)
+        ones = [[1] * len(p) for p in batch]  # generate's cfg branch reads attention_mask_, set only with a mask
+        out, nfe = run(batch, kw, ones)
+        cases.append(_case("generate", kw, batch, out, nfe, [len(p) for p in batch], attention_mask=ones,
+                           source="LLaDA generate.py (EOS / EOT ids substituted)"))
+    for lens, (gen_length, block_length, steps), options in (([5, 9], (16, 8, 8), {}), ([9, 4], (24, 8, 12), {}),
+                                                             ([6, 10], (16, 16, 16), dict(confidence_eos_eot_inf=True))):
+        raw = prompts("llada", lens, seed=seed)
+        seed += 1
+        width = max(lens)
+        batch = [[pad] * (width - len(p)) + p for p in raw]  # left padding, as LLaDA's main() pads
+        am = [[0] * (width - len(p)) + [1] * len(p) for p in raw]
+        kw = dict(steps=steps, gen_length=gen_length, block_length=block_length, cfg_scale=0.0, **base, **options)
+        out, nfe = run(batch, kw, am)
+        cases.append(_case("generate", kw, batch, out, nfe, [width] * len(batch), attention_mask=am,
+                           source="LLaDA generate.py (EOS / EOT ids substituted)"))
+    return cases
 
 
 def run_dream(up: Path) -> tuple[list, list]:

@@ -49,9 +49,11 @@ from ..config import ModelConfig
 from ..errors import DllmError
 from .backends import StepOutput
 from .layout import attention_bias
-from .sampling import SAMPLE_STREAM, REMASK_STREAM, counter_uniform, propose, softmax64
+from .sampling import SAMPLE_STREAM, REMASK_STREAM, confidence_without, counter_uniform, draw, dream_probs, propose
 from .methods import CreditState
 from .settings import DREAM_SCHEDULED, SCHEDULED, STEPPED, GenerationConfig, GenerationResult, StepRecord
+
+DREAM_ALGS = DREAM_SCHEDULED + ("confidence_threshold",)  # strategies that read Dream's sample_tokens
 from .unmask import (dream_count, dream_timesteps, logit_margin, sched_threshold, select_budget, select_drawn,
                      select_factor, select_first, select_hierarchy, select_local_leap, select_threshold, select_top_k,
                      torch_topk, transfer_schedule)
@@ -112,7 +114,9 @@ class DecodeLoop:
         self.shift = 1 if self.cfg.logits_shift else 0
         self.mask_id = self.cfg.mask_token_id
         self.eos = np.array(self.cfg.eos_token_ids or (-1,))
-        bs = self.cfg.block_size or 0
+        # the block of block diffusion: the model's, or the request's (SDAR block_length / v2 block_size)
+        self.block_size = (self.gen.block_size or self.cfg.block_size) if self.cfg.attention == "block_causal" else None
+        bs = self.block_size or 0
         extra = bs + 1 if self.cfg.attention == "block_causal" else 0
         self.capacity = int(self.prompt_len.max()) + self.gen.gen_length + extra
         longest = int(self.prompt_len.max()) + self.gen.gen_length
@@ -132,14 +136,33 @@ class DecodeLoop:
         self._bias: np.ndarray | None = None
         self.live = np.ones(self.batch, bool)  # not yet finished
         self.draws = np.zeros(self.batch, np.int64)  # random draws per sequence (counter of the stream)
-        # only sampling and classifier-free guidance read the rows' logits
-        self.want_logits = self.gen.temperature > 0.0 or self.gen.cfg_scale > 0.0
+        g = self.gen
+        # LLaDA generate's options: EOS never proposed (banned); EOS / EOT proposals rank last (unconfident)
+        self.banned = (self._eos_id("logits_eos_inf"),) if g.logits_eos_inf else ()
+        self.unconfident = (self._eos_id("confidence_eos_eot_inf"), self._eot_id()) if g.confidence_eos_eot_inf else ()
+        # Dream's statistics are read from its top-p / top-k filtered distribution (at temperature 0 too)
+        self.dream_filtered = g.strategy in DREAM_ALGS and (g.top_p < 1.0 or g.top_k > 0)
+        # sampling, classifier-free guidance and the options above read the rows' logits
+        self.want_logits = (g.temperature > 0.0 or g.cfg_scale > 0.0 or bool(self.banned) or bool(self.unconfident)
+                            or self.dream_filtered)
         # SDAR's static/dynamic remasking: torch.topk over the whole span (see unmask_span_topk)
         self.span_topk = self.cfg.model_type == "sdar" and self.gen.strategy in ("low_confidence", "threshold")
-        g = self.gen
         self.credit = CreditState(self.batch, g.credit_alpha, g.credit_gamma, g.credit_decay) \
             if g.strategy == "credit" else None
         self.progress = 0.0  # sched: the block's step / its steps (set by run_masked before each unmasking)
+
+    def _eos_id(self, option: str) -> int:
+        """config.json's eos_token_id (the first of a list): LLaDA generate's hard-coded 126081 on LLaDA-8B."""
+        if not self.cfg.eos_token_ids:
+            raise DllmError(f"{option} needs the model's EOS id, and its config.json has eos_token_id null")
+        return int(self.cfg.eos_token_ids[0])
+
+    def _eot_id(self) -> int:
+        """The tokenizer's <|eot_id|> (ModelConfig.eot_token_id): LLaDA generate's hard-coded 126348 on LLaDA-8B."""
+        if self.cfg.eot_token_id is None:
+            raise DllmError("confidence_eos_eot_inf needs the end-of-turn token <|eot_id|>, which this model's tokenizer "
+                            "files do not have (tokenizer_config.json / tokenizer.json added tokens)")
+        return int(self.cfg.eot_token_id)
 
     # ------------------------------------------------------------------ one forward
     def forward(self, w: _Window, kind: str, write: bool, rows: np.ndarray) -> StepOutput:
@@ -185,7 +208,7 @@ class DecodeLoop:
         key = (w.start.tobytes(), w.length, w.valid.tobytes(), w.past_len, w.past_valid.tobytes())
         if self._bias_key != key:
             self._bias_key = key
-            self._bias = attention_bias(safe_pos, w.valid, w.past_valid, self.cfg.block_size)
+            self._bias = attention_bias(safe_pos, w.valid, w.past_valid, self.block_size)
         return self._bias
 
     def window(self, start: np.ndarray, length: int, valid_end: np.ndarray, past_visible: np.ndarray | None = None,
@@ -225,13 +248,28 @@ class DecodeLoop:
         g = self.gen
         if not self.want_logits:
             return out.tokens[b, j], self._checked(out.confidence[b, j].astype(np.float64), b)
+        rows = self._rows(out, b, j)
+        u = counter_uniform(g.seed, SAMPLE_STREAM, int(self.draws[b]), positions)
+        if self.dream_filtered:  # Dream's sample_tokens: token and top-1 probability of the filtered distribution
+            p = dream_probs(rows, g.temperature, g.top_p, g.top_k)
+            tokens = p.argmax(axis=-1) if g.temperature == 0.0 else draw(p, u)
+            return tokens, p[np.arange(p.shape[0]), tokens]
+        tokens, conf = propose(rows, g.temperature, g.top_k, g.top_p, u)
+        if self.unconfident:  # LLaDA: the proposal's probability with EOS and EOT left out (0 for them)
+            conf = confidence_without(rows, tokens, g.temperature, self.unconfident)
+        return tokens, conf
+
+    def _rows(self, out: StepOutput, b: int, j: np.ndarray) -> np.ndarray:
+        """Logits rows j of sequence b (float32), checked, with the mask token (and with logits_eos_inf, EOS) at
+        -inf: never proposed (see models.layers.select_top1)."""
         rows = out.logits[b, j]
         self._checked(rows.max(axis=-1), b)
+        rows = rows.astype(np.float32, copy=True)
         if 0 <= self.mask_id < rows.shape[-1]:
-            rows = rows.copy()
-            rows[:, self.mask_id] = -np.inf  # never propose the mask token (see models.layers.select_top1)
-        u = counter_uniform(g.seed, SAMPLE_STREAM, int(self.draws[b]), positions)
-        return propose(rows, g.temperature, g.top_k, g.top_p, u)
+            rows[:, self.mask_id] = -np.inf
+        for t in self.banned:
+            rows[:, t] = -np.inf
+        return rows
 
     def choose(self, conf: np.ndarray, count: int | None, u: np.ndarray | None,
                positions: np.ndarray | None = None) -> np.ndarray:
@@ -262,12 +300,11 @@ class DecodeLoop:
     def _statistic(self, out: StepOutput, b: int, j: np.ndarray) -> np.ndarray:
         """Dream's ranking statistic of rows j of sequence b: top-1 minus top-2 probability (topk_margin)
         or sum p log p (entropy), from the device's outputs, or (sampling) from the tempered rows."""
-        margin = self.gen.strategy == "topk_margin"
+        g = self.gen
+        # Fast-dLLM's Dream block variant (prefix / dual cache) ranks by negative entropy whatever the alg
+        margin = g.strategy == "topk_margin" and g.cache == "none"
         if self.want_logits:
-            rows = out.logits[b, j].astype(np.float64)
-            if 0 <= self.mask_id < rows.shape[-1]:
-                rows[:, self.mask_id] = -np.inf
-            p = softmax64(rows / self.gen.temperature)
+            p = dream_probs(self._rows(out, b, j), g.temperature, g.top_p, g.top_k)
             if margin:
                 top2 = np.sort(p, axis=-1)[:, -2:]
                 return top2[:, 1] - top2[:, 0]
@@ -314,7 +351,7 @@ class DecodeLoop:
             cand = j + lo[b]
             assert (cand - self.shift - w.start[b]).min() >= 0, "query window does not cover the shifted prediction rows"
             tokens, conf = self._propose(out, b, j, cand)
-            if g.strategy in ("topk_margin", "entropy"):
+            if g.strategy in ("topk_margin", "entropy") or (g.strategy in DREAM_SCHEDULED and g.cache != "none"):
                 conf = self._statistic(out, b, j)
             # the remasking stream: only random remasking and Dream's alg_temp draw from it
             drawn = g.strategy == "random" or (g.strategy in DREAM_SCHEDULED and g.alg_temp > 0)
@@ -326,12 +363,23 @@ class DecodeLoop:
             self.draws[b] += 1
             if g.strategy == "sched" and self._sched_exits(out, b, j):
                 chosen = np.arange(j.size)  # SchED's early exit: the block's remaining masks, all at once
+            elif self.unconfident and g.strategy == "low_confidence" and quota is not None:
+                chosen = self.row_topk(b, cand, conf, quota[b])
             else:
                 chosen = self.choose(conf, quota[b] if quota is not None else None, u, j)
             self.x[b, cand[chosen]] = tokens[chosen]
             rec.unmasked[b] += int(chosen.size)
         if self.timer is not None:
             self.timer.unmask_end()
+
+    def row_topk(self, b: int, cand: np.ndarray, conf: np.ndarray, k: int) -> np.ndarray:
+        """LLaDA generate's top-k with confidence_eos_eot_inf: every EOS / EOT proposal has confidence 0, so
+        the schedule's picks among them are ties, which upstream's ``torch.topk`` over the sequence's row
+        (prompt + gen_length positions, -inf where nothing is masked) orders its own way; unmask.torch_topk
+        replays torch's CPU order on the same row, so the tokens are upstream's (indices into ``cand``)."""
+        row = np.full(int(self.prompt_len[b]) + self.gen.gen_length, -np.inf)
+        row[cand] = conf
+        return np.sort(np.searchsorted(cand, torch_topk(row, min(k, cand.size))))
 
     def unmask_span_topk(self, out: StepOutput, b: int, lo: int, hi: int, k: int) -> None:
         """SDAR's low_confidence_static / _dynamic as its generate.py runs them: ``torch.topk`` of the span's
@@ -403,11 +451,15 @@ class DecodeLoop:
         blocks = g.gen_length // g.block_length
         scheduled = g.strategy in SCHEDULED
         steps_per_block = g.steps // blocks if g.strategy in STEPPED else None
-        timesteps = dream_timesteps(steps_per_block) if g.strategy in DREAM_SCHEDULED else None
+        timesteps = dream_timesteps(steps_per_block, g.eps) if g.strategy in DREAM_SCHEDULED else None
         # Fast-dLLM's Dream block variant (prefix / dual cache): the block's first forward fills only its
         # opening position, so later windows need no lead row for the shift.
         dream_block = g.strategy in DREAM_SCHEDULED + ("confidence_threshold",) and g.cache != "none"
         lead = 0 if dream_block else self.shift
+        # Fast-dLLM's generate_with_dual_cache runs at most steps // blocks forwards per block, whatever the rule:
+        # with threshold / factor a block can keep masks, which the next block's first (full) step may fill (its
+        # candidates are every mask before the block's end) and which the last block leaves in the output.
+        cap = g.steps // blocks if g.cache == "dual" and g.strategy in ("threshold", "factor") else None
         finished = np.zeros(B, bool)
         self.live = ~finished
         for k in range(blocks):
@@ -423,9 +475,12 @@ class DecodeLoop:
             while True:
                 masked = np.array([int((self.x[b, s[b]:e[b]] == self.mask_id).sum()) for b in range(B)])
                 pending = active & (masked > 0)
-                if not pending.any():
+                if not pending.any() or (cap is not None and forwards >= cap):
                     break
-                fill_end = e
+                fill_end, lo = e, s
+                if cap is not None and forwards == 0 and any(
+                        (self.x[b, self.prompt_len[b]: s[b]] == self.mask_id).any() for b in np.flatnonzero(active)):
+                    lo = self.prompt_len  # masks left by earlier blocks are candidates of this full step too
                 if dream_block and forwards == 0:
                     quota, fill_end = [1] * B, s + 1  # upstream: x[s] = argmax, whatever the algorithm
                 elif dream_block and budget is None and timesteps is None:
@@ -441,7 +496,7 @@ class DecodeLoop:
                     quota = budget.quota() if budget is not None else None
                 if g.cache == "none" or forwards == 0:
                     w = self.window(zeros, full_len, total)
-                    out = self.forward(w, "full", g.cache != "none", self.fill_rows(w, s, g.block_length))
+                    out = self.forward(w, "full", g.cache != "none", self.fill_rows(w, lo, int((e - lo).max())))
                 elif g.cache == "prefix":
                     start = s - lead
                     w = self.window(start, int((total - start).max()), total, self.past_below(start))
@@ -453,7 +508,7 @@ class DecodeLoop:
                     w = self.window(start, g.block_length + lead, e, past_visible)
                     out = self.forward(w, "dual", False, self.fill_rows(w, s, g.block_length))
                 self.progress = step / steps_per_block if steps_per_block else 0.0
-                self.unmask(out, w, s, fill_end, pending, quota)
+                self.unmask(out, w, lo, fill_end, pending | (active & (lo < s)), quota)
                 if budget is not None:
                     budget.update(step, np.minimum(quota, masked), self.steps[-1].unmasked)
                 step += 1
@@ -481,7 +536,7 @@ class DecodeLoop:
         return transfer_schedule(sb, min(g.steps // spans, sb))
 
     def run_blocks(self) -> GenerationResult:
-        g, B, bs = self.gen, self.batch, self.cfg.block_size
+        g, B, bs = self.gen, self.batch, self.block_size
         sb = g.sub_block_length  # Fast-dLLM v2 fills a block sub-block by sub-block in every cache mode
         if sb <= 0 or bs % sb:
             raise DllmError(f"sub_block_length {g.sub_block_length} must divide the model's block size {bs}")

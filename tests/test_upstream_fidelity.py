@@ -41,6 +41,9 @@ class Mapped:
 # The cases the loop does not reproduce yet (torch backend, this commit); see docs/upstream_semantics.md.
 FAILING_TODAY: set[str] = {
     *(f"fast_dllm_v2-{n}" for n in "073 074".split()),
+    *(f"dream-{n}" for n in "064 070".split()),  # deliberate: docs/upstream_semantics.md row 11
+    *(f"fast_dllm_v2-{n}" for n in "093 094".split()),  # deliberate: docs/upstream_semantics.md row 5
+    "fast_dllm_v2-095",  # batch_sample's overwritten prompt token: docs/upstream_semantics.md row 6
 }
 
 
@@ -72,19 +75,29 @@ def map_llada(c: dict) -> Mapped:
 
 
 def map_dream(c: dict) -> Mapped:
+    """Dream's ``top_p`` / ``top_k`` (None: off) and ``eps`` map to the fields of the same meaning; a left-padded
+    batch (``attention_mask``) decodes each prompt without its pads (Dream's positions are cumsum(mask) - 1 and
+    the pad keys are masked, so a row is the prompt alone)."""
     kw = c["kwargs"]
     mask = kw["mask_token_id"]
+    sampler = dict(top_p=kw.get("top_p") or 1.0, top_k=kw.get("top_k") or 0, eps=kw.get("eps", 1e-3),
+                   threshold=kw.get("threshold", 0.9), alg_temp=kw.get("alg_temp") or 0.0, strategy=kw["alg"],
+                   temperature=0.0, stop_at_eos=False, gen_length=kw["max_new_tokens"], steps=kw["steps"])
+    prompts = None
+    if "attention_mask" in c:
+        prompts = [[t for t, m in zip(p, am) if m] for p, am in zip(c["prompts"], c["attention_mask"])]
     if c["function"] == "diffusion_generate":  # Dream's own algorithms, one block
-        gen = GenerationConfig(gen_length=kw["max_new_tokens"], block_length=kw["max_new_tokens"], steps=kw["steps"],
-                               strategy=kw["alg"], threshold=kw.get("threshold", 0.9),
-                               alg_temp=kw.get("alg_temp") or 0.0, cache="none", temperature=0.0, stop_at_eos=False)
-        return Mapped(gen, mask, (), None)
+        gen = GenerationConfig(block_length=kw["max_new_tokens"], cache="none", **sampler)
+        return Mapped(gen, mask, (), None, prompts=prompts)
     # generation_utils_block.py: prefix / dual cache, semi-AR blocks
     cache = "dual" if kw["dual_cache"] else "prefix"
-    gen = GenerationConfig(gen_length=kw["max_new_tokens"], block_length=kw["block_length"], steps=kw["steps"],
-                           strategy=kw["alg"], threshold=kw.get("threshold", 0.9), alg_temp=kw.get("alg_temp") or 0.0,
-                           cache=cache, temperature=0.0, stop_at_eos=False)
-    return Mapped(gen, mask, (), None)
+    gen = GenerationConfig(block_length=kw["block_length"], cache=cache, **sampler)
+    gap = None
+    if kw["steps"] == kw["max_new_tokens"] // kw["block_length"] and kw["alg"] != "confidence_threshold":
+        gap = ("Dream's block variant with one step per block fills only the block's first position and leaves "
+               "its other masks (upstream: `if i == steps_per_block: break` before any cached step); dllm-trt "
+               "fills the block")
+    return Mapped(gen, mask, (), gap, prompts=prompts)
 
 
 def map_fast_dllm_v2(c: dict) -> Mapped:
@@ -94,19 +107,29 @@ def map_fast_dllm_v2(c: dict) -> Mapped:
     cache = "sub_block" if kw["use_block_cache"] else "block"
     gen_length = max(1, max(len(g) for g in c["generated"]))
     gen = GenerationConfig(gen_length=gen_length, strategy="threshold", threshold=kw["threshold"], cache=cache,
-                           sub_block_length=kw["small_block_size"], temperature=0.0, stop_at_eos=bool(stops))
+                           sub_block_length=kw["small_block_size"], block_size=kw["block_size"], temperature=0.0,
+                           stop_at_eos=bool(stops))
     if c["function"] != "batch_sample":
-        return Mapped(gen, kw["mask_id"], stops, None)
+        gap = None
+        if len(c["prompts"][0]) == kw["block_size"]:
+            gap = ("generate neither prefills nor attends a prompt of exactly block_size tokens (its prefill test is "
+                   "`> block_size`); dllm-trt caches and attends it")
+        return Mapped(gen, kw["mask_id"], stops, gap)
     # The eval harness decodes right-padded prompts as one batch up to an absolute block: every row runs to
     # (max_new_tokens // bs + longest // bs) blocks plus the last commit's token, whatever its own length.
     # dllm-trt decodes rows independently, so each row gets that length as its gen_length.
     bs = kw["block_size"]
     end = (kw["max_new_tokens"] // bs + max(kw["seq_len"]) // bs) * bs + 1
-    gap = None
+    gaps = []
     if kw["use_block_cache"]:
-        gap = ("batch_sample with use_block_cache decides the sub-block refresh for the whole batch (any row whose "
-               "sub-block opens with a mask refreshes every row); dllm-trt decides per row")
-    return Mapped(gen, kw["mask_id"], stops, gap, [end - n for n in kw["seq_len"]])
+        gaps.append("batch_sample with use_block_cache decides the sub-block refresh for the whole batch (any row "
+                    "whose sub-block opens with a mask refreshes every row); dllm-trt decides per row")
+    longest, shortest = max(kw["seq_len"]), min(kw["seq_len"])
+    if longest % bs == 1 and longest > bs and shortest // bs < longest // bs:
+        gaps.append("batch_sample overwrites the last prompt token of a prompt of k * block_size + 1 tokens with the "
+                    "commit's prediction when block k - 1 ends (the buffer is replaced by the block's, one token "
+                    "wider); dllm-trt keeps the prompt")
+    return Mapped(gen, kw["mask_id"], stops, "; ".join(gaps) or None, [end - n for n in kw["seq_len"]])
 
 
 def map_sdar(c: dict) -> Mapped:
@@ -118,7 +141,7 @@ def map_sdar(c: dict) -> Mapped:
            "low_confidence_static": dict(strategy="low_confidence"),
            "low_confidence_dynamic": dict(strategy="threshold", threshold=kw["confidence_threshold"])}[strategy]
     gap = None  # top-k over a block with fewer masks than the step's count overwrites -inf ties: reproduced
-    g = GenerationConfig(gen_length=gen_length, cache="block", sub_block_length=block, steps=steps,
+    g = GenerationConfig(gen_length=gen_length, cache="block", sub_block_length=block, block_size=block, steps=steps,
                          temperature=0.0, stop_at_eos=bool(stops), **gen)
     return Mapped(g, kw["mask_id"], stops, gap)
 

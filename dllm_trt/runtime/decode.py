@@ -142,6 +142,10 @@ class DecodeLoop:
         self.unconfident = (self._eos_id("confidence_eos_eot_inf"), self._eot_id()) if g.confidence_eos_eot_inf else ()
         # Dream's statistics are read from its top-p / top-k filtered distribution (at temperature 0 too)
         self.dream_filtered = g.strategy in DREAM_ALGS and (g.top_p < 1.0 or g.top_k > 0)
+        # the rules whose exact ties are systematic follow torch.topk's order (choose_torch_order)
+        self.upstream_ties = ((bool(self.unconfident) and g.strategy == "low_confidence")
+                              or (self.dream_filtered and g.alg_temp == 0.0))
+        self.block_start = self.prompt_len.copy()  # run_masked: the current block's first position per sequence
         # sampling, classifier-free guidance and the options above read the rows' logits
         self.want_logits = (g.temperature > 0.0 or g.cfg_scale > 0.0 or bool(self.banned) or bool(self.unconfident)
                             or self.dream_filtered)
@@ -363,8 +367,8 @@ class DecodeLoop:
             self.draws[b] += 1
             if g.strategy == "sched" and self._sched_exits(out, b, j):
                 chosen = np.arange(j.size)  # SchED's early exit: the block's remaining masks, all at once
-            elif self.unconfident and g.strategy == "low_confidence" and quota is not None:
-                chosen = self.row_topk(b, cand, conf, quota[b])
+            elif self.upstream_ties and quota is not None:
+                chosen = self.choose_torch_order(b, cand, conf, quota[b])
             else:
                 chosen = self.choose(conf, quota[b] if quota is not None else None, u, j)
             self.x[b, cand[chosen]] = tokens[chosen]
@@ -372,14 +376,44 @@ class DecodeLoop:
         if self.timer is not None:
             self.timer.unmask_end()
 
-    def row_topk(self, b: int, cand: np.ndarray, conf: np.ndarray, k: int) -> np.ndarray:
-        """LLaDA generate's top-k with confidence_eos_eot_inf: every EOS / EOT proposal has confidence 0, so
-        the schedule's picks among them are ties, which upstream's ``torch.topk`` over the sequence's row
-        (prompt + gen_length positions, -inf where nothing is masked) orders its own way; unmask.torch_topk
-        replays torch's CPU order on the same row, so the tokens are upstream's (indices into ``cand``)."""
-        row = np.full(int(self.prompt_len[b]) + self.gen.gen_length, -np.inf)
-        row[cand] = conf
-        return np.sort(np.searchsorted(cand, torch_topk(row, min(k, cand.size))))
+    def choose_torch_order(self, b: int, cand: np.ndarray, conf: np.ndarray, k: int) -> np.ndarray:
+        """The top-k rules where equal confidences are common by construction, ordered as upstream's
+        ``torch.topk`` orders them. LLaDA's confidence_eos_eot_inf gives every EOS / EOT proposal confidence 0;
+        Dream's top_p leaves a one-token nucleus wherever the top token's probability reaches top_p, so those
+        positions all have top-1 probability 1, margin 1, entropy 0. Which tied positions a step takes decides
+        the tokens, and torch's CPU top-k takes them in an order of its own that depends on the row it ranks;
+        unmask.torch_topk replays it on upstream's row (``torch_row``). Without a tie among the k + 1 best the
+        order of the stable rule is used (the same set). Returns indices into ``cand`` (position order);
+        ``confidence_threshold`` keeps the first of the order and those at or above the threshold."""
+        k = max(1, min(k, cand.size))
+        order = np.argsort(-conf, kind="stable")
+        head = conf[order[: k + 1]]
+        if np.unique(head).size < head.size:
+            length, offset = self.torch_row(b)
+            row = np.full(length, -np.inf)
+            row[cand + offset] = conf
+            order = np.searchsorted(cand, torch_topk(row, k) - offset)
+        top = order[:k]
+        if self.gen.strategy == "confidence_threshold":
+            keep = conf[top] >= self.gen.threshold
+            keep[0] = True
+            top = top[keep]
+        return np.sort(top)
+
+    def torch_row(self, b: int) -> tuple[int, int]:
+        """The row upstream's ``torch.topk`` ranks for sequence b, as (length, offset of position 0): the whole
+        left-padded buffer (the batch's longest prompt + gen_length; LLaDA's generate, Dream's diffusion_generate),
+        or, in Fast-dLLM's Dream block variant, the buffer from the block's start (prefix cache) or the block
+        alone (dual cache). A batch of prompts of different lengths therefore breaks exact ties as upstream's
+        padded batch does, which may differ from the prompt alone."""
+        g = self.gen
+        s = int(self.block_start[b])
+        if g.strategy in DREAM_ALGS and g.cache == "prefix":
+            return int(self.prompt_len[b]) + g.gen_length - s, -s
+        if g.strategy in DREAM_ALGS and g.cache == "dual":
+            return g.block_length, -s
+        width = int(self.prompt_len.max())
+        return width + g.gen_length, width - int(self.prompt_len[b])
 
     def unmask_span_topk(self, out: StepOutput, b: int, lo: int, hi: int, k: int) -> None:
         """SDAR's low_confidence_static / _dynamic as its generate.py runs them: ``torch.topk`` of the span's
@@ -508,6 +542,7 @@ class DecodeLoop:
                     w = self.window(start, g.block_length + lead, e, past_visible)
                     out = self.forward(w, "dual", False, self.fill_rows(w, s, g.block_length))
                 self.progress = step / steps_per_block if steps_per_block else 0.0
+                self.block_start = s
                 self.unmask(out, w, lo, fill_end, pending | (active & (lo < s)), quota)
                 if budget is not None:
                     budget.update(step, np.minimum(quota, masked), self.steps[-1].unmasked)
@@ -573,6 +608,9 @@ class DecodeLoop:
             w = self.window(zeros, int(committed.max()), committed, active=on_boundary)
             out = self.forward(w, "prefill", self.cache is not None, last_rows(w))
             take_next_token(out, on_boundary)
+            if g.stop_at_eos:  # Fast-dLLM v2: a stop token read by the prefill ends the generation there
+                done |= on_boundary & np.isin(self.x[np.arange(B), n - 1], self.eos)
+                self.live = ~done
         to_prefill = (committed > 0) & ~on_boundary if self.cache is not None else np.zeros(B, bool)
 
         while not done.all():

@@ -60,8 +60,19 @@ Substitutions (made by this script at import time, recorded in each cases.json `
   reproducible fixtures it is replaced by its greedy counterpart: the argmax token and its
   probability under the same temperature/top-k/top-p distribution. The remasking rules, step
   budgets and cache calls are upstream's.
-* Dream's ``origin`` algorithm and LLaDA's ``random`` remasking draw from torch's RNG and are not
-  fixtured; neither is SDAR's ``entropy_bounded``.
+* ML-GSAI/LLaDA generate.py hard-codes LLaDA-8B's ids for ``logits_eos_inf`` / ``confidence_eos_eot_inf``
+  (126081 = ``<|endoftext|>``, config.json's eos_token_id; 126348 = ``<|eot_id|>``), which the tiny vocabulary
+  does not have: the file's text is read, those two literals are replaced by the tiny tokenizer's ids (257,
+  260) and it is executed as a module (``_llada_generate_tiny_ids``; nothing else changes).
+* Dream's ``origin`` algorithm, ``alg_temp`` > 0, LLaDA's ``random`` remasking and every temperature > 0
+  draw from torch's RNG and are not fixtured; neither is SDAR's ``entropy_bounded`` (its branch reads a
+  ``transfer_index`` it never defines) nor Dream's block variant with an attention mask (upstream fails on
+  the shapes).
+
+Cases are only ever appended (``_llada_more`` and the like): a case keeps its id and its content when the
+grid grows. Some prompts are chosen by a criterion the tool evaluates on upstream's own outputs (a prompt
+whose tokens an option changes; one where torch's top-k tie order matters): the recorded tokens are always
+upstream's.
 """
 from __future__ import annotations
 
@@ -899,10 +910,15 @@ def run_sdar(up: Path) -> tuple[list, list]:
 
 RUNNERS = {"llada": run_llada, "dream": run_dream, "fast_dllm_v2": run_fast_dllm_v2, "sdar": run_sdar}
 NOTES = {
-    "llada": "Fast-dLLM @5332e2f llada/generate.py and ML-GSAI/LLaDA @b7e6c35 generate.py; temperature 0.",
+    "llada": "Fast-dLLM @5332e2f llada/generate.py and ML-GSAI/LLaDA @b7e6c35 generate.py; temperature 0. "
+             "generate.py's hard-coded LLaDA-8B ids 126081 (<|endoftext|>) and 126348 (<|eot_id|>) of "
+             "logits_eos_inf / confidence_eos_eot_inf are replaced by the tiny tokenizer's 257 / 260 when the "
+             "file is loaded. The LLaDA model code (Fast-dLLM llada/model) ignores attention_mask "
+             "(attn_mask=None), so a left-padded row decodes with its pads attended.",
     "dream": "Fast-dLLM @5332e2f dream/model generation_utils.py (Dream's diffusion_generate + confidence_threshold) "
              "and generation_utils_block.py (prefix/dual cache); temperature 0, alg_temp 0. Output rows are the "
-             "full sequence padded to max_length; upstream never stops at EOS.",
+             "full sequence padded to max_length; upstream never stops at EOS. Left-padded batches pass an "
+             "attention_mask (the case's prompts are the padded rows).",
     "fast_dllm_v2": "Efficient-Large-Model/Fast_dLLM_v2_7B modeling.py generate (via DualDiffusion @189fa7a, steps=None) "
                     "and Fast-dLLM @5332e2f v2/generation_functions.py batch_sample; temperature 0. stop_token -1 = "
                     "no stop token.",

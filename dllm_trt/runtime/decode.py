@@ -28,7 +28,8 @@ The step on the device: every forward names the query rows whose predictions the
 opening token) and gets back, per row, the top-1 token (the mask token excluded) and its
 probability, computed where the logits are (dllm_trt/contract.py). The loop then applies the
 strategy's rule (threshold, factor, top-k of the schedule) to those B x R numbers; only sampling
-at temperature > 0 asks for the rows' logits. The cache is passed whole (P = its capacity), the
+at temperature > 0, classifier-free guidance, LLaDA's logits_eos_inf / confidence_eos_eot_inf and
+Dream's top_p / top_k ask for the rows' logits (slower: the rows come to the host). The cache is passed whole (P = its capacity), the
 bias masking what a step may not see, so no forward slices or copies it.
 
 Randomness (random remasking, sampling) comes from a counter-based stream keyed by the seed,
@@ -52,11 +53,11 @@ from .layout import attention_bias
 from .sampling import SAMPLE_STREAM, REMASK_STREAM, confidence_without, counter_uniform, draw, dream_probs, propose
 from .methods import CreditState
 from .settings import DREAM_SCHEDULED, SCHEDULED, STEPPED, GenerationConfig, GenerationResult, StepRecord
-
-DREAM_ALGS = DREAM_SCHEDULED + ("confidence_threshold",)  # strategies that read Dream's sample_tokens
 from .unmask import (dream_count, dream_timesteps, logit_margin, sched_threshold, select_budget, select_drawn,
                      select_factor, select_first, select_hierarchy, select_local_leap, select_threshold, select_top_k,
                      torch_topk, transfer_schedule)
+
+DREAM_ALGS = DREAM_SCHEDULED + ("confidence_threshold",)  # strategies that read Dream's sample_tokens
 
 
 @dataclass
@@ -303,7 +304,8 @@ class DecodeLoop:
 
     def _statistic(self, out: StepOutput, b: int, j: np.ndarray) -> np.ndarray:
         """Dream's ranking statistic of rows j of sequence b: top-1 minus top-2 probability (topk_margin)
-        or sum p log p (entropy), from the device's outputs, or (sampling) from the tempered rows."""
+        or sum p log p (entropy; every alg of the block variant), from the device's outputs, or from the rows'
+        logits (sampling, top_p / top_k): the tempered, filtered distribution of Dream's sample_tokens."""
         g = self.gen
         # Fast-dLLM's Dream block variant (prefix / dual cache) ranks by negative entropy whatever the alg
         margin = g.strategy == "topk_margin" and g.cache == "none"
@@ -488,7 +490,7 @@ class DecodeLoop:
         timesteps = dream_timesteps(steps_per_block, g.eps) if g.strategy in DREAM_SCHEDULED else None
         # Fast-dLLM's Dream block variant (prefix / dual cache): the block's first forward fills only its
         # opening position, so later windows need no lead row for the shift.
-        dream_block = g.strategy in DREAM_SCHEDULED + ("confidence_threshold",) and g.cache != "none"
+        dream_block = g.strategy in DREAM_ALGS and g.cache != "none"
         lead = 0 if dream_block else self.shift
         # Fast-dLLM's generate_with_dual_cache runs at most steps // blocks forwards per block, whatever the rule:
         # with threshold / factor a block can keep masks, which the next block's first (full) step may fill (its

@@ -59,6 +59,14 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--cfg-scale", type=float, help="LLaDA's unsupervised classifier-free guidance (no cache)")
+    p.add_argument("--logits-eos-inf", action="store_true", default=None,
+                   help="LLaDA generate's logits_eos_inf: never propose the EOS token (reads the rows' logits)")
+    p.add_argument("--confidence-eos-eot-inf", action="store_true", default=None,
+                   help="LLaDA generate's confidence_eos_eot_inf: EOS / <|eot_id|> proposals rank last (reads the "
+                   "rows' logits)")
+    p.add_argument("--eps", type=float, help="Dream: the end of the timestep schedule (default 1e-3)")
+    p.add_argument("--block-size", type=int, help="block diffusion: decode in blocks of this many tokens (SDAR's "
+                   "block_length; default: the model's block)")
     p.add_argument("--no-stop", action="store_true", help="do not stop at EOS")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 

@@ -45,20 +45,43 @@ def _refuse_unsupported(raw: dict[str, Any], source: str, model_type: str) -> No
                         "are not supported")
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DllmError(f"{path} is not valid JSON: {e}") from e
+
+
 def _tokenizer_mask_id(model_dir: Path) -> int | None:
     """The id of tokenizer_config.json's ``mask_token`` (from its ``added_tokens_decoder``), if any."""
     path = model_dir / "tokenizer_config.json"
     if not path.is_file():
         return None
-    try:
-        tc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DllmError(f"{path} is not valid JSON: {e}") from e
+    tc = _read_json(path)
     mask = tc.get("mask_token")
     mask = mask.get("content") if isinstance(mask, dict) else mask
     for token_id, token in (tc.get("added_tokens_decoder") or {}).items():
         if mask is not None and token.get("content") == mask:
             return int(token_id)
+    return None
+
+
+EOT_TOKEN = "<|eot_id|>"  # LLaDA's end-of-turn token (Llama-3 style chat template)
+
+
+def tokenizer_special_id(model_dir: Path, content: str) -> int | None:
+    """The id of the added (special) token ``content``: tokenizer_config.json's ``added_tokens_decoder``, else
+    tokenizer.json's ``added_tokens``; None when the folder's tokenizer has no such token."""
+    path = model_dir / "tokenizer_config.json"
+    if path.is_file():
+        for token_id, token in (_read_json(path).get("added_tokens_decoder") or {}).items():
+            if isinstance(token, dict) and token.get("content") == content:
+                return int(token_id)
+    path = model_dir / "tokenizer.json"
+    if path.is_file():
+        for token in _read_json(path).get("added_tokens") or []:
+            if isinstance(token, dict) and token.get("content") == content and "id" in token:
+                return int(token["id"])
     return None
 
 
@@ -96,6 +119,9 @@ class ModelConfig:
     logits_shift: bool  # prediction for position i comes from logits[i - 1]
     block_size: int | None  # block-diffusion block (bd_size; SDAR: block_size); None for bidirectional families
     qk_norm: bool = False  # Qwen3 layout (SDAR): per-head RMSNorm of q and k before RoPE
+    # LLaDA's end-of-turn token (the tokenizer's <|eot_id|>; LLaDA generate's confidence_eos_eot_inf), None if none.
+    # Not an upstream config.json key: read from the tokenizer files and kept as "eot_token_id" in exports.
+    eot_token_id: int | None = None
     extra: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -118,6 +144,10 @@ class ModelConfig:
             mask = _tokenizer_mask_id(Path(model_dir))
             if mask is not None:
                 raw["mask_token_id"] = mask
+        if "eot_token_id" not in raw:
+            eot = tokenizer_special_id(Path(model_dir), EOT_TOKEN)
+            if eot is not None:
+                raw["eot_token_id"] = eot
         config = cls.from_dict(raw, source=str(path))
         extra_eos = generation_eos_ids(Path(model_dir), max(config.vocab_size, config.embedding_size))
         union = config.eos_token_ids + tuple(e for e in extra_eos if e not in config.eos_token_ids)
@@ -210,6 +240,8 @@ class ModelConfig:
                 block_size=_block_size(raw, model_type, source) if family == "block_diffusion" else None,
                 qk_norm=qwen3,
             )
+        eot = raw.get("eot_token_id")
+        cfg["eot_token_id"] = None if eot is None else int(eot)
         _check_ranges(cfg, raw, source)
         if cfg["num_heads"] % cfg["num_kv_heads"]:
             raise DllmError(f"{source}: {cfg['num_heads']} heads are not a multiple of {cfg['num_kv_heads']} KV heads")
@@ -270,6 +302,8 @@ class ModelConfig:
                 d["head_dim"] = self.head_dim
             if self.block_size is not None:
                 d["block_size" if self.model_type.lower() in QWEN3_MODEL_TYPES else "bd_size"] = self.block_size
+        if self.eot_token_id is not None:
+            d["eot_token_id"] = self.eot_token_id
         # Keep keys we do not interpret (torch_dtype, transformers_version, ...).
         for k, v in self.extra.items():
             d.setdefault(k, v)
@@ -336,6 +370,8 @@ def _check_ranges(cfg: dict[str, Any], raw: dict[str, Any], source: str) -> None
                " (config.json has no \"mask_token_id\", so the family default was used)")
         raise DllmError(f"{source}: mask_token_id {cfg['mask_token_id']} is outside the vocabulary of {rows} "
                         f"tokens{how}; set \"mask_token_id\" to the id of the tokenizer's mask token")
+    if cfg["eot_token_id"] is not None and not 0 <= cfg["eot_token_id"] < rows:
+        raise DllmError(f"{source}: eot_token_id {cfg['eot_token_id']} is outside the vocabulary of {rows} tokens")
     bad = [e for e in cfg["eos_token_ids"] if not 0 <= e < rows]
     if bad:
         how = "" if "eos_token_id" in raw else " (config.json has no \"eos_token_id\", so the family default was used)"

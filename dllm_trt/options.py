@@ -57,7 +57,10 @@ def check_decode_values(args: argparse.Namespace) -> None:
     finite("--factor", getattr(args, "factor", None), lo=0.0, lo_open=True)
     finite("--temperature", getattr(args, "temperature", None), lo=0.0)
     finite("--top-p", getattr(args, "top_p", None), lo=0.0, hi=1.0)
-    for name in ("gen_length", "block_length", "steps", "sub_block_length"):
+    eps = getattr(args, "eps", None)
+    if eps is not None and not (math.isfinite(eps) and 0.0 <= eps < 1.0):
+        raise DllmError(f"--eps {eps} is out of range: it must be a number >= 0 and < 1")
+    for name in ("gen_length", "block_length", "steps", "sub_block_length", "block_size"):
         positive_int("--" + name.replace("_", "-"), getattr(args, name, None))
     positive_int("--top-k", getattr(args, "top_k", None), minimum=0)
     for name in ("low_threshold", "relaxed_threshold", "credit_decay"):
@@ -96,7 +99,15 @@ def check_decode_options(args: argparse.Namespace, gen, config, longest_prompt: 
                         "semi-autoregressive blocks: use --block-length")
     if config.attention == "block_causal" and given("block_length"):
         raise DllmError(f"--block-length does not apply to block diffusion ({config.model_type} uses its own block "
-                        f"of {config.block_size}); use --sub-block-length")
+                        f"of {config.block_size}, or --block-size); use --sub-block-length for its sub-blocks")
+    if config.attention == "bidirectional" and given("block_size"):
+        raise DllmError(f"--block-size applies to block-diffusion models only; {config.model_type} decodes "
+                        "semi-autoregressive blocks: use --block-length")
+    from .runtime.settings import DREAM_SCHEDULED
+
+    if given("eps") and resolved.strategy not in DREAM_SCHEDULED:
+        raise DllmError(f"--eps applies to Dream's scheduled strategies only ({', '.join(DREAM_SCHEDULED)}; the "
+                        f"strategy here is {resolved.strategy}); drop --eps")
 
 
 def warn_unknown_characters(tok, prompts: list[str]) -> None:

@@ -60,8 +60,19 @@ Substitutions (made by this script at import time, recorded in each cases.json `
   reproducible fixtures it is replaced by its greedy counterpart: the argmax token and its
   probability under the same temperature/top-k/top-p distribution. The remasking rules, step
   budgets and cache calls are upstream's.
-* Dream's ``origin`` algorithm and LLaDA's ``random`` remasking draw from torch's RNG and are not
-  fixtured; neither is SDAR's ``entropy_bounded``.
+* ML-GSAI/LLaDA generate.py hard-codes LLaDA-8B's ids for ``logits_eos_inf`` / ``confidence_eos_eot_inf``
+  (126081 = ``<|endoftext|>``, config.json's eos_token_id; 126348 = ``<|eot_id|>``), which the tiny vocabulary
+  does not have: the file's text is read, those two literals are replaced by the tiny tokenizer's ids (257,
+  260) and it is executed as a module (``_llada_generate_tiny_ids``; nothing else changes).
+* Dream's ``origin`` algorithm, ``alg_temp`` > 0, LLaDA's ``random`` remasking and every temperature > 0
+  draw from torch's RNG and are not fixtured; neither is SDAR's ``entropy_bounded`` (its branch reads a
+  ``transfer_index`` it never defines) nor Dream's block variant with an attention mask (upstream fails on
+  the shapes).
+
+Cases are only ever appended (``_llada_more`` and the like): a case keeps its id and its content when the
+grid grows. Some prompts are chosen by a criterion the tool evaluates on upstream's own outputs (a prompt
+whose tokens an option changes; one where torch's top-k tie order matters): the recorded tokens are always
+upstream's.
 """
 from __future__ import annotations
 
@@ -407,7 +418,146 @@ def run_llada(up: Path) -> tuple[list, list]:
         x = orig.generate(model, torch.tensor(batch), **kw)
         cases.append(_case("generate", kw, batch, x.tolist(), counter.n, [len(p) for p in batch],
                            source="LLaDA generate.py"))
+    cases += _llada_more(up, model, counter, fd, mask)
     return cases, []
+
+
+def _llada_generate_tiny_ids(up: Path, eos: int, eot: int):
+    """ML-GSAI/LLaDA generate.py with its two hard-coded LLaDA-8B ids (126081 = <|endoftext|>, 126348 =
+    <|eot_id|>, used by logits_eos_inf / confidence_eos_eot_inf) replaced by the tiny tokenizer's ids: the
+    source is read, the literals are substituted and it is executed as a module (see NOTES["llada"])."""
+    src = (up / "LLaDA" / "generate.py").read_text()
+    if src.count("126081") != 2 or src.count("126348") != 1:
+        raise SystemExit("LLaDA generate.py: expected 126081 twice and 126348 once (logits_eos_inf / "
+                         "confidence_eos_eot_inf); the upstream file changed, check the substitution")
+    src = src.replace("126081", str(eos)).replace("126348", str(eot))
+    module = types.ModuleType("llada_orig_generate_tiny_ids")
+    module.__file__ = str(up / "LLaDA" / "generate.py")
+    exec(compile(src, module.__file__, "exec"), module.__dict__)
+    return module
+
+
+class _LowestIndexTies:
+    """``torch`` for an upstream module, except that ``topk`` takes equal values lowest index first. Only a
+    search criterion (which prompts make torch's own tie order matter); no recorded output comes from it."""
+
+    def __init__(self, torch):
+        self._torch = torch
+
+    def __getattr__(self, name):
+        return getattr(self._torch, name)
+
+    def topk(self, values, k):
+        order = sorted(range(values.numel()), key=lambda i: (-float(values[i]), i))[: int(k)]
+        index = self._torch.tensor(order, dtype=self._torch.long)
+        return values[index], index
+
+
+def chat_like_prompt(family: str, n: int, seed: int) -> list[int]:
+    """A prompt of byte tokens with the family's special tokens (not the mask) mixed in, seeded: the tiny
+    model then proposes EOS / EOT at some positions, which byte-only prompts rarely make it do."""
+    import random
+
+    rng = random.Random(f"{family}-chat-{seed}")
+    specials = [BYTES + i for i, t in enumerate(SPECIALS[family]) if "mask" not in t.lower()]
+    return [rng.choice(specials) if rng.random() < 0.35 else rng.randrange(32, 127) for _ in range(n)]
+
+
+def _llada_more(up: Path, model, counter, fd, mask: int) -> list:
+    """Cases added after the first grid (appended, so the earlier ids keep their cases)."""
+    import torch
+
+    cases = []
+    seed = 500
+    # Fast-dLLM: threshold / factor with fewer steps than tokens (generate_with_dual_cache stops a block after
+    # steps // blocks forwards and leaves its masks), an uneven schedule split, batches of two.
+    for fn in ("generate", "generate_with_prefix_cache", "generate_with_dual_cache"):
+        for gen_length, block_length, steps, rule in ((24, 8, 6, dict(threshold=0.9)), (16, 8, 4, dict(threshold=0.7)),
+                                                      (24, 8, 6, dict(factor=0.5)), (16, 8, 2, dict(factor=1.0)),
+                                                      (24, 8, 9, {}), (32, 16, 6, {})):
+            batch = prompts("llada", [6, 6] if seed % 2 else [5 + seed % 6], seed=seed)
+            kw = dict(steps=steps, gen_length=gen_length, block_length=block_length, **rule, temperature=0.0,
+                      remasking="low_confidence", mask_id=mask)
+            counter.n = 0
+            x, nfe = getattr(fd, fn)(model, torch.tensor(batch), **kw)
+            cases.append(_case(fn, kw, batch, x.tolist(), counter.n, [len(p) for p in batch], returned_nfe=int(nfe),
+                               source="Fast-dLLM llada/generate.py"))
+            seed += 1
+    # ML-GSAI/LLaDA generate: logits_eos_inf / confidence_eos_eot_inf (ids substituted, see
+    # _llada_generate_tiny_ids), classifier-free guidance, left-padded batches with an attention mask.
+    eos, eot = sid("llada", "<|endoftext|>"), sid("llada", "<|eot_id|>")
+    orig = _llada_generate_tiny_ids(up, eos, eot)
+    pad = config_json("llada")["pad_token_id"]
+
+    def run(batch, kw, attention_mask=None):
+        counter.n = 0
+        am = None if attention_mask is None else torch.tensor(attention_mask)
+        x = orig.generate(model, torch.tensor(batch), attention_mask=am, **kw)
+        return x.tolist(), counter.n
+
+    base = dict(temperature=0.0, remasking="low_confidence", mask_id=mask)
+    grid = ((16, 16, 16), (16, 8, 8), (24, 8, 12), (32, 8, 16))
+    for options in (dict(logits_eos_inf=True), dict(confidence_eos_eot_inf=True),
+                    dict(logits_eos_inf=True, confidence_eos_eot_inf=True)):
+        for gi, (gen_length, block_length, steps) in enumerate(grid):
+            kw = dict(steps=steps, gen_length=gen_length, block_length=block_length, cfg_scale=0.0, **base)
+            # the first chat-like prompt (from this seed on) whose tokens the option changes, so that every case
+            # exercises it (the option changes nothing where the model never proposes EOS / EOT)
+            for _ in range(200):
+                n = 5 + seed % 6
+                batch = [chat_like_prompt("llada", n, seed)] + ([chat_like_prompt("llada", n, seed + 7919)] if gi % 2 else [])
+                seed += 1
+                out, nfe = run(batch, dict(kw, **options))
+                if out != run(batch, kw)[0]:
+                    break
+            else:
+                raise SystemExit(f"LLaDA {options}: no prompt in 200 whose tokens the option changes")
+            cases.append(_case("generate", dict(kw, **options), batch, out, nfe, [len(p) for p in batch],
+                               source="LLaDA generate.py (EOS / EOT ids substituted)"))
+    # confidence_eos_eot_inf gives every EOS / EOT proposal confidence 0: which of those ties torch.topk takes
+    # decides the tokens. The first two chat-like prompts (seeds from 1000) where torch's CPU tie order gives other
+    # tokens than taking the lowest positions; the recorded tokens are upstream's own (the other order only
+    # selects the prompts).
+    kw = dict(steps=6, gen_length=24, block_length=8, cfg_scale=0.0, **base, confidence_eos_eot_inf=True)
+    found = 0
+    for tie_seed in range(1000, 2600):
+        batch = [chat_like_prompt("llada", 5 + tie_seed % 6, tie_seed)]
+        out, nfe = run(batch, kw)
+        orig.torch = _LowestIndexTies(torch)
+        try:
+            other = run(batch, kw)[0]
+        finally:
+            orig.torch = torch
+        if out != other:
+            cases.append(_case("generate", kw, batch, out, nfe, [len(p) for p in batch],
+                               source="LLaDA generate.py (EOS / EOT ids substituted)"))
+            found += 1
+            if found == 2:
+                break
+    else:
+        raise SystemExit("LLaDA confidence_eos_eot_inf: fewer than 2 prompts where torch's tie order matters")
+    for cfg_scale, (gen_length, block_length, steps), options in ((0.5, (16, 16, 16), {}), (2.0, (24, 8, 12), {}),
+                                                                  (1.0, (16, 8, 8), dict(logits_eos_inf=True,
+                                                                                         confidence_eos_eot_inf=True))):
+        batch = [chat_like_prompt("llada", 7, seed), chat_like_prompt("llada", 7, seed + 7919)]
+        seed += 1
+        kw = dict(steps=steps, gen_length=gen_length, block_length=block_length, cfg_scale=cfg_scale, **base, **options)
+        ones = [[1] * len(p) for p in batch]  # generate's cfg branch reads attention_mask_, set only with a mask
+        out, nfe = run(batch, kw, ones)
+        cases.append(_case("generate", kw, batch, out, nfe, [len(p) for p in batch], attention_mask=ones,
+                           source="LLaDA generate.py (EOS / EOT ids substituted)"))
+    for lens, (gen_length, block_length, steps), options in (([5, 9], (16, 8, 8), {}), ([9, 4], (24, 8, 12), {}),
+                                                             ([6, 10], (16, 16, 16), dict(confidence_eos_eot_inf=True))):
+        raw = prompts("llada", lens, seed=seed)
+        seed += 1
+        width = max(lens)
+        batch = [[pad] * (width - len(p)) + p for p in raw]  # left padding, as LLaDA's main() pads
+        am = [[0] * (width - len(p)) + [1] * len(p) for p in raw]
+        kw = dict(steps=steps, gen_length=gen_length, block_length=block_length, cfg_scale=0.0, **base, **options)
+        out, nfe = run(batch, kw, am)
+        cases.append(_case("generate", kw, batch, out, nfe, [width] * len(batch), attention_mask=am,
+                           source="LLaDA generate.py (EOS / EOT ids substituted)"))
+    return cases
 
 
 def run_dream(up: Path) -> tuple[list, list]:
@@ -458,7 +608,82 @@ def run_dream(up: Path) -> tuple[list, list]:
                 cases.append(_case("diffusion_generate_block", kw, batch, x.tolist(), counter.n,
                                    [len(p) for p in batch], source="Fast-dLLM dream/model/generation_utils_block.py"))
                 i += 1
+    cases += _dream_more(model, counter, block_utils, mask)
     return cases, []
+
+
+def _dream_more(model, counter, block_utils, mask: int) -> list:
+    """Cases added after the first grid (appended, so the earlier ids keep their cases): top_p / top_k at
+    temperature 0 (Dream's statistics are those of the filtered distribution), eps, more steps than tokens,
+    left-padded batches with an attention mask, and the block variant's other algorithms."""
+    import torch
+
+    from model import generation_utils as plain_utils
+
+    cases = []
+    seed = 500
+    pad = config_json("dream")["pad_token_id"]
+    plain = dict(output_history=False, return_dict_in_generate=False)
+
+    def use(utils) -> None:
+        model.diffusion_generate = types.MethodType(utils.DreamGenerationMixin.diffusion_generate, model)
+        model._sample = types.MethodType(utils.DreamGenerationMixin._sample, model)
+
+    def run(fn, batch, kw, attention_mask=None, gen_start=None, **extra):
+        counter.n = 0
+        am = {} if attention_mask is None else dict(attention_mask=torch.tensor(attention_mask))
+        x = model.diffusion_generate(torch.tensor(batch), **kw, **am)
+        source = ("Fast-dLLM dream/model/generation_utils_block.py" if fn == "diffusion_generate_block" else
+                  "Fast-dLLM dream/model/generation_utils.py")
+        if attention_mask is not None:
+            extra["attention_mask"] = attention_mask
+        cases.append(_case(fn, kw, batch, x.tolist(), counter.n, gen_start or [len(p) for p in batch], source=source,
+                           **extra))
+
+    use(plain_utils)
+    base = dict(alg_temp=0.0, temperature=0.0, mask_token_id=mask, **plain)
+    for alg in ("entropy", "maskgit_plus", "topk_margin", "confidence_threshold"):
+        for max_new, steps, top_p, top_k in ((16, 8, 0.9, None), (16, 16, None, 5), (24, 6, 0.5, 20), (16, 4, 0.99, 3)):
+            if alg == "confidence_threshold" and max_new % steps:
+                continue
+            kw = dict(max_new_tokens=max_new, steps=steps, alg=alg, top_p=top_p, top_k=top_k, **base)
+            if alg == "confidence_threshold":
+                kw["threshold"] = 0.8
+            run("diffusion_generate", prompts("dream", [6, 6] if seed % 2 and alg != "confidence_threshold" else
+                                              [4 + seed % 6], seed=seed), kw)
+            seed += 1
+    for alg, max_new, steps, eps in (("entropy", 16, 8, 0.05), ("maskgit_plus", 24, 6, 0.2), ("topk_margin", 16, 5, 0.0),
+                                     ("entropy", 16, 20, 1e-3), ("maskgit_plus", 8, 12, 1e-3)):
+        kw = dict(max_new_tokens=max_new, steps=steps, alg=alg, top_p=None, top_k=None, eps=eps, **base)
+        run("diffusion_generate", prompts("dream", [5 + seed % 5], seed=seed), kw)
+        seed += 1
+    # left padding with the attention mask (Dream's positions: cumsum(mask) - 1; pad keys masked)
+    for alg, lens, max_new, steps in (("entropy", [5, 9], 16, 8), ("topk_margin", [10, 4], 16, 16),
+                                      ("maskgit_plus", [6, 8, 3], 24, 6)):
+        raw = prompts("dream", lens, seed=seed)
+        seed += 1
+        width = max(lens)
+        batch = [[pad] * (width - len(p)) + p for p in raw]
+        am = [[0] * (width - len(p)) + [1] * len(p) for p in raw]
+        kw = dict(max_new_tokens=max_new, steps=steps, alg=alg, top_p=None, top_k=None, **base)
+        run("diffusion_generate", batch, kw, attention_mask=am, gen_start=[width] * len(batch))
+    # the block variant (prefix / dual cache): every alg but confidence_threshold ranks by entropy there;
+    # top_p / top_k; eps; one step per block (the block's masks stay: docs/upstream_semantics.md row 11)
+    use(block_utils)
+    base = dict(alg_temp=0.0, temperature=0.0, mask_token_id=mask)
+    for dual in (False, True):
+        for alg, max_new, block, steps, extra in (("maskgit_plus", 16, 8, 16, {}), ("topk_margin", 24, 8, 12, {}),
+                                                  ("entropy", 16, 8, 8, dict(top_p=0.9)),
+                                                  ("confidence_threshold", 16, 8, 16, dict(top_k=5, threshold=0.7)),
+                                                  ("maskgit_plus", 24, 8, 6, dict(eps=0.1)),
+                                                  ("entropy", 16, 8, 2, {})):
+            kw = dict(max_new_tokens=max_new, steps=steps, alg=alg, top_p=None, top_k=None, block_length=block,
+                      dual_cache=dual, **base)
+            kw.update(extra)
+            run("diffusion_generate_block", prompts("dream", [4 + seed % 6], seed=seed), kw)
+            seed += 1
+    use(plain_utils)
+    return cases
 
 
 def run_fast_dllm_v2(up: Path) -> tuple[list, list]:
@@ -509,7 +734,48 @@ def run_fast_dllm_v2(up: Path) -> tuple[list, list]:
                     cases.append(_case("batch_sample", kw, batch, rows, counter.n, lens,
                                        pad_token_id=tok.pad_token_id, source="Fast-dLLM v2/generation_functions.py"))
                     i += 1
+    cases += _fast_dllm_v2_more(model, counter, tok, mask, eos)
     return cases, []
+
+
+def _fast_dllm_v2_more(model, counter, tok, mask: int, eos: int) -> list:
+    """Cases added after the first grid (appended, so the earlier ids keep their cases): max_new_tokens not a
+    multiple of the block, prompts of 3 and of 24 tokens (three whole blocks), a block_size argument other than
+    the checkpoint's bd_size, a prompt of exactly one block (upstream neither prefills nor attends it:
+    docs/upstream_semantics.md row 5), and batch_sample with three rows and with equal lengths."""
+    import torch
+
+    cases = []
+    seed = 500
+    for plen, max_new, block, th, sub, cache, stop in ((5, 20, BD_SIZE, 0.9, 4, False, eos),
+                                                       (11, 20, BD_SIZE, 0.5, 2, True, -1),
+                                                       (3, 16, BD_SIZE, 0.9, 8, True, eos),
+                                                       (24, 16, BD_SIZE, 0.7, 4, False, -1),
+                                                       (24, 24, BD_SIZE, 0.9, 4, True, eos),
+                                                       (6, 16, 4, 0.9, 2, False, -1), (10, 16, 4, 0.5, 4, True, eos),
+                                                       (5, 32, 16, 0.9, 8, False, eos), (18, 32, 16, 0.7, 4, True, -1),
+                                                       (BD_SIZE, 16, BD_SIZE, 0.9, 4, False, eos),
+                                                       (BD_SIZE, 16, BD_SIZE, 1.0, 8, True, -1)):
+        batch = prompts("fast_dllm_v2", [plen], seed=seed)
+        seed += 1
+        kw = dict(max_new_tokens=max_new, mask_id=mask, threshold=th, small_block_size=sub, block_size=block,
+                  stop_token=stop, top_p=0.95, temperature=0, use_block_cache=cache)
+        counter.n = 0
+        out = model.generate(torch.tensor(batch), **kw)
+        cases.append(_case("generate", kw, batch, out.tolist(), counter.n, [plen],
+                           source="Fast_dLLM_v2_7B modeling.py Fast_dLLM_QwenForCausalLM.generate"))
+    for lens, max_new, th, sub, stop in (([4, 9, 17], 16, 0.9, 4, eos), ([7, 7], 16, 0.7, 8, -1),
+                                         ([12, 3], 24, 0.5, 2, eos), ([4, 11, 20], 16, 0.9, 4, eos)):
+        batch = prompts("fast_dllm_v2", lens, seed=seed)
+        seed += 1
+        ids = torch.tensor([p + [mask] * (max(lens) - len(p)) for p in batch])
+        kw = dict(block_size=BD_SIZE, max_new_tokens=max_new, small_block_size=sub, min_len=min(lens), seq_len=lens,
+                  mask_id=mask, threshold=th, stop_token=stop, use_block_cache=False, top_p=0.95, temperature=0.0)
+        counter.n = 0
+        out = model.batch_sample(ids, tok, **dict(kw, seq_len=torch.tensor(lens)))
+        cases.append(_case("batch_sample", kw, batch, [out[b].tolist() for b in range(len(batch))], counter.n, lens,
+                           pad_token_id=tok.pad_token_id, source="Fast-dLLM v2/generation_functions.py"))
+    return cases
 
 
 FLASH_ATTN_STUB = {
@@ -622,15 +888,37 @@ def run_sdar(up: Path) -> tuple[list, list]:
                     cases.append(_case("block_diffusion_generate", kw, batch, x.tolist(), counter.n, [plen],
                                        source="SDAR generate.py (greedy sampler substitute)"))
                     i += 1
+    # Added after the first grid (appended, so the earlier ids keep their cases): denoising_steps that do not
+    # divide the block or exceed it, and a block_length other than config.json's block_size (the attention
+    # mask, the prefill and the blocks all follow the argument).
+    seed = 500
+    for strategy in ("sequential", "low_confidence_static", "low_confidence_dynamic"):
+        for block, steps, plen, gen_len, stop in ((SDAR_BLOCK, 3, 6, 12, None), (SDAR_BLOCK, 8, 9, 16, stops),
+                                                  (2, 2, 5, 12, None), (2, 1, 8, 16, stops), (8, 8, 5, 16, None),
+                                                  (8, 4, 11, 24, stops), (8, 3, 3, 16, None)):
+            batch = prompts("sdar", [plen], seed=seed)
+            seed += 1
+            kw = dict(mask_id=mask, gen_length=gen_len, block_length=block, denoising_steps=steps, temperature=1.0,
+                      top_k=0, top_p=1.0, remasking_strategy=strategy, confidence_threshold=0.85 if seed % 2 else 0.5,
+                      stopping_criteria_idx=stop)
+            counter.n = 0
+            x = gen.block_diffusion_generate(model, {"input_ids": torch.tensor(batch)}, **kw)
+            cases.append(_case("block_diffusion_generate", kw, batch, x.tolist(), counter.n, [plen],
+                               source="SDAR generate.py (greedy sampler substitute)"))
     return cases, []
 
 
 RUNNERS = {"llada": run_llada, "dream": run_dream, "fast_dllm_v2": run_fast_dllm_v2, "sdar": run_sdar}
 NOTES = {
-    "llada": "Fast-dLLM @5332e2f llada/generate.py and ML-GSAI/LLaDA @b7e6c35 generate.py; temperature 0.",
+    "llada": "Fast-dLLM @5332e2f llada/generate.py and ML-GSAI/LLaDA @b7e6c35 generate.py; temperature 0. "
+             "generate.py's hard-coded LLaDA-8B ids 126081 (<|endoftext|>) and 126348 (<|eot_id|>) of "
+             "logits_eos_inf / confidence_eos_eot_inf are replaced by the tiny tokenizer's 257 / 260 when the "
+             "file is loaded. The LLaDA model code (Fast-dLLM llada/model) ignores attention_mask "
+             "(attn_mask=None), so a left-padded row decodes with its pads attended.",
     "dream": "Fast-dLLM @5332e2f dream/model generation_utils.py (Dream's diffusion_generate + confidence_threshold) "
              "and generation_utils_block.py (prefix/dual cache); temperature 0, alg_temp 0. Output rows are the "
-             "full sequence padded to max_length; upstream never stops at EOS.",
+             "full sequence padded to max_length; upstream never stops at EOS. Left-padded batches pass an "
+             "attention_mask (the case's prompts are the padded rows).",
     "fast_dllm_v2": "Efficient-Large-Model/Fast_dLLM_v2_7B modeling.py generate (via DualDiffusion @189fa7a, steps=None) "
                     "and Fast-dLLM @5332e2f v2/generation_functions.py batch_sample; temperature 0. stop_token -1 = "
                     "no stop token.",

@@ -28,7 +28,8 @@ The step on the device: every forward names the query rows whose predictions the
 opening token) and gets back, per row, the top-1 token (the mask token excluded) and its
 probability, computed where the logits are (dllm_trt/contract.py). The loop then applies the
 strategy's rule (threshold, factor, top-k of the schedule) to those B x R numbers; only sampling
-at temperature > 0 asks for the rows' logits. The cache is passed whole (P = its capacity), the
+at temperature > 0, classifier-free guidance, LLaDA's logits_eos_inf / confidence_eos_eot_inf and
+Dream's top_p / top_k ask for the rows' logits (slower: the rows come to the host). The cache is passed whole (P = its capacity), the
 bias masking what a step may not see, so no forward slices or copies it.
 
 Randomness (random remasking, sampling) comes from a counter-based stream keyed by the seed,
@@ -49,12 +50,14 @@ from ..config import ModelConfig
 from ..errors import DllmError
 from .backends import StepOutput
 from .layout import attention_bias
-from .sampling import SAMPLE_STREAM, REMASK_STREAM, counter_uniform, propose, softmax64
+from .sampling import SAMPLE_STREAM, REMASK_STREAM, confidence_without, counter_uniform, draw, dream_probs, propose
 from .methods import CreditState
 from .settings import DREAM_SCHEDULED, SCHEDULED, STEPPED, GenerationConfig, GenerationResult, StepRecord
 from .unmask import (dream_count, dream_timesteps, logit_margin, sched_threshold, select_budget, select_drawn,
                      select_factor, select_first, select_hierarchy, select_local_leap, select_threshold, select_top_k,
                      torch_topk, transfer_schedule)
+
+DREAM_ALGS = DREAM_SCHEDULED + ("confidence_threshold",)  # strategies that read Dream's sample_tokens
 
 
 @dataclass
@@ -112,7 +115,9 @@ class DecodeLoop:
         self.shift = 1 if self.cfg.logits_shift else 0
         self.mask_id = self.cfg.mask_token_id
         self.eos = np.array(self.cfg.eos_token_ids or (-1,))
-        bs = self.cfg.block_size or 0
+        # the block of block diffusion: the model's, or the request's (SDAR block_length / v2 block_size)
+        self.block_size = (self.gen.block_size or self.cfg.block_size) if self.cfg.attention == "block_causal" else None
+        bs = self.block_size or 0
         extra = bs + 1 if self.cfg.attention == "block_causal" else 0
         self.capacity = int(self.prompt_len.max()) + self.gen.gen_length + extra
         longest = int(self.prompt_len.max()) + self.gen.gen_length
@@ -132,17 +137,41 @@ class DecodeLoop:
         self._bias: np.ndarray | None = None
         self.live = np.ones(self.batch, bool)  # not yet finished
         self.draws = np.zeros(self.batch, np.int64)  # random draws per sequence (counter of the stream)
-        # Sampling runs on the device when the backend can (its logits never leave it); otherwise sampling and
-        # classifier-free guidance read the rows' logits on the host.
-        self.device_sampling = (self.gen.temperature > 0.0 and self.gen.cfg_scale == 0.0
-                                and bool(getattr(backend, "samples_on_device", False)))
-        self.want_logits = (self.gen.temperature > 0.0 and not self.device_sampling) or self.gen.cfg_scale > 0.0
+        g = self.gen
+        # LLaDA generate's options: EOS never proposed (banned); EOS / EOT proposals rank last (unconfident)
+        self.banned = (self._eos_id("logits_eos_inf"),) if g.logits_eos_inf else ()
+        self.unconfident = (self._eos_id("confidence_eos_eot_inf"), self._eot_id()) if g.confidence_eos_eot_inf else ()
+        # Dream's statistics are read from its top-p / top-k filtered distribution (at temperature 0 too)
+        self.dream_filtered = g.strategy in DREAM_ALGS and (g.top_p < 1.0 or g.top_k > 0)
+        # the rules whose exact ties are systematic follow torch.topk's order (choose_torch_order)
+        self.upstream_ties = ((bool(self.unconfident) and g.strategy == "low_confidence")
+                              or (self.dream_filtered and g.alg_temp == 0.0))
+        self.block_start = self.prompt_len.copy()  # run_masked: the current block's first position per sequence
+        # Sampling runs on the device when the backend can (the export's sampler graph: its logits never leave the
+        # device); otherwise sampling, classifier-free guidance and the options above read the rows' logits.
+        # (Dream's top-p / top-k filter order and statistics, and LLaDA's EOS options, stay on the host for now.)
+        self.device_sampling = (g.temperature > 0.0 and g.cfg_scale == 0.0 and not self.banned and not self.unconfident
+                                and not self.dream_filtered and bool(getattr(backend, "samples_on_device", False)))
+        self.want_logits = not self.device_sampling and (
+            g.temperature > 0.0 or g.cfg_scale > 0.0 or bool(self.banned) or bool(self.unconfident) or self.dream_filtered)
         # SDAR's static/dynamic remasking: torch.topk over the whole span (see unmask_span_topk)
         self.span_topk = self.cfg.model_type == "sdar" and self.gen.strategy in ("low_confidence", "threshold")
-        g = self.gen
         self.credit = CreditState(self.batch, g.credit_alpha, g.credit_gamma, g.credit_decay) \
             if g.strategy == "credit" else None
         self.progress = 0.0  # sched: the block's step / its steps (set by run_masked before each unmasking)
+
+    def _eos_id(self, option: str) -> int:
+        """config.json's eos_token_id (the first of a list): LLaDA generate's hard-coded 126081 on LLaDA-8B."""
+        if not self.cfg.eos_token_ids:
+            raise DllmError(f"{option} needs the model's EOS id, and its config.json has eos_token_id null")
+        return int(self.cfg.eos_token_ids[0])
+
+    def _eot_id(self) -> int:
+        """The tokenizer's <|eot_id|> (ModelConfig.eot_token_id): LLaDA generate's hard-coded 126348 on LLaDA-8B."""
+        if self.cfg.eot_token_id is None:
+            raise DllmError("confidence_eos_eot_inf needs the end-of-turn token <|eot_id|>, which this model's tokenizer "
+                            "files do not have (tokenizer_config.json / tokenizer.json added tokens)")
+        return int(self.cfg.eot_token_id)
 
     # ------------------------------------------------------------------ one forward
     def forward(self, w: _Window, kind: str, write: bool, rows: np.ndarray) -> StepOutput:
@@ -188,7 +217,7 @@ class DecodeLoop:
         key = (w.start.tobytes(), w.length, w.valid.tobytes(), w.past_len, w.past_valid.tobytes())
         if self._bias_key != key:
             self._bias_key = key
-            self._bias = attention_bias(safe_pos, w.valid, w.past_valid, self.cfg.block_size)
+            self._bias = attention_bias(safe_pos, w.valid, w.past_valid, self.block_size)
         return self._bias
 
     def window(self, start: np.ndarray, length: int, valid_end: np.ndarray, past_visible: np.ndarray | None = None,
@@ -228,13 +257,28 @@ class DecodeLoop:
         g = self.gen
         if not self.want_logits:
             return out.tokens[b, j], self._checked(out.confidence[b, j].astype(np.float64), b)
+        rows = self._rows(out, b, j)
+        u = counter_uniform(g.seed, SAMPLE_STREAM, int(self.draws[b]), positions)
+        if self.dream_filtered:  # Dream's sample_tokens: token and top-1 probability of the filtered distribution
+            p = dream_probs(rows, g.temperature, g.top_p, g.top_k)
+            tokens = p.argmax(axis=-1) if g.temperature == 0.0 else draw(p, u)
+            return tokens, p[np.arange(p.shape[0]), tokens]
+        tokens, conf = propose(rows, g.temperature, g.top_k, g.top_p, u)
+        if self.unconfident:  # LLaDA: the proposal's probability with EOS and EOT left out (0 for them)
+            conf = confidence_without(rows, tokens, g.temperature, self.unconfident)
+        return tokens, conf
+
+    def _rows(self, out: StepOutput, b: int, j: np.ndarray) -> np.ndarray:
+        """Logits rows j of sequence b (float32), checked, with the mask token (and with logits_eos_inf, EOS) at
+        -inf: never proposed (see models.layers.select_top1)."""
         rows = out.logits[b, j]
         self._checked(rows.max(axis=-1), b)
+        rows = rows.astype(np.float32, copy=True)
         if 0 <= self.mask_id < rows.shape[-1]:
-            rows = rows.copy()
-            rows[:, self.mask_id] = -np.inf  # never propose the mask token (see models.layers.select_top1)
-        u = counter_uniform(g.seed, SAMPLE_STREAM, int(self.draws[b]), positions)
-        return propose(rows, g.temperature, g.top_k, g.top_p, u)
+            rows[:, self.mask_id] = -np.inf
+        for t in self.banned:
+            rows[:, t] = -np.inf
+        return rows
 
     def choose(self, conf: np.ndarray, count: int | None, u: np.ndarray | None,
                positions: np.ndarray | None = None) -> np.ndarray:
@@ -264,13 +308,13 @@ class DecodeLoop:
 
     def _statistic(self, out: StepOutput, b: int, j: np.ndarray) -> np.ndarray:
         """Dream's ranking statistic of rows j of sequence b: top-1 minus top-2 probability (topk_margin)
-        or sum p log p (entropy), from the device's outputs, or (sampling) from the tempered rows."""
-        margin = self.gen.strategy == "topk_margin"
+        or sum p log p (entropy; every alg of the block variant), from the device's outputs, or from the rows'
+        logits (sampling, top_p / top_k): the tempered, filtered distribution of Dream's sample_tokens."""
+        g = self.gen
+        # Fast-dLLM's Dream block variant (prefix / dual cache) ranks by negative entropy whatever the alg
+        margin = g.strategy == "topk_margin" and g.cache == "none"
         if self.want_logits:
-            rows = out.logits[b, j].astype(np.float64)
-            if 0 <= self.mask_id < rows.shape[-1]:
-                rows[:, self.mask_id] = -np.inf
-            p = softmax64(rows / self.gen.temperature)
+            p = dream_probs(self._rows(out, b, j), g.temperature, g.top_p, g.top_k)
             if margin:
                 top2 = np.sort(p, axis=-1)[:, -2:]
                 return top2[:, 1] - top2[:, 0]
@@ -321,7 +365,7 @@ class DecodeLoop:
             cand = j + lo[b]
             assert (cand - self.shift - w.start[b]).min() >= 0, "query window does not cover the shifted prediction rows"
             tokens, conf = self._propose(out, b, j, cand)
-            if g.strategy in ("topk_margin", "entropy"):
+            if g.strategy in ("topk_margin", "entropy") or (g.strategy in DREAM_SCHEDULED and g.cache != "none"):
                 conf = self._statistic(out, b, j)
             # the remasking stream: only random remasking and Dream's alg_temp draw from it
             drawn = g.strategy == "random" or (g.strategy in DREAM_SCHEDULED and g.alg_temp > 0)
@@ -333,6 +377,8 @@ class DecodeLoop:
             self.draws[b] += 1
             if g.strategy == "sched" and self._sched_exits(out, b, j):
                 chosen = np.arange(j.size)  # SchED's early exit: the block's remaining masks, all at once
+            elif self.upstream_ties and quota is not None:
+                chosen = self.choose_torch_order(b, cand, conf, quota[b])
             else:
                 chosen = self.choose(conf, quota[b] if quota is not None else None, u, j)
             self.x[b, cand[chosen]] = tokens[chosen]
@@ -349,6 +395,45 @@ class DecodeLoop:
         u = np.stack([counter_uniform(g.seed, SAMPLE_STREAM, int(self.draws[b]), lo[b] + np.arange(r))
                       for b in range(self.batch)])
         return self.backend.sample(g.temperature, g.top_k, g.top_p, u)
+
+    def choose_torch_order(self, b: int, cand: np.ndarray, conf: np.ndarray, k: int) -> np.ndarray:
+        """The top-k rules where equal confidences are common by construction, ordered as upstream's
+        ``torch.topk`` orders them. LLaDA's confidence_eos_eot_inf gives every EOS / EOT proposal confidence 0;
+        Dream's top_p leaves a one-token nucleus wherever the top token's probability reaches top_p, so those
+        positions all have top-1 probability 1, margin 1, entropy 0. Which tied positions a step takes decides
+        the tokens, and torch's CPU top-k takes them in an order of its own that depends on the row it ranks;
+        unmask.torch_topk replays it on upstream's row (``torch_row``). Without a tie among the k + 1 best the
+        order of the stable rule is used (the same set). Returns indices into ``cand`` (position order);
+        ``confidence_threshold`` keeps the first of the order and those at or above the threshold."""
+        k = max(1, min(k, cand.size))
+        order = np.argsort(-conf, kind="stable")
+        head = conf[order[: k + 1]]
+        if np.unique(head).size < head.size:
+            length, offset = self.torch_row(b)
+            row = np.full(length, -np.inf)
+            row[cand + offset] = conf
+            order = np.searchsorted(cand, torch_topk(row, k) - offset)
+        top = order[:k]
+        if self.gen.strategy == "confidence_threshold":
+            keep = conf[top] >= self.gen.threshold
+            keep[0] = True
+            top = top[keep]
+        return np.sort(top)
+
+    def torch_row(self, b: int) -> tuple[int, int]:
+        """The row upstream's ``torch.topk`` ranks for sequence b, as (length, offset of position 0): the whole
+        left-padded buffer (the batch's longest prompt + gen_length; LLaDA's generate, Dream's diffusion_generate),
+        or, in Fast-dLLM's Dream block variant, the buffer from the block's start (prefix cache) or the block
+        alone (dual cache). A batch of prompts of different lengths therefore breaks exact ties as upstream's
+        padded batch does, which may differ from the prompt alone."""
+        g = self.gen
+        s = int(self.block_start[b])
+        if g.strategy in DREAM_ALGS and g.cache == "prefix":
+            return int(self.prompt_len[b]) + g.gen_length - s, -s
+        if g.strategy in DREAM_ALGS and g.cache == "dual":
+            return g.block_length, -s
+        width = int(self.prompt_len.max())
+        return width + g.gen_length, width - int(self.prompt_len[b])
 
     def unmask_span_topk(self, out: StepOutput, b: int, lo: int, hi: int, k: int) -> None:
         """SDAR's low_confidence_static / _dynamic as its generate.py runs them: ``torch.topk`` of the span's
@@ -420,11 +505,15 @@ class DecodeLoop:
         blocks = g.gen_length // g.block_length
         scheduled = g.strategy in SCHEDULED
         steps_per_block = g.steps // blocks if g.strategy in STEPPED else None
-        timesteps = dream_timesteps(steps_per_block) if g.strategy in DREAM_SCHEDULED else None
+        timesteps = dream_timesteps(steps_per_block, g.eps) if g.strategy in DREAM_SCHEDULED else None
         # Fast-dLLM's Dream block variant (prefix / dual cache): the block's first forward fills only its
         # opening position, so later windows need no lead row for the shift.
-        dream_block = g.strategy in DREAM_SCHEDULED + ("confidence_threshold",) and g.cache != "none"
+        dream_block = g.strategy in DREAM_ALGS and g.cache != "none"
         lead = 0 if dream_block else self.shift
+        # Fast-dLLM's generate_with_dual_cache runs at most steps // blocks forwards per block, whatever the rule:
+        # with threshold / factor a block can keep masks, which the next block's first (full) step may fill (its
+        # candidates are every mask before the block's end) and which the last block leaves in the output.
+        cap = g.steps // blocks if g.cache == "dual" and g.strategy in ("threshold", "factor") else None
         finished = np.zeros(B, bool)
         self.live = ~finished
         for k in range(blocks):
@@ -440,9 +529,12 @@ class DecodeLoop:
             while True:
                 masked = np.array([int((self.x[b, s[b]:e[b]] == self.mask_id).sum()) for b in range(B)])
                 pending = active & (masked > 0)
-                if not pending.any():
+                if not pending.any() or (cap is not None and forwards >= cap):
                     break
-                fill_end = e
+                fill_end, lo = e, s
+                if cap is not None and forwards == 0 and any(
+                        (self.x[b, self.prompt_len[b]: s[b]] == self.mask_id).any() for b in np.flatnonzero(active)):
+                    lo = self.prompt_len  # masks left by earlier blocks are candidates of this full step too
                 if dream_block and forwards == 0:
                     quota, fill_end = [1] * B, s + 1  # upstream: x[s] = argmax, whatever the algorithm
                 elif dream_block and budget is None and timesteps is None:
@@ -458,7 +550,7 @@ class DecodeLoop:
                     quota = budget.quota() if budget is not None else None
                 if g.cache == "none" or forwards == 0:
                     w = self.window(zeros, full_len, total)
-                    out = self.forward(w, "full", g.cache != "none", self.fill_rows(w, s, g.block_length))
+                    out = self.forward(w, "full", g.cache != "none", self.fill_rows(w, lo, int((e - lo).max())))
                 elif g.cache == "prefix":
                     start = s - lead
                     w = self.window(start, int((total - start).max()), total, self.past_below(start))
@@ -470,7 +562,8 @@ class DecodeLoop:
                     w = self.window(start, g.block_length + lead, e, past_visible)
                     out = self.forward(w, "dual", False, self.fill_rows(w, s, g.block_length))
                 self.progress = step / steps_per_block if steps_per_block else 0.0
-                self.unmask(out, w, s, fill_end, pending, quota)
+                self.block_start = s
+                self.unmask(out, w, lo, fill_end, pending | (active & (lo < s)), quota)
                 if budget is not None:
                     budget.update(step, np.minimum(quota, masked), self.steps[-1].unmasked)
                 step += 1
@@ -498,7 +591,7 @@ class DecodeLoop:
         return transfer_schedule(sb, min(g.steps // spans, sb))
 
     def run_blocks(self) -> GenerationResult:
-        g, B, bs = self.gen, self.batch, self.cfg.block_size
+        g, B, bs = self.gen, self.batch, self.block_size
         sb = g.sub_block_length  # Fast-dLLM v2 fills a block sub-block by sub-block in every cache mode
         if sb <= 0 or bs % sb:
             raise DllmError(f"sub_block_length {g.sub_block_length} must divide the model's block size {bs}")
@@ -537,6 +630,9 @@ class DecodeLoop:
             w = self.window(zeros, int(committed.max()), committed, active=on_boundary)
             out = self.forward(w, "prefill", self.cache is not None, last_rows(w))
             take_next_token(out, on_boundary)
+            if g.stop_at_eos:  # Fast-dLLM v2: a stop token read by the prefill ends the generation there
+                done |= on_boundary & np.isin(self.x[np.arange(B), n - 1], self.eos)
+                self.live = ~done
         to_prefill = (committed > 0) & ~on_boundary if self.cache is not None else np.zeros(B, bool)
 
         while not done.all():

@@ -210,7 +210,7 @@ class BatchEngine:
             # diagnosed yet: refuse rather than serve wrong answers.
             raise DllmError("continuous batching with --cache none on ONNX Runtime CUDA is disabled (it gave wrong "
                             "tokens in the GPU test); serve with --cache prefix or --cache dual (also faster)")
-        bs = self.config.block_size or 0
+        bs = self.gen.block_size or self.config.block_size or 0
         self.extra = bs + 1 if self.config.attention == "block_causal" else 0  # DecodeLoop's spare block
         top = int(getattr(backend, "max_positions", None) or self.config.max_position_embeddings)
         self.max_positions = min(top, capacity) if capacity else top

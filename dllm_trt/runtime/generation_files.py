@@ -64,7 +64,7 @@ DREAM_ALGS = ("maskgit_plus", "topk_margin", "entropy", "confidence_threshold")
 def dream_generation_keys(raw: dict) -> dict:
     """Dream's generation_config.json keys as GenerationConfig fields: ``alg`` names the strategy (Dream's
     ``origin``, independent random transfers, has no counterpart and is left to the defaults), ``alg_temp``
-    (null: 0), ``steps`` keeps its name."""
+    (null: 0), ``steps`` and ``eps`` (the end of its timestep schedule) keep their names."""
     out: dict[str, Any] = {}
     if raw.get("alg") in DREAM_ALGS:
         out["strategy"] = raw["alg"]
@@ -72,6 +72,8 @@ def dream_generation_keys(raw: dict) -> dict:
         out["alg_temp"] = float(raw["alg_temp"] or 0.0)
     if isinstance(raw.get("steps"), int) and not isinstance(raw.get("steps"), bool):
         out["steps"] = raw["steps"]
+    if isinstance(raw.get("eps"), (int, float)) and not isinstance(raw.get("eps"), bool):
+        out["eps"] = float(raw["eps"])
     return out
 
 

@@ -40,6 +40,51 @@ def softmax64(logits: np.ndarray) -> np.ndarray:
     return z
 
 
+def dream_probs(logits: np.ndarray, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0) -> np.ndarray:
+    """The distribution Dream's ``sample_tokens`` reads its token and statistics from: the logits divided by
+    the temperature (when > 0), then the nucleus filter (``top_p`` < 1: a token is dropped when the
+    probability mass of the tokens ranked before it exceeds ``top_p``; the top token always stays), then
+    the top-k filter (``top_k`` > 0: logits below the k-th largest are dropped, ties at it kept), then the
+    softmax. Applied at temperature 0 too, as Dream does: its top-1 probability, margin and entropy are
+    those of the filtered distribution. Float64 [N, V]."""
+    z = logits.astype(np.float64)
+    if temperature > 0.0:
+        z = z / temperature
+    if top_p < 1.0 and z.shape[-1] > 1:
+        order = np.argsort(-z, axis=-1, kind="stable")
+        cum = np.cumsum(np.take_along_axis(softmax64(z), order, axis=-1), axis=-1)
+        drop_sorted = np.zeros_like(cum, bool)
+        drop_sorted[:, 1:] = cum[:, :-1] > top_p
+        drop = np.zeros_like(drop_sorted)
+        np.put_along_axis(drop, order, drop_sorted, axis=-1)
+        z = np.where(drop, -np.inf, z)
+    if top_k > 0:
+        kth = -np.sort(-z, axis=-1)[:, min(top_k, z.shape[-1]) - 1: min(top_k, z.shape[-1])]
+        z = np.where(z < kth, -np.inf, z)
+    return softmax64(z)
+
+
+def draw(p: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Token i of each row of probabilities ``p`` [N, V] by inverse CDF with the uniform ``u[i]``."""
+    cdf = np.cumsum(p, axis=-1)
+    u = np.asarray(u, np.float64)[:, None] * cdf[:, -1:]
+    return np.minimum((cdf <= u).sum(axis=-1), p.shape[-1] - 1).astype(np.int64)
+
+
+def confidence_without(logits: np.ndarray, tokens: np.ndarray, temperature: float, excluded: tuple[int, ...]) \
+        -> np.ndarray:
+    """The probability of ``tokens`` under softmax(logits / temperature) with the ``excluded`` ids left out of
+    the softmax, 0 where the token itself is excluded (LLaDA's confidence_eos_eot_inf). Float64 [N]."""
+    z = logits.astype(np.float64)
+    if temperature > 0.0:
+        z = z / temperature
+    z = z.copy()
+    z[:, list(excluded)] = -np.inf
+    p = softmax64(z)
+    conf = p[np.arange(p.shape[0]), tokens]
+    return np.where(np.isin(tokens, excluded), 0.0, conf)
+
+
 def propose(
     logits: np.ndarray,  # [N, V]
     temperature: float = 0.0,
@@ -72,8 +117,6 @@ def propose(
         np.put_along_axis(drop, order, drop_sorted, axis=-1)
         p = np.where(drop, 0.0, p)
         p /= p.sum(axis=-1, keepdims=True)
-    cdf = np.cumsum(p, axis=-1)
-    u = np.asarray(u, np.float64)[:, None] * cdf[:, -1:]
-    tokens = np.minimum((cdf <= u).sum(axis=-1), p.shape[-1] - 1)
+    tokens = draw(p, u)
     conf = p[np.arange(p.shape[0]), tokens]
-    return tokens.astype(np.int64), conf
+    return tokens, conf

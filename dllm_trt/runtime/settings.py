@@ -65,6 +65,25 @@ class GenerationConfig:
     ``freedave`` (FreeDave, runtime/freedave.py): the tokens of the low-confidence schedule of ``steps``,
     exactly, in fewer forwards: each forward verifies ``draft_steps`` drafted steps at once (no cache,
     temperature 0).
+
+    Dream's sampler options: ``top_p`` / ``top_k`` filter the distribution its statistics are read from
+    at every temperature (at temperature 0 too, as Dream's ``sample_tokens``: the top-1 probability, the
+    margin and the entropy are those of the nucleus / top-k distribution), and ``eps`` ends its timestep
+    schedule. Either filter makes the step read the rows' logits (the sampling path: slower, exact).
+
+    LLaDA's ``generate`` options (ML-GSAI/LLaDA generate.py; its Appendix B.4): ``logits_eos_inf`` sets
+    the EOS logit to -inf before the proposal (EOS is never generated); ``confidence_eos_eot_inf`` ranks
+    a position whose proposal is EOS or EOT last: its confidence is the probability of the proposal with
+    EOS and EOT left out of the softmax (0 for EOS / EOT themselves), and with the schedule the ties
+    among those zeros go in torch's CPU top-k order over LLaDA's row (position 0 .. prompt + gen_length),
+    as upstream. The ids are the model's: config.json's ``eos_token_id`` (the first when it lists
+    several) and the tokenizer's ``<|eot_id|>`` (LLaDA-8B: 126081 and 126348, the ids upstream
+    hard-codes). Both need each read row's logits, so they take the sampling path (the rows' logits come
+    to the host: slower than the device-side top-1, exact).
+
+    Block diffusion: ``block_size`` decodes in blocks of that many tokens instead of the model's own
+    (config.json ``block_size`` / ``bd_size``), as SDAR's ``block_length`` and Fast-dLLM v2's
+    ``block_size`` arguments do: the block-causal attention, the prefill and the commits all follow it.
     """
 
     gen_length: int = 32
@@ -79,7 +98,11 @@ class GenerationConfig:
     top_k: int = 0
     top_p: float = 1.0
     alg_temp: float = 0.0  # Dream: > 0 draws the positions to fill instead of taking the top ones
+    eps: float = 1e-3  # Dream: the timestep schedule runs linspace(1, eps, steps_per_block + 1) (its ``eps``)
     cfg_scale: float = 0.0  # LLaDA's unsupervised classifier-free guidance (its generate's cfg_scale); no cache
+    logits_eos_inf: bool = False  # LLaDA generate's logits_eos_inf: EOS is never proposed
+    confidence_eos_eot_inf: bool = False  # LLaDA generate's confidence_eos_eot_inf: EOS / EOT rank last
+    block_size: int | None = None  # block diffusion: the block decoded (SDAR block_length); None: the model's
     seed: int = 0
     stop_at_eos: bool = True
     low_threshold: float = 0.4  # hierarchy: a run's most confident position is taken above this
@@ -136,6 +159,17 @@ class GenerationConfig:
             raise DllmError(f"threshold ({c.threshold}) and factor ({c.factor}) must be numbers, not NaN")
         if c.seed < 0:
             raise DllmError(f"seed {c.seed} must be >= 0")
+        if not 0.0 <= c.eps < 1.0:
+            raise DllmError(f"eps {c.eps} must be a number in [0, 1) (Dream's timestep schedule ends there)")
+        if c.block_size is not None and (attention != "block_causal" or c.block_size <= 0):
+            raise DllmError(f"block_size {c.block_size} applies to block-diffusion models only and must be positive "
+                            "(LLaDA / Dream decode blocks of block_length)")
+        eos_options = [n for n in ("logits_eos_inf", "confidence_eos_eot_inf") if getattr(c, n)]
+        if eos_options and (attention != "bidirectional"
+                            or c.strategy not in ("low_confidence", "random", "threshold", "factor")):
+            raise DllmError(f"{' and '.join(eos_options)} (LLaDA generate's options) apply to a bidirectional model "
+                            "with low_confidence, random, threshold or factor; got strategy "
+                            f"{c.strategy!r} on a {attention} model")
         if not c.cfg_scale >= 0 or not math.isfinite(c.cfg_scale):
             raise DllmError(f"cfg_scale {c.cfg_scale} must be a finite number >= 0")
         if c.cfg_scale > 0 and (attention != "bidirectional" or c.cache != "none"

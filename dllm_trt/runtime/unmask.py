@@ -167,6 +167,47 @@ def _sort(q: list, first: int, last: int, depth: int) -> None:
     _insertion_sort(q, first, top)
 
 
+def _adjust_heap(q: list, hole: int, n: int, value: tuple) -> None:
+    """libstdc++'s __adjust_heap then __push_heap, with "before" as the heap's less-than: the hole at ``hole``
+    sinks to a leaf by the larger child (the right one unless the left is larger), then ``value`` rises."""
+    top, child = hole, hole
+    while child < (n - 1) // 2:
+        child = 2 * (child + 1)
+        if _before(q[child], q[child - 1]):
+            child -= 1
+        q[hole] = q[child]
+        hole = child
+    if n % 2 == 0 and child == (n - 2) // 2:
+        child = 2 * (child + 1)
+        q[hole] = q[child - 1]
+        hole = child - 1
+    parent = (hole - 1) // 2
+    while hole > top and _before(q[parent], value):
+        q[hole] = q[parent]
+        hole = parent
+        parent = (hole - 1) // 2
+    q[hole] = value
+
+
+def _partial_sort(q: list, k: int) -> None:
+    """libstdc++'s std::partial_sort: a heap of the first k (__make_heap), each later element that comes before
+    the heap's top replaces it (__heap_select / __pop_heap), then __sort_heap."""
+    if k >= 2:
+        parent = (k - 2) // 2
+        while True:
+            _adjust_heap(q, parent, k, q[parent])
+            if parent == 0:
+                break
+            parent -= 1
+    for i in range(k, len(q)):
+        if _before(q[i], q[0]):
+            value, q[i] = q[i], q[0]
+            _adjust_heap(q, 0, k, value)
+    for last in range(k - 1, 0, -1):
+        value, q[last] = q[last], q[0]
+        _adjust_heap(q, 0, last, value)
+
+
 def torch_topk(values: np.ndarray, k: int) -> np.ndarray:
     """The indices ``torch.topk(torch.tensor(values), k)`` returns on the CPU, in its order, ties included.
 
@@ -174,17 +215,20 @@ def torch_topk(values: np.ndarray, k: int) -> np.ndarray:
     are not masks, and asks for more positions than there are masks in the prompt's partial block; the
     extra picks are -inf ties, and the tokens it then overwrites are whichever ties ATen's CPU top-k
     returns. ATen (TopKImpl.h) runs ``std::nth_element`` at k - 1 and sorts the first k - 1 with
-    ``std::sort`` (for k * 64 > n; partial_sort otherwise), with a comparator that sees values only; this
-    replays libstdc++'s introselect / introsort on (value, index) pairs to return the same order. Checked
-    against torch.topk on random blocks of 2..63 entries with -inf and finite ties
-    (tests/test_upstream_fidelity.py). CUDA's top-k orders ties differently; it is not reproduced."""
+    ``std::sort`` for k * 64 > n, and ``std::partial_sort`` (a heap of k) otherwise, with a comparator that
+    sees values only; this replays libstdc++'s introselect / introsort / heap select on (value, index) pairs
+    to return the same order. Checked against torch.topk on random rows of 2..2048 entries with -inf and
+    finite ties, both paths (tests/test_upstream_fidelity.py). LLaDA's ``confidence_eos_eot_inf`` ranks whole
+    rows with many equal (zero) confidences through it too (DecodeLoop.unmask). CUDA's top-k orders ties
+    differently; it is not reproduced."""
     n = len(values)
     k = max(0, min(int(k), n))
     if k == 0:
         return np.zeros(0, np.int64)
-    if k * 64 <= n:
-        raise NotImplementedError(f"torch's partial_sort path (k={k}, n={n}) is not reproduced")
     q = [(float(v), i) for i, v in enumerate(values)]
+    if k * 64 <= n:
+        _partial_sort(q, k)
+        return np.array([i for _, i in q[:k]], np.int64)
     _select(q, k - 1)
     _sort(q, 0, k - 1, 2 * (max(k - 1, 1).bit_length() - 1))
     return np.array([i for _, i in q[:k]], np.int64)

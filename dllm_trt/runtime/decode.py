@@ -50,6 +50,7 @@ from ..errors import DllmError
 from .backends import StepOutput
 from .layout import attention_bias
 from .sampling import SAMPLE_STREAM, REMASK_STREAM, counter_uniform, propose, softmax64
+from .cache_refresh import RefreshPolicy
 from .methods import CreditState
 from .settings import DREAM_SCHEDULED, SCHEDULED, STEPPED, GenerationConfig, GenerationResult, StepRecord
 from .unmask import (dream_count, dream_timesteps, logit_margin, sched_threshold, select_budget, select_drawn,
@@ -64,9 +65,12 @@ class _Window:
     valid: np.ndarray  # [B, length] bool
     past_len: int  # cache positions passed as past: 0, or the whole cache
     past_valid: np.ndarray  # [B, past_len] bool
+    pos: np.ndarray | None = None  # [B, length] explicit positions (ascending over the valid rows), else contiguous
 
     @property
     def positions(self) -> np.ndarray:
+        if self.pos is not None:
+            return self.pos
         return self.start[:, None] + np.arange(self.length)[None, :]
 
     @property
@@ -140,6 +144,8 @@ class DecodeLoop:
         self.credit = CreditState(self.batch, g.credit_alpha, g.credit_gamma, g.credit_decay) \
             if g.strategy == "credit" else None
         self.progress = 0.0  # sched: the block's step / its steps (set by run_masked before each unmasking)
+        # prefix/dual caches refreshed by dLLM-Cache's schedule or Elastic-Cache's drift test (cache_refresh.py)
+        self.refresh = RefreshPolicy(self) if g.cache_refresh != "block" else None
 
     # ------------------------------------------------------------------ one forward
     def forward(self, w: _Window, kind: str, write: bool, rows: np.ndarray) -> StepOutput:
@@ -160,8 +166,11 @@ class DecodeLoop:
                                        rows, self.want_logits)
         if self.timer is not None:
             self.timer.forward_end()
+        if write and self.refresh is not None:
+            self.refresh.written(pos, w.valid, input_ids)
         live = self.live & w.valid.any(axis=1)  # a sequence with no valid row only rides along
-        self.steps.append(StepRecord(kind, w.length, w.past_extent, [0] * self.batch, live.tolist()))
+        self.steps.append(StepRecord(kind, w.length, w.past_extent, [0] * self.batch, live.tolist(),
+                                     w.valid.sum(axis=1).tolist()))
         return out
 
     def guided_forward(self, input_ids: np.ndarray, pos: np.ndarray, bias: np.ndarray, rows: np.ndarray) -> StepOutput:
@@ -182,7 +191,8 @@ class DecodeLoop:
         """The window's attention bias, built once while consecutive steps keep the same window (every
         step of a block in the dual, prefix and sub-block modes, and of a request without a cache): the
         same array object is returned, so a backend can skip re-uploading it by identity."""
-        key = (w.start.tobytes(), w.length, w.valid.tobytes(), w.past_len, w.past_valid.tobytes())
+        key = (w.start.tobytes(), w.length, w.valid.tobytes(), w.past_len, w.past_valid.tobytes(),
+               None if w.pos is None else w.pos.tobytes())
         if self._bias_key != key:
             self._bias_key = key
             self._bias = attention_bias(safe_pos, w.valid, w.past_valid, self.cfg.block_size)
@@ -209,9 +219,30 @@ class DecodeLoop:
         """Cache positions [0, end_b) are visible."""
         return self.cache_positions() < end[:, None]
 
+    def rows_window(self, rows: list[np.ndarray], past_visible: np.ndarray) -> _Window:
+        """Query rows at the given positions of each sequence (ascending; an empty array: the sequence rides
+        along with no valid row) over the whole cache as past, ``past_visible`` [B, C] masking it."""
+        n = max(1, max(len(r) for r in rows))
+        pos = np.zeros((self.batch, n), np.int64)
+        valid = np.zeros((self.batch, n), bool)
+        for b, r in enumerate(rows):
+            pos[b, : len(r)] = r
+            valid[b, : len(r)] = True
+        return _Window(pos[:, 0].copy(), n, valid, self.past_len, past_visible, pos)
+
     def fill_rows(self, w: _Window, lo: np.ndarray, span: int) -> np.ndarray:
-        """Query rows predicting positions lo_b .. lo_b + span - 1 (shifted families read one row earlier)."""
-        return lo[:, None] + np.arange(span)[None, :] - self.shift - w.start[:, None]
+        """Query rows predicting positions lo_b .. lo_b + span - 1 (shifted families read one row earlier).
+        In a window of explicit positions a position that is not a query row reads row 0 (never used)."""
+        want = lo[:, None] + np.arange(span)[None, :] - self.shift
+        if w.pos is None:
+            return want - w.start[:, None]
+        out = np.zeros_like(want)
+        for b in range(self.batch):
+            have = w.pos[b, w.valid[b]]
+            if have.size:
+                i = np.minimum(np.searchsorted(have, want[b]), have.size - 1)
+                out[b] = np.where(have[i] == want[b], i, 0)
+        return out
 
     # ------------------------------------------------------------------ choosing tokens
     def _checked(self, conf: np.ndarray, b: int) -> np.ndarray:
@@ -312,7 +343,11 @@ class DecodeLoop:
                 self.unmask_span_topk(out, b, int(lo[b]), int(hi[b]), quota[b])
                 continue
             cand = j + lo[b]
-            assert (cand - self.shift - w.start[b]).min() >= 0, "query window does not cover the shifted prediction rows"
+            if w.pos is None:
+                assert (cand - self.shift - w.start[b]).min() >= 0, "query window does not cover the shifted prediction rows"
+            else:
+                assert np.isin(cand - self.shift, w.pos[b, w.valid[b]]).all(), \
+                    "the query rows do not hold the rows predicting the candidates"
             tokens, conf = self._propose(out, b, j, cand)
             if g.strategy in ("topk_margin", "entropy"):
                 conf = self._statistic(out, b, j)
@@ -406,7 +441,8 @@ class DecodeLoop:
         timesteps = dream_timesteps(steps_per_block) if g.strategy in DREAM_SCHEDULED else None
         # Fast-dLLM's Dream block variant (prefix / dual cache): the block's first forward fills only its
         # opening position, so later windows need no lead row for the shift.
-        dream_block = g.strategy in DREAM_SCHEDULED + ("confidence_threshold",) and g.cache != "none"
+        dream_block = g.strategy in DREAM_SCHEDULED + ("confidence_threshold",) and g.cache != "none" \
+            and g.cache_refresh == "block"
         lead = 0 if dream_block else self.shift
         finished = np.zeros(B, bool)
         self.live = ~finished
@@ -431,7 +467,7 @@ class DecodeLoop:
                 elif dream_block and budget is None and timesteps is None:
                     quota = masked.tolist()  # confidence_threshold: all >= threshold, the most confident always
                 elif scheduled:  # the schedule fills the block in exactly steps_per_block steps
-                    quota = [schedule[step]] * B
+                    quota = [schedule[min(step, steps_per_block - 1)]] * B  # (more steps: an Elastic window too small)
                 elif timesteps is not None:
                     quota = [dream_count(n, step, steps_per_block, timesteps) for n in masked]
                     if not any(quota[b] for b in np.flatnonzero(pending)):
@@ -439,7 +475,9 @@ class DecodeLoop:
                         continue
                 else:
                     quota = budget.quota() if budget is not None else None
-                if g.cache == "none" or forwards == 0:
+                if self.refresh is not None:  # dLLM-Cache / Elastic-Cache choose the rows and refreshes
+                    w, out, fill_end = self.refresh.step(s, e, total, lead, pending)
+                elif g.cache == "none" or forwards == 0:
                     w = self.window(zeros, full_len, total)
                     out = self.forward(w, "full", g.cache != "none", self.fill_rows(w, s, g.block_length))
                 elif g.cache == "prefix":
@@ -452,7 +490,7 @@ class DecodeLoop:
                     past_visible = (idx < total[:, None]) & ~((idx >= start[:, None]) & (idx < e[:, None]))
                     w = self.window(start, g.block_length + lead, e, past_visible)
                     out = self.forward(w, "dual", False, self.fill_rows(w, s, g.block_length))
-                self.progress = step / steps_per_block if steps_per_block else 0.0
+                self.progress = min(step / steps_per_block, 1.0) if steps_per_block else 0.0
                 self.unmask(out, w, s, fill_end, pending, quota)
                 if budget is not None:
                     budget.update(step, np.minimum(quota, masked), self.steps[-1].unmasked)

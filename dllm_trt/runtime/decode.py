@@ -58,6 +58,9 @@ from .unmask import (dream_count, dream_timesteps, logit_margin, sched_threshold
                      torch_topk, transfer_schedule)
 
 
+ROWS_ROUND = 8  # windows of explicit rows (cache_refresh policies) are padded to a multiple of this many rows
+
+
 @dataclass
 class _Window:
     start: np.ndarray  # [B] first position of each sequence's query window
@@ -146,6 +149,7 @@ class DecodeLoop:
         self.progress = 0.0  # sched: the block's step / its steps (set by run_masked before each unmasking)
         # prefix/dual caches refreshed by dLLM-Cache's schedule or Elastic-Cache's drift test (cache_refresh.py)
         self.refresh = RefreshPolicy(self) if g.cache_refresh != "block" else None
+        self.round_rows = getattr(backend, "io_binding", False) is True or hasattr(backend, "engine_record")
 
     # ------------------------------------------------------------------ one forward
     def forward(self, w: _Window, kind: str, write: bool, rows: np.ndarray) -> StepOutput:
@@ -221,8 +225,12 @@ class DecodeLoop:
 
     def rows_window(self, rows: list[np.ndarray], past_visible: np.ndarray) -> _Window:
         """Query rows at the given positions of each sequence (ascending; an empty array: the sequence rides
-        along with no valid row) over the whole cache as past, ``past_visible`` [B, C] masking it."""
+        along with no valid row) over the whole cache as past, ``past_visible`` [B, C] masking it. On the device
+        paths (ONNX Runtime's bound path, TensorRT) the window is padded to a multiple of ROWS_ROUND rows (invalid
+        ones) so that they see few shapes."""
         n = max(1, max(len(r) for r in rows))
+        if self.round_rows:  # fewer shapes: each is a bucket of buffers / a CUDA graph on the device paths
+            n = max(n, min(-(-n // ROWS_ROUND) * ROWS_ROUND, self.capacity))
         pos = np.zeros((self.batch, n), np.int64)
         valid = np.zeros((self.batch, n), bool)
         for b, r in enumerate(rows):

@@ -135,9 +135,12 @@ def merge_outputs(keep: StepOutput, new: StepOutput, take_new: np.ndarray) -> St
 
 
 class RefreshPolicy:
-    """What a decode loop with ``cache_refresh`` dllm_cache or elastic keeps: per sequence and cache position the
-    token whose keys/values the cache holds (-1: never written) and the step that wrote them, the step counter,
-    and (elastic) the window's predictions of the previous step."""
+    """What a decode loop with ``cache_refresh`` dllm_cache or elastic keeps, per sequence: for each cache position
+    the token whose keys/values the cache holds (-1: never written) and the step that wrote them, the steps it
+    took (its own count: a sequence waiting for the others of its batch does not step), and (elastic) the
+    window's predictions of its previous step. A step runs at most two forwards: the computed rows of the
+    sequences that reuse the cache, and one full forward for those that refresh it (each sequence takes part
+    in one of them; elastic: both, when its drift test fails)."""
 
     def __init__(self, loop):
         self.loop = loop
@@ -145,9 +148,9 @@ class RefreshPolicy:
         b, c = loop.batch, loop.past_len
         self.kv_token = np.full((b, c), -1, np.int64)
         self.kv_step = np.zeros((b, c), np.int64)
-        self.clock = 0  # decode steps taken (refresh forwards of a step not counted)
+        self.clock = np.zeros(b, np.int64)  # decode steps each sequence took
         self.prev: list[dict[int, tuple[int, float]]] = [{} for _ in range(b)]
-        self.refreshes = 0  # elastic: full forwards the drift test triggered
+        self.refreshes = 0  # elastic: full forwards the drift test triggered (per sequence)
 
     # ------------------------------------------------------------------ bookkeeping
     def written(self, pos: np.ndarray, valid: np.ndarray, ids: np.ndarray) -> None:
@@ -155,7 +158,7 @@ class RefreshPolicy:
         b, r = np.nonzero(valid)
         p = pos[b, r]
         self.kv_token[b, p] = ids[b, r]
-        self.kv_step[b, p] = self.clock
+        self.kv_step[b, p] = self.clock[b]
 
     def changed(self, b: int, end: int) -> np.ndarray:
         """Positions below ``end`` whose token is not the one their cached keys/values were computed from."""
@@ -175,30 +178,40 @@ class RefreshPolicy:
         w = loop.window(np.zeros(loop.batch, np.int64), int(total.max()), total, active=who)
         return w, loop.forward(w, "full", True, loop.fill_rows(w, s, self.gen.block_length))
 
-    def rows_forward(self, rows: list[np.ndarray], kind: str, s: np.ndarray, total: np.ndarray):
-        loop = self.loop
-        w = loop.rows_window(rows, self.past(rows, total))
-        return w, loop.forward(w, kind, True, loop.fill_rows(w, s, self.gen.block_length))
-
     def step(self, s: np.ndarray, e: np.ndarray, total: np.ndarray, lead: int, pending: np.ndarray):
-        """One decode step of block [s, e): the forward(s), and ``(window, output, fill_end)`` for unmask."""
-        try:
-            if self.gen.cache_refresh == "dllm_cache":
-                return self.dllm_cache_step(s, e, total, lead, pending)
-            return self.elastic_step(s, e, total, lead, pending)
-        finally:
-            self.clock += 1
+        """One decode step of block [s, e) for the ``pending`` sequences: its forwards, and ``(window, output,
+        fill_end)`` for the loop's unmasking (the output's rows: the block's positions, per sequence from the
+        forward it decodes from)."""
+        if self.gen.cache_refresh == "dllm_cache":
+            rows, kinds, refresh, fill_end = self.dllm_cache_rows(s, e, total, lead, pending)
+        else:
+            rows, kinds, refresh, fill_end = self.elastic_rows(s, e, total, pending)
+        w = out = None
+        if any(r.size for r in rows):
+            w = self.loop.rows_window(rows, self.past(rows, total))
+            kind = "+".join(k for k in ("response", "prompt", "partial", "elastic") if k in kinds)
+            out = self.loop.forward(w, kind, True, self.loop.fill_rows(w, s, self.gen.block_length))
+            if self.gen.cache_refresh == "elastic":
+                refresh |= self.drifted(out, s, e, pending & ~refresh)
+        if refresh.any():
+            wf, fresh = self.full(refresh, s, total)
+            w, out = (wf, fresh) if out is None else (w, merge_outputs(out, fresh, refresh))
+        if self.gen.cache_refresh == "elastic":
+            self.remember(out, s, e, pending)
+        self.clock += pending
+        return w, out, fill_end
 
-    def dllm_cache_step(self, s, e, total, lead, pending):
+    # ------------------------------------------------------------------ dLLM-Cache
+    def dllm_cache_rows(self, s, e, total, lead, pending):
+        """Per sequence: the rows of its step (empty: it refreshes with a full forward, or does not step)."""
         g, loop = self.gen, self.loop
-        prompt_due, response_due = dllm_cache_due(self.clock, g.dllm_prompt_interval, g.dllm_response_interval)
-        if prompt_due and response_due:
-            w, out = self.full(pending, s, total)
-            return w, out, e
         k = int(g.gen_length * g.dllm_refresh_ratio)
-        rows = []
+        rows, kinds, refresh = [], set(), np.zeros(loop.batch, bool)
         for b in range(loop.batch):
-            if not pending[b]:
+            prompt_due, response_due = dllm_cache_due(int(self.clock[b]), g.dllm_prompt_interval,
+                                                      g.dllm_response_interval)
+            if not pending[b] or (prompt_due and response_due):
+                refresh[b] = pending[b]
                 rows.append(np.zeros(0, np.int64))
                 continue
             lo, hi, p = int(s[b]) - lead, int(total[b] if g.cache == "prefix" else e[b]), int(loop.prompt_len[b])
@@ -212,52 +225,53 @@ class RefreshPolicy:
                 parts.append(cand[stale_order(cand, changed, self.kv_step[b, cand])[:k]])
             if prompt_due:
                 parts.append(np.arange(0, p))
-            rows.append(np.unique(np.concatenate(parts)))
-        if all(rows[b].size == total[b] for b in np.flatnonzero(pending)):  # every position: a full forward
-            w, out = self.full(pending, s, total)
-            return w, out, e
-        kind = "response" if response_due else "prompt" if prompt_due else "partial"
-        w, out = self.rows_forward(rows, kind, s, total)
-        return w, out, e
+            r = np.unique(np.concatenate(parts))
+            if r.size == total[b]:  # every position: a full forward
+                refresh[b] = True
+                r = np.zeros(0, np.int64)
+            else:
+                kinds.add("response" if response_due else "prompt" if prompt_due else "partial")
+            rows.append(r)
+        return rows, kinds, refresh, e
 
-    def elastic_step(self, s, e, total, lead, pending):
+    # ------------------------------------------------------------------ Elastic-Cache
+    def window(self, b: int, s: np.ndarray, e: np.ndarray) -> np.ndarray:
+        """The first elastic_window masked positions of sequence b's block."""
+        loop = self.loop
+        return int(s[b]) + np.flatnonzero(loop.x[b, s[b]: e[b]] == loop.mask_id)[: self.gen.elastic_window]
+
+    def elastic_rows(self, s, e, total, pending):
         g, loop = self.gen, self.loop
-        window, fill_end = [], e.copy()
+        rows, fill_end = [], e.copy()
+        refresh = pending & ((self.clock == 0) | (g.elastic_gamma > 1))  # the first step; every step (no test)
         for b in range(loop.batch):
-            m = int(s[b]) + np.flatnonzero(loop.x[b, s[b]: e[b]] == loop.mask_id)[: g.elastic_window]
-            window.append(m)
-            if m.size == g.elastic_window:
-                fill_end[b] = m[-1] + 1
-        if self.clock == 0 or g.elastic_gamma > 1:  # the first step; or every step refreshes (no test needed)
-            w, out = self.full(pending, s, total)
-            self.remember(out, window, s, pending)
-            return w, out, fill_end
-        rows = []
-        for b in range(loop.batch):
-            if not pending[b]:
+            win = self.window(b, s, e)
+            if win.size == g.elastic_window:
+                fill_end[b] = win[-1] + 1
+            if not pending[b] or refresh[b]:
                 rows.append(np.zeros(0, np.int64))
                 continue
             if g.cache == "prefix":  # upstream's block_caching=False: every mask from the block on
                 masks = int(s[b]) + np.flatnonzero(loop.x[b, s[b]: total[b]] == loop.mask_id)
             else:
-                masks = window[b]
-            rows.append(np.unique(np.concatenate([masks, window[b] - loop.shift, self.changed(b, int(total[b]))])))
-        w, out = self.rows_forward(rows, "elastic", s, total)
-        drift = np.zeros(loop.batch, bool)
-        for b in np.flatnonzero(pending):
-            j = window[b] - s[b]
-            sim = drift_similarity(self.prev[b], window[b], out.tokens[b, j], out.confidence[b, j])
-            drift[b] = sim < g.elastic_gamma
-        if drift.any():
-            self.refreshes += int(drift.sum())
-            _, fresh = self.full(drift, s, total)
-            out = merge_outputs(out, fresh, drift)
-        self.remember(out, window, s, pending)
-        return w, out, fill_end
+                masks = win
+            rows.append(np.unique(np.concatenate([masks, win - loop.shift, self.changed(b, int(total[b]))])))
+        return rows, {"elastic"}, refresh, fill_end
 
-    def remember(self, out: StepOutput, window: list[np.ndarray], s: np.ndarray, pending: np.ndarray) -> None:
+    def drifted(self, out: StepOutput, s, e, who: np.ndarray) -> np.ndarray:
+        """The drift test of the sequences ``who`` on this step's window predictions."""
+        drift = np.zeros(self.loop.batch, bool)
+        for b in np.flatnonzero(who):
+            win = self.window(b, s, e)
+            j = win - s[b]
+            drift[b] = drift_similarity(self.prev[b], win, out.tokens[b, j], out.confidence[b, j]) < self.gen.elastic_gamma
+        self.refreshes += int(drift.sum())
+        return drift
+
+    def remember(self, out: StepOutput, s, e, pending: np.ndarray) -> None:
         """The window's predictions of this step, for the next step's drift test."""
         for b in np.flatnonzero(pending):
-            j = window[b] - s[b]
-            self.prev[b] = dict(zip(window[b].tolist(), zip(out.tokens[b, j].tolist(),
-                                                            out.confidence[b, j].astype(float).tolist())))
+            win = self.window(b, s, e)
+            j = win - s[b]
+            self.prev[b] = dict(zip(win.tolist(), zip(out.tokens[b, j].tolist(),
+                                                      out.confidence[b, j].astype(float).tolist())))

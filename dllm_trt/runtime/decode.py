@@ -354,7 +354,8 @@ class DecodeLoop:
             if w.pos is None:
                 assert (cand - self.shift - w.start[b]).min() >= 0, "query window does not cover the shifted prediction rows"
             else:
-                assert np.isin(cand - self.shift, w.pos[b, w.valid[b]]).all(), \
+                have = w.pos[b, w.valid[b]]  # (none: the sequence decodes from a refresh forward of the step)
+                assert have.size == 0 or np.isin(cand - self.shift, have).all(), \
                     "the query rows do not hold the rows predicting the candidates"
             tokens, conf = self._propose(out, b, j, cand)
             if g.strategy in ("topk_margin", "entropy"):
@@ -372,7 +373,9 @@ class DecodeLoop:
             else:
                 chosen = self.choose(conf, quota[b] if quota is not None else None, u, j)
             self.x[b, cand[chosen]] = tokens[chosen]
-            rec.unmasked[b] += int(chosen.size)
+            # counted on the step's forward the sequence took part in (a cache_refresh step may run two)
+            own = rec if rec.live[b] or len(self.steps) < 2 or not self.steps[-2].live[b] else self.steps[-2]
+            own.unmasked[b] += int(chosen.size)
         if self.timer is not None:
             self.timer.unmask_end()
 

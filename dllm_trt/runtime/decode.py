@@ -13,6 +13,10 @@ bidirectional families (LLaDA, Dream), semi-autoregressive blocks of ``block_len
   dual    as prefix, but later steps forward only the block, over the cached prefix *and*
           suffix (Fast-dLLM dual cache). Both are approximations: cached keys are from the
           block's first step.
+  ``cache_refresh`` replaces the refresh at each block's first step on these two caches:
+  dLLM-Cache's interval schedule with a partial refresh, or Elastic-Cache's window with a
+  drift-triggered refresh (runtime/cache_refresh.py); their steps forward explicit query rows
+  (any positions, not a contiguous window) and write them all back.
 block diffusion (Fast-dLLM v2 / SDAR), blocks of ``bd_size``, block-causal attention:
   none       every step forwards all positions up to the end of the current block;
   block      finished blocks are cached (exact under block-causal attention); steps forward

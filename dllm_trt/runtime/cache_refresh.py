@@ -26,7 +26,8 @@ stands in (named below).
     other steps each layer computes the value vectors of the whole response, picks the
     ``int(gen_length * transfer_ratio)`` positions whose new value is least cosine-similar to the cached one
     ("V-verify") and recomputes only those (their queries, keys, attention and MLP); the others keep their
-    cached attention and MLP outputs. Here, with the same counter (one per decode step, 0-based):
+    cached attention and MLP outputs. Here, with the same counter (0-based, one per decode step of the
+    sequence, kept per sequence so that a sequence waiting for the rest of its batch does not count):
 
     - both due (the first step among them): a full forward, writing every position;
     - the response due: the step's rows and every response position, over the cached prompt;
@@ -87,8 +88,10 @@ stands in (named below).
     whole generation, as upstream), and a new block does not refresh the cache. (4) Masks after a decoded
     EOS are decoded as in every other mode (upstream drops them).
 
-Determinism: every decision is taken per sequence (its own rows, its own drift test; a refresh forward
-carries only the sequences that drifted), so a prompt gives the same tokens alone or in a batch.
+Determinism: every decision is taken per sequence (its own step count, rows and drift test; a refresh
+forward carries only the sequences that refresh), so a prompt gives the same tokens alone or in a batch.
+Cost: a step is one forward of explicit rows, plus one full forward for the sequences that refresh (for
+dLLM-Cache a sequence does one or the other; for Elastic-Cache a drifting sequence does both).
 """
 from __future__ import annotations
 

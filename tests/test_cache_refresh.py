@@ -307,7 +307,8 @@ def test_policies_deterministic_and_batch_equals_alone(variant, tiny_backend):
     refreshed = False
     for cache in ("dual", "prefix"):
         for strategy in (dict(strategy="low_confidence"), dict(strategy="threshold", threshold=0.6),
-                         dict(strategy="hierarchy", threshold=0.6)):
+                         dict(strategy="hierarchy", threshold=0.6), dict(strategy="confidence_threshold", threshold=0.6),
+                         dict(strategy="entropy")):
             for s in settings:
                 g = GenerationConfig(**BASE, block_length=8, cache=cache, **strategy, **s)
                 label = (cache, strategy, s)

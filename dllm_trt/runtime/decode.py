@@ -346,6 +346,7 @@ class DecodeLoop:
             self.timer.unmask_start()
         rec = self.steps[-1]
         rec.live = [bool(a) and l for a, l in zip(active, rec.live)]  # waiting sequences do not count
+        self.taken = [0] * self.batch  # tokens this unmasking fills, per sequence
         g = self.gen
         for b in np.flatnonzero(active):
             j = np.flatnonzero(self.x[b, lo[b]: hi[b]] == self.mask_id)
@@ -380,6 +381,7 @@ class DecodeLoop:
             # counted on the step's forward the sequence took part in (a cache_refresh step may run two)
             own = rec if rec.live[b] or len(self.steps) < 2 or not self.steps[-2].live[b] else self.steps[-2]
             own.unmasked[b] += int(chosen.size)
+            self.taken[b] = int(chosen.size)
         if self.timer is not None:
             self.timer.unmask_end()
 
@@ -508,7 +510,7 @@ class DecodeLoop:
                 self.progress = min(step / steps_per_block, 1.0) if steps_per_block else 0.0
                 self.unmask(out, w, s, fill_end, pending, quota)
                 if budget is not None:
-                    budget.update(step, np.minimum(quota, masked), self.steps[-1].unmasked)
+                    budget.update(step, np.minimum(quota, masked), self.taken)
                 step += 1
                 forwards += 1
             if self.timer is not None:

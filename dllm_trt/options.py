@@ -43,11 +43,30 @@ METHOD_OPTIONS = {  # GenerationConfig field -> (type, strategies it applies to,
 }
 
 
+REFRESH_OPTIONS = {  # GenerationConfig field -> (type, cache_refresh policy it applies to, help)
+    "dllm_prompt_interval": (int, "dllm_cache", "dllm_cache: refresh the prompt's keys/values every N steps"),
+    "dllm_response_interval": (int, "dllm_cache", "dllm_cache: refresh the response's keys/values every N steps"),
+    "dllm_refresh_ratio": (float, "dllm_cache", "dllm_cache: fraction of the response recomputed on the other "
+                           "steps (changed tokens first, then the longest unrefreshed)"),
+    "elastic_window": (int, "elastic", "elastic: the block's first N masks are computed (and filled) per step"),
+    "elastic_gamma": (float, "elastic", "elastic: refresh the cache when the window's prediction similarity to "
+                      "the previous step falls below this (> 1: every step)"),
+}
+
+
 def add_method_options(p: argparse.ArgumentParser) -> None:
-    """The knobs of the later decoding methods (hierarchy, local_leap, credit, sched)."""
+    """The knobs of the later decoding methods (hierarchy, local_leap, credit, sched, freedave) and of the cache
+    refresh policies (dllm_cache, elastic)."""
     for name, (kind, _, text) in METHOD_OPTIONS.items():
         extra = {"choices": ["linear", "cosine", "exp"]} if name == "sched_shape" else {}
         p.add_argument("--" + name.replace("_", "-"), type=kind, help=text, **extra)
+    from .runtime.settings import CACHE_REFRESH
+
+    p.add_argument("--cache-refresh", choices=list(CACHE_REFRESH),
+                   help="when the prefix/dual cache is recomputed: block (Fast-dLLM, default), dllm_cache "
+                   "(dLLM-Cache's intervals), elastic (Elastic-Cache's window and drift test)")
+    for name, (kind, _, text) in REFRESH_OPTIONS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
 
 
 def check_decode_values(args: argparse.Namespace) -> None:
@@ -70,6 +89,10 @@ def check_decode_values(args: argparse.Namespace) -> None:
     finite("--credit-gamma", getattr(args, "credit_gamma", None), lo=0.0, lo_open=True)
     positive_int("--radius", getattr(args, "radius", None), minimum=0)
     positive_int("--draft-steps", getattr(args, "draft_steps", None))
+    for name in ("dllm_prompt_interval", "dllm_response_interval", "elastic_window"):
+        positive_int("--" + name.replace("_", "-"), getattr(args, name, None))
+    finite("--dllm-refresh-ratio", getattr(args, "dllm_refresh_ratio", None), lo=0.0, hi=1.0)
+    finite("--elastic-gamma", getattr(args, "elastic_gamma", None), lo=0.0)
     positive_int("--seed", getattr(args, "seed", None), minimum=0)
 
 
@@ -91,6 +114,10 @@ def check_decode_options(args: argparse.Namespace, gen, config, longest_prompt: 
         if given(name) and resolved.strategy not in strategies:
             raise DllmError(f"--{name.replace('_', '-')} applies to --strategy {' / '.join(strategies)} only (the "
                             f"strategy here is {resolved.strategy}); add --strategy {strategies[0]} or drop it")
+    for name, (_, policy, _) in REFRESH_OPTIONS.items():
+        if given(name) and resolved.cache_refresh != policy:
+            raise DllmError(f"--{name.replace('_', '-')} applies to --cache-refresh {policy} only (here it is "
+                            f"{resolved.cache_refresh}); add --cache-refresh {policy} or drop it")
     if given("factor") and resolved.strategy != "factor":
         raise DllmError(f"--factor applies to --strategy factor only (the strategy here is {resolved.strategy}); "
                         "add --strategy factor or drop --factor")

@@ -98,7 +98,13 @@ def compact_settings(s: dict, attention: str) -> str:
     strategy = " ".join([s["strategy"]] + [str(s[k]) for k in knobs if k in s])
     keys = (["gen_length", "block_length"] + (["steps"] if s["strategy"] in STEPPED else [])
             if attention == "bidirectional" else ["gen_length", "sub_block_length"])
-    return ", ".join([f"strategy {strategy}"] + [f"{k} {s[k]}" for k in keys] + [f"cache {s['cache']}"])
+    cache = f"cache {s['cache']}"
+    refresh = s.get("cache_refresh", "block")
+    if refresh != "block":
+        knobs = {"dllm_cache": ["dllm_prompt_interval", "dllm_response_interval", "dllm_refresh_ratio"],
+                 "elastic": ["elastic_window", "elastic_gamma"]}[refresh]
+        cache += " refresh " + " ".join([refresh] + [str(s[k]) for k in knobs if k in s])
+    return ", ".join([f"strategy {strategy}"] + [f"{k} {s[k]}" for k in keys] + [cache])
 
 
 def write_json(report: dict, dest: str) -> None:

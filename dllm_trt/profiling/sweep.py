@@ -15,9 +15,10 @@ from ..runtime import GenerationConfig
 
 ALIASES = {"sub_block": "sub_block_length", "gen": "gen_length"}
 FLOATS = {"threshold", "factor", "temperature", "top_p", "low_threshold", "relaxed_threshold", "credit_alpha",
-          "credit_gamma", "credit_decay", "sched_high", "sched_low"}
-INTS = {"block", "block_length", "sub_block_length", "gen_length", "steps", "top_k", "seed", "radius", "draft_steps"}
-STRINGS = {"cache", "strategy", "sched_shape"}
+          "credit_gamma", "credit_decay", "sched_high", "sched_low", "dllm_refresh_ratio", "elastic_gamma"}
+INTS = {"block", "block_length", "sub_block_length", "gen_length", "steps", "top_k", "seed", "radius", "draft_steps",
+        "dllm_prompt_interval", "dllm_response_interval", "elastic_window"}
+STRINGS = {"cache", "strategy", "sched_shape", "cache_refresh"}
 WITHIN = 0.01  # "within 1 point" of the best exact match (fractions)
 
 

@@ -13,6 +13,10 @@ bidirectional families (LLaDA, Dream), semi-autoregressive blocks of ``block_len
   dual    as prefix, but later steps forward only the block, over the cached prefix *and*
           suffix (Fast-dLLM dual cache). Both are approximations: cached keys are from the
           block's first step.
+  ``cache_refresh`` replaces the refresh at each block's first step on these two caches:
+  dLLM-Cache's interval schedule with a partial refresh, or Elastic-Cache's window with a
+  drift-triggered refresh (runtime/cache_refresh.py); their steps forward explicit query rows
+  (any positions, not a contiguous window) and write them all back.
 block diffusion (Fast-dLLM v2 / SDAR), blocks of ``bd_size``, block-causal attention:
   none       every step forwards all positions up to the end of the current block;
   block      finished blocks are cached (exact under block-causal attention); steps forward
@@ -50,6 +54,7 @@ from ..config import ModelConfig
 from ..errors import DllmError
 from .backends import StepOutput
 from .layout import attention_bias
+from .cache_refresh import RefreshPolicy
 from .sampling import SAMPLE_STREAM, REMASK_STREAM, confidence_without, counter_uniform, draw, dream_probs, propose
 from .methods import CreditState
 from .settings import DREAM_SCHEDULED, SCHEDULED, STEPPED, GenerationConfig, GenerationResult, StepRecord
@@ -60,6 +65,9 @@ from .unmask import (dream_count, dream_timesteps, logit_margin, sched_threshold
 DREAM_ALGS = DREAM_SCHEDULED + ("confidence_threshold",)  # strategies that read Dream's sample_tokens
 
 
+ROWS_ROUND = 8  # windows of explicit rows (cache_refresh policies) are padded to a multiple of this many rows
+
+
 @dataclass
 class _Window:
     start: np.ndarray  # [B] first position of each sequence's query window
@@ -67,9 +75,12 @@ class _Window:
     valid: np.ndarray  # [B, length] bool
     past_len: int  # cache positions passed as past: 0, or the whole cache
     past_valid: np.ndarray  # [B, past_len] bool
+    pos: np.ndarray | None = None  # [B, length] explicit positions (ascending over the valid rows), else contiguous
 
     @property
     def positions(self) -> np.ndarray:
+        if self.pos is not None:
+            return self.pos
         return self.start[:, None] + np.arange(self.length)[None, :]
 
     @property
@@ -149,9 +160,11 @@ class DecodeLoop:
         self.block_start = self.prompt_len.copy()  # run_masked: the current block's first position per sequence
         # Sampling runs on the device when the backend can (the export's sampler graph: its logits never leave the
         # device); otherwise sampling, classifier-free guidance and the options above read the rows' logits.
-        # (Dream's top-p / top-k filter order and statistics, and LLaDA's EOS options, stay on the host for now.)
+        # (Dream's top-p / top-k filter order and statistics, LLaDA's EOS options and the cache-refresh policies, whose
+        # step may merge two forwards, sample on the host for now.)
         self.device_sampling = (g.temperature > 0.0 and g.cfg_scale == 0.0 and not self.banned and not self.unconfident
-                                and not self.dream_filtered and bool(getattr(backend, "samples_on_device", False)))
+                                and not self.dream_filtered and g.cache_refresh == "block"
+                                and bool(getattr(backend, "samples_on_device", False)))
         self.want_logits = not self.device_sampling and (
             g.temperature > 0.0 or g.cfg_scale > 0.0 or bool(self.banned) or bool(self.unconfident) or self.dream_filtered)
         # SDAR's static/dynamic remasking: torch.topk over the whole span (see unmask_span_topk)
@@ -159,6 +172,9 @@ class DecodeLoop:
         self.credit = CreditState(self.batch, g.credit_alpha, g.credit_gamma, g.credit_decay) \
             if g.strategy == "credit" else None
         self.progress = 0.0  # sched: the block's step / its steps (set by run_masked before each unmasking)
+        # prefix/dual caches refreshed by dLLM-Cache's schedule or Elastic-Cache's drift test (cache_refresh.py)
+        self.refresh = RefreshPolicy(self) if g.cache_refresh != "block" else None
+        self.round_rows = getattr(backend, "io_binding", False) is True or hasattr(backend, "engine_record")
 
     def _eos_id(self, option: str) -> int:
         """config.json's eos_token_id (the first of a list): LLaDA generate's hard-coded 126081 on LLaDA-8B."""
@@ -192,8 +208,11 @@ class DecodeLoop:
                                        rows, self.want_logits)
         if self.timer is not None:
             self.timer.forward_end()
+        if write and self.refresh is not None:
+            self.refresh.written(pos, w.valid, input_ids)
         live = self.live & w.valid.any(axis=1)  # a sequence with no valid row only rides along
-        self.steps.append(StepRecord(kind, w.length, w.past_extent, [0] * self.batch, live.tolist()))
+        self.steps.append(StepRecord(kind, w.length, w.past_extent, [0] * self.batch, live.tolist(),
+                                     w.valid.sum(axis=1).tolist()))
         return out
 
     def guided_forward(self, input_ids: np.ndarray, pos: np.ndarray, bias: np.ndarray, rows: np.ndarray) -> StepOutput:
@@ -214,7 +233,8 @@ class DecodeLoop:
         """The window's attention bias, built once while consecutive steps keep the same window (every
         step of a block in the dual, prefix and sub-block modes, and of a request without a cache): the
         same array object is returned, so a backend can skip re-uploading it by identity."""
-        key = (w.start.tobytes(), w.length, w.valid.tobytes(), w.past_len, w.past_valid.tobytes())
+        key = (w.start.tobytes(), w.length, w.valid.tobytes(), w.past_len, w.past_valid.tobytes(),
+               None if w.pos is None else w.pos.tobytes())
         if self._bias_key != key:
             self._bias_key = key
             self._bias = attention_bias(safe_pos, w.valid, w.past_valid, self.block_size)
@@ -241,9 +261,34 @@ class DecodeLoop:
         """Cache positions [0, end_b) are visible."""
         return self.cache_positions() < end[:, None]
 
+    def rows_window(self, rows: list[np.ndarray], past_visible: np.ndarray) -> _Window:
+        """Query rows at the given positions of each sequence (ascending; an empty array: the sequence rides
+        along with no valid row) over the whole cache as past, ``past_visible`` [B, C] masking it. On the device
+        paths (ONNX Runtime's bound path, TensorRT) the window is padded to a multiple of ROWS_ROUND rows (invalid
+        ones) so that they see few shapes."""
+        n = max(1, max(len(r) for r in rows))
+        if self.round_rows:  # fewer shapes: each is a bucket of buffers / a CUDA graph on the device paths
+            n = max(n, min(-(-n // ROWS_ROUND) * ROWS_ROUND, self.capacity))
+        pos = np.zeros((self.batch, n), np.int64)
+        valid = np.zeros((self.batch, n), bool)
+        for b, r in enumerate(rows):
+            pos[b, : len(r)] = r
+            valid[b, : len(r)] = True
+        return _Window(pos[:, 0].copy(), n, valid, self.past_len, past_visible, pos)
+
     def fill_rows(self, w: _Window, lo: np.ndarray, span: int) -> np.ndarray:
-        """Query rows predicting positions lo_b .. lo_b + span - 1 (shifted families read one row earlier)."""
-        return lo[:, None] + np.arange(span)[None, :] - self.shift - w.start[:, None]
+        """Query rows predicting positions lo_b .. lo_b + span - 1 (shifted families read one row earlier).
+        In a window of explicit positions a position that is not a query row reads row 0 (never used)."""
+        want = lo[:, None] + np.arange(span)[None, :] - self.shift
+        if w.pos is None:
+            return want - w.start[:, None]
+        out = np.zeros_like(want)
+        for b in range(self.batch):
+            have = w.pos[b, w.valid[b]]
+            if have.size:
+                i = np.minimum(np.searchsorted(have, want[b]), have.size - 1)
+                out[b] = np.where(have[i] == want[b], i, 0)
+        return out
 
     # ------------------------------------------------------------------ choosing tokens
     def _checked(self, conf: np.ndarray, b: int) -> np.ndarray:
@@ -352,6 +397,7 @@ class DecodeLoop:
             self.timer.unmask_start()
         rec = self.steps[-1]
         rec.live = [bool(a) and l for a, l in zip(active, rec.live)]  # waiting sequences do not count
+        self.taken = [0] * self.batch  # tokens this unmasking fills, per sequence
         g = self.gen
         if self.device_sampling:
             out = self.sample_on_device(out, lo)
@@ -363,7 +409,12 @@ class DecodeLoop:
                 self.unmask_span_topk(out, b, int(lo[b]), int(hi[b]), quota[b])
                 continue
             cand = j + lo[b]
-            assert (cand - self.shift - w.start[b]).min() >= 0, "query window does not cover the shifted prediction rows"
+            if w.pos is None:
+                assert (cand - self.shift - w.start[b]).min() >= 0, "query window does not cover the shifted prediction rows"
+            else:
+                have = w.pos[b, w.valid[b]]  # (none: the sequence decodes from a refresh forward of the step)
+                assert have.size == 0 or np.isin(cand - self.shift, have).all(), \
+                    "the query rows do not hold the rows predicting the candidates"
             tokens, conf = self._propose(out, b, j, cand)
             if g.strategy in ("topk_margin", "entropy") or (g.strategy in DREAM_SCHEDULED and g.cache != "none"):
                 conf = self._statistic(out, b, j)
@@ -382,7 +433,10 @@ class DecodeLoop:
             else:
                 chosen = self.choose(conf, quota[b] if quota is not None else None, u, j)
             self.x[b, cand[chosen]] = tokens[chosen]
-            rec.unmasked[b] += int(chosen.size)
+            # counted on the step's forward the sequence took part in (a cache_refresh step may run two)
+            own = rec if rec.live[b] or len(self.steps) < 2 or not self.steps[-2].live[b] else self.steps[-2]
+            own.unmasked[b] += int(chosen.size)
+            self.taken[b] = int(chosen.size)
         if self.timer is not None:
             self.timer.unmask_end()
 
@@ -508,12 +562,13 @@ class DecodeLoop:
         timesteps = dream_timesteps(steps_per_block, g.eps) if g.strategy in DREAM_SCHEDULED else None
         # Fast-dLLM's Dream block variant (prefix / dual cache): the block's first forward fills only its
         # opening position, so later windows need no lead row for the shift.
-        dream_block = g.strategy in DREAM_ALGS and g.cache != "none"
+        dream_block = g.strategy in DREAM_ALGS and g.cache != "none" and g.cache_refresh == "block"
         lead = 0 if dream_block else self.shift
         # Fast-dLLM's generate_with_dual_cache runs at most steps // blocks forwards per block, whatever the rule:
         # with threshold / factor a block can keep masks, which the next block's first (full) step may fill (its
         # candidates are every mask before the block's end) and which the last block leaves in the output.
-        cap = g.steps // blocks if g.cache == "dual" and g.strategy in ("threshold", "factor") else None
+        cap = g.steps // blocks if (g.cache == "dual" and g.strategy in ("threshold", "factor")
+                                    and g.cache_refresh == "block") else None
         finished = np.zeros(B, bool)
         self.live = ~finished
         for k in range(blocks):
@@ -540,7 +595,7 @@ class DecodeLoop:
                 elif dream_block and budget is None and timesteps is None:
                     quota = masked.tolist()  # confidence_threshold: all >= threshold, the most confident always
                 elif scheduled:  # the schedule fills the block in exactly steps_per_block steps
-                    quota = [schedule[step]] * B
+                    quota = [schedule[min(step, steps_per_block - 1)]] * B  # (more steps: an Elastic window too small)
                 elif timesteps is not None:
                     quota = [dream_count(n, step, steps_per_block, timesteps) for n in masked]
                     if not any(quota[b] for b in np.flatnonzero(pending)):
@@ -548,7 +603,9 @@ class DecodeLoop:
                         continue
                 else:
                     quota = budget.quota() if budget is not None else None
-                if g.cache == "none" or forwards == 0:
+                if self.refresh is not None:  # dLLM-Cache / Elastic-Cache choose the rows and refreshes
+                    w, out, fill_end = self.refresh.step(s, e, total, lead, pending)
+                elif g.cache == "none" or forwards == 0:
                     w = self.window(zeros, full_len, total)
                     out = self.forward(w, "full", g.cache != "none", self.fill_rows(w, lo, int((e - lo).max())))
                 elif g.cache == "prefix":
@@ -561,11 +618,11 @@ class DecodeLoop:
                     past_visible = (idx < total[:, None]) & ~((idx >= start[:, None]) & (idx < e[:, None]))
                     w = self.window(start, g.block_length + lead, e, past_visible)
                     out = self.forward(w, "dual", False, self.fill_rows(w, s, g.block_length))
-                self.progress = step / steps_per_block if steps_per_block else 0.0
+                self.progress = min(step / steps_per_block, 1.0) if steps_per_block else 0.0
                 self.block_start = s
                 self.unmask(out, w, lo, fill_end, pending | (active & (lo < s)), quota)
                 if budget is not None:
-                    budget.update(step, np.minimum(quota, masked), self.steps[-1].unmasked)
+                    budget.update(step, np.minimum(quota, masked), self.taken)
                 step += 1
                 forwards += 1
             if self.timer is not None:

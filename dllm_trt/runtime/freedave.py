@@ -55,7 +55,8 @@ def run_freedave(loop) -> GenerationResult:
         out = loop.backend.forward(ids, pos, bias, None, 0, None, rows, False)
         if loop.timer is not None:
             loop.timer.forward_end()
-        loop.steps.append(StepRecord(kind, full_len, 0, [0] * B, (loop.live & live).tolist()))
+        per_seq = np.bincount(owners, weights=valid.sum(axis=1), minlength=B).astype(int)  # a draft: a batch row
+        loop.steps.append(StepRecord(kind, full_len, 0, [0] * B, (loop.live & live).tolist(), per_seq.tolist()))
         conf = out.confidence.astype(np.float64)
         if not np.isfinite(conf).all():
             raise DllmError(f"the model produced NaN/Inf logits at forward {len(loop.steps)}; the weights or the "

@@ -25,6 +25,11 @@ CACHE_MODES = {
     "bidirectional": ("none", "prefix", "dual"),
     "block_causal": ("none", "block", "sub_block"),
 }
+# When the prefix/dual caches refresh (runtime/cache_refresh.py): Fast-dLLM's full forward at the start of every
+# block, dLLM-Cache's interval schedule with a partial refresh in between, or Elastic-Cache's sliding window with
+# a drift test that triggers the refresh.
+CACHE_REFRESH = ("block", "dllm_cache", "elastic")
+REFRESH_CACHES = ("prefix", "dual")  # the cache modes a refresh policy other than "block" runs on
 
 
 def cache_modes_for(strategy: str, attention: str) -> tuple[str, ...]:
@@ -84,6 +89,17 @@ class GenerationConfig:
     Block diffusion: ``block_size`` decodes in blocks of that many tokens instead of the model's own
     (config.json ``block_size`` / ``bd_size``), as SDAR's ``block_length`` and Fast-dLLM v2's
     ``block_size`` arguments do: the block-causal attention, the prefill and the commits all follow it.
+
+    ``cache_refresh`` (bidirectional, prefix/dual cache; sources and deviations in runtime/cache_refresh.py):
+    ``block`` is Fast-dLLM's full forward at the start of every block. ``dllm_cache`` (dLLM-Cache): a full
+    forward every ``dllm_prompt_interval`` steps for the prompt and every ``dllm_response_interval`` steps for
+    the response; in between, besides the rows the cache mode always computes, ``dllm_refresh_ratio`` of the
+    response's positions are recomputed (those whose token changed since their keys/values were written, then
+    the longest unrefreshed). ``elastic`` (Elastic-Cache): a step computes only the first
+    ``elastic_window`` masks of the block (dual; prefix: every mask from the block on) and the positions
+    decoded since their keys/values were written; when the window's predictions drift (mean similarity of
+    the still-masked positions' top-1 token and probability to the previous step's below ``elastic_gamma``)
+    the step is redone by a full forward that refreshes the whole cache.
     """
 
     gen_length: int = 32
@@ -115,6 +131,12 @@ class GenerationConfig:
     sched_low: float = 2.0  # sched: ... and at its last
     sched_shape: str = "linear"  # sched: linear | cosine | exp
     draft_steps: int = 4  # freedave: steps drafted (and verified) per forward
+    cache_refresh: str = "block"  # block | dllm_cache | elastic (prefix/dual caches; see CACHE_REFRESH)
+    dllm_prompt_interval: int = 100  # dllm_cache: the prompt's keys/values are refreshed every this many steps
+    dllm_response_interval: int = 7  # dllm_cache: the response's every this many steps
+    dllm_refresh_ratio: float = 0.25  # dllm_cache: fraction of the response recomputed on the other steps
+    elastic_window: int = 16  # elastic: masks of the block a step computes (and may fill)
+    elastic_gamma: float = 0.9  # elastic: refresh when the window's prediction similarity falls below this
 
     def resolved(self, attention: str) -> "GenerationConfig":
         """A copy with defaults filled in for this attention family; raises on bad combinations."""
@@ -192,7 +214,32 @@ class GenerationConfig:
         if c.sched_shape not in SCHED_SHAPES or c.sched_low > c.sched_high:
             raise DllmError(f"sched_shape must be one of {', '.join(SCHED_SHAPES)} (got {c.sched_shape!r}) and "
                             f"sched_low ({c.sched_low}) <= sched_high ({c.sched_high})")
+        c.check_cache_refresh(attention)
         return c
+
+    def check_cache_refresh(self, attention: str) -> None:
+        """The refresh policy against the model and the cache mode, and its knobs' ranges (DllmError)."""
+        c = self
+        if c.cache_refresh not in CACHE_REFRESH:
+            raise DllmError(f"unknown cache_refresh {c.cache_refresh!r}; use one of {', '.join(CACHE_REFRESH)}")
+        if c.dllm_prompt_interval < 1 or c.dllm_response_interval < 1:
+            raise DllmError(f"dllm_prompt_interval ({c.dllm_prompt_interval}) and dllm_response_interval "
+                            f"({c.dllm_response_interval}) must be >= 1 (steps between refreshes)")
+        if not 0.0 <= c.dllm_refresh_ratio <= 1.0:
+            raise DllmError(f"dllm_refresh_ratio {c.dllm_refresh_ratio} must be in [0, 1] (the fraction of the "
+                            "response recomputed between refreshes)")
+        if c.elastic_window < 1 or not c.elastic_gamma >= 0 or not math.isfinite(c.elastic_gamma):
+            raise DllmError(f"need elastic_window >= 1 (got {c.elastic_window}) and a finite elastic_gamma >= 0 "
+                            f"(got {c.elastic_gamma})")
+        if c.cache_refresh == "block":
+            return
+        if attention != "bidirectional":
+            raise DllmError(f"cache_refresh {c.cache_refresh!r} applies to the prefix/dual caches of the bidirectional "
+                            "families (LLaDA, Dream); block diffusion caches finished blocks exactly: use "
+                            "cache_refresh 'block'")
+        if c.cache not in REFRESH_CACHES:
+            raise DllmError(f"cache_refresh {c.cache_refresh!r} refreshes a cache: use cache prefix or dual "
+                            f"(got cache {c.cache!r})")
 
 
 def folder_generation_defaults(folder: str | Path) -> dict:
@@ -208,11 +255,13 @@ def folder_generation_defaults(folder: str | Path) -> dict:
 class StepRecord:
     """One forward call of the decode loop."""
 
-    kind: str  # prefill | prefill+block | full | prefix | dual | block | sub_block | commit
+    kind: str  # prefill | prefill+block | full | prefix | dual | block | sub_block | commit | (cache_refresh:)
+    #            response | prompt | partial (dllm_cache), elastic (elastic)
     query_len: int
     past_len: int
     unmasked: list[int]  # tokens decoded by this forward, per sequence
     live: list[bool]  # sequences still decoding (finished ones ride along in the batch)
+    rows: list[int] | None = None  # query rows computed for each sequence (its valid rows of the window)
 
 
 @dataclass

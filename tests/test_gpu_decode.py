@@ -171,7 +171,10 @@ def test_scatter_kv_writes_exactly_the_rows(dtype, elem):
         src = [rng.standard_normal((b, h, l, d)).astype(dtype) for _ in presents]
         for t, x in zip(presents, src):
             mem.upload(t, x)
-        mem.scatter(presents, caches, pos)
+        staged = mem.block(pos.nbytes)  # the positions travel to the device with the step's other inputs
+        staged.view(0, pos.shape, np.int64)[...] = pos
+        mem.upload_block(staged, pos.nbytes)
+        mem.scatter(presents, caches, pos, staged.ptr)
         bi, li = np.nonzero((pos >= 0) & (pos < cap))
         for w, x in zip(want, src):
             w[bi, :, pos[bi, li]] = x[bi, :, li]
@@ -235,11 +238,15 @@ def test_fused_graph_cuda_equals_cpu(fused_exports, variant):
 
 # ---------------------------------------------------------------------- the serving engine on CUDA
 @pytest.mark.parametrize("name,settings", [("llada-tiny", dict(cache="dual", strategy="threshold")),
-                                           ("llada-tiny", dict(cache="prefix")), ("bd-tiny", dict())])
+                                           ("llada-tiny", dict(cache="prefix")), ("llada-tiny", dict(cache="none")),
+                                           ("bd-tiny", dict())])
 def test_batch_engine_on_cuda_equals_solo(backends, exports, name, settings):
     """runtime/engine_loop.py on ORT CUDA with CUDA graphs (windows padded to 32, batches to powers of two):
     concurrent requests, more than the slots, each give the tokens of their solo run on the same backend.
-    (--cache none failed here on the H200, 2026-11-29: the engine refuses it on CUDA, see engine_loop.)"""
+    The engine drives the backend from its own thread: the backend makes its CUDA context current there (the
+    no-cache mode failed on the H200 before that, 2026-11-29, because its first driver call in that thread had
+    no context; the same scenario, run by a diagnostic script, passed eager and with CUDA graphs after the fix).
+    Cached forwards over few busy slots bind those rows of the shared cache by address (batch < max_batch)."""
     from dataclasses import replace
 
     from dllm_trt.runtime.engine_loop import BatchEngine

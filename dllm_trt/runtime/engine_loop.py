@@ -203,13 +203,6 @@ class BatchEngine:
         if self.gen.cfg_scale > 0 or self.gen.strategy == "freedave":
             raise DllmError("classifier-free guidance (cfg_scale > 0) and FreeDave's drafts are not served: their "
                             "forwards carry several batch rows per request; decode them with `dllm-trt run`")
-        if getattr(backend, "device_type", None) == "cuda" and self.gen.cache == "none":
-            # tests/test_gpu_decode.py::test_batch_engine_on_cuda_equals_solo, H200, 2026-11-29: with
-            # ORT CUDA and CUDA graphs the no-cache mode returned wrong tokens (an immediate EOS) where the
-            # same engine on the bound path on the CPU and the cached modes on CUDA were exact. Not
-            # diagnosed yet: refuse rather than serve wrong answers.
-            raise DllmError("continuous batching with --cache none on ONNX Runtime CUDA is disabled (it gave wrong "
-                            "tokens in the GPU test); serve with --cache prefix or --cache dual (also faster)")
         bs = self.gen.block_size or self.config.block_size or 0
         self.extra = bs + 1 if self.config.attention == "block_causal" else 0  # DecodeLoop's spare block
         top = int(getattr(backend, "max_positions", None) or self.config.max_position_embeddings)
@@ -220,13 +213,13 @@ class BatchEngine:
         if self.cache is not None:
             self.capacity = int(self.cache.capacity)  # backends may round up
         # A forward over the first n slots passes a view of the cache's first n rows (batch is the leading
-        # dimension): numpy slices on the host path, the same device pointers with batch n on TensorRT. The
-        # ONNX Runtime bound path binds whole OrtValues, so it always runs max_batch rows there.
+        # dimension): numpy slices on the host path, the same device addresses with batch n on TensorRT and on
+        # ONNX Runtime's bound path (which binds the view's rows by address).
         flat = self.cache.flat() if self.cache is not None and hasattr(self.cache, "flat") else []
         if flat and all(isinstance(t, np.ndarray) for t in flat):
             self._view: str | None = "numpy"
-        elif flat and all(isinstance(t, int) for t in flat):
-            self._view = "pointer"
+        elif flat and all(isinstance(t, int) or hasattr(t, "ptr") for t in flat):
+            self._view = "pointer"  # device addresses (TensorRT) or ONNX Runtime's bound tensors
         else:
             self._view = None
         self._device = getattr(backend, "io_binding", True) is not False  # not ORT's host (numpy) path

@@ -417,7 +417,9 @@ class OrtBackend:
         return StepOutput(out["tokens"], out["confidence"], out.get("logits"), out["margin"], out["neg_entropy"])
 
     def _bucket(self, b: int, l: int, p: int, r: int, cache: OrtCache | None) -> _Bucket:
-        key = (b, l, p, r, id(cache) if p else None)
+        # a view of a pooled cache's first rows (the serving engine's, fewer busy slots) shares its tensors: the
+        # bucket is keyed by those, and binds the view's rows by address
+        key = (b, l, p, r, id(cache.layers) if p else None)
         bucket = self._buckets.get(key)
         if bucket is not None:
             return bucket
@@ -439,7 +441,11 @@ class OrtBackend:
         io.bind_ortvalue_input("attention_bias", bias.value)
         if p:
             for name, t in zip(self._past, cache.flat()):
-                io.bind_ortvalue_input(name, t.value)
+                if b == t.shape[0]:
+                    io.bind_ortvalue_input(name, t.value)
+                else:  # batch is the leading dimension: rows 0..b-1 start at the tensor's address
+                    io.bind_input(name, *where, _ONNX_ELEMENT_TYPES[self.kv_type] if self.kv_type == "bfloat16"
+                                  else t.dtype, [b] + list(t.shape[1:]), t.ptr)
         else:
             for name, value in zip(self._past, self._empty_past_bound(b)):
                 io.bind_ortvalue_input(name, value)

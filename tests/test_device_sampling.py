@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from dllm_trt.runtime import GenerationConfig, generate
-from dllm_trt.runtime.sampling import propose, softmax64
+from dllm_trt.runtime.sampling import draw, dream_probs, propose, softmax64
 from dllm_trt.runtime.settings import STRATEGIES_FOR, cache_modes_for
 
 ort = pytest.importorskip("onnxruntime")
@@ -79,6 +79,40 @@ def test_sampler_graph_equals_numpy(vocab, mask):
     assert rows == 48 * 2 * 7
 
 
+@pytest.mark.parametrize("vocab,mask", [(257, 3), (40, -1)])
+def test_dream_sampler_graph_equals_dream_probs(vocab, mask):
+    """sampler_dream.onnx = runtime.sampling.dream_probs (nucleus, then top-k, then softmax) + the argmax at
+    temperature 0 or the inverse CDF: tokens equal, probability / margin / sum p log p of the filtered
+    distribution equal to float64 rounding."""
+    from dllm_trt.export.sampler import build_sampler
+
+    sess = ort.InferenceSession(build_sampler(vocab, mask, "dream").SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(vocab + 1)
+    for trial in range(48):
+        b, r = 2, 6
+        logits = (rng.standard_normal((b, r, vocab)) * [0.3, 1.0, 5.0, 15.0][trial % 4]).astype(np.float32)
+        logits[0, 0, :4] = logits[0, 0].max() + 2.0  # exact ties at the top
+        t = [0.0, 0.2, 0.7, 1.5][(trial // 4) % 4]
+        k = [0, 1, 3, vocab - 1, vocab + 5, 30][trial % 6]
+        p = [1.0, 0.95, 0.5, 0.01][(trial // 2) % 4]
+        u = rng.uniform(size=(b, r))
+        f = feeds(logits, u, t if t > 0 else 1.0, k, p)
+        f["draw_on"] = np.array([t > 0])
+        tok, conf, margin, negent, _ = sess.run(None, f)
+        for i in range(b):
+            z = logits[i].copy()
+            if 0 <= mask < vocab:
+                z[:, mask] = -np.inf
+            want = dream_probs(z, t, p, k)
+            want_tok = want.argmax(-1) if t == 0 else draw(want, u[i])
+            np.testing.assert_array_equal(tok[i], want_tok, err_msg=f"trial {trial} t={t} k={k} p={p}")
+            np.testing.assert_allclose(conf[i], want[np.arange(r), want_tok], rtol=1e-12)
+            top2 = np.sort(want, axis=-1)[:, -2:]
+            np.testing.assert_allclose(margin[i], top2[:, 1] - top2[:, 0], rtol=1e-10, atol=1e-15)
+            np.testing.assert_allclose(negent[i], (want * np.log(want + 1e-10)).sum(-1), rtol=1e-10, atol=1e-15)
+
+
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     from dllm_trt.export import export_onnx
@@ -96,6 +130,7 @@ def test_export_writes_the_sampler(exports):
     art = exports / "llada-tiny"
     meta = json.loads((art / "dllm_config.json").read_text())
     assert meta["sampler_file"] == SAMPLER_FILE and (art / SAMPLER_FILE).is_file()
+    assert meta["dream_sampler_file"] is None and (exports / "dream-tiny" / "sampler_dream.onnx").is_file()
     sess = ort.InferenceSession(str(art / SAMPLER_FILE), providers=["CPUExecutionProvider"])
     assert tuple(i.name for i in sess.get_inputs()) == SAMPLER_INPUTS
     assert tuple(o.name for o in sess.get_outputs()) == SAMPLER_OUTPUTS
@@ -112,12 +147,15 @@ def test_device_sampling_equals_host_sampling(exports, name):
     host = OrtBackend.from_pretrained(exports / name, intra_op_threads=1)
     bound = OrtBackend.from_pretrained(exports / name, io_binding=True, intra_op_threads=1)
     assert bound.samples_on_device and not host.samples_on_device
+    assert bound.samples_dream_on_device == (host.config.family == "dream")
     cases = 0
     for strategy in STRATEGIES_FOR[host.config.attention]:
         if strategy == "freedave":  # greedy only (refused at temperature > 0)
             continue
         for cache in cache_modes_for(strategy, host.config.attention):
-            for t, k, p in ((0.8, 0, 1.0), (1.0, 5, 1.0), (1.3, 20, 0.7)):
+            for t, k, p in ((0.8, 0, 1.0), (1.0, 5, 1.0), (1.3, 20, 0.7), (0.0, 0, 0.9), (0.0, 4, 1.0)):
+                if t == 0 and host.config.family != "dream":  # greedy: the model graph's own top-1
+                    continue
                 g = GenerationConfig(strategy=strategy, cache=cache, gen_length=16, block_length=8, steps=8,
                                      threshold=0.7, sub_block_length=4, seed=3, temperature=t, top_k=k, top_p=p)
                 want, got = generate(host, PROMPTS, g), generate(bound, PROMPTS, g)

@@ -126,6 +126,8 @@ def test_cuda_random_and_sampling_equal_cpu(backends, exports, name):
     b = backends(name)
     assert b["graph"].samples_on_device and b["eager"].samples_on_device, b["graph"].sampler_error
     assert not b["cpu"].samples_on_device
+    if b["cpu"].config.family == "dream":  # Dream's sample_tokens (top_p below) on the device too
+        assert b["graph"].samples_dream_on_device, b["graph"].sampler_error
     prompts = prompts_for(exports[name, "fp32"])
     for cache in CACHE_MODES[b["cpu"].config.attention]:
         for g in (gen("random", cache, seed=5), gen("low_confidence", cache, temperature=1.0, top_k=8, seed=7),

@@ -17,8 +17,8 @@ from typing import Any
 from .. import __version__, atomic
 from ..config import ModelConfig
 from ..errors import DllmError
-from ..contract import (CACHE_LAYOUT, CONFIG_FILE, FORMAT_VERSION, KV_TYPES, MODEL_FILE, SAMPLER_FILE, SELECT_OUTPUTS,
-                        input_names, output_names, tensor_shapes)
+from ..contract import (CACHE_LAYOUT, CONFIG_FILE, DREAM_SAMPLER_FILE, FORMAT_VERSION, KV_TYPES, MODEL_FILE,
+                        SAMPLER_FILE, SELECT_OUTPUTS, input_names, output_names, tensor_shapes)
 from ..runtime.chat import ChatTemplate, load_chat_template
 from ..runtime.generation_files import checkpoint_generation_defaults
 from ..runtime.settings import CACHE_MODES, GenerationConfig, folder_generation_defaults
@@ -126,6 +126,7 @@ def build_dllm_config(config: ModelConfig, dtype: str, opset: int, external_data
         },
         "validation": validation,
         "sampler_file": SAMPLER_FILE,
+        "dream_sampler_file": DREAM_SAMPLER_FILE if config.family == "dream" else None,
         "selection": {"outputs": list(SELECT_OUTPUTS), "rows": "logits_index [B, R]",
                       "rule": "top-1 over the vocabulary with the mask token excluded; confidence = its softmax "
                               "probability (float32); ties to the lowest token id"},

@@ -19,8 +19,8 @@ from ..config import ModelConfig
 from ..progress import PhaseProgress
 from ..errors import DllmError
 from ..models import load_model
-from ..contract import (CONFIG_FILE, EXTERNAL_DATA_FILE, KV_TYPES, MODEL_FILE, SAMPLER_FILE, output_names,
-                        tensor_shapes)
+from ..contract import (CONFIG_FILE, DREAM_SAMPLER_FILE, EXTERNAL_DATA_FILE, KV_TYPES, MODEL_FILE, SAMPLER_FILE,
+                        output_names, tensor_shapes)
 from . import artifact
 from .checks import check_device_resident, check_graph, initializer_bytes, save_graph
 from .graph import apply_contract, fix_bf16_casts, trace_to_onnx
@@ -116,6 +116,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
             copied = artifact.copy_tokenizer_files(model_dir, tmp)
             # sampling at temperature > 0 on the device, from the logits the step leaves there
             onnx.save(build_sampler(config.vocab_size, config.mask_token_id), str(tmp / SAMPLER_FILE))
+            if config.family == "dream":  # Dream's sample_tokens: its top-p / top-k order and filtered statistics
+                onnx.save(build_sampler(config.vocab_size, config.mask_token_id, "dream"), str(tmp / DREAM_SAMPLER_FILE))
             tokenizer = "tokenizer.json" if "tokenizer.json" in copied else None
             if tokenizer is None:
                 say(f"warning: {model_dir} has no tokenizer.json; the artefact will take token ids only")

@@ -15,6 +15,12 @@ per row, the random stream every backend shares). Besides the sampled token and 
 returns the statistics the loop ranks by when sampling: Dream's top-1 minus top-2 probability and
 sum p log(p + 1e-10) of the tempered, unfiltered distribution, and SchED's top-1 minus top-2 *logit*.
 
+``flavour="dream"`` (``sampler_dream.onnx``) is Dream's ``sample_tokens`` as
+``runtime.sampling.dream_probs`` computes it: the nucleus filter first (a token is dropped when the mass
+of the tokens ranked before it *exceeds* ``top_p``), then the top-k filter, then the softmax; the token is
+its argmax (``draw_on`` false: temperature 0) or drawn by the inverse CDF, and its probability, margin and
+sum p log p are all read from that filtered distribution (Dream ranks by them at temperature 0 too).
+
 Switches are inputs, not graph variants: ``top_k`` is the K of a TopK (1 when top-k is off, so the off
 case costs a top-1), ``top_p_k`` the K of the sort for top-p (the vocabulary when on, else 1). Only
 standard opset-17 ops, and no shape arithmetic, so ONNX Runtime's CUDA provider runs every node.
@@ -25,14 +31,17 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..contract import SAMPLER_INPUTS, SAMPLER_OUTPUTS
+from ..contract import DREAM_SAMPLER_INPUTS, SAMPLER_INPUTS, SAMPLER_OUTPUTS
 
 SAMPLER_OPSET = 17
 ENTROPY_EPS = 1e-10  # Dream's entropy: sum p log(p + eps), as runtime.decode computes it from logits
 
 
-def build_sampler(vocab_size: int, mask_token_id: int) -> onnx.ModelProto:
-    """The sampler graph for a vocabulary of ``vocab_size`` whose mask token (never proposed) is ``mask_token_id``."""
+def build_sampler(vocab_size: int, mask_token_id: int, flavour: str = "generic") -> onnx.ModelProto:
+    """The sampler graph for a vocabulary of ``vocab_size`` whose mask token (never proposed) is
+    ``mask_token_id``; ``flavour``: ``generic`` (runtime.sampling.propose) or ``dream`` (dream_probs)."""
+    if flavour not in ("generic", "dream"):
+        raise ValueError(f"unknown sampler flavour {flavour!r}")
     D, I64, B = TensorProto.DOUBLE, TensorProto.INT64, TensorProto.BOOL
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
@@ -47,6 +56,7 @@ def build_sampler(vocab_size: int, mask_token_id: int) -> onnx.ModelProto:
         return outs[0]
 
     last = const("axes_last", np.array([-1], np.int64))
+    axis = const("axis_last", np.array(-1, np.int64))
     two = const("k_two", np.array([2], np.int64))
     neg_inf = const("neg_inf", np.array(-np.inf, np.float64))
     zero = const("zero", np.array(0.0, np.float64))
@@ -58,47 +68,80 @@ def build_sampler(vocab_size: int, mask_token_id: int) -> onnx.ModelProto:
         e = node("Exp", [node("Sub", [x, m], f"{tag}_shifted")], f"{tag}_exp")
         return node("Div", [e, node("ReduceSum", [e, last], f"{tag}_sum", keepdims=1)], f"{tag}_p")
 
-    def top2_gap(x: str, tag: str) -> str:  # sorted top-1 minus top-2 along the vocabulary
+    def top2_gap(x: str, tag: str, out: str) -> str:  # sorted top-1 minus top-2 along the vocabulary
         v = node("TopK", [x, two], [f"{tag}_top2", f"{tag}_top2_idx"], axis=-1, largest=1, sorted=1)
         hi = node("ReduceMax", [v], f"{tag}_top1", axes=[-1], keepdims=0)
         lo = node("ReduceMin", [v], f"{tag}_second", axes=[-1], keepdims=0)
-        return node("Sub", [hi, lo], tag)
+        return node("Sub", [hi, lo], out)
 
-    logits, uniform, temperature, top_k, top_k_on, top_p, top_p_k, top_p_on = SAMPLER_INPUTS
+    def neg_entropy_of(p: str, out: str) -> str:  # sum p log(p + eps)
+        plogp = node("Mul", [p, node("Log", [node("Add", [p, eps], f"{out}_p_eps")], f"{out}_log")], f"{out}_plogp")
+        return node("ReduceSum", [plogp, last], out, keepdims=0)
+
+    def top_k_filter(x: str, tag: str) -> str:  # below the k-th largest -> -inf (the smallest of the top k)
+        vk = node("TopK", [x, top_k], [f"{tag}_values", f"{tag}_idx"], axis=-1, largest=1, sorted=1)
+        kth = node("ReduceMin", [vk], f"{tag}_kth", axes=[-1], keepdims=1)
+        drop = node("And", [top_k_on, node("Less", [x, kth], f"{tag}_below")], f"{tag}_drop")
+        return node("Where", [drop, neg_inf, x], f"{tag}_z")
+
+    def sorted_probs(p: str, tag: str) -> tuple[str, str, str]:  # high to low (ties: lower id first), cumulated
+        sp = node("TopK", [p, top_p_k], [f"{tag}_sorted", f"{tag}_order"], axis=-1, largest=1, sorted=1)
+        return sp, f"{tag}_order", node("CumSum", [sp, axis], f"{tag}_cum")
+
+    def unsort(flags: str, like: str, order: str, tag: str) -> str:  # sorted-order 0/1 flags back to vocabulary order
+        zeros = node("Mul", [like, zero], f"{tag}_zeros")
+        back = node("ScatterElements", [zeros, order, node("Cast", [flags], f"{tag}_flags_f", to=D)], f"{tag}_back",
+                    axis=-1)
+        return node("Greater", [back, const(f"{tag}_half", np.array(0.5))], f"{tag}_is")
+
+    def inverse_cdf(p: str) -> str:  # the first id whose cumulative mass exceeds u * total
+        cdf = node("CumSum", [p, axis], "cdf")
+        total = node("ReduceMax", [cdf], "cdf_total", axes=[-1], keepdims=1)
+        target = node("Mul", [node("Unsqueeze", [uniform, last], "u_col"), total], "u_target")
+        below = node("Cast", [node("LessOrEqual", [cdf, target], "cdf_below")], "cdf_below_f", to=D)
+        count = node("Cast", [node("ReduceSum", [below, last], "count_f", keepdims=0)], "count", to=I64)
+        return node("Min", [count, top_id], "drawn")
+
+    names = DREAM_SAMPLER_INPUTS if flavour == "dream" else SAMPLER_INPUTS
+    logits, uniform, temperature, top_k, top_k_on, top_p, top_p_k, top_p_on = names[:8]
     tokens, confidence, margin, neg_entropy, logit_gap = SAMPLER_OUTPUTS
     z = node("Cast", [logits], "z", to=D)
     if 0 <= mask_token_id < vocab_size:  # the mask token is never proposed (models.layers.select_top1)
         is_mask = np.zeros(vocab_size, bool)
         is_mask[mask_token_id] = True
         z = node("Where", [const("is_mask_token", is_mask), neg_inf, z], "z_masked")
-    node("Identity", [top2_gap(z, "logit_gap_raw")], logit_gap)
+    top2_gap(z, "raw", logit_gap)
     zt = node("Div", [z, temperature], "z_tempered")
-    # Dream's statistics: of the tempered distribution before any filter
-    p_full = softmax(zt, "full")
-    node("Identity", [top2_gap(p_full, "margin_raw")], margin)
-    plogp = node("Mul", [p_full, node("Log", [node("Add", [p_full, eps], "p_eps")], "log_p")], "p_log_p")
-    node("ReduceSum", [plogp, last], neg_entropy, keepdims=0)
-    # top-k: below the k-th largest -> -inf (the k-th largest is the smallest of the top k)
-    vk = node("TopK", [zt, top_k], ["top_k_values", "top_k_idx"], axis=-1, largest=1, sorted=1)
-    kth = node("ReduceMin", [vk], "kth", axes=[-1], keepdims=1)
-    drop_k = node("And", [top_k_on, node("Less", [zt, kth], "below_kth")], "drop_k")
-    zk = node("Where", [drop_k, neg_inf, zt], "z_top_k")
-    p = softmax(zk, "filtered")
-    # top-p: sort high to low (ties: lower id first), drop where the mass before an entry reaches top_p
-    sp, order = node("TopK", [p, top_p_k], ["sorted_p", "order"], axis=-1, largest=1, sorted=1), "order"
-    before = node("Sub", [node("CumSum", [sp, const("axis_last", np.array(-1, np.int64))], "cum_p"), sp], "mass_before")
-    drop_sorted = node("Cast", [node("GreaterOrEqual", [before, top_p], "drop_sorted_b")], "drop_sorted", to=D)
-    dropped = node("ScatterElements", [node("Mul", [p, zero], "zeros"), order, drop_sorted], "dropped", axis=-1)
-    kept = node("Where", [node("Greater", [dropped, const("half", np.array(0.5))], "is_dropped"), zero, p], "p_kept")
-    renorm = node("Div", [kept, node("ReduceSum", [kept, last], "kept_sum", keepdims=1)], "p_renorm")
-    pf = node("Where", [top_p_on, renorm, p], "p_final")
-    # inverse CDF: the first id whose cumulative mass exceeds u * total
-    cdf = node("CumSum", [pf, "axis_last"], "cdf")
-    total = node("ReduceMax", [cdf], "cdf_total", axes=[-1], keepdims=1)
-    target = node("Mul", [node("Unsqueeze", [uniform, last], "u_col"), total], "u_target")
-    below = node("Cast", [node("LessOrEqual", [cdf, target], "cdf_below")], "cdf_below_f", to=D)
-    count = node("Cast", [node("ReduceSum", [below, last], "count_f", keepdims=0)], "count", to=I64)
-    tok = node("Min", [count, top_id], tokens)
+    if flavour == "generic":
+        # Dream's statistics without a filter: of the tempered distribution
+        p_full = softmax(zt, "full")
+        top2_gap(p_full, "full", margin)
+        neg_entropy_of(p_full, neg_entropy)
+        p = softmax(top_k_filter(zt, "top_k"), "filtered")
+        # top-p: drop where the mass before an entry (cum - p, as numpy computes it) reaches top_p
+        sp, order, cum = sorted_probs(p, "top_p")
+        drop = unsort(node("GreaterOrEqual", [node("Sub", [cum, sp], "mass_before"), top_p], "drop_sorted"), p, order,
+                      "top_p")
+        kept = node("Where", [drop, zero, p], "p_kept")
+        renorm = node("Div", [kept, node("ReduceSum", [kept, last], "kept_sum", keepdims=1)], "p_renorm")
+        pf = node("Where", [top_p_on, renorm, p], "p_final")
+        tok = node("Identity", [inverse_cdf(pf)], tokens)
+    else:
+        draw_on = names[8]
+        # nucleus first, on the tempered logits: drop where the cumulated mass of the entries before exceeds top_p
+        p0 = softmax(zt, "nucleus")
+        _, order, cum = sorted_probs(p0, "top_p")
+        before = node("Pad", [node("Slice", [cum, const("s0", np.array([0], np.int64)),
+                                             const("s_end", np.array([-1], np.int64)), last], "cum_head"),
+                              const("pad_front", np.array([0, 0, 1, 0, 0, 0], np.int64)), zero], "cum_before")
+        drop = node("And", [top_p_on, unsort(node("Greater", [before, top_p], "drop_sorted"), p0, order, "top_p")],
+                    "drop_p")
+        zp = node("Where", [drop, neg_inf, zt], "z_nucleus")
+        pf = softmax(top_k_filter(zp, "top_k"), "final")
+        top2_gap(pf, "final", margin)
+        neg_entropy_of(pf, neg_entropy)
+        best = node("ArgMax", [pf], "best", axis=-1, keepdims=0, select_last_index=0)
+        tok = node("Where", [draw_on, inverse_cdf(pf), best], tokens)
     picked = node("GatherElements", [pf, node("Unsqueeze", [tok, last], "token_col")], "picked_p", axis=-1)
     node("ReduceMax", [picked], confidence, axes=[-1], keepdims=0)
 
@@ -106,9 +149,11 @@ def build_sampler(vocab_size: int, mask_token_id: int) -> onnx.ModelProto:
     inputs = [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["batch", "rows", vocab_size]),
               helper.make_tensor_value_info(uniform, D, ["batch", "rows"]),
               vec(temperature, D), vec(top_k, I64), vec(top_k_on, B), vec(top_p, D), vec(top_p_k, I64), vec(top_p_on, B)]
+    if flavour == "dream":
+        inputs.append(vec(names[8], B))
     outputs = [helper.make_tensor_value_info(tokens, I64, ["batch", "rows"])] + \
         [helper.make_tensor_value_info(n, D, ["batch", "rows"]) for n in (confidence, margin, neg_entropy, logit_gap)]
-    graph = helper.make_graph(nodes, "dllm_trt_sampler", inputs, outputs, inits)
+    graph = helper.make_graph(nodes, f"dllm_trt_sampler_{flavour}", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", SAMPLER_OPSET)],
                               producer_name="dllm-trt")
     model.ir_version = 8

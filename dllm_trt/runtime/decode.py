@@ -158,13 +158,14 @@ class DecodeLoop:
         self.upstream_ties = ((bool(self.unconfident) and g.strategy == "low_confidence")
                               or (self.dream_filtered and g.alg_temp == 0.0))
         self.block_start = self.prompt_len.copy()  # run_masked: the current block's first position per sequence
-        # Sampling runs on the device when the backend can (the export's sampler graph: its logits never leave the
-        # device); otherwise sampling, classifier-free guidance and the options above read the rows' logits.
-        # (Dream's top-p / top-k filter order and statistics, LLaDA's EOS options and the cache-refresh policies, whose
-        # step may merge two forwards, sample on the host for now.)
-        self.device_sampling = (g.temperature > 0.0 and g.cfg_scale == 0.0 and not self.banned and not self.unconfident
-                                and not self.dream_filtered and g.cache_refresh == "block"
-                                and bool(getattr(backend, "samples_on_device", False)))
+        # Sampling runs on the device when the backend can (the export's sampler graphs: the logits never leave the
+        # device), Dream's top-p / top-k distribution too (at temperature 0 as well); otherwise sampling, guidance,
+        # LLaDA's EOS options and Dream's filters read the rows' logits. (LLaDA's EOS options and the cache-refresh
+        # policies, whose step may merge two forwards, stay on the host for now.)
+        plain = g.cfg_scale == 0.0 and not self.banned and not self.unconfident and g.cache_refresh == "block"
+        self.dream_sampling = plain and self.dream_filtered and bool(getattr(backend, "samples_dream_on_device", False))
+        self.device_sampling = self.dream_sampling or (
+            plain and g.temperature > 0.0 and not self.dream_filtered and bool(getattr(backend, "samples_on_device", False)))
         self.want_logits = not self.device_sampling and (
             g.temperature > 0.0 or g.cfg_scale > 0.0 or bool(self.banned) or bool(self.unconfident) or self.dream_filtered)
         # SDAR's static/dynamic remasking: torch.topk over the whole span (see unmask_span_topk)
@@ -448,6 +449,8 @@ class DecodeLoop:
         r = out.tokens.shape[1]
         u = np.stack([counter_uniform(g.seed, SAMPLE_STREAM, int(self.draws[b]), lo[b] + np.arange(r))
                       for b in range(self.batch)])
+        if self.dream_sampling:
+            return self.backend.sample(g.temperature, g.top_k, g.top_p, u, dream=True)
         return self.backend.sample(g.temperature, g.top_k, g.top_p, u)
 
     def choose_torch_order(self, b: int, cand: np.ndarray, conf: np.ndarray, k: int) -> np.ndarray:

@@ -171,6 +171,10 @@ class _SlotBackend:
     def samples_on_device(self) -> bool:
         return bool(getattr(self.engine.backend, "samples_on_device", False))
 
+    @property
+    def samples_dream_on_device(self) -> bool:
+        return bool(getattr(self.engine.backend, "samples_dream_on_device", False))
+
     def forward(self, input_ids, position_ids, attention_bias, cache, past_len, write_mask, logits_index,
                 want_logits=False) -> StepOutput:
         return self.engine._forward_for(self.request, (input_ids, position_ids, attention_bias, past_len,
@@ -488,23 +492,23 @@ class BatchEngine:
                                   take(out.margin), take(out.neg_entropy))
 
     def _sample_rows(self, rows: list[int], members: list[tuple[Request, _Call]], batch: int, reads: int) -> None:
-        """Sampling at temperature > 0, on the device, for the members whose loops sample there: one sampler run
-        over the forward's rows per distinct (temperature, top_k, top_p). Row r of a request predicts position
+        """Sampling on the device for the members whose loops sample there (temperature > 0, or Dream's filtered
+        distribution): one sampler run over the forward's rows per distinct (temperature, top_k, top_p, flavour). Row r of a request predicts position
         position_ids[logits_index[r]] + shift (its loop's lo + r for every candidate row) and draws the uniform
         of its own stream at its loop's counter, so its tokens are those of its solo run."""
         groups: dict[tuple, list[tuple[int, Request, _Call]]] = {}
         for row, (req, c) in zip(rows, members):
             req._sampled = None
             g = req.gen
-            if g.temperature > 0 and req.loop is not None and req.loop.device_sampling:
-                groups.setdefault((g.temperature, g.top_k, g.top_p), []).append((row, req, c))
-        for (t, k, p), who in groups.items():
+            if req.loop is not None and req.loop.device_sampling:
+                groups.setdefault((g.temperature, g.top_k, g.top_p, req.loop.dream_sampling), []).append((row, req, c))
+        for (t, k, p, dream), who in groups.items():
             u = np.full((batch, reads), 0.5)
             for row, req, c in who:
                 pos, li = c.args[1][0], c.args[5][0]
                 u[row, : li.size] = counter_uniform(req.gen.seed, SAMPLE_STREAM, int(req.loop.draws[0]),
                                                     pos[li] + req.loop.shift)
-            out = self.backend.sample(t, k, p, u)
+            out = self.backend.sample(t, k, p, u, dream=True) if dream else self.backend.sample(t, k, p, u)
             for row, req, c in who:
                 r = c.args[5].shape[1]
                 req._sampled = StepOutput(*(None if a is None else a[row: row + 1, :r].copy() for a in out))

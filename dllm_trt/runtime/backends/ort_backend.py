@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from ...config import ModelConfig
-from ...contract import (CONFIG_FILE, KV_TYPES, MODEL_FILE, ROW_STATS, SAMPLER_FILE, SAMPLER_OUTPUTS,
-                         config_from_artifact, input_names, output_names, past_names, present_names,
+from ...contract import (CONFIG_FILE, DREAM_SAMPLER_FILE, KV_TYPES, MODEL_FILE, ROW_STATS, SAMPLER_FILE,
+                         SAMPLER_OUTPUTS, config_from_artifact, input_names, output_names, past_names, present_names,
                          read_artifact_config)
 from ...errors import DllmError
 from .base import StepOutput, check_forward_args
@@ -258,12 +258,18 @@ class OrtBackend:
         self._empty: dict[int, list[Any]] = {}
         self._last: _Bucket | None = None  # the bucket of the latest forward (its logits are what sample() reads)
         self.sampler = None  # the session of sampler.onnx (export/sampler.py) on the bound path, if the export has one
+        self.dream_sampler = None  # sampler_dream.onnx: Dream's sample_tokens (filtered statistics, temperature 0 too)
         self.sampler_error: str | None = None  # why an export's sampler could not be opened (then: host sampling)
 
     @property
     def samples_on_device(self) -> bool:
         """Sampling at temperature > 0 runs on the device (:meth:`sample`): only B x R numbers come back."""
         return self.sampler is not None
+
+    @property
+    def samples_dream_on_device(self) -> bool:
+        """Dream's top-p / top-k sampling (and its filtered statistics at temperature 0) runs on the device."""
+        return self.dream_sampler is not None
 
     @classmethod
     def from_pretrained(cls, artifact_dir: str | Path, provider: str = "cpu", device_id: int = 0,
@@ -325,8 +331,10 @@ class OrtBackend:
         if names != input_names(config.num_layers):
             raise DllmError(f"{model_path} does not have the inputs of artefact format 2 ({names[:4]}...); re-export it")
         backend = cls(artifact_dir, meta, config, session, device_type, device_id, io_binding, cuda_graph)
-        sampler_path = Path(artifact_dir) / SAMPLER_FILE
-        if io_binding and sampler_path.is_file():
+        for attr, name in (("sampler", SAMPLER_FILE), ("dream_sampler", DREAM_SAMPLER_FILE)):
+            path = Path(artifact_dir) / name
+            if not (io_binding and path.is_file()):
+                continue
             sopts = ort.SessionOptions()
             sopts.log_severity_level = 3
             if intra_op_threads:
@@ -335,10 +343,10 @@ class OrtBackend:
                 sopts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
             sampler_options = {k: v for k, v in options.items() if k != "enable_cuda_graph"}
             try:
-                backend.sampler = ort.InferenceSession(str(sampler_path), sess_options=sopts,
-                                                       providers=[(ep, sampler_options)])
+                setattr(backend, attr, ort.InferenceSession(str(path), sess_options=sopts,
+                                                            providers=[(ep, sampler_options)]))
             except Exception as e:  # e.g. a provider without float64 kernels for a node: sample on the host
-                backend.sampler_error = f"{sampler_path.name} not usable with {ep}: {e}"
+                backend.sampler_error = f"{name} not usable with {ep}: {e}"
                 warnings.warn(f"{backend.sampler_error}; sampling at temperature > 0 downloads the rows' logits "
                               "and samples on the host", RuntimeWarning, stacklevel=2)
         return backend
@@ -504,13 +512,16 @@ class OrtBackend:
         return result
 
     # ------------------------------------------------------------------ sampling on the device
-    def sample(self, temperature: float, top_k: int, top_p: float, uniform: np.ndarray) -> StepOutput:
+    def sample(self, temperature: float, top_k: int, top_p: float, uniform: np.ndarray, dream: bool = False) \
+            -> StepOutput:
         """Sample every read row of the latest forward from its logits, where that forward left them (the
-        sampler graph, export/sampler.py: runtime.sampling.propose's arithmetic). ``uniform`` [B, R]: one
-        draw per row from the shared counter stream. Returns the sampled tokens and their probabilities,
-        the tempered distribution's margin and sum p log p, and the top-1 minus top-2 logit, all [B, R]."""
-        if self.sampler is None or self._last is None:
-            raise DllmError("sample() needs the bound path, an export with sampler.onnx, and a forward before it")
+        sampler graph, export/sampler.py: runtime.sampling.propose's arithmetic, or with ``dream`` Dream's
+        sample_tokens, runtime.sampling.dream_probs, where temperature 0 takes the filtered argmax).
+        ``uniform`` [B, R]: one draw per row from the shared counter stream. Returns the tokens and their
+        probabilities, the margin and sum p log p the loop ranks by, and the top-1 minus top-2 logit, [B, R]."""
+        session = self.dream_sampler if dream else self.sampler
+        if session is None or self._last is None:
+            raise DllmError("sample() needs the bound path, an export with its sampler graph, and a forward before it")
         bucket, mem, v = self._last, self._memory, self.config.vocab_size
         if mem.name == "cuda":
             mem.device.make_current()
@@ -518,29 +529,34 @@ class OrtBackend:
         if uniform.shape != (b, r):
             raise DllmError(f"uniform has shape {uniform.shape}, expected {(b, r)}")
         if bucket.sampler is None:
+            bucket.sampler = {}
+        if dream not in bucket.sampler:
             layout, nbytes = _layout([(SAMPLER_OUTPUTS[0], (b, r), np.int64)] +
                                      [(n, (b, r), np.float64) for n in SAMPLER_OUTPUTS[1:]])
             u_block, out_block = mem.block(b * r * 8), mem.block(nbytes)
-            io = self.sampler.io_binding()
+            io = session.io_binding()
             where = (mem.name, self.device_id if mem.name == "cuda" else 0)
             io.bind_ortvalue_input("logits", bucket.logits.value)
             io.bind_input("uniform", *where, np.float64, [b, r], u_block.ptr)
             for name, (off, shape, dtype) in layout.items():
                 io.bind_output(name, *where, dtype, list(shape), out_block.ptr + off)
-            bucket.sampler = [io, u_block, out_block, layout, nbytes, None]
-        io, u_block, out_block, layout, nbytes, params = bucket.sampler
+            bucket.sampler[dream] = [io, u_block, out_block, layout, nbytes, None]
+        io, u_block, out_block, layout, nbytes, params = bucket.sampler[dream]
         key = (float(temperature), int(top_k), float(top_p))
         if params != key:  # the switches: host inputs, bound once per setting
             k_on, p_on = 0 < top_k < v, top_p < 1.0
-            for name, value in (("temperature", np.array([temperature], np.float64)),
-                                ("top_k", np.array([top_k if k_on else 1], np.int64)), ("top_k_on", np.array([k_on])),
-                                ("top_p", np.array([top_p], np.float64)),
-                                ("top_p_k", np.array([v if p_on else 1], np.int64)), ("top_p_on", np.array([p_on]))):
+            values = [("temperature", np.array([temperature if temperature > 0 else 1.0], np.float64)),
+                      ("top_k", np.array([top_k if k_on else 1], np.int64)), ("top_k_on", np.array([k_on])),
+                      ("top_p", np.array([top_p], np.float64)),
+                      ("top_p_k", np.array([v if p_on else 1], np.int64)), ("top_p_on", np.array([p_on]))]
+            if dream:
+                values.append(("draw_on", np.array([temperature > 0])))
+            for name, value in values:
                 io.bind_cpu_input(name, value)
-            bucket.sampler[5] = key
+            bucket.sampler[dream][5] = key
         u_block.view(0, (b, r), np.float64)[...] = uniform
         mem.upload_block(u_block, b * r * 8)
-        self.sampler.run_with_iobinding(io)
+        session.run_with_iobinding(io)
         raw = mem.download_block(out_block, nbytes)
         rows = {name: raw[off: off + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
                 for name, (off, shape, dtype) in layout.items()}

@@ -368,11 +368,33 @@ def test_cli_serve_starts_answers_and_stops(bundled_export):
     (["--port", "70000"], "out of range 0..65535"),
     (["--threshold", "2"], "--threshold 2.0 is out of range"),
     (["--replicas", "2", "--provider", "cuda"], "give --gpus-per-replica"),
+    (["--elastic-window", "8"], "--elastic-window applies to --cache-refresh elastic only"),
+    (["--radius", "2"], "--radius applies to --strategy local_leap only"),
 ])
 def test_cli_serve_bad_options(bundled_export, capsys, argv, message):
     base = ["serve", "--engine", str(bundled_export("llada-tiny"))]
     assert main(base + argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_served_methods_and_cache_refresh_equal_dllm_trt_run(bundled_export, capsys):
+    """`dllm-trt serve` takes the decoding methods' knobs and the cache-refresh policies as its defaults
+    (options_from_args -> ServeOptions.decode), and answers as `dllm-trt run` with the same options."""
+    from dllm_trt.cli import build_parser
+    from dllm_trt.serving.cli import options_from_args
+
+    folder = str(bundled_export("llada-tiny"))
+    extra = ["--strategy", "threshold", "--threshold", "0.7", "--cache", "dual", "--cache-refresh", "dllm_cache",
+             "--dllm-response-interval", "2", "--dllm-refresh-ratio", "0.5"]
+    opts = options_from_args(build_parser().parse_args(["serve", "--engine", folder, "--max-batch", "4"] + extra))
+    assert opts.decode["cache_refresh"] == "dllm_cache" and opts.decode["dllm_refresh_ratio"] == 0.5
+    r = Running(Service(opts))
+    try:
+        for prompt in ("add:457+368=", "rev:kernel="):
+            want = run_cli(capsys, ["run", "--engine", folder, "--prompt", prompt] + extra)["answers"][0]
+            assert r.client.completions.create(model=r.model, prompt=prompt, temperature=0).choices[0].text == want
+    finally:
+        r.stop()
 
 
 def test_export_without_tokenizer_serves_token_ids(bundled_export, tmp_path):

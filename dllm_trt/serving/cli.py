@@ -48,6 +48,9 @@ def add_serving_commands(sub) -> None:
     p.add_argument("--top-p", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--no-stop", action="store_true", help="do not stop at EOS")
+    from ..options import add_method_options
+
+    add_method_options(p)  # the decoding methods' knobs and the cache-refresh policies (issue 13)
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--json", action="store_true", help="print the ready line as JSON")
     p.set_defaults(func=cmd_serve)

@@ -17,8 +17,15 @@ from .metrics import ServingMetrics
 DISCONNECT_POLL_S = 0.5  # how often a request asks whether its client is still there
 
 # GenerationConfig fields the server's command line may set (the decode structure every request shares)
+def _method_fields() -> tuple[str, ...]:
+    from ..options import METHOD_OPTIONS, REFRESH_OPTIONS
+
+    return tuple(METHOD_OPTIONS) + ("cache_refresh",) + tuple(REFRESH_OPTIONS)
+
+
+# the decode settings `dllm-trt serve` takes on its command line (the server's defaults for every request)
 DECODE_FIELDS = ("gen_length", "block_length", "steps", "strategy", "threshold", "factor", "cache",
-                 "sub_block_length", "temperature", "top_k", "top_p", "seed")
+                 "sub_block_length", "temperature", "top_k", "top_p", "seed") + _method_fields()
 
 
 @dataclass
@@ -135,6 +142,9 @@ class Service:
         self.template = load_chat_template(folder)
         args = argparse.Namespace(**opts.decode, no_stop=opts.no_stop)
         self.gen = generation_config_from_args(folder, args)
+        from ..options import check_decode_options
+
+        check_decode_options(args, self.gen, self.backend.config, 0)  # knobs this model / strategy would ignore
         self.metrics = ServingMetrics(self.model)
         self.engine = BatchEngine(self.backend, self.gen, max_batch=opts.max_batch, max_queue=opts.max_queue,
                                   capacity=opts.max_model_len, on_step=self._on_step)

@@ -183,6 +183,12 @@ def _layout(parts: list[tuple[str, tuple[int, ...], Any]]) -> tuple[dict[str, tu
     return out, off
 
 
+def _unpack(raw: np.ndarray, layout: dict[str, tuple[int, tuple, Any]]) -> dict[str, np.ndarray]:
+    """The named tensors of a downloaded block (views of ``raw``, laid out by _layout)."""
+    return {name: raw[off: off + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+            for name, (off, shape, dtype) in layout.items()}
+
+
 # ---------------------------------------------------------------------- caches and buckets
 class OrtCache:
     """Per-layer (key, value) storage [B, Hkv, capacity, D]: numpy arrays (host path) or _Tensors (bound path)."""
@@ -220,7 +226,7 @@ class _Bucket:
     out_bytes: int
     last_bias: np.ndarray | None = None
     runs: int = 0
-    sampler: Any = None  # (IO binding, uniform block, output block, layout) of the sampler graph, made on first use
+    sampler: Any = None  # per flavour (dream or not): [IO binding, uniform block, output block, layout, bytes, switches]
 
 
 class OrtBackend:
@@ -500,9 +506,8 @@ class OrtBackend:
         self.session.run_with_iobinding(bucket.binding, bucket.run_options)
         bucket.runs += 1
         self._last = bucket
-        stats = mem.download_block(bucket.out_block, bucket.out_bytes)  # one download: the B x R row statistics
-        rows = {name: stats[off: off + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
-                for name, (off, shape, dtype) in bucket.out_layout.items()}
+        # one download: the B x R row statistics
+        rows = _unpack(mem.download_block(bucket.out_block, bucket.out_bytes), bucket.out_layout)
         result = StepOutput(rows["tokens"], rows["confidence"], mem.download(bucket.logits) if want_logits else None,
                             rows["margin"], rows["neg_entropy"])
         if write_pos is not None:
@@ -557,8 +562,6 @@ class OrtBackend:
         u_block.view(0, (b, r), np.float64)[...] = uniform
         mem.upload_block(u_block, b * r * 8)
         session.run_with_iobinding(io)
-        raw = mem.download_block(out_block, nbytes)
-        rows = {name: raw[off: off + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
-                for name, (off, shape, dtype) in layout.items()}
+        rows = _unpack(mem.download_block(out_block, nbytes), layout)
         return StepOutput(rows["tokens"], rows["confidence"], None, rows["margin"], rows["neg_entropy"],
                           rows["logit_gap"])

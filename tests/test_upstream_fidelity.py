@@ -44,6 +44,8 @@ FAILING_TODAY: set[str] = {
     *(f"dream-{n}" for n in "064 070".split()),  # deliberate: docs/upstream_semantics.md row 11
     *(f"fast_dllm_v2-{n}" for n in "093 094".split()),  # deliberate: docs/upstream_semantics.md row 5
     "fast_dllm_v2-095",  # batch_sample's overwritten prompt token: docs/upstream_semantics.md row 6
+    "fast_dllm_v2-099",  # batch_sample, shortest prompt == block_size (not attended): docs/upstream_semantics.md row 5
+    *(f"fast_dllm_v2-{n}" for n in "100 101".split()),  # batch_sample, a whole-blocks row's first token: row 6
 }
 
 
@@ -129,6 +131,13 @@ def map_fast_dllm_v2(c: dict) -> Mapped:
         gaps.append("batch_sample overwrites the last prompt token of a prompt of k * block_size + 1 tokens with the "
                     "commit's prediction when block k - 1 ends (the buffer is replaced by the block's, one token "
                     "wider); dllm-trt keeps the prompt")
+    if shortest == bs:
+        gaps.append("batch_sample with a shortest prompt of exactly block_size tokens neither prefills nor attends the "
+                    "first block of any row (its prefill test is `min_len > block_size`); dllm-trt caches and attends it")
+    if any(n % bs == 0 and n < longest - 1 and not (n == shortest > bs) for n in kw["seq_len"]):
+        gaps.append("batch_sample decodes the first token of a row whose prompt is a whole number of blocks, shorter "
+                    "than the longest, with the next block's diffusion (the previous block's commit writes only the "
+                    "rows that block belongs to); dllm-trt takes it from the prompt's last position, as a row alone")
     return Mapped(gen, kw["mask_id"], stops, "; ".join(gaps) or None, [end - n for n in kw["seq_len"]])
 
 

@@ -682,6 +682,13 @@ def _dream_more(model, counter, block_utils, mask: int) -> list:
             kw.update(extra)
             run("diffusion_generate_block", prompts("dream", [4 + seed % 6], seed=seed), kw)
             seed += 1
+    # found by tools/upstream_fuzz.py: the block variant's confidence_threshold ignores the steps (each block
+    # runs until it has no mask), so steps per block need not divide the block
+    for dual, max_new, block, steps in ((False, 16, 8, 6), (True, 32, 16, 10)):
+        kw = dict(max_new_tokens=max_new, steps=steps, alg="confidence_threshold", threshold=0.8, top_p=None,
+                  top_k=None, block_length=block, dual_cache=dual, **base)
+        run("diffusion_generate_block", prompts("dream", [4 + seed % 6], seed=seed), kw)
+        seed += 1
     use(plain_utils)
     return cases
 
@@ -775,6 +782,30 @@ def _fast_dllm_v2_more(model, counter, tok, mask: int, eos: int) -> list:
         out = model.batch_sample(ids, tok, **dict(kw, seq_len=torch.tensor(lens)))
         cases.append(_case("batch_sample", kw, batch, [out[b].tolist() for b in range(len(batch))], counter.n, lens,
                            pad_token_id=tok.pad_token_id, source="Fast-dLLM v2/generation_functions.py"))
+    cases += _fast_dllm_v2_fuzz(model, counter, tok, mask, eos)
+    return cases
+
+
+def _fast_dllm_v2_fuzz(model, counter, tok, mask: int, eos: int) -> list:
+    """Settings found by tools/upstream_fuzz.py (appended): batch_sample with a shortest prompt of exactly
+    block_size tokens (no prefill: block 0 is never attended, docs/upstream_semantics.md row 5) and with a row
+    whose prompt is a whole number of blocks, shorter than the longest (its first token is decoded by the
+    block's diffusion, not taken from the previous block's commit: row 6)."""
+    import torch
+
+    cases = []
+    seed = 700
+    for lens, max_new, th, sub, stop in (([8, 13], 16, 0.9, 4, -1), ([5, 8, 12], 16, 0.9, 4, -1),
+                                         ([9, 16, 27], 16, 0.7, 8, eos)):
+        batch = prompts("fast_dllm_v2", lens, seed=seed)
+        seed += 1
+        ids = torch.tensor([p + [mask] * (max(lens) - len(p)) for p in batch])
+        kw = dict(block_size=BD_SIZE, max_new_tokens=max_new, small_block_size=sub, min_len=min(lens), seq_len=lens,
+                  mask_id=mask, threshold=th, stop_token=stop, use_block_cache=False, top_p=0.95, temperature=0.0)
+        counter.n = 0
+        out = model.batch_sample(ids, tok, **dict(kw, seq_len=torch.tensor(lens)))
+        cases.append(_case("batch_sample", kw, batch, [out[b].tolist() for b in range(len(batch))], counter.n, lens,
+                           pad_token_id=tok.pad_token_id, source="Fast-dLLM v2/generation_functions.py"))
     return cases
 
 
@@ -841,7 +872,9 @@ def _package_from_dir(src: Path, name: str) -> str:
     return name
 
 
-def run_sdar(up: Path) -> tuple[list, list]:
+def sdar_upstream(up: Path):
+    """SDAR's generate.py module (sampler replaced by its greedy counterpart, see the docstring) and the
+    upstream SDARForCausalLM on the tiny checkpoint."""
     import importlib
     import importlib.util
     import torch
@@ -869,7 +902,13 @@ def run_sdar(up: Path) -> tuple[list, list]:
         return token.view(*shape), torch.gather(probs, -1, token).view(*shape)
 
     gen.sample_with_temperature_topk_topp = greedy
-    model = _load_strict(modeling.SDARForCausalLM, OUT / "sdar")
+    return gen, _load_strict(modeling.SDARForCausalLM, OUT / "sdar")
+
+
+def run_sdar(up: Path) -> tuple[list, list]:
+    import torch
+
+    gen, model = sdar_upstream(up)
     counter = Counter(model)
     mask = sid("sdar", "<|MASK|>")
     stops = [sid("sdar", "<|im_end|>"), sid("sdar", "<|endoftext|>")]

@@ -161,7 +161,11 @@ class GenerationConfig:
                 raise DllmError(f"steps {c.steps} must be a positive multiple of the number of blocks ({blocks} = "
                                 f"gen_length {c.gen_length} / block_length {c.block_length}); pass --steps "
                                 f"{c.gen_length} (one token per step) or another multiple of {blocks}")
-            if c.strategy == "confidence_threshold" and c.block_length % (c.steps // blocks):
+            # Dream's own diffusion_generate splits the block's masks evenly over the steps (it asserts so);
+            # Fast-dLLM's block variant (a prefix / dual cache) ignores the steps for this alg and fills each
+            # block until no mask is left (generation_utils_block.py), so any steps it accepts will do.
+            block_variant = c.cache != "none" and c.cache_refresh == "block"
+            if c.strategy == "confidence_threshold" and not block_variant and c.block_length % (c.steps // blocks):
                 raise DllmError(f"confidence_threshold needs block_length {c.block_length} divisible by the steps per "
                                 f"block ({c.steps // blocks}); pick steps so that each step has a whole budget")
         elif c.strategy not in BLOCK_STRATEGIES:

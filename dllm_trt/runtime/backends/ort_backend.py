@@ -9,15 +9,19 @@ Two paths, one contract:
   host    (CPU provider) numpy caches [B, Hkv, C, D] passed whole as the past (ORT reads the
           numpy memory, no copy); the presents of written tokens are stored into them in place.
   bound   (CUDA provider; ``io_binding=True`` runs it on the CPU too, which the tests use) every
-          tensor lives in a preallocated OrtValue: per shape bucket (B, L, P, R) the inputs, the
-          outputs and one IO binding made once, so each step uploads ids, positions, the row
-          index (and the bias only when it changed: once per block in the dual/sub-block modes),
-          runs, and downloads ``B x R`` tokens and confidences. The caches are pooled per (B, C)
-          and bound as the past directly; the written presents go into them with one device
-          kernel (cuda_device.scatter_kv). With ``cuda_graph`` (default on CUDA) each bucket is
-          captured once as a CUDA graph (ORT ``enable_cuda_graph``, one ``gpu_graph_id`` per
-          bucket) and replayed: no per-kernel launch cost.
-Logits leave the device only when the loop asks for them (sampling at temperature > 0).
+          tensor lives in preallocated memory: per shape bucket (B, L, P, R) the inputs, the
+          outputs and one IO binding made once. A step's ids, positions, row index and write
+          positions are bound by address in one block (one upload), its ``B x R`` row statistics
+          in another (one download); the bias is uploaded only when it changed (once per block in
+          the dual/sub-block modes). The caches are pooled per (B, C) and bound as the past
+          directly (a view of the first rows by address, for the serving engine's busy slots); the
+          written presents go into them with one device kernel (cuda_device.scatter_kv). With
+          ``cuda_graph`` (default on CUDA) each bucket is captured once as a CUDA graph (ORT
+          ``enable_cuda_graph``, one ``gpu_graph_id`` per bucket) and replayed.
+Sampling at temperature > 0 runs on the device too, on the bound path: the export's sampler graph
+(``sampler.onnx``, and ``sampler_dream.onnx`` for Dream; export/sampler.py) reads the logits the step
+left in its bucket (:meth:`OrtBackend.sample`). Logits leave the device only when the loop asks for
+them (an export without a sampler, or the settings the sampler does not cover).
 """
 from __future__ import annotations
 

@@ -45,6 +45,73 @@ def _refuse_unsupported(raw: dict[str, Any], source: str, model_type: str) -> No
                         "are not supported")
 
 
+# LLaDA (OLMo-derived) config keys the upstream forward reads, with the values dllm-trt implements. A key
+# absent from config.json reads as LLaDA-8B's value (every published LLaDA config.json spells them all out).
+LLADA_ACTIVATIONS = ("silu", "gelu", "relu")
+LLADA_NORM_TYPES = {"rms": "rms", "gemma_rms": "gemma_rms", "default": "layer", "low_precision": "layer"}
+QWEN_ACTIVATIONS = ("silu", "swish", "gelu", "gelu_pytorch_tanh", "relu")
+
+
+def _llada_forward_keys(raw: dict[str, Any], source: str, heads: int, hidden: int) -> dict[str, Any]:
+    """The LLaDA keys that change the forward pass: implemented ones as ModelConfig fields, the rest refused
+    by name when set to a value other than the one dllm-trt computes."""
+    def refuse(key: str, why: str) -> None:
+        raise DllmError(f"{source}: {key} = {raw.get(key)!r} is not supported ({why}); dllm-trt implements "
+                        "LLaDA's llama block with RoPE")
+
+    if str(raw.get("block_type", "llama")).lower() != "llama":
+        refuse("block_type", "only the \"llama\" block (separate q/k/v and gate/up projections) is implemented")
+    if int(raw.get("block_group_size") or 1) != 1:
+        refuse("block_group_size", "grouped blocks are stored under other tensor names")
+    if raw.get("alibi"):
+        refuse("alibi", "ALiBi attention biases are not implemented; upstream's LLaDA forward requires RoPE")
+    if not raw.get("rope", True):
+        refuse("rope", "learned position embeddings are not implemented; upstream's LLaDA forward requires RoPE")
+    if raw.get("attention_layer_norm"):
+        refuse("attention_layer_norm", "the q/k layer norms are not implemented")
+    if raw.get("clip_qkv") is not None:
+        refuse("clip_qkv", "clamping q/k/v is not implemented")
+    act = str(raw.get("activation_type", "silu")).lower()
+    if act not in LLADA_ACTIVATIONS:
+        refuse("activation_type", f"implemented: {', '.join(LLADA_ACTIVATIONS)}")
+    norm = str(raw.get("layer_norm_type", "rms")).lower()
+    if norm not in LLADA_NORM_TYPES:
+        refuse("layer_norm_type", f"implemented: {', '.join(LLADA_NORM_TYPES)}")
+    include_bias = bool(raw.get("include_bias", False))
+    affine = bool(raw.get("layer_norm_with_affine", True))
+    norm_bias = raw.get("bias_for_layer_norm")
+    norm_bias = include_bias if norm_bias is None else bool(norm_bias)
+    return dict(activation=act, norm_type=LLADA_NORM_TYPES[norm], norm_affine=affine, norm_bias=affine and norm_bias,
+                linear_bias=include_bias, embedding_scale=hidden ** 0.5 if raw.get("input_emb_norm") else 1.0,
+                logits_scale=hidden ** -0.5 if raw.get("scale_logits") else 1.0,
+                rope_fp32=bool(raw.get("rope_full_precision", True)))
+
+
+def _llada_kv_heads(raw: dict[str, Any], source: str, heads: int) -> int:
+    """upstream's effective_n_kv_heads: n_kv_heads, or multi_query_attention (True: one KV head)."""
+    n_kv, mqa = raw.get("n_kv_heads"), raw.get("multi_query_attention")
+    if n_kv is None:
+        return 1 if mqa is True else heads
+    n_kv = int(n_kv)
+    if mqa is not None and n_kv != (1 if mqa else heads):
+        raise DllmError(f"{source}: n_kv_heads {n_kv} contradicts multi_query_attention {mqa!r} (which implies "
+                        f"{1 if mqa else heads} KV heads); set one of them")
+    return n_kv
+
+
+def _qwen_forward_keys(raw: dict[str, Any], source: str, model_type: str) -> dict[str, Any]:
+    act = str(raw.get("hidden_act", "silu")).lower()
+    if act not in QWEN_ACTIVATIONS:
+        raise DllmError(f"{source}: hidden_act {raw.get('hidden_act')!r} is not supported (implemented: "
+                        f"{', '.join(QWEN_ACTIVATIONS)})")
+    types = raw.get("layer_types")
+    if isinstance(types, list) and any(t != "full_attention" for t in types):
+        bad = next(t for t in types if t != "full_attention")
+        raise DllmError(f"{source}: layer_types holds {bad!r}; only \"full_attention\" layers are supported "
+                        "(sliding-window attention is not)")
+    return dict(activation=act)
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -122,6 +189,15 @@ class ModelConfig:
     # LLaDA's end-of-turn token (the tokenizer's <|eot_id|>; LLaDA generate's confidence_eos_eot_inf), None if none.
     # Not an upstream config.json key: read from the tokenizer files and kept as "eot_token_id" in exports.
     eot_token_id: int | None = None
+    # Forward-pass keys beyond the LLaDA-8B / Qwen2 defaults (see _llada_forward_keys / _qwen_forward_keys):
+    activation: str = "silu"  # MLP activation: LLaDA activation_type, Qwen hidden_act
+    norm_type: str = "rms"  # "rms" | "gemma_rms" | "layer" (LLaDA layer_norm_type; "default" is "layer")
+    norm_affine: bool = True  # LLaDA layer_norm_with_affine: norms have a weight
+    norm_bias: bool = False  # LLaDA bias_for_layer_norm (None: include_bias): norms have a bias
+    linear_bias: bool = False  # LLaDA include_bias: attn_out, ff_proj, up_proj, ff_out and the LM head biased
+    embedding_scale: float = 1.0  # LLaDA input_emb_norm: embeddings times sqrt(d_model)
+    logits_scale: float = 1.0  # LLaDA scale_logits: logits times 1/sqrt(d_model)
+    rope_fp32: bool = False  # LLaDA rope_full_precision: RoPE computed in fp32 whatever the model dtype
     extra: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -186,8 +262,13 @@ class ModelConfig:
         if family == "llada":
             hidden = int(need("d_model"))
             heads = int(need("n_heads"))
-            kv_heads = int(raw.get("n_kv_heads") or heads)
+            kv_heads = _llada_kv_heads(raw, source, heads)
             vocab = int(need("vocab_size"))
+            mlp = raw.get("mlp_hidden_size")  # None: mlp_ratio * d_model, as upstream
+            mlp = int(mlp) if mlp is not None else int(raw.get("mlp_ratio", 4)) * hidden
+            if raw.get("embedding_size") is not None and int(raw["embedding_size"]) < vocab:
+                raise DllmError(f"{source}: embedding_size {raw['embedding_size']} is smaller than vocab_size "
+                                f"{vocab}; the embedding table must hold every token")
             cfg = dict(
                 vocab_size=vocab,
                 embedding_size=int(raw.get("embedding_size") or vocab),
@@ -196,7 +277,7 @@ class ModelConfig:
                 num_heads=heads,
                 num_kv_heads=kv_heads,
                 head_dim=hidden // heads,
-                intermediate_size=int(need("mlp_hidden_size")),
+                intermediate_size=mlp,
                 rope_theta=float(raw.get("rope_theta", 10000.0)),
                 rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
                 tie_word_embeddings=bool(raw.get("weight_tying", False)),
@@ -207,6 +288,7 @@ class ModelConfig:
                 max_position_embeddings=int(raw.get("max_sequence_length", 4096)),
                 logits_shift=False,
                 block_size=None,
+                **_llada_forward_keys(raw, source, heads, hidden),
             )
         else:
             _refuse_unsupported(raw, source, model_type)
@@ -214,6 +296,10 @@ class ModelConfig:
             heads = int(need("num_attention_heads"))
             vocab = int(need("vocab_size"))
             qwen3 = model_type.lower() in QWEN3_MODEL_TYPES
+            if family == "dream" and raw.get("head_dim") not in (None, hidden // heads):
+                raise DllmError(f"{source}: head_dim {raw['head_dim']} is not hidden_size / num_attention_heads = "
+                                f"{hidden // heads}; Dream's attention does not read head_dim (upstream uses "
+                                "hidden_size / num_attention_heads), so this config.json is inconsistent")
             if family == "dream":
                 mask_id = int(raw.get("mask_token_id", 151666))
             else:
@@ -225,7 +311,8 @@ class ModelConfig:
                 num_layers=int(need("num_hidden_layers")),
                 num_heads=heads,
                 num_kv_heads=int(raw.get("num_key_value_heads") or heads),
-                head_dim=int(raw.get("head_dim") or hidden // heads),
+                # Dream's attention ignores head_dim (hidden / heads); Qwen2/3 (v2, SDAR) read it when given
+                head_dim=hidden // heads if family == "dream" else int(raw.get("head_dim") or hidden // heads),
                 intermediate_size=int(need("intermediate_size")),
                 rope_theta=float(raw.get("rope_theta", 10000.0)),
                 rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
@@ -239,6 +326,7 @@ class ModelConfig:
                 logits_shift=model_type.lower() in SHIFTED_MODEL_TYPES,
                 block_size=_block_size(raw, model_type, source) if family == "block_diffusion" else None,
                 qk_norm=qwen3,
+                **_qwen_forward_keys(raw, source, model_type),
             )
         eot = raw.get("eot_token_id")
         cfg["eot_token_id"] = None if eot is None else int(eot)
@@ -264,15 +352,20 @@ class ModelConfig:
                 "rope_theta": self.rope_theta,
                 "rms_norm_eps": self.rms_norm_eps,
                 "weight_tying": self.tie_word_embeddings,
-                "include_bias": False,
+                "include_bias": self.linear_bias,
                 "include_qkv_bias": self.qkv_bias,
+                "bias_for_layer_norm": self.norm_bias,
+                "layer_norm_with_affine": self.norm_affine,
+                "input_emb_norm": self.embedding_scale != 1.0,
+                "scale_logits": self.logits_scale != 1.0,
+                "rope_full_precision": self.rope_fp32,
                 "mask_token_id": self.mask_token_id,
                 "eos_token_id": eos,
                 "pad_token_id": self.pad_token_id,
                 "max_sequence_length": self.max_position_embeddings,
-                "activation_type": "silu",
+                "activation_type": self.activation,
                 "block_type": "llama",
-                "layer_norm_type": "rms",
+                "layer_norm_type": {"layer": "default"}.get(self.norm_type, self.norm_type),
                 "rope": True,
             }
         else:
@@ -292,7 +385,7 @@ class ModelConfig:
                 "eos_token_id": eos,
                 "pad_token_id": self.pad_token_id,
                 "max_position_embeddings": self.max_position_embeddings,
-                "hidden_act": "silu",
+                "hidden_act": self.activation,
             }
             if self.head_dim != self.hidden_size // self.num_heads:
                 d["head_dim"] = self.head_dim

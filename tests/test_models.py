@@ -255,7 +255,9 @@ def test_config_round_trip(variant, tie, tmp_path):
 
 
 def test_config_round_trip_other_fields():
-    raw = dict(tiny_config_dict("dream"), eos_token_id=[0, 7], head_dim=16, num_key_value_heads=1, rope_theta=5e5)
+    # head_dim is read by the Qwen2/3 block-diffusion models (Dream's attention ignores it: see test_config_keys)
+    raw = dict(tiny_config_dict("block_diffusion"), eos_token_id=[0, 7], head_dim=16, num_key_value_heads=1,
+               rope_theta=5e5)
     cfg = ModelConfig.from_dict(raw)
     assert cfg.eos_token_ids == (0, 7) and cfg.head_dim == 16 and cfg.num_kv_heads == 1
     assert ModelConfig.from_dict(cfg.to_hf_dict()) == cfg

@@ -32,6 +32,7 @@ from torch import nn
 import onnx
 
 from ..config import ModelConfig
+from ..errors import DllmError
 from ..models.layers import RMSNorm, attend, gather_rows
 
 PLACEHOLDER_DOMAIN = "dllm_fused"
@@ -175,6 +176,14 @@ class FusedModel(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         c: ModelConfig = model.config
+        unfused = [name for name, on in (
+            (f"activation {c.activation}", c.activation not in ("silu", "swish")),
+            (f"norm type {c.norm_type}", c.norm_type != "rms"), ("norms without weight", not c.norm_affine),
+            ("norm biases", c.norm_bias), ("MLP / output biases (include_bias)", c.linear_bias),
+            ("input_emb_norm", c.embedding_scale != 1.0), ("scale_logits", c.logits_scale != 1.0)) if on]
+        if unfused:
+            raise DllmError(f"--ops ort: the fused graph does not implement {', '.join(unfused)}; "
+                            "export with --ops standard")
         self.config = c
         self.embed, parts, self.norm, self.lm_head = layer_parts(model, c)
         self.layers = nn.ModuleList(parts)

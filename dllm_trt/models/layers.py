@@ -15,16 +15,28 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    """The checkpoints' norm. ``kind``: "rms" (RMSNorm in fp32, scaled in the model dtype), "gemma_rms"
+    (the same, scaled by 1 + weight) or "layer" (LayerNorm in the model dtype, no fp32 step; LLaDA's
+    layer_norm_type "default"). ``affine=False``: no weight (nor bias); ``bias``: an added bias."""
+
+    def __init__(self, dim: int, eps: float, *, affine: bool = True, bias: bool = False, kind: str = "rms"):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
+        self.eps, self.kind, self.dim = eps, kind, dim
+        if affine:
+            self.weight = nn.Parameter(torch.ones(dim))
+            if bias:
+                self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = getattr(self, "weight", None), getattr(self, "bias", None)
+        if self.kind == "layer":
+            return F.layer_norm(x, (self.dim,), weight, bias, self.eps)
         # Normalise in fp32 as upstream does, then scale in the model dtype.
         h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        h = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        if weight is not None:
+            h = h * (1 + weight) if self.kind == "gemma_rms" else weight * h
+        return h if bias is None else h + bias
 
 
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
@@ -88,7 +100,9 @@ class SelfAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(b, l, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # RoPE in the tables' dtype: fp32 tables (LLaDA's rope_full_precision) rotate in fp32, then round
+        q = apply_rope(q.to(cos.dtype), cos, sin).to(v.dtype)
+        k = apply_rope(k.to(cos.dtype), cos, sin).to(v.dtype)
         out = attend(q, k, v, past_k, past_v, attention_bias, self.head_dim ** -0.5)
         out = out.transpose(1, 2).reshape(b, l, self.heads * self.head_dim)
         return getattr(self, self.out_name)(out), k, v
@@ -160,5 +174,16 @@ def select_top1(logits: torch.Tensor, mask_token_id: int,
     return sel.tokens, sel.confidence
 
 
-def swiglu(x: torch.Tensor, gate: nn.Linear, up: nn.Linear, down: nn.Linear) -> torch.Tensor:
-    return down(F.silu(gate(x)) * up(x))
+# Activations by their config.json names (transformers' ACT2FN keys; LLaDA's activation_type).
+ACTIVATIONS = {
+    "silu": F.silu,
+    "swish": F.silu,
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+def swiglu(x: torch.Tensor, gate: nn.Linear, up: nn.Linear, down: nn.Linear, act: str = "silu") -> torch.Tensor:
+    """down(act(gate(x)) * up(x)); ``act`` names the activation (SiLU for every published checkpoint)."""
+    return down(ACTIVATIONS[act](gate(x)) * up(x))

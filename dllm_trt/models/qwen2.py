@@ -26,9 +26,10 @@ class Qwen2MLP(nn.Module):
         self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
         self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
+        self.act = c.activation  # hidden_act
 
     def forward(self, x):
-        return swiglu(x, self.gate_proj, self.up_proj, self.down_proj)
+        return swiglu(x, self.gate_proj, self.up_proj, self.down_proj, self.act)
 
 
 class Qwen2Layer(nn.Module):

@@ -158,10 +158,9 @@ class DecodeLoop:
         self.upstream_ties = ((bool(self.unconfident) and g.strategy == "low_confidence")
                               or (self.dream_filtered and g.alg_temp == 0.0))
         self.block_start = self.prompt_len.copy()  # run_masked: the current block's first position per sequence
-        # Sampling runs on the device when the backend can (the export's sampler graphs: the logits never leave the
-        # device), Dream's top-p / top-k distribution too (at temperature 0 as well); otherwise sampling, guidance,
-        # LLaDA's EOS options and Dream's filters read the rows' logits. (LLaDA's EOS options and the cache-refresh
-        # policies, whose step may merge two forwards, stay on the host for now.)
+        # Sampling, and Dream's top-p / top-k distribution (at temperature 0 too), run on the device when the backend
+        # has the export's sampler graphs: the logits never leave it. Otherwise they read the rows' logits, as do
+        # guidance, LLaDA's EOS options and the cache-refresh policies (whose step may merge two forwards).
         plain = g.cfg_scale == 0.0 and not self.banned and not self.unconfident and g.cache_refresh == "block"
         self.dream_sampling = plain and self.dream_filtered and bool(getattr(backend, "samples_dream_on_device", False))
         self.device_sampling = self.dream_sampling or (

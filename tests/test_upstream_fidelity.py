@@ -50,10 +50,14 @@ FAILING_TODAY: set[str] = {
 
 
 def load_cases(family: str) -> list[dict]:
+    """The family's fixture cases, plus the upstream outputs tools/upstream_fuzz.py found a difference on
+    (``fuzz_cases.json``, kept as regression cases)."""
     path = FIXTURES / family / "cases.json"
     if not path.is_file():
         pytest.fail(f"{path} is missing: run tools/upstream_fixtures.py (see its docstring)", pytrace=False)
-    return json.loads(path.read_text())["cases"]
+    cases = json.loads(path.read_text())["cases"]
+    fuzz = FIXTURES / family / "fuzz_cases.json"
+    return cases + (json.loads(fuzz.read_text())["cases"] if fuzz.is_file() else [])
 
 
 # ----------------------------------------------------------------------------- settings mapping

@@ -55,7 +55,8 @@ from ..errors import DllmError
 from .backends import StepOutput
 from .layout import attention_bias
 from .cache_refresh import RefreshPolicy
-from .sampling import SAMPLE_STREAM, REMASK_STREAM, confidence_without, counter_uniform, draw, dream_probs, propose
+from .sampling import (SAMPLE_STREAM, REMASK_STREAM, confidence_without, counter_uniform, draw, dream_probs,
+                       float32_probability, propose)
 from .methods import CreditState
 from .settings import DREAM_SCHEDULED, SCHEDULED, STEPPED, GenerationConfig, GenerationResult, StepRecord
 from .unmask import (dream_count, dream_timesteps, logit_margin, sched_threshold, select_budget, select_drawn,
@@ -155,7 +156,12 @@ class DecodeLoop:
         # Dream's statistics are read from its top-p / top-k filtered distribution (at temperature 0 too)
         self.dream_filtered = g.strategy in DREAM_ALGS and (g.top_p < 1.0 or g.top_k > 0)
         # the rules whose exact ties are systematic follow torch.topk's order (choose_torch_order)
-        self.upstream_ties = ((bool(self.unconfident) and g.strategy == "low_confidence")
+        # LLaDA generate's options that read the logits on the host (guidance, the EOS / EOT options) rank by its
+        # float32 softmax at temperature 0: guidance amplifies the logits ((cfg_scale + 1) x the difference), so
+        # that softmax saturates at exactly 1 for many positions, and upstream's torch.topk orders those ties
+        self.torch_softmax = (g.temperature == 0.0 and g.strategy == "low_confidence" and self.cfg.family == "llada"
+                              and (g.cfg_scale > 0.0 or bool(self.unconfident)))
+        self.upstream_ties = ((bool(self.unconfident) and g.strategy == "low_confidence") or self.torch_softmax
                               or (self.dream_filtered and g.alg_temp == 0.0))
         self.block_start = self.prompt_len.copy()  # run_masked: the current block's first position per sequence
         # Sampling, and Dream's top-p / top-k distribution (at temperature 0 too), run on the device when the backend
@@ -309,7 +315,9 @@ class DecodeLoop:
             tokens = p.argmax(axis=-1) if g.temperature == 0.0 else draw(p, u)
             return tokens, p[np.arange(p.shape[0]), tokens]
         tokens, conf = propose(rows, g.temperature, g.top_k, g.top_p, u)
-        if self.unconfident:  # LLaDA: the proposal's probability with EOS and EOT left out (0 for them)
+        if self.torch_softmax:  # LLaDA generate at temperature 0: its float32 softmax (EOS / EOT left out with the option)
+            conf = float32_probability(rows, tokens, self.unconfident)
+        elif self.unconfident:  # LLaDA: the proposal's probability with EOS and EOT left out (0 for them)
             conf = confidence_without(rows, tokens, g.temperature, self.unconfident)
         return tokens, conf
 

@@ -85,6 +85,20 @@ def confidence_without(logits: np.ndarray, tokens: np.ndarray, temperature: floa
     return np.where(np.isin(tokens, excluded), 0.0, conf)
 
 
+def float32_probability(logits: np.ndarray, tokens: np.ndarray, excluded: tuple[int, ...] = ()) -> np.ndarray:
+    """The probability of ``tokens`` under softmax(logits) computed in float32 as LLaDA's ``generate`` computes it
+    with torch (max subtracted, exp, divided by the sum), with the ``excluded`` ids left out of the softmax and
+    0 where the token itself is excluded. Confident rows saturate at exactly 1 there, and which of those ties a
+    step takes is upstream's torch.topk order (DecodeLoop.choose_torch_order). Float64 [N] of float32 values."""
+    z = logits.astype(np.float32, copy=True)
+    if excluded:
+        z[:, list(excluded)] = -np.inf
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    p = e[np.arange(e.shape[0]), tokens] / e.sum(axis=-1, dtype=np.float32)
+    return np.where(np.isin(tokens, excluded), np.float32(0), p).astype(np.float64)
+
+
 def propose(
     logits: np.ndarray,  # [N, V]
     temperature: float = 0.0,

@@ -86,26 +86,6 @@ def cmd_build() -> None:
             (d / "generation_config.json").write_text(json.dumps(gc, indent=2) + "\n")
 
 
-def _load_checked(cls, path: Path):
-    """from_pretrained in fp32; every file tensor loads unchanged and every parameter comes from the file
-    (a tied LM head is the embedding itself: upstream's tie_weights aliases it)."""
-    import torch
-    from safetensors.torch import load_file
-
-    model = cls.from_pretrained(str(path), torch_dtype=torch.float32).eval()
-    file_sd = load_file(str(path / "model.safetensors"))
-    model_sd = {k: v for k, v in model.state_dict().items() if not k.endswith("inv_freq")}
-    loaded = {model_sd[k].data_ptr() for k in file_sd if k in model_sd}
-    missing = sorted(k for k in set(model_sd) - set(file_sd) if model_sd[k].data_ptr() not in loaded)
-    unexpected = sorted(set(file_sd) - set(model_sd))
-    if missing or unexpected:
-        raise SystemExit(f"{path}: upstream {cls.__name__} names differ: missing {missing}, unexpected {unexpected}")
-    for k, v in file_sd.items():
-        if not torch.equal(model_sd[k], v.to(torch.float32)):
-            raise SystemExit(f"{path}: {k} did not load unchanged into upstream {cls.__name__}")
-    return model
-
-
 def cmd_run(up: Path) -> None:
     import torch
     from safetensors.torch import save_file
@@ -120,7 +100,7 @@ def cmd_run(up: Path) -> None:
     classes = {"llada": LLaDAModelLM, "dream": DreamModel}
     for name, (family, _) in CASES.items():
         d = OUT / name
-        model = _load_checked(classes[family], d)
+        model = uf._load_strict(classes[family], d)
         with torch.no_grad():
             logits = model(torch.tensor(INPUT_IDS)).logits.float()
         save_file({"logits": logits.contiguous()}, str(OUT / f"{name}.upstream_logits.safetensors"))

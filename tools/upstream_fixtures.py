@@ -351,14 +351,17 @@ class Counter:
 
 def _load_strict(cls, path: Path, **kw):
     """Load with upstream's from_pretrained and check that every tensor of the file is a
-    parameter of the model with the same name and value, and that no parameter is left out."""
+    parameter of the model with the same name and value, and that no parameter is left out
+    (a tied LM head is the embedding itself: upstream's tie_weights aliases it)."""
     import torch
     from safetensors.torch import load_file
 
     model = cls.from_pretrained(str(path), torch_dtype=torch.float32, **kw).eval()
     file_sd = load_file(str(path / "model.safetensors"))
-    model_sd = {k: v for k, v in model.state_dict().items() if not k.endswith(("inv_freq", "rotary_emb.inv_freq"))}
-    missing, unexpected = sorted(set(model_sd) - set(file_sd)), sorted(set(file_sd) - set(model_sd))
+    model_sd = {k: v for k, v in model.state_dict().items() if not k.endswith("inv_freq")}
+    loaded = {model_sd[k].data_ptr() for k in file_sd if k in model_sd}
+    missing = sorted(k for k in set(model_sd) - set(file_sd) if model_sd[k].data_ptr() not in loaded)
+    unexpected = sorted(set(file_sd) - set(model_sd))
     if missing or unexpected:
         raise SystemExit(f"{path}: upstream {cls.__name__} names differ: missing {missing}, unexpected {unexpected}")
     for k, v in file_sd.items():
@@ -771,8 +774,21 @@ def _fast_dllm_v2_more(model, counter, tok, mask: int, eos: int) -> list:
         out = model.generate(torch.tensor(batch), **kw)
         cases.append(_case("generate", kw, batch, out.tolist(), counter.n, [plen],
                            source="Fast_dLLM_v2_7B modeling.py Fast_dLLM_QwenForCausalLM.generate"))
-    for lens, max_new, th, sub, stop in (([4, 9, 17], 16, 0.9, 4, eos), ([7, 7], 16, 0.7, 8, -1),
-                                         ([12, 3], 24, 0.5, 2, eos), ([4, 11, 20], 16, 0.9, 4, eos)):
+    cases += _batch_sample_cases(model, counter, tok, mask, seed,
+                                 (([4, 9, 17], 16, 0.9, 4, eos), ([7, 7], 16, 0.7, 8, -1),
+                                  ([12, 3], 24, 0.5, 2, eos), ([4, 11, 20], 16, 0.9, 4, eos)))
+    cases += _fast_dllm_v2_fuzz(model, counter, tok, mask, eos)
+    return cases
+
+
+def _batch_sample_cases(model, counter, tok, mask: int, seed: int, settings) -> list:
+    """Fast-dLLM v2's batch_sample harness on prompts of the given lengths (right-padded with the mask, as the
+    harness expects), one case per (lengths, max_new_tokens, threshold, small_block_size, stop_token); seeds
+    count up from ``seed``."""
+    import torch
+
+    cases = []
+    for lens, max_new, th, sub, stop in settings:
         batch = prompts("fast_dllm_v2", lens, seed=seed)
         seed += 1
         ids = torch.tensor([p + [mask] * (max(lens) - len(p)) for p in batch])
@@ -782,7 +798,6 @@ def _fast_dllm_v2_more(model, counter, tok, mask: int, eos: int) -> list:
         out = model.batch_sample(ids, tok, **dict(kw, seq_len=torch.tensor(lens)))
         cases.append(_case("batch_sample", kw, batch, [out[b].tolist() for b in range(len(batch))], counter.n, lens,
                            pad_token_id=tok.pad_token_id, source="Fast-dLLM v2/generation_functions.py"))
-    cases += _fast_dllm_v2_fuzz(model, counter, tok, mask, eos)
     return cases
 
 
@@ -791,22 +806,8 @@ def _fast_dllm_v2_fuzz(model, counter, tok, mask: int, eos: int) -> list:
     block_size tokens (no prefill: block 0 is never attended, docs/upstream_semantics.md row 5) and with a row
     whose prompt is a whole number of blocks, shorter than the longest (its first token is decoded by the
     block's diffusion, not taken from the previous block's commit: row 6)."""
-    import torch
-
-    cases = []
-    seed = 700
-    for lens, max_new, th, sub, stop in (([8, 13], 16, 0.9, 4, -1), ([5, 8, 12], 16, 0.9, 4, -1),
-                                         ([9, 16, 27], 16, 0.7, 8, eos)):
-        batch = prompts("fast_dllm_v2", lens, seed=seed)
-        seed += 1
-        ids = torch.tensor([p + [mask] * (max(lens) - len(p)) for p in batch])
-        kw = dict(block_size=BD_SIZE, max_new_tokens=max_new, small_block_size=sub, min_len=min(lens), seq_len=lens,
-                  mask_id=mask, threshold=th, stop_token=stop, use_block_cache=False, top_p=0.95, temperature=0.0)
-        counter.n = 0
-        out = model.batch_sample(ids, tok, **dict(kw, seq_len=torch.tensor(lens)))
-        cases.append(_case("batch_sample", kw, batch, [out[b].tolist() for b in range(len(batch))], counter.n, lens,
-                           pad_token_id=tok.pad_token_id, source="Fast-dLLM v2/generation_functions.py"))
-    return cases
+    return _batch_sample_cases(model, counter, tok, mask, 700, (([8, 13], 16, 0.9, 4, -1), ([5, 8, 12], 16, 0.9, 4, -1),
+                                                               ([9, 16, 27], 16, 0.7, 8, eos)))
 
 
 FLASH_ATTN_STUB = {

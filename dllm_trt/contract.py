@@ -62,6 +62,13 @@ DREAM_SAMPLER_INPUTS = SAMPLER_INPUTS + ("draw_on",)  # draw_on false: the argma
 CACHE_LAYOUT = ("per-layer K/V [B, Hkv, C, D], position-indexed; the whole buffer is the past (P = C); "
                 "present = current tokens, written into the cache in place by the runtime")
 
+# --ops ort-cuda graphs hold ops of this domain, which ONNX Runtime's CUDA provider loads from a library built
+# by `python -m dllm_trt.plugins.ort_cuda_build` (dllm_trt/plugins/ort_cuda_ops.cu); found through the
+# environment variable, else beside the model.
+CUDA_OPS_DOMAIN = "dllm_trt.cuda"
+CUDA_OPS_LIBRARY = "libdllm_ort_cuda.so"
+CUDA_OPS_ENV = "DLLM_TRT_ORT_CUDA_OPS"
+
 # dllm_config.json "dtype" -> ONNX element type name of the keys/values
 KV_TYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -158,3 +165,19 @@ def file_sha256(path: str | Path, chunk: int = 8 << 20) -> str:
                 break
             h.update(b)
     return h.hexdigest()
+
+
+def cuda_ops_library(artifact_dir: str | Path) -> Path:
+    """The CUDA custom-op library an ``--ops ort-cuda`` graph needs: $DLLM_TRT_ORT_CUDA_OPS, else
+    ``libdllm_ort_cuda.so`` in the artefact folder; a DllmError that says how to build it otherwise."""
+    import os
+
+    env = os.environ.get(CUDA_OPS_ENV)
+    path = Path(env) if env else Path(artifact_dir) / CUDA_OPS_LIBRARY
+    if not path.is_file():
+        where = f"${CUDA_OPS_ENV} names {path}, which does not exist" if env else f"{path} is missing"
+        raise DllmError(f"{artifact_dir} was exported with --ops ort-cuda and needs the project's CUDA ops for ONNX "
+                        f"Runtime ({where}); build them on a machine with nvcc and ONNX Runtime's C/C++ headers: "
+                        f"python -m dllm_trt.plugins.ort_cuda_build --out {Path(artifact_dir) / CUDA_OPS_LIBRARY} "
+                        f"(or set {CUDA_OPS_ENV} to a built library), or export with --ops ort")
+    return path

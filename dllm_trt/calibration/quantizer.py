@@ -146,9 +146,9 @@ def quantize(onnx_dir: str | Path, out_dir: str | Path, method: str, calib: str 
         raise DllmError(f"--min-top1 {min_top1} must lie in [0, 1]")
     meta = read_artifact_config(onnx_dir)
     require_intact(onnx_dir, warn=log or print)
-    if (meta.get("onnx") or {}).get("ops") == "ort":
-        raise DllmError(f"{onnx_dir} was exported with --ops ort (packed q|k|v and gate|up weights, fused ops); "
-                        "quantize an --ops standard export (the default) instead")
+    if (meta.get("onnx") or {}).get("ops") in ("ort", "ort-cuda"):
+        raise DllmError(f"{onnx_dir} was exported with --ops {meta['onnx']['ops']} (packed q|k|v and gate|up weights, "
+                        "fused ops); quantize an --ops standard export (the default) instead")
     if meta.get("quantization"):
         raise DllmError(f"{onnx_dir} is already quantized ({meta['quantization'].get('method')}); "
                         "quantize the floating-point export instead")

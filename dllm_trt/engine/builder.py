@@ -393,10 +393,10 @@ def build_engine(onnx_dir: str | Path, out_dir: str | Path, backend: str = "trt-
     if meta.get("engine"):
         raise DllmError(f"{onnx_dir} is an engine folder (built by `dllm-trt build`), not an ONNX export; "
                         f"pass the export folder it came from ({meta['engine'].get('source_onnx', '?')})")
-    if (meta.get("onnx") or {}).get("ops") == "ort":
-        raise DllmError(f"{onnx_dir} was exported with --ops ort (ONNX Runtime's com.microsoft fused ops), which the "
-                        f"TensorRT ONNX parser does not read; export again with --ops standard (the default) to build "
-                        f"an engine")
+    if (meta.get("onnx") or {}).get("ops") in ("ort", "ort-cuda"):
+        raise DllmError(f"{onnx_dir} was exported with --ops {meta['onnx']['ops']} (ONNX Runtime's fused ops), "
+                        "which the TensorRT ONNX parser does not read; export again with --ops standard (the default) "
+                        "to build an engine")
     model_path = onnx_dir / (meta.get("model_file") or MODEL_FILE)
     if not model_path.is_file():
         raise DllmError(f"{model_path} is missing; the export is incomplete, re-export the model")

@@ -11,7 +11,14 @@ q/k/v projections are three 4096 x 4096 GEMMs that cuBLAS runs at ~1.9x their we
   MultiHeadAttention                 over (past, current) with the contract's additive bias
   MatMul over packed gate|up         one GEMM, then Split, QuickGelu(alpha=1) = SiLU, Mul
 
-Inputs, outputs and their meaning do not change (dllm_trt/contract.py), so the runtime drives both
+``--ops ort-cuda`` goes further with the project's own CUDA ops (dllm_trt/plugins/ort_cuda_ops.cu, domain
+``dllm_trt.cuda``, bf16): per layer one CacheAttention (split, RoPE of q and k, the presents and the attention
+over (past, current) with the bias, grouped-query heads too) in place of Split + 2 RotaryEmbedding +
+MultiHeadAttention (its past concat and transposes) + the presents' transposes, and one SiluMul in place of
+Split + QuickGelu + Mul. ONNX Runtime loads them from a library built with
+``python -m dllm_trt.plugins.ort_cuda_build`` (CUDA provider only).
+
+Inputs, outputs and their meaning do not change (dllm_trt/contract.py), so the runtime drives all
 graphs the same way. com.microsoft ops run only on ONNX Runtime: TensorRT builds need
 ``--ops standard`` (the default). MultiHeadAttention needs as many K/V heads as query heads; a
 grouped-query model keeps the standard attention inside this graph (the other fusions apply).
@@ -37,7 +44,9 @@ from ..models.layers import RMSNorm, attend, gather_rows
 
 PLACEHOLDER_DOMAIN = "dllm_fused"
 MS_DOMAIN = "com.microsoft"
-OPS = ("standard", "ort")
+CUDA_DOMAIN = "dllm_trt.cuda"  # the project's ONNX Runtime CUDA ops (plugins/ort_cuda_ops.cu)
+OPS = ("standard", "ort", "ort-cuda")
+CUDA_HEAD_DIMS = (32, 64, 128, 256)  # head dims the CacheAttention kernel is instantiated for
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -67,13 +76,7 @@ class Rotary(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, position_ids, cos_table, sin_table, heads: int):
-        b, l, hd = x.shape
-        d = hd // heads
-        cos = torch.cat((cos_table[position_ids],) * 2, -1).unsqueeze(2)  # [B, L, 1, D]
-        sin = torch.cat((sin_table[position_ids],) * 2, -1).unsqueeze(2)
-        xh = x.view(b, l, heads, d)
-        rotated = torch.cat((-xh[..., d // 2:], xh[..., : d // 2]), dim=-1)
-        return (xh * cos + rotated * sin).reshape(b, l, hd)
+        return rope(x, position_ids, cos_table, sin_table, heads)
 
     @staticmethod
     def symbolic(g, x, position_ids, cos_table, sin_table, heads):
@@ -99,6 +102,61 @@ class Attention(torch.autograd.Function):
         out = g.op(f"{PLACEHOLDER_DOMAIN}::Attention", q, k, v, bias, past_k, past_v, num_heads_i=heads,
                    scale_f=scale)
         out.setType(q.type())
+        return out
+
+
+def rope(x: torch.Tensor, position_ids, cos_table, sin_table, heads: int) -> torch.Tensor:
+    """Half-split RoPE of x [B, L, heads*D]: the math of ``Rotary`` (and of the model's RoPE)."""
+    b, l, hd = x.shape
+    d = hd // heads
+    cos = torch.cat((cos_table[position_ids],) * 2, -1).unsqueeze(2)  # [B, L, 1, D]
+    sin = torch.cat((sin_table[position_ids],) * 2, -1).unsqueeze(2)
+    xh = x.view(b, l, heads, d)
+    rotated = torch.cat((-xh[..., d // 2:], xh[..., : d // 2]), dim=-1)
+    return (xh * cos + rotated * sin).reshape(b, l, hd)
+
+
+class CacheAttention(torch.autograd.Function):
+    """Packed q|k|v [B, L, (H + 2 Hkv) D] -> RoPE(q), RoPE(k), v -> attention over (past, current) with the
+    contract's bias -> (out [B, L, H*D], present_key, present_value [B, Hkv, L, D]); -> dllm_trt.cuda
+    CacheAttention (one kernel for the presents, one for the attention)."""
+
+    @staticmethod
+    def forward(ctx, qkv, position_ids, cos_table, sin_table, bias, past_k, past_v, heads: int, kv_heads: int,
+                scale: float):
+        b, l, _ = qkv.shape
+        d = qkv.shape[-1] // (heads + 2 * kv_heads)
+        q, k, v = torch.split(qkv, [heads * d, kv_heads * d, kv_heads * d], dim=-1)
+        q = rope(q, position_ids, cos_table, sin_table, heads)
+        k = rope(k, position_ids, cos_table, sin_table, kv_heads)
+        qh = q.view(b, l, heads, d).transpose(1, 2)
+        present_k = k.view(b, l, kv_heads, d).transpose(1, 2)
+        present_v = v.view(b, l, kv_heads, d).transpose(1, 2)
+        out = attend(qh, present_k, present_v, past_k, past_v, bias.float(), scale)
+        return out.transpose(1, 2).reshape(b, l, heads * d), present_k, present_v
+
+    @staticmethod
+    def symbolic(g, qkv, position_ids, cos_table, sin_table, bias, past_k, past_v, heads, kv_heads, scale):
+        out = g.op(f"{PLACEHOLDER_DOMAIN}::CacheAttention", qkv, position_ids, cos_table, sin_table, bias, past_k,
+                   past_v, num_heads_i=heads, kv_num_heads_i=kv_heads, scale_f=scale, outputs=3)
+        out[0].setType(qkv.type())
+        out[1].setType(past_k.type())
+        out[2].setType(past_v.type())
+        return out
+
+
+class SiluMul(torch.autograd.Function):
+    """[gate | up] -> silu(gate) * up -> dllm_trt.cuda SiluMul: one kernel for Split + QuickGelu + Mul."""
+
+    @staticmethod
+    def forward(ctx, gate_up):
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def symbolic(g, gate_up):
+        out = g.op(f"{PLACEHOLDER_DOMAIN}::SiluMul", gate_up)
+        out.setType(gate_up.type())
         return out
 
 
@@ -173,9 +231,10 @@ def table_positions(config: ModelConfig) -> int:
 class FusedModel(nn.Module):
     """The model's forward with fused ops and packed weights; same signature and results as the model's."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, cuda_ops: bool = False):
         super().__init__()
         c: ModelConfig = model.config
+        self.cuda_ops = cuda_ops  # --ops ort-cuda: CacheAttention / SiluMul placeholders
         unfused = [name for name, on in (
             (f"activation {c.activation}", c.activation not in ("silu", "swish")),
             (f"norm type {c.norm_type}", c.norm_type != "rms"), ("norms without weight", not c.norm_affine),
@@ -197,6 +256,13 @@ class FusedModel(nn.Module):
     def attention(self, p: LayerParts, h, position_ids, bias, past_k, past_v):
         c = self.config
         b, l, _ = h.shape
+        if self.cuda_ops and p.q_norm is None:
+            if past_k is None:  # the traced graph always has a past (P may be 0)
+                past_k = past_v = h.new_zeros(b, c.num_kv_heads, 0, c.head_dim)
+            out, present_k, present_v = CacheAttention.apply(p.qkv(h), position_ids, self.cos_table, self.sin_table,
+                                                             bias, past_k, past_v, c.num_heads, c.num_kv_heads,
+                                                             self.scale)
+            return p.o(out), present_k, present_v
         q, k, v = torch.split(p.qkv(h), p.sizes, dim=-1)
         if p.q_norm is not None:  # Qwen3: per-head RMSNorm before RoPE
             q = p.q_norm(q.view(b, l, c.num_heads, c.head_dim)).view(b, l, -1)
@@ -234,8 +300,11 @@ class FusedModel(nn.Module):
             a, k, v = self.attention(p, h, position_ids, bias, pk, pv)
             presents.append((k, v))
             h, x = SkipRMSNorm.apply(x, a, p.mlp_norm.weight, p.mlp_norm.eps)
-            gate, up = torch.split(p.gate_up(h), [p.inter, p.inter], dim=-1)
-            pending = p.down(SiLU.apply(gate) * up)
+            if self.cuda_ops:
+                pending = p.down(SiluMul.apply(p.gate_up(h)))
+            else:
+                gate, up = torch.split(p.gate_up(h), [p.inter, p.inter], dim=-1)
+                pending = p.down(SiLU.apply(gate) * up)
         # the last residual add and the final norm on the read rows only
         h, _ = SkipRMSNorm.apply(gather_rows(x, logits_index), gather_rows(pending, logits_index),
                                  self.norm.weight, self.norm.eps)
@@ -270,17 +339,35 @@ def lower_fused(model: onnx.ModelProto) -> dict[str, int]:
                                         scale=attrs["scale"])
         elif n.op_type == "SiLU":
             new = onnx.helper.make_node("QuickGelu", ins, outs, name=n.name, domain=MS_DOMAIN, alpha=1.0)
+        elif n.op_type == "CacheAttention":
+            new = onnx.helper.make_node("CacheAttention", ins, outs, name=n.name, domain=CUDA_DOMAIN,
+                                        num_heads=attrs["num_heads"], kv_num_heads=attrs["kv_num_heads"],
+                                        scale=attrs["scale"])
+        elif n.op_type == "SiluMul":
+            new = onnx.helper.make_node("SiluMul", ins, outs, name=n.name, domain=CUDA_DOMAIN)
         else:
             raise ValueError(f"unknown placeholder {n.op_type}")
         n.CopyFrom(new)
     kept = [o for o in model.opset_import if o.domain != PLACEHOLDER_DOMAIN]
     del model.opset_import[:]
     model.opset_import.extend(kept)
-    if counts and not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+    for domain in {n.domain for n in model.graph.node} & {MS_DOMAIN, CUDA_DOMAIN}:
+        if not any(o.domain == domain for o in model.opset_import):
+            model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
     return counts
 
 
 def graph_ops(model: onnx.ModelProto) -> str:
-    """"ort" when the graph holds com.microsoft ops, else "standard"."""
-    return "ort" if any(n.domain == MS_DOMAIN for n in model.graph.node) else "standard"
+    """"ort-cuda" when the graph holds dllm_trt.cuda ops, "ort" when com.microsoft ops, else "standard"."""
+    domains = {n.domain for n in model.graph.node}
+    return "ort-cuda" if CUDA_DOMAIN in domains else "ort" if MS_DOMAIN in domains else "standard"
+
+
+def check_cuda_ops(config: ModelConfig, dtype: str) -> None:
+    """--ops ort-cuda needs what the kernels implement: bf16 and a head dim they are instantiated for."""
+    if dtype != "bf16":
+        raise DllmError(f"--ops ort-cuda: the project's CUDA ops are bf16 kernels; export with --dtype bf16 "
+                        f"(or --ops ort for {dtype})")
+    if config.head_dim not in CUDA_HEAD_DIMS:
+        raise DllmError(f"--ops ort-cuda: head dim {config.head_dim} is not one of {CUDA_HEAD_DIMS} (the "
+                        "CacheAttention kernel's); export with --ops ort")

@@ -78,13 +78,15 @@ def dynamic_axes(num_layers: int) -> dict[str, dict[int, str]]:
 
 def trace_to_onnx(model: nn.Module, config: ModelConfig, path: Path, opset: int, ops: str = "standard") -> None:
     """torch.onnx.export of the wrapped model into ``path`` (weights may land beside it when > 2 GB).
-    ``ops="ort"`` traces export/fused.py's FusedModel instead: its placeholders need ``lower_fused``."""
+    ``ops="ort"`` / ``"ort-cuda"`` trace export/fused.py's FusedModel instead: its placeholders need
+    ``lower_fused``."""
     from .fused import PLACEHOLDER_DOMAIN, FusedModel
 
     dtype = next(model.parameters()).dtype
     n = config.num_layers
-    if ops == "ort":
-        model = FusedModel(model)
+    fused = ops in ("ort", "ort-cuda")
+    if fused:
+        model = FusedModel(model, cuda_ops=ops == "ort-cuda")
     with warnings.catch_warnings():
         # TracerWarnings about Python ints (head counts, vocab) are expected: those are constants.
         warnings.simplefilter("ignore")
@@ -92,7 +94,7 @@ def trace_to_onnx(model: nn.Module, config: ModelConfig, path: Path, opset: int,
             torch.onnx.export(GraphWrapper(model, config.mask_token_id).eval(), example_inputs(config, dtype), str(path),
                               input_names=input_names(n), output_names=output_names(n),
                               dynamic_axes=dynamic_axes(n), opset_version=opset, do_constant_folding=True,
-                              dynamo=False, custom_opsets={PLACEHOLDER_DOMAIN: 1} if ops == "ort" else None)
+                              dynamo=False, custom_opsets={PLACEHOLDER_DOMAIN: 1} if fused else None)
 
 
 def set_shape(value: onnx.ValueInfoProto, elem_type: int, dims: list[int | str]) -> None:

@@ -25,7 +25,7 @@ from . import artifact
 from .checks import check_device_resident, check_graph, initializer_bytes, save_graph
 from .graph import apply_contract, fix_bf16_casts, trace_to_onnx
 from .fp16_range import check_fp16_range
-from .fused import OPS, lower_fused
+from .fused import OPS, check_cuda_ops, lower_fused
 from .sampler import build_sampler
 from .validate import pick_provider, validate_graph
 
@@ -51,7 +51,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
     every cache mode. ``log`` receives the validation table (default: printed above the bar).
     ``tolerance`` overrides the relative error allowed by validation (default per dtype, see
     ``validate.TOLERANCE``). The graph follows the one contract of dllm_trt/contract.py. ``ops``:
-    "standard" (ONNX ops only: every engine) or "ort" (ONNX Runtime's fused contrib ops, export/fused.py).
+    "standard" (ONNX ops only: every engine), "ort" (ONNX Runtime's fused contrib ops, export/fused.py) or
+    "ort-cuda" (those plus the project's bf16 CUDA ops for ONNX Runtime's CUDA provider).
     """
     model_dir, out = Path(model_dir), Path(out_dir)
     if dtype not in DTYPES:
@@ -75,6 +76,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
         with phase("load"):
             gen_defaults = artifact.generation_defaults(model_dir, ModelConfig.from_pretrained(model_dir), cache)
             model, config = load_model(model_dir, dtype=dtype)
+            if ops == "ort-cuda":
+                check_cuda_ops(config, dtype)
             if dtype == "fp16":
                 check_fp16_range(model, config, str(model_dir))
 
@@ -86,9 +89,11 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
                     "dllm_trt.present": "current tokens only"}
             trace_to_onnx(model, config, scratch / MODEL_FILE, opset, ops)
             proto = onnx.load(str(scratch / MODEL_FILE), load_external_data=True)
-            if ops == "ort":
+            if ops != "standard":
                 lower_fused(proto)
-                meta["dllm_trt.ops"] = "ort (com.microsoft contrib ops: ONNX Runtime only)"
+                meta["dllm_trt.ops"] = {"ort": "ort (com.microsoft contrib ops: ONNX Runtime only)",
+                                        "ort-cuda": "ort-cuda (com.microsoft contrib ops and dllm_trt.cuda ops: "
+                                                    "ONNX Runtime's CUDA provider with libdllm_ort_cuda.so)"}[ops]
             if dtype == "bf16":
                 fix_bf16_casts(proto)
             apply_contract(proto, config, elem, meta)

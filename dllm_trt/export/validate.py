@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import ctypes
 import math
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import onnx
 import torch
 
 from ..config import ModelConfig
 from ..errors import DllmError
-from ..contract import ROW_STATS, SELECT_OUTPUTS, input_names, output_names
+from ..contract import CUDA_OPS_DOMAIN, ROW_STATS, SELECT_OUTPUTS, cuda_ops_library, input_names, output_names
 from ..models.layers import select_rows
 from ..runtime.layout import attention_bias
 
@@ -101,6 +103,12 @@ def open_session(onnx_path: str, provider: str, what: str):
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
+    domains = {o.domain for o in onnx.load(onnx_path, load_external_data=False).opset_import}
+    if CUDA_OPS_DOMAIN in domains:  # --ops ort-cuda: the project's CUDA ops, CUDA provider only
+        if provider != "CUDAExecutionProvider":
+            raise DllmError(f"the {what} holds the project's CUDA ops (--ops ort-cuda): it can be validated only "
+                            "with ONNX Runtime's CUDA provider; export with --no-validate here")
+        opts.register_custom_ops_library(str(cuda_ops_library(Path(onnx_path).parent)))
     try:
         return ort.InferenceSession(onnx_path, sess_options=opts, providers=providers)
     except Exception as e:

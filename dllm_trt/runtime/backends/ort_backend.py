@@ -35,8 +35,8 @@ import numpy as np
 
 from ...config import ModelConfig
 from ...contract import (CONFIG_FILE, DREAM_SAMPLER_FILE, KV_TYPES, MODEL_FILE, ROW_STATS, SAMPLER_FILE,
-                         SAMPLER_OUTPUTS, config_from_artifact, input_names, output_names, past_names, present_names,
-                         read_artifact_config)
+                         SAMPLER_OUTPUTS, config_from_artifact, cuda_ops_library, input_names, output_names, past_names,
+                         present_names, read_artifact_config)
 from ...errors import DllmError
 from .base import StepOutput, check_forward_args
 
@@ -323,6 +323,12 @@ class OrtBackend:
         if intra_op_threads:
             opts.intra_op_num_threads = int(intra_op_threads)
         opts.log_severity_level = 3
+        if (meta.get("onnx") or {}).get("ops") == "ort-cuda":  # the project's CUDA ops (plugins/ort_cuda_ops.cu)
+            if ep != "CUDAExecutionProvider":
+                raise DllmError(f"{artifact_dir} was exported with --ops ort-cuda: its attention and MLP are the "
+                                f"project's CUDA ops, which run only on ONNX Runtime's CUDA provider (not {ep}); "
+                                "run it with provider='cuda' (--provider cuda), or export with --ops ort or standard")
+            opts.register_custom_ops_library(str(cuda_ops_library(artifact_dir)))
         options = dict(provider_options or {})
         if ep == "CUDAExecutionProvider":
             options.setdefault("device_id", device_id)

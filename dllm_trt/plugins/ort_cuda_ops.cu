@@ -1,0 +1,461 @@
+// dllm-trt's CUDA custom ops for ONNX Runtime (domain "dllm_trt.cuda"), bf16.
+//
+// Why: on ONNX Runtime's CUDA provider a transformer layer of the `--ops ort` graph is ~28 kernels,
+// and at a 32-token block step the ~1.6 us between two kernels of a CUDA graph plus the small
+// kernels themselves (Split, two RotaryEmbedding, MultiHeadAttention's past concat and transposes,
+// the presents' transposes, QuickGelu, Mul) cost as much as a third of the weight reads. These two
+// ops replace them, per layer, by three kernels; the graph contract does not change
+// (dllm_trt/contract.py: the attention reads the whole cache as the past, masked by the bias, and
+// returns the current tokens' keys/values as the presents).
+//
+//   CacheAttention(qkv [B, L, (H + 2 Hkv) D], position_ids [B, L] int64, cos [P, D/2], sin [P, D/2],
+//                  attention_bias [B, 1, L, C + L], past_key [B, Hkv, C, D], past_value [B, Hkv, C, D])
+//     -> out [B, L, H D], present_key [B, Hkv, L, D], present_value [B, Hkv, L, D]
+//     q, k, v = split(qkv); q, k = half-split RoPE at position_ids; out = softmax(q k^T scale + bias) v over
+//     the keys (past, current); query head h reads key/value head h / (H / Hkv).
+//   SiluMul(gate_up [N..., 2 I]) -> [N..., I] = silu(gate) * up.
+//
+// Numerics: fp32 arithmetic, one rounding to bf16 per output (flash-attention style: probabilities rounded to
+// bf16 before P V, fp32 accumulation). A query row whose every key is masked gives 0 (MultiHeadAttention gives
+// the mean of the values); such rows are padding and never read. Key tiles that are masked for every row of a
+// warp are skipped: exp(-1e9) is 0 in fp32, so the result is the same.
+//
+// Build: python -m dllm_trt.plugins.ort_cuda_build (nvcc + ONNX Runtime's C/C++ API headers).
+
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <mma.h>
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#define ORT_API_MANUAL_INIT
+#include "onnxruntime_cxx_api.h"
+#undef ORT_API_MANUAL_INIT
+
+using namespace nvcuda;
+typedef __nv_bfloat16 bf16;
+
+namespace {
+
+constexpr int kQT = 16;      // query rows per CTA (one WMMA tile)
+constexpr int kKT = 32;      // keys per tile
+constexpr int kWarps = 4;    // warps per CTA, each over its own key tiles
+constexpr float kMasked = -1e4f;  // a bias below this masks its key (the contract writes -1e9)
+
+__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ bf16 to_bf(float x) { return __float2bfloat16(x); }
+
+__device__ __forceinline__ int64_t clamp_pos(int64_t p, int P) { return p < 0 ? 0 : (p >= P ? P - 1 : p); }
+
+// present_key = RoPE(k), present_value = v, [B, Hkv, L, D]. Grid (B*L, Hkv), D/2 threads.
+__global__ void presents_kernel(const bf16* __restrict__ qkv, const int64_t* __restrict__ pos,
+                                const bf16* __restrict__ cos_t, const bf16* __restrict__ sin_t,
+                                bf16* __restrict__ pk, bf16* __restrict__ pv, int L, int H, int Hkv, int D, int P) {
+  const int bl = blockIdx.x, h = blockIdx.y, b = bl / L, l = bl % L, half = D / 2;
+  const bf16* row = qkv + (int64_t)bl * (H + 2 * Hkv) * D;
+  const bf16* k = row + (int64_t)(H + h) * D;
+  const bf16* v = row + (int64_t)(H + Hkv + h) * D;
+  const int64_t p = clamp_pos(pos[bl], P);
+  const int64_t o = (((int64_t)b * Hkv + h) * L + l) * D;
+  for (int d = threadIdx.x; d < half; d += blockDim.x) {
+    const float c = to_f(cos_t[p * half + d]), s = to_f(sin_t[p * half + d]);
+    const float x1 = to_f(k[d]), x2 = to_f(k[d + half]);
+    pk[o + d] = to_bf(x1 * c - x2 * s);
+    pk[o + d + half] = to_bf(x2 * c + x1 * s);
+    pv[o + d] = v[d];
+    pv[o + d + half] = v[d + half];
+  }
+}
+
+template <int D>
+struct Smem {
+  // per CTA: Q tile; per warp: K, V tiles, scores, probabilities, output accumulator, running max/sum
+  static constexpr size_t q = kQT * D * sizeof(bf16);
+  static constexpr size_t k = kKT * D * sizeof(bf16);
+  static constexpr size_t s = kQT * kKT * sizeof(float);
+  static constexpr size_t p = kQT * kKT * sizeof(bf16);
+  static constexpr size_t o = kQT * D * sizeof(float);
+  static constexpr size_t warp = 2 * k + s + p + o;
+  static constexpr size_t total = q + kWarps * warp + 2 * kWarps * kQT * sizeof(float);
+};
+
+// Attention of 16 query rows of one head over every key (past, then current), the key tiles spread over the
+// CTA's warps (each keeps its own running max / sum / output), merged at the end. Grid (ceil(L/16), H, B).
+template <int D>
+__global__ void __launch_bounds__(kWarps * 32) attention_kernel(
+    const bf16* __restrict__ qkv, const int64_t* __restrict__ pos, const bf16* __restrict__ cos_t,
+    const bf16* __restrict__ sin_t, const bf16* __restrict__ bias, const bf16* __restrict__ past_k,
+    const bf16* __restrict__ past_v, const bf16* __restrict__ cur_k, const bf16* __restrict__ cur_v,
+    bf16* __restrict__ out, int L, int C, int H, int Hkv, int P, float scale) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  using S = Smem<D>;
+  constexpr int half = D / 2;
+  const int q0 = blockIdx.x * kQT, h = blockIdx.y, b = blockIdx.z, hk = h / (H / Hkv);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int keys = C + L, W = (H + 2 * Hkv) * D;
+  bf16* Qs = reinterpret_cast<bf16*>(smem);
+  unsigned char* mine = smem + S::q + warp * S::warp;
+  bf16* Ks = reinterpret_cast<bf16*>(mine);
+  bf16* Vs = reinterpret_cast<bf16*>(mine + S::k);
+  float* Ss = reinterpret_cast<float*>(mine + 2 * S::k);
+  bf16* Ps = reinterpret_cast<bf16*>(mine + 2 * S::k + S::s);
+  float* Os = reinterpret_cast<float*>(mine + 2 * S::k + S::s + S::p);
+  float* Ms = reinterpret_cast<float*>(smem + S::q + kWarps * S::warp);  // [warps][16] running max
+  float* Ls = Ms + kWarps * kQT;                                          // [warps][16] running sum
+
+  // Q rows with RoPE (rows past L are zeros)
+  for (int i = threadIdx.x; i < kQT * half; i += blockDim.x) {
+    const int r = i / half, d = i % half, l = q0 + r;
+    float a = 0.f, c2 = 0.f;
+    if (l < L) {
+      const bf16* q = qkv + ((int64_t)b * L + l) * W + (int64_t)h * D;
+      const int64_t p = clamp_pos(pos[(int64_t)b * L + l], P);
+      const float c = to_f(cos_t[p * half + d]), s = to_f(sin_t[p * half + d]);
+      const float x1 = to_f(q[d]), x2 = to_f(q[d + half]);
+      a = x1 * c - x2 * s;
+      c2 = x2 * c + x1 * s;
+    }
+    Qs[r * D + d] = to_bf(a);
+    Qs[r * D + d + half] = to_bf(c2);
+  }
+  for (int i = lane; i < kQT * D; i += 32) Os[i] = 0.f;
+  __syncthreads();
+
+  const int r = lane >> 1, part = lane & 1;  // this lane's row and half of the tile's columns / of D
+  const int l = q0 + r;
+  float m_run = -INFINITY, l_run = 0.f;
+  const bf16* brow = bias + ((int64_t)b * L + (l < L ? l : 0)) * keys;
+  const int64_t past_base = ((int64_t)b * Hkv + hk) * C;
+  const int64_t cur_base = ((int64_t)b * Hkv + hk) * L;
+  constexpr int kCols = kKT / 2;
+  constexpr int kVec = 8;  // bf16 per 16-byte load
+
+  for (int k0 = warp * kKT; k0 < keys; k0 += kWarps * kKT) {
+    // this lane's bias values; a tile masked for every row of the warp is skipped
+    float bv[kCols];
+    bool open = false;
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) {
+      const int k = k0 + part * kCols + c;
+      bv[c] = (l < L && k < keys) ? to_f(brow[k]) : -INFINITY;
+      open |= bv[c] > kMasked;
+    }
+    if (!__any_sync(0xffffffffu, open)) continue;
+    // K, V tile (keys past the end are zeros)
+    for (int i = lane; i < kKT * D / kVec; i += 32) {
+      const int kr = i / (D / kVec), c = (i % (D / kVec)) * kVec, k = k0 + kr;
+      uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+      if (k < C) {
+        const int64_t off = (past_base + k) * D + c;
+        kv = *reinterpret_cast<const uint4*>(past_k + off);
+        vv = *reinterpret_cast<const uint4*>(past_v + off);
+      } else if (k < keys) {
+        const int64_t off = (cur_base + (k - C)) * D + c;
+        kv = *reinterpret_cast<const uint4*>(cur_k + off);
+        vv = *reinterpret_cast<const uint4*>(cur_v + off);
+      }
+      *reinterpret_cast<uint4*>(Ks + kr * D + c) = kv;
+      *reinterpret_cast<uint4*>(Vs + kr * D + c) = vv;
+    }
+    __syncwarp();
+    // scores = Q K^T
+#pragma unroll
+    for (int n = 0; n < kKT / 16; ++n) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::fill_fragment(acc, 0.f);
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> qa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> kb;
+        wmma::load_matrix_sync(qa, Qs + kk * 16, D);
+        wmma::load_matrix_sync(kb, Ks + n * 16 * D + kk * 16, D);
+        wmma::mma_sync(acc, qa, kb, acc);
+      }
+      wmma::store_matrix_sync(Ss + n * 16, acc, kKT, wmma::mem_row_major);
+    }
+    __syncwarp();
+    // online softmax over this tile, two lanes per row
+    float* srow = Ss + r * kKT + part * kCols;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) {
+      bv[c] += srow[c] * scale;
+      mx = fmaxf(mx, bv[c]);
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    const float m_new = fmaxf(m_run, mx);
+    const bool none = m_new == -INFINITY;  // a padding row (l >= L)
+    const float alpha = none ? 1.f : __expf(m_run - m_new);
+    float sum = 0.f;
+    bf16* prow = Ps + r * kKT + part * kCols;
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) {
+      const float p = none ? 0.f : __expf(bv[c] - m_new);
+      sum += p;
+      prow[c] = to_bf(p);
+    }
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    l_run = l_run * alpha + sum;
+    m_run = m_new;
+    float* orow = Os + r * D + part * half;
+    for (int d = 0; d < half; ++d) orow[d] *= alpha;
+    __syncwarp();
+    // O += P V
+#pragma unroll
+    for (int n = 0; n < D / 16; ++n) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::load_matrix_sync(acc, Os + n * 16, D, wmma::mem_row_major);
+#pragma unroll
+      for (int kk = 0; kk < kKT / 16; ++kk) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> pa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> vb;
+        wmma::load_matrix_sync(pa, Ps + kk * 16, kKT);
+        wmma::load_matrix_sync(vb, Vs + kk * 16 * D + n * 16, D);
+        wmma::mma_sync(acc, pa, vb, acc);
+      }
+      wmma::store_matrix_sync(Os + n * 16, acc, D, wmma::mem_row_major);
+    }
+    __syncwarp();
+  }
+  if (part == 0) {
+    Ms[warp * kQT + r] = m_run;
+    Ls[warp * kQT + r] = l_run;
+  }
+  __syncthreads();
+  // merge the warps' partial results
+  for (int i = threadIdx.x; i < kQT * D; i += blockDim.x) {
+    const int rr = i / D, d = i % D, ll = q0 + rr;
+    if (ll >= L) continue;
+    float m = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, Ms[w * kQT + rr]);
+    float num = 0.f, den = 0.f;
+    if (m != -INFINITY) {
+      for (int w = 0; w < kWarps; ++w) {
+        const float mw = Ms[w * kQT + rr];
+        if (mw == -INFINITY) continue;
+        const float f = __expf(mw - m);
+        den += f * Ls[w * kQT + rr];
+        const float* ow = reinterpret_cast<const float*>(smem + S::q + w * S::warp + 2 * S::k + S::s + S::p);
+        num += f * ow[rr * D + d];
+      }
+    }
+    out[((int64_t)b * L + ll) * H * D + (int64_t)h * D + d] = to_bf(den > 0.f ? num / den : 0.f);
+  }
+}
+
+// out = silu(gate) * up over rows of [gate | up]. One thread per 8 outputs when I % 8 == 0, else per output.
+__global__ void silu_mul_kernel(const bf16* __restrict__ x, bf16* __restrict__ y, int64_t rows, int I) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (I % 8 == 0) {
+    const int per = I / 8;
+    if (i >= rows * per) return;
+    const int64_t row = i / per, c = (i % per) * 8;
+    const uint4 g4 = *reinterpret_cast<const uint4*>(x + row * 2 * I + c);
+    const uint4 u4 = *reinterpret_cast<const uint4*>(x + row * 2 * I + I + c);
+    const bf16* g = reinterpret_cast<const bf16*>(&g4);
+    const bf16* u = reinterpret_cast<const bf16*>(&u4);
+    uint4 o4;
+    bf16* o = reinterpret_cast<bf16*>(&o4);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float gf = to_f(g[j]);
+      o[j] = to_bf(gf / (1.f + __expf(-gf)) * to_f(u[j]));
+    }
+    *reinterpret_cast<uint4*>(y + row * I + c) = o4;
+  } else {
+    if (i >= rows * I) return;
+    const int64_t row = i / I, c = i % I;
+    const float gf = to_f(x[row * 2 * I + c]);
+    y[i] = to_bf(gf / (1.f + __expf(-gf)) * to_f(x[row * 2 * I + I + c]));
+  }
+}
+
+template <int D>
+cudaError_t launch_attention(dim3 grid, cudaStream_t stream, const bf16* qkv, const int64_t* pos, const bf16* cos_t,
+                             const bf16* sin_t, const bf16* bias, const bf16* pk, const bf16* pv, const bf16* ck,
+                             const bf16* cv, bf16* out, int L, int C, int H, int Hkv, int P, float scale) {
+  static std::once_flag once;
+  static cudaError_t attr = cudaSuccess;
+  std::call_once(once, [] {
+    attr = cudaFuncSetAttribute(attention_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Smem<D>::total);
+  });
+  if (attr != cudaSuccess) return attr;
+  attention_kernel<D><<<grid, kWarps * 32, Smem<D>::total, stream>>>(qkv, pos, cos_t, sin_t, bias, pk, pv, ck, cv, out,
+                                                                      L, C, H, Hkv, P, scale);
+  return cudaGetLastError();
+}
+
+OrtStatusPtr fail(const std::string& msg) { return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, msg.c_str()); }
+
+OrtStatusPtr cuda_status(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return nullptr;
+  return Ort::GetApi().CreateStatus(ORT_RUNTIME_EXCEPTION, (std::string("dllm_trt.cuda ") + what + ": " +
+                                                           cudaGetErrorString(e)).c_str());
+}
+
+struct CacheAttentionKernel {
+  int64_t heads = 0, kv_heads = 0;
+  float scale = 1.f;
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    try {
+      Ort::KernelContext ctx(context);
+      auto qkv = ctx.GetInput(0), pos = ctx.GetInput(1), cos_t = ctx.GetInput(2), sin_t = ctx.GetInput(3);
+      auto bias = ctx.GetInput(4), pk = ctx.GetInput(5), pv = ctx.GetInput(6);
+      const auto qs = qkv.GetTensorTypeAndShapeInfo().GetShape();
+      const auto ps = pk.GetTensorTypeAndShapeInfo().GetShape();
+      const auto bs = bias.GetTensorTypeAndShapeInfo().GetShape();
+      const auto cs = cos_t.GetTensorTypeAndShapeInfo().GetShape();
+      if (qs.size() != 3 || ps.size() != 4 || bs.size() != 4 || cs.size() != 2)
+        return fail("CacheAttention: qkv [B, L, (H + 2 Hkv) D], past [B, Hkv, C, D], bias [B, 1, L, C + L], "
+                    "cos/sin [P, D/2] expected");
+      const int64_t B = qs[0], L = qs[1], Hkv = ps[1], C = ps[2], D = ps[3], P = cs[0];
+      if (Hkv != kv_heads || heads % kv_heads || qs[2] != (heads + 2 * kv_heads) * D || cs[1] * 2 != D ||
+          bs[0] != B || bs[2] != L || bs[3] != C + L || ps[0] != B)
+        return fail("CacheAttention: inconsistent shapes (qkv " + std::to_string(qs[2]) + ", past heads " +
+                    std::to_string(Hkv) + " x " + std::to_string(D) + ", bias keys " + std::to_string(bs[3]) + ")");
+      const std::vector<int64_t> out_shape{B, L, heads * D}, present_shape{B, Hkv, L, D};
+      auto out = ctx.GetOutput(0, out_shape);
+      auto ck = ctx.GetOutput(1, present_shape);
+      auto cv = ctx.GetOutput(2, present_shape);
+      if (B == 0 || L == 0) return nullptr;
+      auto stream = reinterpret_cast<cudaStream_t>(ctx.GetGPUComputeStream());
+      const bf16* q = static_cast<const bf16*>(qkv.GetTensorRawData());
+      const int64_t* p = static_cast<const int64_t*>(pos.GetTensorRawData());
+      const bf16* co = static_cast<const bf16*>(cos_t.GetTensorRawData());
+      const bf16* si = static_cast<const bf16*>(sin_t.GetTensorRawData());
+      bf16* k_out = static_cast<bf16*>(ck.GetTensorMutableRawData());
+      bf16* v_out = static_cast<bf16*>(cv.GetTensorMutableRawData());
+      presents_kernel<<<dim3((unsigned)(B * L), (unsigned)Hkv), (unsigned)(D / 2 < 128 ? D / 2 : 128), 0, stream>>>(
+          q, p, co, si, k_out, v_out, (int)L, (int)heads, (int)Hkv, (int)D, (int)P);
+      if (auto st = cuda_status(cudaGetLastError(), "presents kernel")) return st;
+      const dim3 grid((unsigned)((L + kQT - 1) / kQT), (unsigned)heads, (unsigned)B);
+      const bf16* bi = static_cast<const bf16*>(bias.GetTensorRawData());
+      const bf16* k_past = static_cast<const bf16*>(pk.GetTensorRawData());
+      const bf16* v_past = static_cast<const bf16*>(pv.GetTensorRawData());
+      bf16* o = static_cast<bf16*>(out.GetTensorMutableRawData());
+      cudaError_t e;
+      switch (D) {
+        case 32: e = launch_attention<32>(grid, stream, q, p, co, si, bi, k_past, v_past, k_out, v_out, o, (int)L, (int)C, (int)heads, (int)Hkv, (int)P, scale); break;
+        case 64: e = launch_attention<64>(grid, stream, q, p, co, si, bi, k_past, v_past, k_out, v_out, o, (int)L, (int)C, (int)heads, (int)Hkv, (int)P, scale); break;
+        case 128: e = launch_attention<128>(grid, stream, q, p, co, si, bi, k_past, v_past, k_out, v_out, o, (int)L, (int)C, (int)heads, (int)Hkv, (int)P, scale); break;
+        case 256: e = launch_attention<256>(grid, stream, q, p, co, si, bi, k_past, v_past, k_out, v_out, o, (int)L, (int)C, (int)heads, (int)Hkv, (int)P, scale); break;
+        default: return fail("CacheAttention: head dim " + std::to_string(D) + " is not one of 32, 64, 128, 256");
+      }
+      return cuda_status(e, "attention kernel");
+    } catch (const Ort::Exception& ex) {
+      return fail(ex.what());
+    }
+  }
+};
+
+struct CacheAttentionOp : Ort::CustomOpBase<CacheAttentionOp, CacheAttentionKernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    try {
+      Ort::ConstKernelInfo ki(info);
+      auto* k = new CacheAttentionKernel;
+      k->heads = ki.GetAttribute<int64_t>("num_heads");
+      k->kv_heads = ki.GetAttribute<int64_t>("kv_num_heads");
+      k->scale = ki.GetAttribute<float>("scale");
+      *kernel = k;
+      return nullptr;
+    } catch (const Ort::Exception& ex) {
+      return fail(std::string("CacheAttention attributes: ") + ex.what());
+    }
+  }
+  const char* GetName() const { return "CacheAttention"; }
+  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
+  size_t GetInputTypeCount() const { return 7; }
+  ONNXTensorElementDataType GetInputType(size_t i) const {
+    return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
+  }
+  size_t GetOutputTypeCount() const { return 3; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16; }
+};
+
+struct SiluMulKernel {
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    try {
+      Ort::KernelContext ctx(context);
+      auto x = ctx.GetInput(0);
+      auto shape = x.GetTensorTypeAndShapeInfo().GetShape();
+      if (shape.empty() || shape.back() % 2) return fail("SiluMul: the last dimension must be 2 x intermediate size");
+      const int64_t I = shape.back() / 2;
+      int64_t rows = 1;
+      for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
+      shape.back() = I;
+      auto y = ctx.GetOutput(0, shape);
+      if (rows == 0 || I == 0) return nullptr;
+      auto stream = reinterpret_cast<cudaStream_t>(ctx.GetGPUComputeStream());
+      const int64_t work = I % 8 == 0 ? rows * (I / 8) : rows * I;
+      silu_mul_kernel<<<(unsigned)((work + 255) / 256), 256, 0, stream>>>(
+          static_cast<const bf16*>(x.GetTensorRawData()), static_cast<bf16*>(y.GetTensorMutableRawData()), rows, (int)I);
+      return cuda_status(cudaGetLastError(), "silu_mul kernel");
+    } catch (const Ort::Exception& ex) {
+      return fail(ex.what());
+    }
+  }
+};
+
+struct SiluMulOp : Ort::CustomOpBase<SiluMulOp, SiluMulKernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo*, void** kernel) const {
+    *kernel = new SiluMulKernel;
+    return nullptr;
+  }
+  const char* GetName() const { return "SiluMul"; }
+  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
+  size_t GetInputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16; }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16; }
+};
+
+const CacheAttentionOp kCacheAttention;
+const SiluMulOp kSiluMul;
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr) return nullptr;  // cannot even report: this ONNX Runtime is older than the headers
+  Ort::InitApi(api);
+  OrtCustomOpDomain* domain = nullptr;
+  if (OrtStatus* st = api->CreateCustomOpDomain("dllm_trt.cuda", &domain)) return st;
+  if (OrtStatus* st = api->CustomOpDomain_Add(domain, &kCacheAttention)) return st;
+  if (OrtStatus* st = api->CustomOpDomain_Add(domain, &kSiluMul)) return st;
+  return api->AddCustomOpDomain(options, domain);  // the domain lives as long as the process
+}
+
+// a C entry point for tests without ONNX Runtime (ctypes on device pointers): the same kernels
+extern "C" __attribute__((visibility("default"))) int dllm_cache_attention(
+    const void* qkv, const int64_t* pos, const void* cos_t, const void* sin_t, const void* bias, const void* past_k,
+    const void* past_v, void* out, void* present_k, void* present_v, int B, int L, int C, int H, int Hkv, int D, int P,
+    float scale, void* stream) {
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  auto q = static_cast<const bf16*>(qkv);
+  auto ck = static_cast<bf16*>(present_k);
+  auto cv = static_cast<bf16*>(present_v);
+  presents_kernel<<<dim3(B * L, Hkv), D / 2 < 128 ? D / 2 : 128, 0, s>>>(q, pos, static_cast<const bf16*>(cos_t),
+                                                                       static_cast<const bf16*>(sin_t), ck, cv, L, H,
+                                                                       Hkv, D, P);
+  const dim3 grid((L + kQT - 1) / kQT, H, B);
+  auto co = static_cast<const bf16*>(cos_t);
+  auto si = static_cast<const bf16*>(sin_t);
+  auto bi = static_cast<const bf16*>(bias);
+  auto pk = static_cast<const bf16*>(past_k);
+  auto pv = static_cast<const bf16*>(past_v);
+  auto o = static_cast<bf16*>(out);
+  cudaError_t e = cudaErrorInvalidValue;
+  switch (D) {
+    case 32: e = launch_attention<32>(grid, s, q, pos, co, si, bi, pk, pv, ck, cv, o, L, C, H, Hkv, P, scale); break;
+    case 64: e = launch_attention<64>(grid, s, q, pos, co, si, bi, pk, pv, ck, cv, o, L, C, H, Hkv, P, scale); break;
+    case 128: e = launch_attention<128>(grid, s, q, pos, co, si, bi, pk, pv, ck, cv, o, L, C, H, Hkv, P, scale); break;
+    case 256: e = launch_attention<256>(grid, s, q, pos, co, si, bi, pk, pv, ck, cv, o, L, C, H, Hkv, P, scale); break;
+    default: break;
+  }
+  return (int)e;
+}

@@ -1,0 +1,174 @@
+"""The project's CUDA ops for ONNX Runtime (dllm_trt/plugins/ort_cuda_ops.cu) on a GPU: the kernels against
+fp32 math, and ``--ops ort-cuda`` graphs against ``--ops ort`` graphs in decodes.
+
+GPU only: skips, with the reason, without a CUDA device, onnxruntime-gpu, torch with CUDA, nvcc or ONNX
+Runtime's C/C++ headers (``ORT_INCLUDE_DIR``). Run on a GPU machine:
+``ORT_INCLUDE_DIR=/path/to/onnxruntime/include python -m pytest -q -m gpu tests/test_gpu_cuda_ops.py``.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dllm_trt.errors import DllmError
+from dllm_trt.runtime import generate
+from dllm_trt.runtime.settings import CACHE_MODES
+
+from test_gpu_decode import CKPTS, gen, gpu_skip_reason
+
+
+def skip_reason() -> str | None:
+    reason = gpu_skip_reason()
+    if reason:
+        return reason
+    try:
+        import torch
+    except ImportError:
+        return "needs torch (the kernel tests compare with torch on the GPU)"
+    if not torch.cuda.is_available():
+        return "needs torch with CUDA"
+    if not shutil.which("nvcc"):
+        return "needs nvcc to build the CUDA ops"
+    from dllm_trt.plugins.ort_cuda_build import find_headers
+
+    try:
+        find_headers()
+    except DllmError as e:
+        return str(e)
+    return None
+
+
+_REASON = skip_reason()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    """Built once; ONNX Runtime finds it through $DLLM_TRT_ORT_CUDA_OPS."""
+    from dllm_trt.contract import CUDA_OPS_ENV, CUDA_OPS_LIBRARY
+    from dllm_trt.plugins.ort_cuda_build import build
+
+    lib = build(tmp_path_factory.mktemp("cuda-ops") / CUDA_OPS_LIBRARY, log=lambda s: None)
+    before = os.environ.get(CUDA_OPS_ENV)
+    os.environ[CUDA_OPS_ENV] = str(lib)
+    yield lib
+    if before is None:
+        os.environ.pop(CUDA_OPS_ENV, None)
+    else:
+        os.environ[CUDA_OPS_ENV] = before
+
+
+def reference(qkv, pos, cos, sin, bias, pk, pv, heads, kv_heads, d):
+    """fp32 math of CacheAttention from the same bf16 inputs: (out, present_key, present_value)."""
+    import torch
+
+    from dllm_trt.export.fused import rope
+    from dllm_trt.models.layers import attend
+
+    b, l, _ = qkv.shape
+    q, k, v = torch.split(qkv.float(), [heads * d, kv_heads * d, kv_heads * d], dim=-1)
+    q = rope(q, pos, cos.float(), sin.float(), heads)
+    k = rope(k, pos, cos.float(), sin.float(), kv_heads)
+    kh = k.view(b, l, kv_heads, d).transpose(1, 2)
+    vh = v.view(b, l, kv_heads, d).transpose(1, 2)
+    out = attend(q.view(b, l, heads, d).transpose(1, 2), kh, vh, pk.float(), pv.float(), bias.float(), d ** -0.5)
+    return out.transpose(1, 2).reshape(b, l, heads * d), kh, vh
+
+
+CASES = [  # (B, L, C, H, Hkv, D, bias pattern)
+    (1, 32, 352, 32, 32, 128, "dual"),       # LLaDA-8B's block step
+    (1, 320, 352, 8, 8, 128, "first"),       # a prefill: every past column masked
+    (3, 7, 40, 4, 2, 32, "random"),          # grouped-query heads, ragged tiles
+    (2, 17, 0, 4, 4, 64, "random"),          # no past
+    (2, 40, 100, 2, 1, 256, "random"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"B{c[0]}L{c[1]}C{c[2]}H{c[3]}x{c[4]}D{c[5]}-{c[6]}" for c in CASES])
+def test_cache_attention_kernel_equals_fp32_math(library, case):
+    """The kernels (called through the library's C entry point) against fp32 math: presents within one bf16
+    rounding, the attention output within bf16 flash-attention error; masked tiles skipped give the same."""
+    import torch
+
+    b, l, c, h, hkv, d, pattern = case
+    g = torch.Generator(device="cuda").manual_seed(0)
+    dev = "cuda"
+    qkv = torch.randn(b, l, (h + 2 * hkv) * d, device=dev, generator=g).bfloat16()
+    positions = 512
+    pos = torch.randint(0, positions, (b, l), device=dev, generator=g)
+    inv = 1.0 / (10000 ** (torch.arange(0, d, 2, device=dev).float() / d))
+    freqs = torch.arange(positions, device=dev).float()[:, None] * inv
+    cos, sin = freqs.cos().bfloat16(), freqs.sin().bfloat16()
+    pk = torch.randn(b, hkv, c, d, device=dev, generator=g).bfloat16()
+    pv = torch.randn(b, hkv, c, d, device=dev, generator=g).bfloat16()
+    bias = torch.zeros(b, 1, l, c + l, device=dev)
+    if pattern == "first":
+        bias[..., :c] = -1e9
+    elif pattern == "dual":
+        bias[..., 288:c] = -1e9  # the block's stale cache rows; the current block supplies them
+    else:
+        bias.masked_fill_(torch.rand(bias.shape, device=dev, generator=g) < 0.3, -1e9)
+        bias[..., c:].diagonal(dim1=-2, dim2=-1).zero_()  # every row sees itself
+    bias = bias.bfloat16()
+    out = torch.empty(b, l, h * d, device=dev, dtype=torch.bfloat16)
+    ck = torch.empty(b, hkv, l, d, device=dev, dtype=torch.bfloat16)
+    cv = torch.empty_like(ck)
+    fn = ctypes.CDLL(str(library)).dllm_cache_attention
+    fn.restype = ctypes.c_int
+    ptr = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
+    rc = fn(ptr(qkv), ptr(pos), ptr(cos), ptr(sin), ptr(bias), ptr(pk), ptr(pv), ptr(out), ptr(ck), ptr(cv),
+            b, l, c, h, hkv, d, positions, ctypes.c_float(d ** -0.5), ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
+    torch.cuda.synchronize()
+    assert rc == 0
+    ref, rk, rv = reference(qkv, pos, cos, sin, bias, pk, pv, h, hkv, d)
+    torch.testing.assert_close(ck.float(), rk, rtol=1e-2, atol=1e-2)
+    assert torch.equal(cv.float(), rv)
+    err = (out.float() - ref).abs().max().item()
+    assert err <= 2e-2 * max(1.0, ref.abs().max().item()), err
+
+
+@pytest.fixture(scope="module")
+def both_exports(tmp_path_factory, library):
+    """name -> (--ops ort bf16 export, --ops ort-cuda bf16 export) of the bundled tiny checkpoints; the ort-cuda
+    one validated on the GPU against the PyTorch model."""
+    from dllm_trt.export import export_onnx
+
+    root = tmp_path_factory.mktemp("gpu-ort-cuda")
+    out = {}
+    for name in CKPTS:
+        export_onnx(CKPTS[name], root / f"{name}-ort", dtype="bf16", ops="ort", validate=False, progress=False,
+                    log=lambda s: None)
+        report = export_onnx(CKPTS[name], root / f"{name}-cuda", dtype="bf16", ops="ort-cuda", progress=False,
+                             log=lambda s: None)
+        assert report["validation"]["status"] == "passed", report["validation"]
+        out[name] = (root / f"{name}-ort", root / f"{name}-cuda")
+    return out
+
+
+@pytest.mark.parametrize("name", list(CKPTS))
+def test_cuda_ops_graph_decodes_as_the_ort_graph(both_exports, name):
+    """Every cache mode, a one-token rule and a parallel rule: the ort-cuda graph with CUDA graphs replays exactly
+    its eager run, and gives the --ops ort graph's tokens (both bf16 on CUDA; the trained checkpoints are sure
+    of their tokens, so bf16 rounding differences do not flip them)."""
+    from dllm_trt.runtime.backends.ort_backend import OrtBackend
+
+    ort_art, cuda_art = both_exports[name]
+    ref = OrtBackend.from_pretrained(ort_art, provider="cuda", cuda_graph=True)
+    graph = OrtBackend.from_pretrained(cuda_art, provider="cuda", cuda_graph=True)
+    eager = OrtBackend.from_pretrained(cuda_art, provider="cuda", cuda_graph=False)
+    prompts = [[5, 9, 12, 7, 30], [11, 4, 8, 20, 21, 22, 3, 17, 6]]
+    mismatched = []
+    for cache in CACHE_MODES[graph.config.attention]:
+        for strategy, extra in (("low_confidence", {}), ("threshold", {"threshold": 0.6})):
+            g = gen(strategy, cache, gen_length=32, steps=32, **extra)
+            e = generate(eager, prompts, g)
+            got = generate(graph, prompts, g)
+            assert got.tokens == e.tokens and got.nfe == e.nfe, f"{cache}/{strategy}: CUDA graph != eager"
+            want = generate(ref, prompts, g)
+            if want.tokens != got.tokens:
+                mismatched.append(f"{cache}/{strategy}")
+    assert not mismatched, f"ort-cuda tokens differ from --ops ort in {mismatched}"

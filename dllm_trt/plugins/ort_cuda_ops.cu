@@ -42,8 +42,11 @@ namespace {
 
 constexpr int kQT = 16;      // query rows per CTA (one WMMA tile)
 constexpr int kKT = 32;      // keys per tile
-constexpr int kWarps = 4;    // warps per CTA, each over its own key tiles
 constexpr float kMasked = -1e4f;  // a bias below this masks its key (the contract writes -1e9)
+
+// warps per CTA, each over its own key tiles (as many as the shared memory holds; 227 KB on sm_90)
+template <int D>
+__host__ __device__ constexpr int warps_for() { return D >= 256 ? 4 : (D >= 128 ? 6 : 8); }
 
 __device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ bf16 to_bf(float x) { return __float2bfloat16(x); }
@@ -70,29 +73,35 @@ __global__ void presents_kernel(const bf16* __restrict__ qkv, const int64_t* __r
   }
 }
 
+// Shared memory layout. Rows of Q/K/V tiles are padded by 8 bf16 and the output accumulator's by 4 floats, so
+// the WMMA loads/stores of consecutive rows start in different banks.
 template <int D>
 struct Smem {
-  // per CTA: Q tile; per warp: K, V tiles, scores, probabilities, output accumulator, running max/sum
-  static constexpr size_t q = kQT * D * sizeof(bf16);
-  static constexpr size_t k = kKT * D * sizeof(bf16);
+  static constexpr int ld = D + 8;     // Q, K, V row stride (bf16)
+  static constexpr int ldo = D + 4;    // output accumulator row stride (float)
+  static constexpr int ldp = kKT + 8;  // probabilities row stride (bf16)
+  static constexpr size_t q = kQT * ld * sizeof(bf16);
+  static constexpr size_t k = kKT * ld * sizeof(bf16);
   static constexpr size_t s = kQT * kKT * sizeof(float);
-  static constexpr size_t p = kQT * kKT * sizeof(bf16);
-  static constexpr size_t o = kQT * D * sizeof(float);
-  static constexpr size_t warp = 2 * k + s + p + o;
-  static constexpr size_t total = q + kWarps * warp + 2 * kWarps * kQT * sizeof(float);
+  static constexpr size_t p = kQT * ldp * sizeof(bf16);
+  static constexpr size_t o = kQT * ldo * sizeof(float);
+  static constexpr size_t a = kQT * sizeof(float);  // the rows' rescale factors of this tile
+  static constexpr size_t warp = 2 * k + s + p + o + 2 * a;
+  static constexpr size_t total = q + warps_for<D>() * warp + 2 * warps_for<D>() * kQT * sizeof(float);
 };
 
 // Attention of 16 query rows of one head over every key (past, then current), the key tiles spread over the
 // CTA's warps (each keeps its own running max / sum / output), merged at the end. Grid (ceil(L/16), H, B).
 template <int D>
-__global__ void __launch_bounds__(kWarps * 32) attention_kernel(
+__global__ void __launch_bounds__(warps_for<D>() * 32) attention_kernel(
     const bf16* __restrict__ qkv, const int64_t* __restrict__ pos, const bf16* __restrict__ cos_t,
     const bf16* __restrict__ sin_t, const bf16* __restrict__ bias, const bf16* __restrict__ past_k,
     const bf16* __restrict__ past_v, const bf16* __restrict__ cur_k, const bf16* __restrict__ cur_v,
     bf16* __restrict__ out, int L, int C, int H, int Hkv, int P, float scale) {
   extern __shared__ __align__(128) unsigned char smem[];
   using S = Smem<D>;
-  constexpr int half = D / 2;
+  constexpr int NW = warps_for<D>();
+  constexpr int half = D / 2, ld = S::ld, ldo = S::ldo, ldp = S::ldp;
   const int q0 = blockIdx.x * kQT, h = blockIdx.y, b = blockIdx.z, hk = h / (H / Hkv);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int keys = C + L, W = (H + 2 * Hkv) * D;
@@ -103,8 +112,9 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(
   float* Ss = reinterpret_cast<float*>(mine + 2 * S::k);
   bf16* Ps = reinterpret_cast<bf16*>(mine + 2 * S::k + S::s);
   float* Os = reinterpret_cast<float*>(mine + 2 * S::k + S::s + S::p);
-  float* Ms = reinterpret_cast<float*>(smem + S::q + kWarps * S::warp);  // [warps][16] running max
-  float* Ls = Ms + kWarps * kQT;                                          // [warps][16] running sum
+  float* As = reinterpret_cast<float*>(mine + 2 * S::k + S::s + S::p + S::o);
+  float* Ms = reinterpret_cast<float*>(smem + S::q + NW * S::warp);  // [warps][16] running max
+  float* Ls = Ms + NW * kQT;                                          // [warps][16] running sum
 
   // Q rows with RoPE (rows past L are zeros)
   for (int i = threadIdx.x; i < kQT * half; i += blockDim.x) {
@@ -118,13 +128,15 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(
       a = x1 * c - x2 * s;
       c2 = x2 * c + x1 * s;
     }
-    Qs[r * D + d] = to_bf(a);
-    Qs[r * D + d + half] = to_bf(c2);
+    Qs[r * ld + d] = to_bf(a);
+    Qs[r * ld + d + half] = to_bf(c2);
   }
-  for (int i = lane; i < kQT * D; i += 32) Os[i] = 0.f;
+  for (int i = lane; i < kQT * ldo; i += 32) Os[i] = 0.f;
   __syncthreads();
 
-  const int r = lane >> 1, part = lane & 1;  // this lane's row and half of the tile's columns / of D
+  // this lane's row and half of the tile's columns; it visits its 16 columns rotated by its row, so the 32
+  // lanes of a warp read 32 different banks of the score tile
+  const int r = lane >> 1, part = lane & 1;
   const int l = q0 + r;
   float m_run = -INFINITY, l_run = 0.f;
   const bf16* brow = bias + ((int64_t)b * L + (l < L ? l : 0)) * keys;
@@ -133,13 +145,13 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(
   constexpr int kCols = kKT / 2;
   constexpr int kVec = 8;  // bf16 per 16-byte load
 
-  for (int k0 = warp * kKT; k0 < keys; k0 += kWarps * kKT) {
+  for (int k0 = warp * kKT; k0 < keys; k0 += NW * kKT) {
     // this lane's bias values; a tile masked for every row of the warp is skipped
     float bv[kCols];
     bool open = false;
 #pragma unroll
     for (int c = 0; c < kCols; ++c) {
-      const int k = k0 + part * kCols + c;
+      const int k = k0 + part * kCols + ((c + r) & (kCols - 1));
       bv[c] = (l < L && k < keys) ? to_f(brow[k]) : -INFINITY;
       open |= bv[c] > kMasked;
     }
@@ -157,8 +169,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(
         kv = *reinterpret_cast<const uint4*>(cur_k + off);
         vv = *reinterpret_cast<const uint4*>(cur_v + off);
       }
-      *reinterpret_cast<uint4*>(Ks + kr * D + c) = kv;
-      *reinterpret_cast<uint4*>(Vs + kr * D + c) = vv;
+      *reinterpret_cast<uint4*>(Ks + kr * ld + c) = kv;
+      *reinterpret_cast<uint4*>(Vs + kr * ld + c) = vv;
     }
     __syncwarp();
     // scores = Q K^T
@@ -170,19 +182,19 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(
       for (int kk = 0; kk < D / 16; ++kk) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> qa;
         wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> kb;
-        wmma::load_matrix_sync(qa, Qs + kk * 16, D);
-        wmma::load_matrix_sync(kb, Ks + n * 16 * D + kk * 16, D);
+        wmma::load_matrix_sync(qa, Qs + kk * 16, ld);
+        wmma::load_matrix_sync(kb, Ks + n * 16 * ld + kk * 16, ld);
         wmma::mma_sync(acc, qa, kb, acc);
       }
       wmma::store_matrix_sync(Ss + n * 16, acc, kKT, wmma::mem_row_major);
     }
     __syncwarp();
     // online softmax over this tile, two lanes per row
-    float* srow = Ss + r * kKT + part * kCols;
+    const float* srow = Ss + r * kKT + part * kCols;
     float mx = -INFINITY;
 #pragma unroll
     for (int c = 0; c < kCols; ++c) {
-      bv[c] += srow[c] * scale;
+      bv[c] += srow[(c + r) & (kCols - 1)] * scale;
       mx = fmaxf(mx, bv[c]);
     }
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
@@ -190,33 +202,34 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(
     const bool none = m_new == -INFINITY;  // a padding row (l >= L)
     const float alpha = none ? 1.f : __expf(m_run - m_new);
     float sum = 0.f;
-    bf16* prow = Ps + r * kKT + part * kCols;
+    bf16* prow = Ps + r * ldp + part * kCols;
 #pragma unroll
     for (int c = 0; c < kCols; ++c) {
       const float p = none ? 0.f : __expf(bv[c] - m_new);
       sum += p;
-      prow[c] = to_bf(p);
+      prow[(c + r) & (kCols - 1)] = to_bf(p);
     }
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     l_run = l_run * alpha + sum;
     m_run = m_new;
-    float* orow = Os + r * D + part * half;
-    for (int d = 0; d < half; ++d) orow[d] *= alpha;
+    if (part == 0) As[r] = alpha;
+    __syncwarp();
+    for (int i = lane; i < kQT * D; i += 32) Os[(i / D) * ldo + i % D] *= As[i / D];
     __syncwarp();
     // O += P V
 #pragma unroll
     for (int n = 0; n < D / 16; ++n) {
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::load_matrix_sync(acc, Os + n * 16, D, wmma::mem_row_major);
+      wmma::load_matrix_sync(acc, Os + n * 16, ldo, wmma::mem_row_major);
 #pragma unroll
       for (int kk = 0; kk < kKT / 16; ++kk) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> pa;
         wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> vb;
-        wmma::load_matrix_sync(pa, Ps + kk * 16, kKT);
-        wmma::load_matrix_sync(vb, Vs + kk * 16 * D + n * 16, D);
+        wmma::load_matrix_sync(pa, Ps + kk * 16, ldp);
+        wmma::load_matrix_sync(vb, Vs + kk * 16 * ld + n * 16, ld);
         wmma::mma_sync(acc, pa, vb, acc);
       }
-      wmma::store_matrix_sync(Os + n * 16, acc, D, wmma::mem_row_major);
+      wmma::store_matrix_sync(Os + n * 16, acc, ldo, wmma::mem_row_major);
     }
     __syncwarp();
   }
@@ -230,16 +243,16 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(
     const int rr = i / D, d = i % D, ll = q0 + rr;
     if (ll >= L) continue;
     float m = -INFINITY;
-    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, Ms[w * kQT + rr]);
+    for (int w = 0; w < NW; ++w) m = fmaxf(m, Ms[w * kQT + rr]);
     float num = 0.f, den = 0.f;
     if (m != -INFINITY) {
-      for (int w = 0; w < kWarps; ++w) {
+      for (int w = 0; w < NW; ++w) {
         const float mw = Ms[w * kQT + rr];
         if (mw == -INFINITY) continue;
         const float f = __expf(mw - m);
         den += f * Ls[w * kQT + rr];
         const float* ow = reinterpret_cast<const float*>(smem + S::q + w * S::warp + 2 * S::k + S::s + S::p);
-        num += f * ow[rr * D + d];
+        num += f * ow[rr * ldo + d];
       }
     }
     out[((int64_t)b * L + ll) * H * D + (int64_t)h * D + d] = to_bf(den > 0.f ? num / den : 0.f);
@@ -283,7 +296,7 @@ cudaError_t launch_attention(dim3 grid, cudaStream_t stream, const bf16* qkv, co
     attr = cudaFuncSetAttribute(attention_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Smem<D>::total);
   });
   if (attr != cudaSuccess) return attr;
-  attention_kernel<D><<<grid, kWarps * 32, Smem<D>::total, stream>>>(qkv, pos, cos_t, sin_t, bias, pk, pv, ck, cv, out,
+  attention_kernel<D><<<grid, warps_for<D>() * 32, Smem<D>::total, stream>>>(qkv, pos, cos_t, sin_t, bias, pk, pv, ck, cv, out,
                                                                       L, C, H, Hkv, P, scale);
   return cudaGetLastError();
 }

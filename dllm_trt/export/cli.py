@@ -27,9 +27,9 @@ def add_export_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--ops", default="standard", choices=["standard", "ort", "ort-cuda"],
                    help="standard: ONNX ops only, for every engine (default); ort: ONNX Runtime's fused contrib ops "
                         "(SkipSimplifiedLayerNormalization, RotaryEmbedding, MultiHeadAttention, packed q|k|v and "
-                        "gate|up): fewer kernels on ORT CUDA, not buildable with TensorRT; ort-cuda: those plus the "
-                        "project's bf16 CUDA ops (CacheAttention, SiluMul; ORT's CUDA provider with "
-                        "libdllm_ort_cuda.so from `python -m dllm_trt.plugins.ort_cuda_build`)")
+                        "gate|up): fewer kernels on ORT CUDA, not buildable with TensorRT; ort-cuda (experimental, not "
+                        "faster than ort yet): those plus the project's bf16 CUDA ops (CacheAttention, SiluMul; "
+                        "ORT's CUDA provider with libdllm_ort_cuda.so from `python -m dllm_trt.plugins.ort_cuda_build`)")
     p.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch comparison")
     p.add_argument("--tolerance", type=float, default=None, metavar="REL",
                    help="max relative error max|ort-torch|/max|torch| (default fp32 1e-4, fp16 1e-2, bf16 5e-2)")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from dllm_trt.runtime import GenerationConfig, generate
-from dllm_trt.runtime.sampling import draw, dream_probs, propose, softmax64
+from dllm_trt.runtime.sampling import ULP_MARGIN, draw, dream_probs, propose, softmax64, sorted_prefix
 from dllm_trt.runtime.settings import STRATEGIES_FOR, cache_modes_for
 
 ort = pytest.importorskip("onnxruntime")
@@ -33,12 +33,24 @@ def sampler_session(vocab: int, mask: int):
     return ort.InferenceSession(build_sampler(vocab, mask).SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def feeds(logits, u, temperature, top_k, top_p):
+def feeds(logits, u, temperature, top_k, top_p, sort_k=None):
     v = logits.shape[-1]
     k_on, p_on = 0 < top_k < v, top_p < 1.0
+    sort_k = (v if sort_k is None else sort_k) if p_on else 1
     return {"logits": logits, "uniform": u, "temperature": np.array([temperature]),
             "top_k": np.array([top_k if k_on else 1], np.int64), "top_k_on": np.array([k_on]),
-            "top_p": np.array([top_p]), "top_p_k": np.array([v if p_on else 1], np.int64), "top_p_on": np.array([p_on])}
+            "top_p": np.array([top_p]), "top_p_k": np.array([sort_k], np.int64), "top_p_on": np.array([p_on])}
+
+
+def check_prefix_run(sess, f, full, sort_k, top_p, settled_want, label):
+    """The same rows with only ``sort_k`` entries sorted for top-p: ``nucleus_settled`` says which rows the prefix
+    decides (numpy's test), and on those rows every output equals the whole sort's."""
+    got = sess.run(None, dict(f, top_p_k=np.array([sort_k], np.int64)))
+    settled = got[-1]
+    np.testing.assert_array_equal(settled, settled_want, err_msg=label)
+    for a, b in zip(got[:-1], full[:-1]):
+        np.testing.assert_array_equal(a[settled], b[settled], err_msg=label)
+    return int(settled.sum()), int(settled.size)
 
 
 @pytest.mark.parametrize("vocab,mask", [(301, 7), (64, 63), (50, -1)])
@@ -47,7 +59,7 @@ def test_sampler_graph_equals_numpy(vocab, mask):
     1, inside, the whole vocabulary, beyond it) and top-p (off, wide, narrow), with flat and peaked rows."""
     sess = sampler_session(vocab, mask)
     rng = np.random.default_rng(vocab)
-    rows = 0
+    rows = settled_rows = prefix_rows = 0
     for trial in range(48):
         b, r = 2, 7
         scale = [0.3, 1.0, 4.0, 12.0][trial % 4]
@@ -59,7 +71,16 @@ def test_sampler_graph_equals_numpy(vocab, mask):
         u = rng.uniform(size=(b, r))
         u[1, 0] = 0.0  # the first id with mass
         u[1, 1] = 1.0 - 2.0 ** -53  # the last
-        tok, conf, margin, negent, gap = sess.run(None, feeds(logits, u, t, k, p))
+        f = feeds(logits, u, t, k, p)
+        full = sess.run(None, f)
+        tok, conf, margin, negent, gap, _ = full
+        if p < 1.0:  # top-p from a sorted prefix of 1, 3 or 16 entries
+            sort_k = [1, 3, 16][trial % 3]
+            pf = np.stack([nucleus_prefix_mass(np.where(mask_of(vocab, mask), -np.inf, logits[i]), t, k, sort_k)
+                           for i in range(b)])
+            done, n = check_prefix_run(sess, f, full, sort_k, p, pf >= p + ULP_MARGIN, f"trial {trial} k={sort_k}")
+            settled_rows += done
+            prefix_rows += n
         for i in range(b):
             z = logits[i].copy()
             if 0 <= mask < vocab:
@@ -77,6 +98,24 @@ def test_sampler_graph_equals_numpy(vocab, mask):
                 assert (tok[i] != mask).all()
             rows += r
     assert rows == 48 * 2 * 7
+    assert 0 < settled_rows < prefix_rows  # both ways of the prefix test were exercised
+
+
+def mask_of(vocab: int, mask: int) -> np.ndarray:
+    m = np.zeros(vocab, bool)
+    if 0 <= mask < vocab:
+        m[mask] = True
+    return m
+
+
+def nucleus_prefix_mass(z: np.ndarray, t: float, k: int, sort_k: int, dream: bool = False) -> np.ndarray:
+    """Per row, the mass of the sort_k most likely entries of the distribution top-p filters."""
+    zt = z.astype(np.float64) / (t if t > 0 else 1.0)
+    if not dream and 0 < k < z.shape[-1]:
+        kth = np.sort(zt, axis=-1)[:, -k][:, None]
+        zt = np.where(zt < kth, -np.inf, zt)
+    p = softmax64(zt)
+    return np.cumsum(np.take_along_axis(p, sorted_prefix(zt if dream else p, sort_k), axis=-1), axis=-1)[:, -1]
 
 
 @pytest.mark.parametrize("vocab,mask", [(257, 3), (40, -1)])
@@ -99,7 +138,13 @@ def test_dream_sampler_graph_equals_dream_probs(vocab, mask):
         u = rng.uniform(size=(b, r))
         f = feeds(logits, u, t if t > 0 else 1.0, k, p)
         f["draw_on"] = np.array([t > 0])
-        tok, conf, margin, negent, _ = sess.run(None, f)
+        full = sess.run(None, f)
+        tok, conf, margin, negent, _, _ = full
+        if p < 1.0:
+            sort_k = [1, 3, 16][trial % 3]
+            pf = np.stack([nucleus_prefix_mass(np.where(mask_of(vocab, mask), -np.inf, logits[i]), t, k, sort_k,
+                                               dream=True) for i in range(b)])
+            check_prefix_run(sess, f, full, sort_k, p, pf > p, f"trial {trial} k={sort_k}")
         for i in range(b):
             z = logits[i].copy()
             if 0 <= mask < vocab:
@@ -124,7 +169,7 @@ def exports(tmp_path_factory):
 
 
 def test_export_writes_the_sampler(exports):
-    from dllm_trt.contract import SAMPLER_FILE, SAMPLER_INPUTS, SAMPLER_OUTPUTS
+    from dllm_trt.contract import NUCLEUS_SETTLED, SAMPLER_FILE, SAMPLER_INPUTS, SAMPLER_OUTPUTS
     from dllm_trt.integrity import verify_folder
 
     art = exports / "llada-tiny"
@@ -133,7 +178,7 @@ def test_export_writes_the_sampler(exports):
     assert meta["dream_sampler_file"] is None and (exports / "dream-tiny" / "sampler_dream.onnx").is_file()
     sess = ort.InferenceSession(str(art / SAMPLER_FILE), providers=["CPUExecutionProvider"])
     assert tuple(i.name for i in sess.get_inputs()) == SAMPLER_INPUTS
-    assert tuple(o.name for o in sess.get_outputs()) == SAMPLER_OUTPUTS
+    assert tuple(o.name for o in sess.get_outputs()) == SAMPLER_OUTPUTS + (NUCLEUS_SETTLED,)
     assert sess.get_inputs()[0].shape[-1] == meta["model_config"]["vocab_size"]
     assert verify_folder(art).ok  # covered by the artefact's manifest like every other file
 
@@ -162,6 +207,54 @@ def test_device_sampling_equals_host_sampling(exports, name):
                 assert (got.tokens, got.nfe) == (want.tokens, want.nfe), f"{name}/{strategy}/{cache}/{t},{k},{p}"
                 cases += 1
     assert cases >= 24
+
+
+@pytest.mark.parametrize("prefix", [1, 3, 12])
+def test_top_p_from_a_sorted_prefix_equals_the_whole_sort(exports, prefix, monkeypatch):
+    """Top-p sorts NUCLEUS_PREFIX entries first and the whole vocabulary only for rows that prefix does not
+    settle (the bound path runs the sampler graph again, numpy sorts those rows): with prefixes of 1, 3 and 12
+    entries of the tiny models' 42, both paths give the tokens and NFE of the whole sort, for LLaDA's and
+    Dream's top-p, with rows settled by the prefix and rows not."""
+    import dllm_trt.runtime.backends.ort_backend as ob
+    from dllm_trt.runtime import sampling
+    from dllm_trt.runtime.backends.ort_backend import OrtBackend
+
+    settings = ((0.9, 0, 0.9), (1.2, 8, 0.6), (0.0, 0, 0.85), (0.7, 0, 0.99))
+    want = {}
+    for name in ("llada-tiny", "dream-tiny"):
+        host = OrtBackend.from_pretrained(exports / name, intra_op_threads=1)
+        for t, k, p in settings:
+            g = GenerationConfig(gen_length=16, block_length=8, steps=8, cache="dual", seed=5, temperature=t, top_k=k,
+                                 top_p=p)
+            want[name, t, k, p] = generate(host, PROMPTS, g)
+    runs = []
+    real = ob.OrtBackend.sample
+
+    def counted(self, *a, **kw):
+        out = real(self, *a, **kw)
+        runs.append(self._last.sampler[kw.get("dream", a[4] if len(a) > 4 else False)][6])
+        return out
+
+    monkeypatch.setattr(sampling, "NUCLEUS_PREFIX", prefix)
+    monkeypatch.setattr(ob, "NUCLEUS_PREFIX", prefix)
+    monkeypatch.setattr(ob.OrtBackend, "sample", counted)
+    for name in ("llada-tiny", "dream-tiny"):
+        host = OrtBackend.from_pretrained(exports / name, intra_op_threads=1)
+        bound = OrtBackend.from_pretrained(exports / name, io_binding=True, intra_op_threads=1)
+        for t, k, p in settings:
+            if t == 0 and name != "dream-tiny":
+                continue
+            g = GenerationConfig(gen_length=16, block_length=8, steps=8, cache="dual", seed=5, temperature=t, top_k=k,
+                                 top_p=p)
+            w = want[name, t, k, p]
+            for backend in (host, bound):
+                got = generate(backend, PROMPTS, g)
+                assert (got.tokens, got.nfe) == (w.tokens, w.nfe), f"{name} {backend.io_binding} {t},{k},{p}"
+    # the last sort of each sampler call: the prefix when it settled every row, else the whole vocabulary (a
+    # one-entry prefix leaves some rows unsettled; twelve entries of these sure models settle every row)
+    assert prefix in runs
+    if prefix in (1, 12):
+        assert (42 in runs) == (prefix == 1)
 
 
 def test_without_a_sampler_the_host_samples(exports, tmp_path):

@@ -22,8 +22,12 @@ its argmax (``draw_on`` false: temperature 0) or drawn by the inverse CDF, and i
 sum p log p are all read from that filtered distribution (Dream ranks by them at temperature 0 too).
 
 Switches are inputs, not graph variants: ``top_k`` is the K of a TopK (1 when top-k is off, so the off
-case costs a top-1), ``top_p_k`` the K of the sort for top-p (the vocabulary when on, else 1). Only
-standard opset-17 ops, and no shape arithmetic, so ONNX Runtime's CUDA provider runs every node.
+case costs a top-1), ``top_p_k`` the K of the sort for top-p (1 when off). Sorting a whole row of 126k
+float64 probabilities per read row cost ~186 ms a step on an H200 (2026-11-30), so the runtime first sorts
+only ``runtime.sampling.NUCLEUS_PREFIX`` entries and reads ``nucleus_settled`` [B, R]: where the prefix's
+mass settles every later entry (runtime.sampling.nucleus_keep, the same test) the result is the whole
+sort's; otherwise it runs again with the whole vocabulary. Only standard opset-17 ops, and no shape
+arithmetic, so ONNX Runtime's CUDA provider runs every node.
 """
 from __future__ import annotations
 
@@ -31,7 +35,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..contract import DREAM_SAMPLER_INPUTS, SAMPLER_INPUTS, SAMPLER_OUTPUTS
+from ..contract import DREAM_SAMPLER_INPUTS, NUCLEUS_SETTLED, SAMPLER_INPUTS, SAMPLER_OUTPUTS
+from ..runtime.sampling import ULP_MARGIN
 
 SAMPLER_OPSET = 17
 ENTROPY_EPS = 1e-10  # Dream's entropy: sum p log(p + eps), as runtime.decode computes it from logits
@@ -84,15 +89,32 @@ def build_sampler(vocab_size: int, mask_token_id: int, flavour: str = "generic")
         drop = node("And", [top_k_on, node("Less", [x, kth], f"{tag}_below")], f"{tag}_drop")
         return node("Where", [drop, neg_inf, x], f"{tag}_z")
 
-    def sorted_probs(p: str, tag: str) -> tuple[str, str, str]:  # high to low (ties: lower id first), cumulated
-        sp = node("TopK", [p, top_p_k], [f"{tag}_sorted", f"{tag}_order"], axis=-1, largest=1, sorted=1)
+    def sorted_probs(p: str, tag: str, key: str | None = None) -> tuple[str, str, str]:
+        """The first top_p_k entries of p sorted high to low by key (default p; ties: lower id first), and
+        their cumulated sum."""
+        if key is None:
+            sp = node("TopK", [p, top_p_k], [f"{tag}_sorted", f"{tag}_order"], axis=-1, largest=1, sorted=1)
+        else:
+            node("TopK", [key, top_p_k], [f"{tag}_sorted_key", f"{tag}_order"], axis=-1, largest=1, sorted=1)
+            sp = node("GatherElements", [p, f"{tag}_order"], f"{tag}_sorted", axis=-1)
         return sp, f"{tag}_order", node("CumSum", [sp, axis], f"{tag}_cum")
 
-    def unsort(flags: str, like: str, order: str, tag: str) -> str:  # sorted-order 0/1 flags back to vocabulary order
-        zeros = node("Mul", [like, zero], f"{tag}_zeros")
+    def unsort(flags: str, like: str, order: str, tag: str) -> str:  # sorted-order flags back to vocabulary order
+        zeros = node("Mul", [like, zero], f"{tag}_zeros")  # entries past the sorted prefix: false
         back = node("ScatterElements", [zeros, order, node("Cast", [flags], f"{tag}_flags_f", to=D)], f"{tag}_back",
                     axis=-1)
         return node("Greater", [back, const(f"{tag}_half", np.array(0.5))], f"{tag}_is")
+
+    def settled(cum: str, inclusive: bool) -> str:
+        """Whether the sorted prefix decides the whole row: the mass of the prefix settles every later entry
+        (runtime.sampling.nucleus_keep: >= top_p plus an ulp margin, or > top_p)."""
+        last_cum = node("Squeeze", [node("Slice", [cum, const("s_last", np.array([-1], np.int64)),
+                                                   const("s_past", np.array([np.iinfo(np.int64).max], np.int64)),
+                                                   last], "cum_last"), last], "cum_last_row")
+        if inclusive:
+            bound = node("Add", [top_p, const("ulp_margin", np.array([ULP_MARGIN]))], "top_p_margin")
+            return node("GreaterOrEqual", [last_cum, bound], NUCLEUS_SETTLED)
+        return node("Greater", [last_cum, top_p], NUCLEUS_SETTLED)
 
     def inverse_cdf(p: str) -> str:  # the first id whose cumulative mass exceeds u * total
         cdf = node("CumSum", [p, axis], "cdf")
@@ -118,24 +140,27 @@ def build_sampler(vocab_size: int, mask_token_id: int, flavour: str = "generic")
         top2_gap(p_full, "full", margin)
         neg_entropy_of(p_full, neg_entropy)
         p = softmax(top_k_filter(zt, "top_k"), "filtered")
-        # top-p: drop where the mass before an entry (cum - p, as numpy computes it) reaches top_p
+        # top-p: drop where the mass before an entry (cum - p, as numpy computes it) reaches top_p; entries past
+        # the sorted prefix (top_p_k < V) are dropped, which is right when the prefix settles the row
         sp, order, cum = sorted_probs(p, "top_p")
-        drop = unsort(node("GreaterOrEqual", [node("Sub", [cum, sp], "mass_before"), top_p], "drop_sorted"), p, order,
-                      "top_p")
-        kept = node("Where", [drop, zero, p], "p_kept")
+        keep_sorted = node("Less", [node("Sub", [cum, sp], "mass_before"), top_p], "keep_sorted")
+        kept = node("Where", [unsort(keep_sorted, p, order, "top_p"), p, zero], "p_kept")
+        settled(cum, inclusive=True)
         renorm = node("Div", [kept, node("ReduceSum", [kept, last], "kept_sum", keepdims=1)], "p_renorm")
         pf = node("Where", [top_p_on, renorm, p], "p_final")
         tok = node("Identity", [inverse_cdf(pf)], tokens)
     else:
         draw_on = names[8]
         # nucleus first, on the tempered logits: drop where the cumulated mass of the entries before exceeds top_p
+        # (sorted by the tempered logits, as Dream sorts them)
         p0 = softmax(zt, "nucleus")
-        _, order, cum = sorted_probs(p0, "top_p")
+        _, order, cum = sorted_probs(p0, "top_p", key=zt)
         before = node("Pad", [node("Slice", [cum, const("s0", np.array([0], np.int64)),
                                              const("s_end", np.array([-1], np.int64)), last], "cum_head"),
                               const("pad_front", np.array([0, 0, 1, 0, 0, 0], np.int64)), zero], "cum_before")
-        drop = node("And", [top_p_on, unsort(node("Greater", [before, top_p], "drop_sorted"), p0, order, "top_p")],
-                    "drop_p")
+        kept_p = unsort(node("LessOrEqual", [before, top_p], "keep_sorted"), p0, order, "top_p")
+        drop = node("And", [top_p_on, node("Not", [kept_p], "dropped")], "drop_p")
+        settled(cum, inclusive=False)
         zp = node("Where", [drop, neg_inf, zt], "z_nucleus")
         pf = softmax(top_k_filter(zp, "top_k"), "final")
         top2_gap(pf, "final", margin)
@@ -152,7 +177,8 @@ def build_sampler(vocab_size: int, mask_token_id: int, flavour: str = "generic")
     if flavour == "dream":
         inputs.append(vec(names[8], B))
     outputs = [helper.make_tensor_value_info(tokens, I64, ["batch", "rows"])] + \
-        [helper.make_tensor_value_info(n, D, ["batch", "rows"]) for n in (confidence, margin, neg_entropy, logit_gap)]
+        [helper.make_tensor_value_info(n, D, ["batch", "rows"]) for n in (confidence, margin, neg_entropy, logit_gap)] + \
+        [helper.make_tensor_value_info(NUCLEUS_SETTLED, B, ["batch", "rows"])]
     graph = helper.make_graph(nodes, f"dllm_trt_sampler_{flavour}", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", SAMPLER_OPSET)],
                               producer_name="dllm-trt")

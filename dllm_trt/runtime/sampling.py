@@ -51,17 +51,77 @@ def dream_probs(logits: np.ndarray, temperature: float = 0.0, top_p: float = 1.0
     if temperature > 0.0:
         z = z / temperature
     if top_p < 1.0 and z.shape[-1] > 1:
-        order = np.argsort(-z, axis=-1, kind="stable")
-        cum = np.cumsum(np.take_along_axis(softmax64(z), order, axis=-1), axis=-1)
-        drop_sorted = np.zeros_like(cum, bool)
-        drop_sorted[:, 1:] = cum[:, :-1] > top_p
-        drop = np.zeros_like(drop_sorted)
-        np.put_along_axis(drop, order, drop_sorted, axis=-1)
-        z = np.where(drop, -np.inf, z)
+        z = np.where(nucleus_keep(softmax64(z), top_p, inclusive=False, key=z), z, -np.inf)
     if top_k > 0:
         kth = -np.sort(-z, axis=-1)[:, min(top_k, z.shape[-1]) - 1: min(top_k, z.shape[-1])]
         z = np.where(z < kth, -np.inf, z)
     return softmax64(z)
+
+
+NUCLEUS_PREFIX = 1024  # entries sorted first for top-p; the whole row only when their mass is not enough
+ULP_MARGIN = 1e-15  # cum - p can round below the mass before an entry by an ulp of cum (<= 2^-52 for cum <= 2)
+
+
+def sorted_prefix(key: np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` entries of ``np.argsort(-key, kind="stable")`` per row (high to low, ties to the lower
+    id), without sorting the whole row: the k largest by partition, the ties at the k-th value completed
+    with their lowest ids, then those k sorted. [N, k] int64."""
+    n, v = key.shape
+    if k >= v:
+        return np.argsort(-key, axis=-1, kind="stable")
+    part = np.argpartition(-key, k - 1, axis=-1)[:, :k]
+    kth = np.take_along_axis(key, part, axis=-1).min(axis=-1, keepdims=True)
+    above = key > kth
+    ties = key == kth
+    need = k - above.sum(axis=-1, keepdims=True)
+    chosen = above | (ties & (np.cumsum(ties, axis=-1) <= need))
+    ids = np.nonzero(chosen)[1].reshape(n, k)  # ascending ids per row
+    vals = np.take_along_axis(key, ids, axis=-1)
+    return np.take_along_axis(ids, np.argsort(-vals, axis=-1, kind="stable"), axis=-1)
+
+
+def nucleus_keep(p: np.ndarray, top_p: float, inclusive: bool, key: np.ndarray | None = None) -> np.ndarray:
+    """Which entries top-p keeps, [N, V] bool: sorted high to low by ``key`` (default ``p``; ties to the lower
+    id), an entry is dropped when the mass of ``p`` before it reaches top_p (``inclusive``: ``cum - p >=
+    top_p``, runtime.sampling.propose) or exceeds it (``cum[j - 1] > top_p``, Dream's ``sample_tokens``, which
+    sorts the logits). Sorts the first NUCLEUS_PREFIX entries; a row whose prefix mass does not settle every
+    later entry (a flat row) is sorted whole. The result is the whole-row sort's, bit for bit: the prefix's
+    cumulated sums are the same additions in the same order, and every later entry is dropped either way."""
+    key = p if key is None else key
+    n, v = p.shape
+    keep = np.zeros_like(p, dtype=bool)
+    k = min(NUCLEUS_PREFIX, v)
+    rows = np.arange(n)
+    todo = rows
+    if k < v:
+        order = sorted_prefix(key, k)
+        sp = np.take_along_axis(p, order, axis=-1)
+        cum = np.cumsum(sp, axis=-1)
+        # every later entry's mass before it is >= cum[k - 1] (minus an ulp when computed as cum - p)
+        settled = cum[:, -1] >= top_p + ULP_MARGIN if inclusive else cum[:, -1] > top_p
+        done = rows[settled]
+        if len(done):
+            keep[done] = _scatter_keep(order[done], ~_drop_sorted(sp[done], cum[done], top_p, inclusive), v)
+        todo = rows[~settled]
+    if len(todo):
+        full = np.argsort(-key[todo], axis=-1, kind="stable")
+        sp = np.take_along_axis(p[todo], full, axis=-1)
+        keep[todo] = _scatter_keep(full, ~_drop_sorted(sp, np.cumsum(sp, axis=-1), top_p, inclusive), v)
+    return keep
+
+
+def _drop_sorted(sp: np.ndarray, cum: np.ndarray, top_p: float, inclusive: bool) -> np.ndarray:
+    if inclusive:
+        return (cum - sp) >= top_p
+    drop = np.zeros_like(cum, bool)
+    drop[:, 1:] = cum[:, :-1] > top_p
+    return drop
+
+
+def _scatter_keep(order: np.ndarray, keep_sorted: np.ndarray, v: int) -> np.ndarray:
+    keep = np.zeros((order.shape[0], v), bool)
+    np.put_along_axis(keep, order, keep_sorted, axis=-1)
+    return keep
 
 
 def draw(p: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -122,14 +182,8 @@ def propose(
         kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
         z = np.where(z < kth, -np.inf, z)
     p = softmax64(z)
-    if top_p < 1.0:
-        order = np.argsort(-p, axis=-1, kind="stable")
-        sorted_p = np.take_along_axis(p, order, axis=-1)
-        cum = np.cumsum(sorted_p, axis=-1)
-        drop_sorted = (cum - sorted_p) >= top_p  # keep the smallest prefix whose mass reaches top_p
-        drop = np.zeros_like(drop_sorted)
-        np.put_along_axis(drop, order, drop_sorted, axis=-1)
-        p = np.where(drop, 0.0, p)
+    if top_p < 1.0:  # keep the smallest prefix (high to low) whose mass reaches top_p
+        p = np.where(nucleus_keep(p, top_p, inclusive=True), p, 0.0)
         p /= p.sum(axis=-1, keepdims=True)
     tokens = draw(p, u)
     conf = p[np.arange(p.shape[0]), tokens]

@@ -34,10 +34,11 @@ from typing import Any
 import numpy as np
 
 from ...config import ModelConfig
-from ...contract import (CONFIG_FILE, DREAM_SAMPLER_FILE, KV_TYPES, MODEL_FILE, ROW_STATS, SAMPLER_FILE,
-                         SAMPLER_OUTPUTS, config_from_artifact, cuda_ops_library, input_names, output_names, past_names,
-                         present_names, read_artifact_config)
+from ...contract import (CONFIG_FILE, DREAM_SAMPLER_FILE, KV_TYPES, MODEL_FILE, NUCLEUS_SETTLED, ROW_STATS,
+                         SAMPLER_FILE, SAMPLER_OUTPUTS, config_from_artifact, cuda_ops_library, input_names,
+                         output_names, past_names, present_names, read_artifact_config)
 from ...errors import DllmError
+from ..sampling import NUCLEUS_PREFIX
 from .base import StepOutput, check_forward_args
 
 _NUMPY_TYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}  # bf16 travels as raw bits
@@ -546,8 +547,10 @@ class OrtBackend:
         if bucket.sampler is None:
             bucket.sampler = {}
         if dream not in bucket.sampler:
+            settles = NUCLEUS_SETTLED in {o.name for o in session.get_outputs()}  # older exports: whole-row sort
             layout, nbytes = _layout([(SAMPLER_OUTPUTS[0], (b, r), np.int64)] +
-                                     [(n, (b, r), np.float64) for n in SAMPLER_OUTPUTS[1:]])
+                                     [(n, (b, r), np.float64) for n in SAMPLER_OUTPUTS[1:]] +
+                                     ([(NUCLEUS_SETTLED, (b, r), np.bool_)] if settles else []))
             u_block, out_block = mem.block(b * r * 8), mem.block(nbytes)
             io = session.io_binding()
             where = (mem.name, self.device_id if mem.name == "cuda" else 0)
@@ -555,15 +558,15 @@ class OrtBackend:
             io.bind_input("uniform", *where, np.float64, [b, r], u_block.ptr)
             for name, (off, shape, dtype) in layout.items():
                 io.bind_output(name, *where, dtype, list(shape), out_block.ptr + off)
-            bucket.sampler[dream] = [io, u_block, out_block, layout, nbytes, None]
-        io, u_block, out_block, layout, nbytes, params = bucket.sampler[dream]
+            bucket.sampler[dream] = [io, u_block, out_block, layout, nbytes, None, None]
+        io, u_block, out_block, layout, nbytes, params, sort_k = bucket.sampler[dream]
         key = (float(temperature), int(top_k), float(top_p))
+        p_on = top_p < 1.0
         if params != key:  # the switches: host inputs, bound once per setting
-            k_on, p_on = 0 < top_k < v, top_p < 1.0
+            k_on = 0 < top_k < v
             values = [("temperature", np.array([temperature if temperature > 0 else 1.0], np.float64)),
                       ("top_k", np.array([top_k if k_on else 1], np.int64)), ("top_k_on", np.array([k_on])),
-                      ("top_p", np.array([top_p], np.float64)),
-                      ("top_p_k", np.array([v if p_on else 1], np.int64)), ("top_p_on", np.array([p_on]))]
+                      ("top_p", np.array([top_p], np.float64)), ("top_p_on", np.array([p_on]))]
             if dream:
                 values.append(("draw_on", np.array([temperature > 0])))
             for name, value in values:
@@ -571,7 +574,20 @@ class OrtBackend:
             bucket.sampler[dream][5] = key
         u_block.view(0, (b, r), np.float64)[...] = uniform
         mem.upload_block(u_block, b * r * 8)
-        session.run_with_iobinding(io)
-        rows = _unpack(mem.download_block(out_block, nbytes), layout)
+        # top-p sorts NUCLEUS_PREFIX entries first; the whole vocabulary only for rows that prefix does not settle
+        if not p_on:
+            sorts = (1,)
+        elif NUCLEUS_SETTLED in layout and NUCLEUS_PREFIX < v:
+            sorts = (NUCLEUS_PREFIX, v)
+        else:
+            sorts = (v,)
+        for i, k in enumerate(sorts):
+            if sort_k != k:
+                io.bind_cpu_input("top_p_k", np.array([k], np.int64))
+                sort_k = bucket.sampler[dream][6] = k
+            session.run_with_iobinding(io)
+            rows = _unpack(mem.download_block(out_block, nbytes), layout)
+            if i == len(sorts) - 1 or rows[NUCLEUS_SETTLED].all():
+                break
         return StepOutput(rows["tokens"], rows["confidence"], None, rows["margin"], rows["neg_entropy"],
                           rows["logit_gap"])

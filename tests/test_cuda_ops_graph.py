@@ -99,7 +99,10 @@ def test_cuda_ops_graph_holds_the_custom_ops_and_the_contract(cuda_exports, name
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in attn[0].attribute}
     assert attrs["num_heads"] == c["num_heads"] and attrs["kv_num_heads"] == c["num_kv_heads"]
     assert attrs["scale"] == pytest.approx(c["head_dim"] ** -0.5)
-    assert [list(x.output)[1:] for x in attn] == [[f"present.{i}.key", f"present.{i}.value"] for i in range(n)]
+    assert [list(x.output)[1:3] for x in attn] == [[f"present.{i}.key", f"present.{i}.value"] for i in range(n)]
+    assert all(len(x.output) == 4 for x in attn)  # the split keys' workspace, read by nobody
+    consumed = {i for x in g.graph.node for i in x.input} | {o.name for o in g.graph.output}
+    assert not {x.output[3] for x in attn} & consumed
     assert [i.name for i in g.graph.input] == input_names(n)
     assert [o.name for o in g.graph.output] == output_names(n)
 

@@ -114,21 +114,32 @@ def test_cache_attention_kernel_equals_fp32_math(library, case):
         bias.masked_fill_(torch.rand(bias.shape, device=dev, generator=g) < 0.3, -1e9)
         bias[..., c:].diagonal(dim1=-2, dim2=-1).zero_()  # every row sees itself
     bias = bias.bfloat16()
-    out = torch.empty(b, l, h * d, device=dev, dtype=torch.bfloat16)
-    ck = torch.empty(b, hkv, l, d, device=dev, dtype=torch.bfloat16)
-    cv = torch.empty_like(ck)
-    fn = ctypes.CDLL(str(library)).dllm_cache_attention
-    fn.restype = ctypes.c_int
-    ptr = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
-    rc = fn(ptr(qkv), ptr(pos), ptr(cos), ptr(sin), ptr(bias), ptr(pk), ptr(pv), ptr(out), ptr(ck), ptr(cv),
-            b, l, c, h, hkv, d, positions, ctypes.c_float(d ** -0.5), ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
-    torch.cuda.synchronize()
-    assert rc == 0
+    lib = ctypes.CDLL(str(library))
+    lib.dllm_cache_attention.restype = ctypes.c_int
+    lib.dllm_cache_attention_workspace.restype = ctypes.c_int64
+    floats = lib.dllm_cache_attention_workspace(b, l, c, h, d)
+    ptr = lambda t: ctypes.c_void_p(None if t is None else t.data_ptr())  # noqa: E731
     ref, rk, rv = reference(qkv, pos, cos, sin, bias, pk, pv, h, hkv, d)
-    torch.testing.assert_close(ck.float(), rk, rtol=1e-2, atol=1e-2)
-    assert torch.equal(cv.float(), rv)
-    err = (out.float() - ref).abs().max().item()
-    assert err <= 2e-2 * max(1.0, ref.abs().max().item()), err
+    outs = []
+    for ws in (torch.empty(max(floats, 1), device=dev), None):  # keys split over CTAs (when planned), one pass
+        out = torch.empty(b, l, h * d, device=dev, dtype=torch.bfloat16)
+        ck = torch.empty(b, hkv, l, d, device=dev, dtype=torch.bfloat16)
+        cv = torch.empty_like(ck)
+        rc = lib.dllm_cache_attention(ptr(qkv), ptr(pos), ptr(cos), ptr(sin), ptr(bias), ptr(pk), ptr(pv), ptr(out),
+                                      ptr(ck), ptr(cv), ptr(ws), ctypes.c_int64(floats if ws is not None else 0), b, l,
+                                      c, h, hkv, d, positions, ctypes.c_float(d ** -0.5),
+                                      ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
+        torch.cuda.synchronize()
+        assert rc == 0
+        torch.testing.assert_close(ck.float(), rk, rtol=1e-2, atol=1e-2)
+        assert torch.equal(cv.float(), rv)
+        err = (out.float() - ref).abs().max().item()
+        assert err <= 2e-2 * max(1.0, ref.abs().max().item()), (err, ws is not None, floats)
+        outs.append(out.float())
+    # the split and the one-pass result differ only by the order of the partial sums
+    assert (outs[0] - outs[1]).abs().max().item() <= 1e-2 * max(1.0, ref.abs().max().item())
+    if case[:2] == (1, 32):
+        assert floats > 0  # the block step is split over CTAs
 
 
 @pytest.fixture(scope="module")

@@ -339,8 +339,9 @@ def lower_fused(model: onnx.ModelProto) -> dict[str, int]:
                                         scale=attrs["scale"])
         elif n.op_type == "SiLU":
             new = onnx.helper.make_node("QuickGelu", ins, outs, name=n.name, domain=MS_DOMAIN, alpha=1.0)
-        elif n.op_type == "CacheAttention":
-            new = onnx.helper.make_node("CacheAttention", ins, outs, name=n.name, domain=CUDA_DOMAIN,
+        elif n.op_type == "CacheAttention":  # + the workspace of its split keys, an output nobody reads
+            new = onnx.helper.make_node("CacheAttention", ins, outs + [f"{n.name}/workspace"], name=n.name,
+                                        domain=CUDA_DOMAIN,
                                         num_heads=attrs["num_heads"], kv_num_heads=attrs["kv_num_heads"],
                                         scale=attrs["scale"])
         elif n.op_type == "SiluMul":

@@ -4,7 +4,7 @@
 // and at a 32-token block step the ~1.6 us between two kernels of a CUDA graph plus the small
 // kernels themselves (Split, two RotaryEmbedding, MultiHeadAttention's past concat and transposes,
 // the presents' transposes, QuickGelu, Mul) cost as much as a third of the weight reads. These two
-// ops replace them, per layer, by three kernels; the graph contract does not change
+// ops replace them, per layer, by three or four kernels; the graph contract does not change
 // (dllm_trt/contract.py: the attention reads the whole cache as the past, masked by the bias, and
 // returns the current tokens' keys/values as the presents).
 //
@@ -13,6 +13,8 @@
 //     -> out [B, L, H D], present_key [B, Hkv, L, D], present_value [B, Hkv, L, D]
 //     q, k, v = split(qkv); q, k = half-split RoPE at position_ids; out = softmax(q k^T scale + bias) v over
 //     the keys (past, current); query head h reads key/value head h / (H / Hkv).
+//     A 4th, optional output is the workspace when the keys of a (query tile, head) are split over CTAs (a block
+//     step has too few query tiles x heads to fill the GPU); a combine kernel then merges the splits.
 //   SiluMul(gate_up [N..., 2 I]) -> [N..., I] = silu(gate) * up.
 //
 // Numerics: fp32 arithmetic, one rounding to bf16 per output (flash-attention style: probabilities rounded to
@@ -27,6 +29,7 @@
 #include <mma.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -44,9 +47,10 @@ constexpr int kQT = 16;      // query rows per CTA (one WMMA tile)
 constexpr int kKT = 32;      // keys per tile
 constexpr float kMasked = -1e4f;  // a bias below this masks its key (the contract writes -1e9)
 
-// warps per CTA, each over its own key tiles (as many as the shared memory holds; 227 KB on sm_90)
+// warps per CTA, each over its own key tiles; few enough that two CTAs share an SM up to D = 128 (227 KB of
+// shared memory on sm_90): the keys are also split over CTAs (see plan_splits)
 template <int D>
-__host__ __device__ constexpr int warps_for() { return D >= 256 ? 4 : (D >= 128 ? 6 : 8); }
+__host__ __device__ constexpr int warps_for() { return D >= 256 ? 2 : (D >= 128 ? 3 : 4); }
 
 __device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ bf16 to_bf(float x) { return __float2bfloat16(x); }
@@ -97,12 +101,14 @@ __global__ void __launch_bounds__(warps_for<D>() * 32) attention_kernel(
     const bf16* __restrict__ qkv, const int64_t* __restrict__ pos, const bf16* __restrict__ cos_t,
     const bf16* __restrict__ sin_t, const bf16* __restrict__ bias, const bf16* __restrict__ past_k,
     const bf16* __restrict__ past_v, const bf16* __restrict__ cur_k, const bf16* __restrict__ cur_v,
-    bf16* __restrict__ out, int L, int C, int H, int Hkv, int P, float scale) {
+    bf16* __restrict__ out, float* __restrict__ ws, int L, int C, int H, int Hkv, int P, float scale, int splits,
+    int split_tiles) {
   extern __shared__ __align__(128) unsigned char smem[];
   using S = Smem<D>;
   constexpr int NW = warps_for<D>();
   constexpr int half = D / 2, ld = S::ld, ldo = S::ldo, ldp = S::ldp;
-  const int q0 = blockIdx.x * kQT, h = blockIdx.y, b = blockIdx.z, hk = h / (H / Hkv);
+  const int q0 = blockIdx.x * kQT, h = blockIdx.y / splits, split = blockIdx.y % splits, b = blockIdx.z;
+  const int hk = h / (H / Hkv);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int keys = C + L, W = (H + 2 * Hkv) * D;
   bf16* Qs = reinterpret_cast<bf16*>(smem);
@@ -145,7 +151,9 @@ __global__ void __launch_bounds__(warps_for<D>() * 32) attention_kernel(
   constexpr int kCols = kKT / 2;
   constexpr int kVec = 8;  // bf16 per 16-byte load
 
-  for (int k0 = warp * kKT; k0 < keys; k0 += NW * kKT) {
+  // this CTA's key tiles: [split * split_tiles, (split + 1) * split_tiles), spread over its warps
+  const int k_end = min(keys, (split + 1) * split_tiles * kKT);
+  for (int k0 = (split * split_tiles + warp) * kKT; k0 < k_end; k0 += NW * kKT) {
     // this lane's bias values; a tile masked for every row of the warp is skipped
     float bv[kCols];
     bool open = false;
@@ -238,7 +246,8 @@ __global__ void __launch_bounds__(warps_for<D>() * 32) attention_kernel(
     Ls[warp * kQT + r] = l_run;
   }
   __syncthreads();
-  // merge the warps' partial results
+  // merge the warps' partial results: the output (one split), or this split's (max, sum, unnormalised output)
+  // in the workspace [B, H, splits, L, D + 2] for combine_kernel
   for (int i = threadIdx.x; i < kQT * D; i += blockDim.x) {
     const int rr = i / D, d = i % D, ll = q0 + rr;
     if (ll >= L) continue;
@@ -255,7 +264,39 @@ __global__ void __launch_bounds__(warps_for<D>() * 32) attention_kernel(
         num += f * ow[rr * ldo + d];
       }
     }
-    out[((int64_t)b * L + ll) * H * D + (int64_t)h * D + d] = to_bf(den > 0.f ? num / den : 0.f);
+    if (splits == 1) {
+      out[((int64_t)b * L + ll) * H * D + (int64_t)h * D + d] = to_bf(den > 0.f ? num / den : 0.f);
+    } else {
+      float* row = ws + ((((int64_t)b * H + h) * splits + split) * L + ll) * (D + 2);
+      row[d] = num;
+      if (d == 0) {
+        row[D] = m;
+        row[D + 1] = den;
+      }
+    }
+  }
+}
+
+// The splits' partial results of one (row, head) merged: grid (B*L, H), D threads (at most 256).
+__global__ void combine_kernel(const float* __restrict__ ws, bf16* __restrict__ out, int L, int H, int D,
+                               int splits) {
+  const int bl = blockIdx.x, h = blockIdx.y, b = bl / L, l = bl % L;
+  const float* base = ws + (((int64_t)b * H + h) * splits * L + l) * (D + 2);
+  const int64_t stride = (int64_t)L * (D + 2);
+  float m = -INFINITY;
+  for (int s = 0; s < splits; ++s) m = fmaxf(m, base[s * stride + D]);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float num = 0.f, den = 0.f;
+    if (m != -INFINITY) {
+      for (int s = 0; s < splits; ++s) {
+        const float* part = base + s * stride;
+        if (part[D] == -INFINITY) continue;
+        const float f = __expf(part[D] - m);
+        num += f * part[d];
+        den += f * part[D + 1];
+      }
+    }
+    out[((int64_t)b * L + l) * H * D + (int64_t)h * D + d] = to_bf(den > 0.f ? num / den : 0.f);
   }
 }
 
@@ -286,19 +327,83 @@ __global__ void silu_mul_kernel(const bf16* __restrict__ x, bf16* __restrict__ y
   }
 }
 
+// How many CTAs share a (query tile, head)'s keys: enough CTAs for two per SM (a 32-token block step has only
+// 2 query tiles x 32 heads), at least one key tile per warp. Splits end on tile boundaries.
+struct Plan {
+  int splits, split_tiles;
+};
+
+Plan plan_splits(int B, int L, int keys, int H, int warps) {
+  static const int sms = [] {
+    int dev = 0, n = 132;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    return n;
+  }();
+  const long qtiles = (L + kQT - 1) / kQT, tiles = (keys + kKT - 1) / kKT, ctas = qtiles * H * B;
+  long splits = ctas < 2L * sms ? (2L * sms + ctas - 1) / ctas : 1;
+  splits = std::max(1L, std::min(splits, tiles / warps));
+  const long split_tiles = (tiles + splits - 1) / splits;
+  return {(int)((tiles + split_tiles - 1) / split_tiles), (int)split_tiles};
+}
+
+int warps_of(int D) {
+  switch (D) {
+    case 32: return warps_for<32>();
+    case 64: return warps_for<64>();
+    case 128: return warps_for<128>();
+    default: return warps_for<256>();
+  }
+}
+
+// floats of workspace [B, H, splits, L, D + 2] the attention uses for these shapes (0: one split)
+int64_t workspace_floats(int B, int L, int C, int H, int D) {
+  const Plan plan = plan_splits(B, L, C + L, H, warps_of(D));
+  return plan.splits > 1 ? (int64_t)B * H * plan.splits * L * (D + 2) : 0;
+}
+
+struct Args {
+  const bf16 *qkv, *cos_t, *sin_t, *bias, *past_k, *past_v;
+  const int64_t* pos;
+  bf16 *out, *present_k, *present_v;
+  int B, L, C, H, Hkv, D, P;
+  float scale;
+};
+
 template <int D>
-cudaError_t launch_attention(dim3 grid, cudaStream_t stream, const bf16* qkv, const int64_t* pos, const bf16* cos_t,
-                             const bf16* sin_t, const bf16* bias, const bf16* pk, const bf16* pv, const bf16* ck,
-                             const bf16* cv, bf16* out, int L, int C, int H, int Hkv, int P, float scale) {
+cudaError_t attention(const Args& a, cudaStream_t stream, float* ws, Plan plan) {
   static std::once_flag once;
   static cudaError_t attr = cudaSuccess;
   std::call_once(once, [] {
     attr = cudaFuncSetAttribute(attention_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Smem<D>::total);
   });
   if (attr != cudaSuccess) return attr;
-  attention_kernel<D><<<grid, warps_for<D>() * 32, Smem<D>::total, stream>>>(qkv, pos, cos_t, sin_t, bias, pk, pv, ck, cv, out,
-                                                                      L, C, H, Hkv, P, scale);
+  const dim3 grid((unsigned)((a.L + kQT - 1) / kQT), (unsigned)(a.H * plan.splits), (unsigned)a.B);
+  attention_kernel<D><<<grid, warps_for<D>() * 32, Smem<D>::total, stream>>>(
+      a.qkv, a.pos, a.cos_t, a.sin_t, a.bias, a.past_k, a.past_v, a.present_k, a.present_v, a.out, ws, a.L, a.C, a.H,
+      a.Hkv, a.P, a.scale, plan.splits, plan.split_tiles);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess || plan.splits == 1) return e;
+  combine_kernel<<<dim3((unsigned)(a.B * a.L), (unsigned)a.H), (unsigned)(D < 256 ? D : 256), 0, stream>>>(
+      ws, a.out, a.L, a.H, D, plan.splits);
   return cudaGetLastError();
+}
+
+// presents, then the attention (split over CTAs when ``ws`` holds workspace_floats(...) floats, else in one pass)
+cudaError_t run_cache_attention(const Args& a, cudaStream_t stream, float* ws, int64_t ws_floats) {
+  presents_kernel<<<dim3((unsigned)(a.B * a.L), (unsigned)a.Hkv), (unsigned)(a.D / 2 < 128 ? a.D / 2 : 128), 0,
+                    stream>>>(a.qkv, a.pos, a.cos_t, a.sin_t, a.present_k, a.present_v, a.L, a.H, a.Hkv, a.D, a.P);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  Plan plan = plan_splits(a.B, a.L, a.C + a.L, a.H, warps_of(a.D));
+  if (ws == nullptr || ws_floats < workspace_floats(a.B, a.L, a.C, a.H, a.D)) plan = {1, (a.C + a.L + kKT - 1) / kKT};
+  switch (a.D) {
+    case 32: return attention<32>(a, stream, ws, plan);
+    case 64: return attention<64>(a, stream, ws, plan);
+    case 128: return attention<128>(a, stream, ws, plan);
+    case 256: return attention<256>(a, stream, ws, plan);
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 OrtStatusPtr fail(const std::string& msg) { return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, msg.c_str()); }
@@ -330,35 +435,30 @@ struct CacheAttentionKernel {
           bs[0] != B || bs[2] != L || bs[3] != C + L || ps[0] != B)
         return fail("CacheAttention: inconsistent shapes (qkv " + std::to_string(qs[2]) + ", past heads " +
                     std::to_string(Hkv) + " x " + std::to_string(D) + ", bias keys " + std::to_string(bs[3]) + ")");
+      if (D != 32 && D != 64 && D != 128 && D != 256)
+        return fail("CacheAttention: head dim " + std::to_string(D) + " is not one of 32, 64, 128, 256");
       const std::vector<int64_t> out_shape{B, L, heads * D}, present_shape{B, Hkv, L, D};
       auto out = ctx.GetOutput(0, out_shape);
       auto ck = ctx.GetOutput(1, present_shape);
       auto cv = ctx.GetOutput(2, present_shape);
       if (B == 0 || L == 0) return nullptr;
-      auto stream = reinterpret_cast<cudaStream_t>(ctx.GetGPUComputeStream());
-      const bf16* q = static_cast<const bf16*>(qkv.GetTensorRawData());
-      const int64_t* p = static_cast<const int64_t*>(pos.GetTensorRawData());
-      const bf16* co = static_cast<const bf16*>(cos_t.GetTensorRawData());
-      const bf16* si = static_cast<const bf16*>(sin_t.GetTensorRawData());
-      bf16* k_out = static_cast<bf16*>(ck.GetTensorMutableRawData());
-      bf16* v_out = static_cast<bf16*>(cv.GetTensorMutableRawData());
-      presents_kernel<<<dim3((unsigned)(B * L), (unsigned)Hkv), (unsigned)(D / 2 < 128 ? D / 2 : 128), 0, stream>>>(
-          q, p, co, si, k_out, v_out, (int)L, (int)heads, (int)Hkv, (int)D, (int)P);
-      if (auto st = cuda_status(cudaGetLastError(), "presents kernel")) return st;
-      const dim3 grid((unsigned)((L + kQT - 1) / kQT), (unsigned)heads, (unsigned)B);
-      const bf16* bi = static_cast<const bf16*>(bias.GetTensorRawData());
-      const bf16* k_past = static_cast<const bf16*>(pk.GetTensorRawData());
-      const bf16* v_past = static_cast<const bf16*>(pv.GetTensorRawData());
-      bf16* o = static_cast<bf16*>(out.GetTensorMutableRawData());
-      cudaError_t e;
-      switch (D) {
-        case 32: e = launch_attention<32>(grid, stream, q, p, co, si, bi, k_past, v_past, k_out, v_out, o, (int)L, (int)C, (int)heads, (int)Hkv, (int)P, scale); break;
-        case 64: e = launch_attention<64>(grid, stream, q, p, co, si, bi, k_past, v_past, k_out, v_out, o, (int)L, (int)C, (int)heads, (int)Hkv, (int)P, scale); break;
-        case 128: e = launch_attention<128>(grid, stream, q, p, co, si, bi, k_past, v_past, k_out, v_out, o, (int)L, (int)C, (int)heads, (int)Hkv, (int)P, scale); break;
-        case 256: e = launch_attention<256>(grid, stream, q, p, co, si, bi, k_past, v_past, k_out, v_out, o, (int)L, (int)C, (int)heads, (int)Hkv, (int)P, scale); break;
-        default: return fail("CacheAttention: head dim " + std::to_string(D) + " is not one of 32, 64, 128, 256");
+      // the workspace of the split keys: a 4th output nobody reads (allocated by ONNX Runtime's plan, so the same
+      // buffer in every replay of a CUDA graph); graphs without it run one pass per (query tile, head)
+      float* ws = nullptr;
+      int64_t ws_floats = 0;
+      if (ctx.GetOutputCount() > 3) {
+        ws_floats = workspace_floats((int)B, (int)L, (int)C, (int)heads, (int)D);
+        auto w = ctx.GetOutput(3, std::vector<int64_t>{ws_floats > 0 ? ws_floats : 1});
+        ws = static_cast<float*>(w.GetTensorMutableRawData());
       }
-      return cuda_status(e, "attention kernel");
+      Args a{static_cast<const bf16*>(qkv.GetTensorRawData()), static_cast<const bf16*>(cos_t.GetTensorRawData()),
+             static_cast<const bf16*>(sin_t.GetTensorRawData()), static_cast<const bf16*>(bias.GetTensorRawData()),
+             static_cast<const bf16*>(pk.GetTensorRawData()), static_cast<const bf16*>(pv.GetTensorRawData()),
+             static_cast<const int64_t*>(pos.GetTensorRawData()), static_cast<bf16*>(out.GetTensorMutableRawData()),
+             static_cast<bf16*>(ck.GetTensorMutableRawData()), static_cast<bf16*>(cv.GetTensorMutableRawData()),
+             (int)B, (int)L, (int)C, (int)heads, (int)Hkv, (int)D, (int)P, scale};
+      return cuda_status(run_cache_attention(a, reinterpret_cast<cudaStream_t>(ctx.GetGPUComputeStream()), ws,
+                                             ws_floats), "CacheAttention kernels");
     } catch (const Ort::Exception& ex) {
       return fail(ex.what());
     }
@@ -385,8 +485,14 @@ struct CacheAttentionOp : Ort::CustomOpBase<CacheAttentionOp, CacheAttentionKern
   ONNXTensorElementDataType GetInputType(size_t i) const {
     return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
   }
-  size_t GetOutputTypeCount() const { return 3; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16; }
+  size_t GetOutputTypeCount() const { return 4; }
+  ONNXTensorElementDataType GetOutputType(size_t i) const {
+    return i == 3 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
+  }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const {
+    return i == 3 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+                  : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
+  }
 };
 
 struct SiluMulKernel {
@@ -443,32 +549,20 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   return api->AddCustomOpDomain(options, domain);  // the domain lives as long as the process
 }
 
-// a C entry point for tests without ONNX Runtime (ctypes on device pointers): the same kernels
+// C entry points for tests without ONNX Runtime (ctypes on device pointers): the same kernels
+extern "C" __attribute__((visibility("default"))) int64_t dllm_cache_attention_workspace(int B, int L, int C, int H,
+                                                                                         int D) {
+  return workspace_floats(B, L, C, H, D);
+}
+
 extern "C" __attribute__((visibility("default"))) int dllm_cache_attention(
     const void* qkv, const int64_t* pos, const void* cos_t, const void* sin_t, const void* bias, const void* past_k,
-    const void* past_v, void* out, void* present_k, void* present_v, int B, int L, int C, int H, int Hkv, int D, int P,
-    float scale, void* stream) {
-  auto s = reinterpret_cast<cudaStream_t>(stream);
-  auto q = static_cast<const bf16*>(qkv);
-  auto ck = static_cast<bf16*>(present_k);
-  auto cv = static_cast<bf16*>(present_v);
-  presents_kernel<<<dim3(B * L, Hkv), D / 2 < 128 ? D / 2 : 128, 0, s>>>(q, pos, static_cast<const bf16*>(cos_t),
-                                                                       static_cast<const bf16*>(sin_t), ck, cv, L, H,
-                                                                       Hkv, D, P);
-  const dim3 grid((L + kQT - 1) / kQT, H, B);
-  auto co = static_cast<const bf16*>(cos_t);
-  auto si = static_cast<const bf16*>(sin_t);
-  auto bi = static_cast<const bf16*>(bias);
-  auto pk = static_cast<const bf16*>(past_k);
-  auto pv = static_cast<const bf16*>(past_v);
-  auto o = static_cast<bf16*>(out);
-  cudaError_t e = cudaErrorInvalidValue;
-  switch (D) {
-    case 32: e = launch_attention<32>(grid, s, q, pos, co, si, bi, pk, pv, ck, cv, o, L, C, H, Hkv, P, scale); break;
-    case 64: e = launch_attention<64>(grid, s, q, pos, co, si, bi, pk, pv, ck, cv, o, L, C, H, Hkv, P, scale); break;
-    case 128: e = launch_attention<128>(grid, s, q, pos, co, si, bi, pk, pv, ck, cv, o, L, C, H, Hkv, P, scale); break;
-    case 256: e = launch_attention<256>(grid, s, q, pos, co, si, bi, pk, pv, ck, cv, o, L, C, H, Hkv, P, scale); break;
-    default: break;
-  }
-  return (int)e;
+    const void* past_v, void* out, void* present_k, void* present_v, void* workspace, int64_t workspace_floats_,
+    int B, int L, int C, int H, int Hkv, int D, int P, float scale, void* stream) {
+  Args a{static_cast<const bf16*>(qkv), static_cast<const bf16*>(cos_t), static_cast<const bf16*>(sin_t),
+         static_cast<const bf16*>(bias), static_cast<const bf16*>(past_k), static_cast<const bf16*>(past_v), pos,
+         static_cast<bf16*>(out), static_cast<bf16*>(present_k), static_cast<bf16*>(present_v), B, L, C, H, Hkv, D, P,
+         scale};
+  return (int)run_cache_attention(a, reinterpret_cast<cudaStream_t>(stream), static_cast<float*>(workspace),
+                                  workspace_floats_);
 }

@@ -410,8 +410,11 @@ OrtStatusPtr fail(const std::string& msg) { return Ort::GetApi().CreateStatus(OR
 
 OrtStatusPtr cuda_status(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return nullptr;
-  return Ort::GetApi().CreateStatus(ORT_RUNTIME_EXCEPTION, (std::string("dllm_trt.cuda ") + what + ": " +
-                                                           cudaGetErrorString(e)).c_str());
+  std::string msg = std::string("dllm_trt.cuda ") + what + ": " + cudaGetErrorString(e);
+  if (e == cudaErrorNoKernelImageForDevice || e == cudaErrorInvalidDeviceFunction)
+    msg += " (libdllm_ort_cuda.so was built for another GPU architecture: rebuild it on this machine with "
+           "python -m dllm_trt.plugins.ort_cuda_build, or pass --arch sm_XY of this GPU)";
+  return Ort::GetApi().CreateStatus(ORT_RUNTIME_EXCEPTION, msg.c_str());
 }
 
 struct CacheAttentionKernel {

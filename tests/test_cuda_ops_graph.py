@@ -25,6 +25,7 @@ from dllm_trt.plugins import ort_cuda_build
 from dllm_trt.runtime.backends.ort_backend import OrtBackend
 
 from test_export_ort import make_checkpoint, sharpened_model
+from test_fused_graph import step_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {n: REPO / "samples" / "checkpoints" / n for n in ("llada-tiny", "dream-tiny", "bd-tiny")}
@@ -51,16 +52,8 @@ def test_cuda_ops_reference_math_equals_the_model(variant, kv_heads):
     """FusedModel(cuda_ops=True) - whose CacheAttention / SiluMul forwards are what the trace records - gives the
     model's logits and presents, with a past, a stale (masked) past column and grouped-query heads."""
     model = sharpened_model(variant, 1, **head_dim_32(variant, kv_heads))
-    c = model.config
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, c.vocab_size, (2, 6), generator=g)
-    pos = torch.arange(5, 11).expand(2, 6)
-    bias = torch.zeros(2, 1, 6, 11)
-    bias[0, ..., 2] = -1e9
-    bias[1, 0, :3, 8:] = -1e9
-    past = [(torch.randn(2, c.num_kv_heads, 5, c.head_dim, generator=g),
-             torch.randn(2, c.num_kv_heads, 5, c.head_dim, generator=g)) for _ in range(c.num_layers)]
-    rows = torch.tensor([[1, 3, 5], [0, 2, 4]])
+    ids, pos, bias, past, rows = step_inputs(model.config)
+    bias[1, 0, :3, 8:] = -1e9  # some current columns masked too
     fused = FusedModel(model, cuda_ops=True)
     with torch.no_grad():
         ref, ref_kv = model(ids, pos, bias, past, rows)

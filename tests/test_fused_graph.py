@@ -85,11 +85,9 @@ def test_fused_graph_validates_and_holds_the_fused_ops(fused, variant, kv_heads)
     assert sum(2 * c.intermediate_size in m and c.hidden_size in m for m in mats) >= n  # packed gate|up
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_fused_model_computes_what_the_model_computes(fused, variant):
-    """FusedModel's own forward (the reference math of each fused op) equals the model's, with a past."""
-    _, _, _, model = fused(variant, 4)
-    c = model.config
+def step_inputs(c) -> tuple:
+    """(ids, position_ids, bias, past, rows) of a cached step: batch 2, 6 query rows at positions 5..10 over a
+    random past of 5 with a stale (masked) column, 3 rows read."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, c.vocab_size, (2, 6), generator=g)
     pos = torch.arange(5, 11).expand(2, 6)
@@ -97,7 +95,14 @@ def test_fused_model_computes_what_the_model_computes(fused, variant):
     bias[0, ..., 2] = -1e9
     past = [(torch.randn(2, c.num_kv_heads, 5, c.head_dim, generator=g),
              torch.randn(2, c.num_kv_heads, 5, c.head_dim, generator=g)) for _ in range(c.num_layers)]
-    rows = torch.tensor([[1, 3, 5], [0, 2, 4]])
+    return ids, pos, bias, past, torch.tensor([[1, 3, 5], [0, 2, 4]])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fused_model_computes_what_the_model_computes(fused, variant):
+    """FusedModel's own forward (the reference math of each fused op) equals the model's, with a past."""
+    _, _, _, model = fused(variant, 4)
+    ids, pos, bias, past, rows = step_inputs(model.config)
     with torch.no_grad():
         ref, ref_kv = model(ids, pos, bias, past, rows)
         got, got_kv = FusedModel(model)(ids, pos, bias, past, rows)

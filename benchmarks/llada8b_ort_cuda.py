@@ -278,6 +278,9 @@ def ort_forwards(args, art: Path, ops: str) -> dict:
     return results
 
 
+SAMPLING_TEMPERATURES = (0.7, 0.05)
+
+
 def cmd_e2e(args) -> None:
     from dllm_trt.cli import build_parser
     from dllm_trt.profiling.report import format_report
@@ -299,20 +302,23 @@ def cmd_e2e(args) -> None:
             run.pop("trace", None)
         print(format_report(report), flush=True)
         report["ops"] = args.ops[0]
-    if args.sampling or args.sampling_only:  # temperature 0.7, top-p 0.95, dual cache: the sampler graph on the device vs the host
+    if args.sampling or args.sampling_only:  # top-p 0.95, dual cache: the sampler graph on the device vs the host
         sampler = backend.sampler
         report["sampling"] = {}
-        for where in ("device", "host"):
-            backend.sampler = sampler if where == "device" else None
-            # four tokens per step, one timed run: the host side reads 32 x 126464 logits per step in numpy
-            sargv = argv[:argv.index("--sweep")] + ["--cache", "dual", "--temperature", "0.7", "--top-p", "0.95",
-                                                    "--seed", "1", "--steps", str(GEN // 4), "--warmup", "1",
-                                                    "--repeat", "1", "--no-progress"]
-            rep = profile_engine(build_parser().parse_args(sargv), backend=backend)
-            for run in rep["runs"]:
-                run.pop("trace", None)
-            print(f"sampling on the {where}:\n" + format_report(rep), flush=True)
-            report["sampling"][where] = rep["runs"]
+        # temperature 0.7: the random model's rows stay flat (a nucleus of most of the vocabulary: top-p sorts whole
+        # rows); 0.05: peaked, as a trained model's are (the nucleus fits the sorted prefix of 1024)
+        for temperature in SAMPLING_TEMPERATURES:
+            for where in ("device", "host"):
+                backend.sampler = sampler if where == "device" else None
+                # four tokens per step, one timed run: the host side reads 32 x 126464 logits per step in numpy
+                sargv = argv[:argv.index("--sweep")] + ["--cache", "dual", "--temperature", str(temperature),
+                                                        "--top-p", "0.95", "--seed", "1", "--steps", str(GEN // 4),
+                                                        "--warmup", "1", "--repeat", "1", "--no-progress"]
+                rep = profile_engine(build_parser().parse_args(sargv), backend=backend)
+                for run in rep["runs"]:
+                    run.pop("trace", None)
+                print(f"sampling at temperature {temperature} on the {where}:\n" + format_report(rep), flush=True)
+                report["sampling"][f"{where} T={temperature}"] = rep["runs"]
         backend.sampler = sampler
     save_json(work, "e2e.json", report)
 
@@ -419,8 +425,9 @@ def cmd_table(args) -> None:
                 print(f"| {cache} | {GEN // steps} | {cell(fast, '.1f')} | {cell(ours, '.1f')} | {cell(fwd_ms, '.2f')} | "
                       f"{cell(host, '.3f')} | {cell(ours / fast if ours and fast else None, '.2f')}x |")
     if e2e and e2e.get("sampling"):
-        print("\nsampling (dual cache, temperature 0.7, top-p 0.95): the sampler graph on the device vs logits to the host")
-        print("| tokens/step | where | tok/s | forward ms (median) | unmask ms/step | host ms/step |")
+        print("\nsampling (dual cache, top-p 0.95; T 0.7: flat rows, T 0.05: peaked): the sampler graph on the device vs "
+              "logits to the host")
+        print("| tokens/step | where, temperature | tok/s | forward ms (median) | unmask ms/step | host ms/step |")
         print("| --- | --- | --- | --- | --- | --- |")
         for steps in (GEN // 4,):
             for where, runs in e2e["sampling"].items():

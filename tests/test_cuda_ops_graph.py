@@ -68,6 +68,24 @@ def test_cuda_ops_reference_math_equals_the_model(variant, kv_heads):
         torch.testing.assert_close(v1, v0, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kv_heads", [2, 1], ids=["mha", "gqa"])
+@pytest.mark.parametrize("variant", ["llada", "dream"])
+def test_cuda_ops_reference_math_is_the_model_in_bf16(variant, kv_heads):
+    """In bf16 too, bit for bit: CacheAttention's RoPE follows the model's (LLaDA's rope_full_precision rotates
+    in fp32 and rounds once, from fp32 tables; Dream rotates in bf16 with tables of bf16 values), which the
+    --ops ort graph's RotaryEmbedding (bf16 tables and math) does not for LLaDA."""
+    model = sharpened_model(variant, 1, **head_dim_32(variant, kv_heads)).to(torch.bfloat16)
+    assert model.config.rope_fp32 == (variant == "llada")
+    ids, pos, bias, past, rows = step_inputs(model.config)
+    past = [(k.bfloat16(), v.bfloat16()) for k, v in past]
+    with torch.no_grad():
+        ref, ref_kv = model(ids, pos, bias, past, rows)
+        got, got_kv = FusedModel(model, cuda_ops=True)(ids, pos, bias, past, rows)
+    assert torch.equal(got, ref)
+    for (k0, v0), (k1, v1) in zip(ref_kv, got_kv):
+        assert torch.equal(k1, k0) and torch.equal(v1, v0)
+
+
 @pytest.mark.parametrize("name", list(TINY))
 def test_cuda_ops_graph_holds_the_custom_ops_and_the_contract(cuda_exports, name):
     """Per layer: one CacheAttention (no Split, RotaryEmbedding, MultiHeadAttention, Transpose or Softmax left),

@@ -102,7 +102,7 @@ def test_cache_attention_kernel_equals_fp32_math(library, case):
     pos = torch.randint(0, positions, (b, l), device=dev, generator=g)
     inv = 1.0 / (10000 ** (torch.arange(0, d, 2, device=dev).float() / d))
     freqs = torch.arange(positions, device=dev).float()[:, None] * inv
-    cos, sin = freqs.cos().bfloat16(), freqs.sin().bfloat16()
+    cos, sin = freqs.cos(), freqs.sin()  # fp32 tables (the op's input type)
     pk = torch.randn(b, hkv, c, d, device=dev, generator=g).bfloat16()
     pv = torch.randn(b, hkv, c, d, device=dev, generator=g).bfloat16()
     bias = torch.zeros(b, 1, l, c + l, device=dev)

@@ -123,12 +123,16 @@ class CacheAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qkv, position_ids, cos_table, sin_table, bias, past_k, past_v, heads: int, kv_heads: int,
-                scale: float):
+                scale: float, rope_fp32: bool):
+        # the tables are fp32 (the kernel's input); the model rotates in fp32 with LLaDA's rope_full_precision,
+        # else in its own dtype (the tables then hold values of that dtype)
         b, l, _ = qkv.shape
         d = qkv.shape[-1] // (heads + 2 * kv_heads)
         q, k, v = torch.split(qkv, [heads * d, kv_heads * d, kv_heads * d], dim=-1)
-        q = rope(q, position_ids, cos_table, sin_table, heads)
-        k = rope(k, position_ids, cos_table, sin_table, kv_heads)
+        rot = torch.float32 if rope_fp32 else qkv.dtype
+        cos_r, sin_r = cos_table.to(rot), sin_table.to(rot)
+        q = rope(q.to(rot), position_ids, cos_r, sin_r, heads).to(qkv.dtype)
+        k = rope(k.to(rot), position_ids, cos_r, sin_r, kv_heads).to(qkv.dtype)
         qh = q.view(b, l, heads, d).transpose(1, 2)
         present_k = k.view(b, l, kv_heads, d).transpose(1, 2)
         present_v = v.view(b, l, kv_heads, d).transpose(1, 2)
@@ -136,7 +140,7 @@ class CacheAttention(torch.autograd.Function):
         return out.transpose(1, 2).reshape(b, l, heads * d), present_k, present_v
 
     @staticmethod
-    def symbolic(g, qkv, position_ids, cos_table, sin_table, bias, past_k, past_v, heads, kv_heads, scale):
+    def symbolic(g, qkv, position_ids, cos_table, sin_table, bias, past_k, past_v, heads, kv_heads, scale, rope_fp32):
         out = g.op(f"{PLACEHOLDER_DOMAIN}::CacheAttention", qkv, position_ids, cos_table, sin_table, bias, past_k,
                    past_v, num_heads_i=heads, kv_num_heads_i=kv_heads, scale_f=scale, outputs=3)
         out[0].setType(qkv.type())
@@ -250,6 +254,12 @@ class FusedModel(nn.Module):
         cos, sin = rope_tables(c, table_positions(c), dtype)
         self.register_buffer("cos_table", cos, persistent=False)
         self.register_buffer("sin_table", sin, persistent=False)
+        if cuda_ops:  # CacheAttention takes fp32 tables: exact for rope_full_precision, the model dtype's values else
+            cos32, sin32 = rope_tables(c, table_positions(c), torch.float32)
+            if not c.rope_fp32:
+                cos32, sin32 = cos32.to(dtype).float(), sin32.to(dtype).float()
+            self.register_buffer("cos_table32", cos32, persistent=False)
+            self.register_buffer("sin_table32", sin32, persistent=False)
         self.fused_attention = c.num_heads == c.num_kv_heads  # MultiHeadAttention has one head count
         self.scale = c.head_dim ** -0.5
 
@@ -259,9 +269,9 @@ class FusedModel(nn.Module):
         if self.cuda_ops and p.q_norm is None:
             if past_k is None:  # the traced graph always has a past (P may be 0)
                 past_k = past_v = h.new_zeros(b, c.num_kv_heads, 0, c.head_dim)
-            out, present_k, present_v = CacheAttention.apply(p.qkv(h), position_ids, self.cos_table, self.sin_table,
-                                                             bias, past_k, past_v, c.num_heads, c.num_kv_heads,
-                                                             self.scale)
+            out, present_k, present_v = CacheAttention.apply(p.qkv(h), position_ids, self.cos_table32,
+                                                             self.sin_table32, bias, past_k, past_v, c.num_heads,
+                                                             c.num_kv_heads, self.scale, c.rope_fp32)
             return p.o(out), present_k, present_v
         q, k, v = torch.split(p.qkv(h), p.sizes, dim=-1)
         if p.q_norm is not None:  # Qwen3: per-head RMSNorm before RoPE

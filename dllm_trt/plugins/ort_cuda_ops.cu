@@ -8,7 +8,7 @@
 // (dllm_trt/contract.py: the attention reads the whole cache as the past, masked by the bias, and
 // returns the current tokens' keys/values as the presents).
 //
-//   CacheAttention(qkv [B, L, (H + 2 Hkv) D], position_ids [B, L] int64, cos [P, D/2], sin [P, D/2],
+//   CacheAttention(qkv [B, L, (H + 2 Hkv) D], position_ids [B, L] int64, cos [P, D/2], sin [P, D/2] (fp32),
 //                  attention_bias [B, 1, L, C + L], past_key [B, Hkv, C, D], past_value [B, Hkv, C, D])
 //     -> out [B, L, H D], present_key [B, Hkv, L, D], present_value [B, Hkv, L, D]
 //     q, k, v = split(qkv); q, k = half-split RoPE at position_ids; out = softmax(q k^T scale + bias) v over
@@ -17,7 +17,8 @@
 //     step has too few query tiles x heads to fill the GPU); a combine kernel then merges the splits.
 //   SiluMul(gate_up [N..., 2 I]) -> [N..., I] = silu(gate) * up.
 //
-// Numerics: fp32 arithmetic, one rounding to bf16 per output (flash-attention style: probabilities rounded to
+// Numerics: fp32 arithmetic, one rounding to bf16 per output (RoPE too: LLaDA's rope_full_precision exactly; the
+// tables of families that rotate in the model dtype hold values rounded to it) (flash-attention style: probabilities rounded to
 // bf16 before P V, fp32 accumulation). A query row whose every key is masked gives 0 (MultiHeadAttention gives
 // the mean of the values); such rows are padding and never read. Key tiles that are masked for every row of a
 // warp are skipped: exp(-1e9) is 0 in fp32, so the result is the same.
@@ -59,7 +60,7 @@ __device__ __forceinline__ int64_t clamp_pos(int64_t p, int P) { return p < 0 ? 
 
 // present_key = RoPE(k), present_value = v, [B, Hkv, L, D]. Grid (B*L, Hkv), D/2 threads.
 __global__ void presents_kernel(const bf16* __restrict__ qkv, const int64_t* __restrict__ pos,
-                                const bf16* __restrict__ cos_t, const bf16* __restrict__ sin_t,
+                                const float* __restrict__ cos_t, const float* __restrict__ sin_t,
                                 bf16* __restrict__ pk, bf16* __restrict__ pv, int L, int H, int Hkv, int D, int P) {
   const int bl = blockIdx.x, h = blockIdx.y, b = bl / L, l = bl % L, half = D / 2;
   const bf16* row = qkv + (int64_t)bl * (H + 2 * Hkv) * D;
@@ -68,7 +69,7 @@ __global__ void presents_kernel(const bf16* __restrict__ qkv, const int64_t* __r
   const int64_t p = clamp_pos(pos[bl], P);
   const int64_t o = (((int64_t)b * Hkv + h) * L + l) * D;
   for (int d = threadIdx.x; d < half; d += blockDim.x) {
-    const float c = to_f(cos_t[p * half + d]), s = to_f(sin_t[p * half + d]);
+    const float c = cos_t[p * half + d], s = sin_t[p * half + d];
     const float x1 = to_f(k[d]), x2 = to_f(k[d + half]);
     pk[o + d] = to_bf(x1 * c - x2 * s);
     pk[o + d + half] = to_bf(x2 * c + x1 * s);
@@ -98,8 +99,8 @@ struct Smem {
 // CTA's warps (each keeps its own running max / sum / output), merged at the end. Grid (ceil(L/16), H, B).
 template <int D>
 __global__ void __launch_bounds__(warps_for<D>() * 32) attention_kernel(
-    const bf16* __restrict__ qkv, const int64_t* __restrict__ pos, const bf16* __restrict__ cos_t,
-    const bf16* __restrict__ sin_t, const bf16* __restrict__ bias, const bf16* __restrict__ past_k,
+    const bf16* __restrict__ qkv, const int64_t* __restrict__ pos, const float* __restrict__ cos_t,
+    const float* __restrict__ sin_t, const bf16* __restrict__ bias, const bf16* __restrict__ past_k,
     const bf16* __restrict__ past_v, const bf16* __restrict__ cur_k, const bf16* __restrict__ cur_v,
     bf16* __restrict__ out, float* __restrict__ ws, int L, int C, int H, int Hkv, int P, float scale, int splits,
     int split_tiles) {
@@ -129,7 +130,7 @@ __global__ void __launch_bounds__(warps_for<D>() * 32) attention_kernel(
     if (l < L) {
       const bf16* q = qkv + ((int64_t)b * L + l) * W + (int64_t)h * D;
       const int64_t p = clamp_pos(pos[(int64_t)b * L + l], P);
-      const float c = to_f(cos_t[p * half + d]), s = to_f(sin_t[p * half + d]);
+      const float c = cos_t[p * half + d], s = sin_t[p * half + d];
       const float x1 = to_f(q[d]), x2 = to_f(q[d + half]);
       a = x1 * c - x2 * s;
       c2 = x2 * c + x1 * s;
@@ -363,7 +364,9 @@ int64_t workspace_floats(int B, int L, int C, int H, int D) {
 }
 
 struct Args {
-  const bf16 *qkv, *cos_t, *sin_t, *bias, *past_k, *past_v;
+  const bf16* qkv;
+  const float *cos_t, *sin_t;
+  const bf16 *bias, *past_k, *past_v;
   const int64_t* pos;
   bf16 *out, *present_k, *present_v;
   int B, L, C, H, Hkv, D, P;
@@ -454,8 +457,8 @@ struct CacheAttentionKernel {
         auto w = ctx.GetOutput(3, std::vector<int64_t>{ws_floats > 0 ? ws_floats : 1});
         ws = static_cast<float*>(w.GetTensorMutableRawData());
       }
-      Args a{static_cast<const bf16*>(qkv.GetTensorRawData()), static_cast<const bf16*>(cos_t.GetTensorRawData()),
-             static_cast<const bf16*>(sin_t.GetTensorRawData()), static_cast<const bf16*>(bias.GetTensorRawData()),
+      Args a{static_cast<const bf16*>(qkv.GetTensorRawData()), static_cast<const float*>(cos_t.GetTensorRawData()),
+             static_cast<const float*>(sin_t.GetTensorRawData()), static_cast<const bf16*>(bias.GetTensorRawData()),
              static_cast<const bf16*>(pk.GetTensorRawData()), static_cast<const bf16*>(pv.GetTensorRawData()),
              static_cast<const int64_t*>(pos.GetTensorRawData()), static_cast<bf16*>(out.GetTensorMutableRawData()),
              static_cast<bf16*>(ck.GetTensorMutableRawData()), static_cast<bf16*>(cv.GetTensorMutableRawData()),
@@ -486,7 +489,8 @@ struct CacheAttentionOp : Ort::CustomOpBase<CacheAttentionOp, CacheAttentionKern
   const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
   size_t GetInputTypeCount() const { return 7; }
   ONNXTensorElementDataType GetInputType(size_t i) const {
-    return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
+    return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64
+                  : (i == 2 || i == 3 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16);
   }
   size_t GetOutputTypeCount() const { return 4; }
   ONNXTensorElementDataType GetOutputType(size_t i) const {
@@ -562,7 +566,7 @@ extern "C" __attribute__((visibility("default"))) int dllm_cache_attention(
     const void* qkv, const int64_t* pos, const void* cos_t, const void* sin_t, const void* bias, const void* past_k,
     const void* past_v, void* out, void* present_k, void* present_v, void* workspace, int64_t workspace_floats_,
     int B, int L, int C, int H, int Hkv, int D, int P, float scale, void* stream) {
-  Args a{static_cast<const bf16*>(qkv), static_cast<const bf16*>(cos_t), static_cast<const bf16*>(sin_t),
+  Args a{static_cast<const bf16*>(qkv), static_cast<const float*>(cos_t), static_cast<const float*>(sin_t),
          static_cast<const bf16*>(bias), static_cast<const bf16*>(past_k), static_cast<const bf16*>(past_v), pos,
          static_cast<bf16*>(out), static_cast<bf16*>(present_k), static_cast<bf16*>(present_v), B, L, C, H, Hkv, D, P,
          scale};

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from dllm_trt.runtime import GenerationConfig, generate
-from dllm_trt.runtime.sampling import ULP_MARGIN, draw, dream_probs, propose, softmax64, sorted_prefix
+from dllm_trt.runtime.sampling import draw, dream_probs, propose, softmax64, sorted_prefix
 from dllm_trt.runtime.settings import STRATEGIES_FOR, cache_modes_for
 
 ort = pytest.importorskip("onnxruntime")
@@ -78,7 +78,7 @@ def test_sampler_graph_equals_numpy(vocab, mask):
             sort_k = [1, 3, 16][trial % 3]
             pf = np.stack([nucleus_prefix_mass(np.where(mask_of(vocab, mask), -np.inf, logits[i]), t, k, sort_k)
                            for i in range(b)])
-            done, n = check_prefix_run(sess, f, full, sort_k, p, pf >= p + ULP_MARGIN, f"trial {trial} k={sort_k}")
+            done, n = check_prefix_run(sess, f, full, sort_k, p, pf > p, f"trial {trial} k={sort_k}")
             settled_rows += done
             prefix_rows += n
         for i in range(b):
@@ -156,6 +156,28 @@ def test_dream_sampler_graph_equals_dream_probs(vocab, mask):
             top2 = np.sort(want, axis=-1)[:, -2:]
             np.testing.assert_allclose(margin[i], top2[:, 1] - top2[:, 0], rtol=1e-10, atol=1e-15)
             np.testing.assert_allclose(negent[i], (want * np.log(want + 1e-10)).sum(-1), rtol=1e-10, atol=1e-15)
+
+
+def test_top_p_drops_only_past_a_mass_above_top_p():
+    """The boundary as SDAR's top_p_logits and Fast-dLLM v2's sample_with_top_p draw it: an entry goes when the
+    mass ranked before it *exceeds* top_p. Four equal tokens (0.25 each) at top_p 0.5: the third stays (0.5
+    before it, not above), the fourth goes; so each kept token has probability 1/3, on the host and in the
+    sampler graph, from a sorted prefix too."""
+    from dllm_trt.runtime.sampling import nucleus_keep
+
+    logits = np.full((1, 1, 10), -np.inf, np.float32)
+    logits[0, 0, [2, 5, 6, 9]] = 1.5
+    p = softmax64(logits[0].astype(np.float64))
+    np.testing.assert_array_equal(np.flatnonzero(nucleus_keep(p, 0.5)[0]), [2, 5, 6])
+    for u in (0.0, 0.5, 0.999):
+        tok, conf = propose(logits[0], 1.0, 0, 0.5, np.array([u]))
+        assert tok[0] in (2, 5, 6) and conf[0] == pytest.approx(1 / 3, rel=1e-12)
+    sess = sampler_session(10, 0)
+    for sort_k in (10, 3):
+        out = sess.run(None, feeds(logits, np.array([[0.999]]), 1.0, 0, 0.5, sort_k))
+        assert out[0][0, 0] == 6 and out[1][0, 0] == pytest.approx(1 / 3, rel=1e-12) and out[-1][0, 0]
+    # a prefix of 2 holds 0.5, not above top_p: it does not settle the row (the runtime sorts it whole)
+    assert not sess.run(None, feeds(logits, np.array([[0.999]]), 1.0, 0, 0.5, 2))[-1][0, 0]
 
 
 @pytest.fixture(scope="module")

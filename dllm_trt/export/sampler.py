@@ -8,8 +8,9 @@ model graph) and returns per row what the decode loop reads, so only B x R numbe
 It computes exactly what ``dllm_trt.runtime.sampling.propose`` and the loop's logits paths compute in
 numpy, in float64, with the same operations in the same order (only reduction order differs, which
 moves results by an ulp): the mask token's logit at -inf, division by the temperature, the top-k filter
-(``z < k-th largest`` -> -inf), softmax, the top-p filter (keep the smallest prefix of the probabilities
-sorted high to low, ties to the lower token id, whose mass reaches ``top_p``; renormalise), and the
+(``z < k-th largest`` -> -inf), softmax, the top-p filter (the probabilities sorted high to low, ties to
+the lower token id; an entry is dropped when the mass ranked before it exceeds ``top_p``, as SDAR and
+Fast-dLLM v2 drop it; renormalise), and the
 inverse CDF at the row's uniform (``runtime.sampling.counter_uniform``, computed on the host: one number
 per row, the random stream every backend shares). Besides the sampled token and its probability it
 returns the statistics the loop ranks by when sampling: Dream's top-1 minus top-2 probability and
@@ -36,7 +37,6 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..contract import DREAM_SAMPLER_INPUTS, NUCLEUS_SETTLED, SAMPLER_INPUTS, SAMPLER_OUTPUTS
-from ..runtime.sampling import ULP_MARGIN
 
 SAMPLER_OPSET = 17
 ENTROPY_EPS = 1e-10  # Dream's entropy: sum p log(p + eps), as runtime.decode computes it from logits
@@ -105,16 +105,19 @@ def build_sampler(vocab_size: int, mask_token_id: int, flavour: str = "generic")
                     axis=-1)
         return node("Greater", [back, const(f"{tag}_half", np.array(0.5))], f"{tag}_is")
 
-    def settled(cum: str, inclusive: bool) -> str:
-        """Whether the sorted prefix decides the whole row: the mass of the prefix settles every later entry
-        (runtime.sampling.nucleus_keep: >= top_p plus an ulp margin, or > top_p)."""
+    def nucleus(p: str, key: str | None = None) -> str:
+        """Top-p in vocabulary order, [B, R, V] bool (runtime.sampling.nucleus_keep): sorted high to low by key,
+        an entry stays unless the mass ranked before it exceeds top_p; entries past the sorted prefix
+        (top_p_k < V) go, which is right where ``nucleus_settled`` (the prefix's mass exceeds top_p) holds."""
+        _, order, cum = sorted_probs(p, "top_p", key)
+        before = node("Pad", [node("Slice", [cum, const("s0", np.array([0], np.int64)),
+                                             const("s_end", np.array([-1], np.int64)), last], "cum_head"),
+                              const("pad_front", np.array([0, 0, 1, 0, 0, 0], np.int64)), zero], "cum_before")
         last_cum = node("Squeeze", [node("Slice", [cum, const("s_last", np.array([-1], np.int64)),
                                                    const("s_past", np.array([np.iinfo(np.int64).max], np.int64)),
                                                    last], "cum_last"), last], "cum_last_row")
-        if inclusive:
-            bound = node("Add", [top_p, const("ulp_margin", np.array([ULP_MARGIN]))], "top_p_margin")
-            return node("GreaterOrEqual", [last_cum, bound], NUCLEUS_SETTLED)
-        return node("Greater", [last_cum, top_p], NUCLEUS_SETTLED)
+        node("Greater", [last_cum, top_p], NUCLEUS_SETTLED)
+        return unsort(node("LessOrEqual", [before, top_p], "keep_sorted"), p, order, "top_p")
 
     def inverse_cdf(p: str) -> str:  # the first id whose cumulative mass exceeds u * total
         cdf = node("CumSum", [p, axis], "cdf")
@@ -140,27 +143,15 @@ def build_sampler(vocab_size: int, mask_token_id: int, flavour: str = "generic")
         top2_gap(p_full, "full", margin)
         neg_entropy_of(p_full, neg_entropy)
         p = softmax(top_k_filter(zt, "top_k"), "filtered")
-        # top-p: drop where the mass before an entry (cum - p, as numpy computes it) reaches top_p; entries past
-        # the sorted prefix (top_p_k < V) are dropped, which is right when the prefix settles the row
-        sp, order, cum = sorted_probs(p, "top_p")
-        keep_sorted = node("Less", [node("Sub", [cum, sp], "mass_before"), top_p], "keep_sorted")
-        kept = node("Where", [unsort(keep_sorted, p, order, "top_p"), p, zero], "p_kept")
-        settled(cum, inclusive=True)
+        kept = node("Where", [nucleus(p), p, zero], "p_kept")
         renorm = node("Div", [kept, node("ReduceSum", [kept, last], "kept_sum", keepdims=1)], "p_renorm")
         pf = node("Where", [top_p_on, renorm, p], "p_final")
         tok = node("Identity", [inverse_cdf(pf)], tokens)
     else:
         draw_on = names[8]
-        # nucleus first, on the tempered logits: drop where the cumulated mass of the entries before exceeds top_p
-        # (sorted by the tempered logits, as Dream sorts them)
+        # nucleus first, on the tempered logits sorted as Dream sorts them
         p0 = softmax(zt, "nucleus")
-        _, order, cum = sorted_probs(p0, "top_p", key=zt)
-        before = node("Pad", [node("Slice", [cum, const("s0", np.array([0], np.int64)),
-                                             const("s_end", np.array([-1], np.int64)), last], "cum_head"),
-                              const("pad_front", np.array([0, 0, 1, 0, 0, 0], np.int64)), zero], "cum_before")
-        kept_p = unsort(node("LessOrEqual", [before, top_p], "keep_sorted"), p0, order, "top_p")
-        drop = node("And", [top_p_on, node("Not", [kept_p], "dropped")], "drop_p")
-        settled(cum, inclusive=False)
+        drop = node("And", [top_p_on, node("Not", [nucleus(p0, key=zt)], "dropped")], "drop_p")
         zp = node("Where", [drop, neg_inf, zt], "z_nucleus")
         pf = softmax(top_k_filter(zp, "top_k"), "final")
         top2_gap(pf, "final", margin)

@@ -51,7 +51,7 @@ def dream_probs(logits: np.ndarray, temperature: float = 0.0, top_p: float = 1.0
     if temperature > 0.0:
         z = z / temperature
     if top_p < 1.0 and z.shape[-1] > 1:
-        z = np.where(nucleus_keep(softmax64(z), top_p, inclusive=False, key=z), z, -np.inf)
+        z = np.where(nucleus_keep(softmax64(z), top_p, key=z), z, -np.inf)
     if top_k > 0:
         kth = -np.sort(-z, axis=-1)[:, min(top_k, z.shape[-1]) - 1: min(top_k, z.shape[-1])]
         z = np.where(z < kth, -np.inf, z)
@@ -59,7 +59,6 @@ def dream_probs(logits: np.ndarray, temperature: float = 0.0, top_p: float = 1.0
 
 
 NUCLEUS_PREFIX = 1024  # entries sorted first for top-p; the whole row only when their mass is not enough
-ULP_MARGIN = 1e-15  # cum - p can round below the mass before an entry by an ulp of cum (<= 2^-52 for cum <= 2)
 
 
 def sorted_prefix(key: np.ndarray, k: int) -> np.ndarray:
@@ -80,13 +79,13 @@ def sorted_prefix(key: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(ids, np.argsort(-vals, axis=-1, kind="stable"), axis=-1)
 
 
-def nucleus_keep(p: np.ndarray, top_p: float, inclusive: bool, key: np.ndarray | None = None) -> np.ndarray:
+def nucleus_keep(p: np.ndarray, top_p: float, key: np.ndarray | None = None) -> np.ndarray:
     """Which entries top-p keeps, [N, V] bool: sorted high to low by ``key`` (default ``p``; ties to the lower
-    id), an entry is dropped when the mass of ``p`` before it reaches top_p (``inclusive``: ``cum - p >=
-    top_p``, runtime.sampling.propose) or exceeds it (``cum[j - 1] > top_p``, Dream's ``sample_tokens``, which
-    sorts the logits). Sorts the first NUCLEUS_PREFIX entries; a row whose prefix mass does not settle every
-    later entry (a flat row) is sorted whole. The result is the whole-row sort's, bit for bit: the prefix's
-    cumulated sums are the same additions in the same order, and every later entry is dropped either way."""
+    id), an entry is dropped when the mass of ``p`` ranked before it exceeds top_p, as SDAR's ``top_p_logits``,
+    Fast-dLLM v2's ``sample_with_top_p`` and Dream's ``sample_tokens`` drop it (the top entry always stays).
+    Sorts the first NUCLEUS_PREFIX entries; a row whose prefix mass already exceeds top_p (every later entry
+    is dropped) is decided there, a flat one sorted whole. The result is the whole-row sort's, bit for bit:
+    the prefix's cumulated sums are the same additions in the same order."""
     key = p if key is None else key
     n, v = p.shape
     keep = np.zeros_like(p, dtype=bool)
@@ -95,27 +94,24 @@ def nucleus_keep(p: np.ndarray, top_p: float, inclusive: bool, key: np.ndarray |
     todo = rows
     if k < v:
         order = sorted_prefix(key, k)
-        sp = np.take_along_axis(p, order, axis=-1)
-        cum = np.cumsum(sp, axis=-1)
-        # every later entry's mass before it is >= cum[k - 1] (minus an ulp when computed as cum - p)
-        settled = cum[:, -1] >= top_p + ULP_MARGIN if inclusive else cum[:, -1] > top_p
+        cum = np.cumsum(np.take_along_axis(p, order, axis=-1), axis=-1)
+        settled = cum[:, -1] > top_p
         done = rows[settled]
         if len(done):
-            keep[done] = _scatter_keep(order[done], ~_drop_sorted(sp[done], cum[done], top_p, inclusive), v)
+            keep[done] = _scatter_keep(order[done], _kept_sorted(cum[done], top_p), v)
         todo = rows[~settled]
     if len(todo):
         full = np.argsort(-key[todo], axis=-1, kind="stable")
-        sp = np.take_along_axis(p[todo], full, axis=-1)
-        keep[todo] = _scatter_keep(full, ~_drop_sorted(sp, np.cumsum(sp, axis=-1), top_p, inclusive), v)
+        cum = np.cumsum(np.take_along_axis(p[todo], full, axis=-1), axis=-1)
+        keep[todo] = _scatter_keep(full, _kept_sorted(cum, top_p), v)
     return keep
 
 
-def _drop_sorted(sp: np.ndarray, cum: np.ndarray, top_p: float, inclusive: bool) -> np.ndarray:
-    if inclusive:
-        return (cum - sp) >= top_p
-    drop = np.zeros_like(cum, bool)
-    drop[:, 1:] = cum[:, :-1] > top_p
-    return drop
+def _kept_sorted(cum: np.ndarray, top_p: float) -> np.ndarray:
+    """Sorted entry j stays unless the mass before it, cum[j - 1], exceeds top_p."""
+    keep = np.ones_like(cum, bool)
+    keep[:, 1:] = cum[:, :-1] <= top_p
+    return keep
 
 
 def _scatter_keep(order: np.ndarray, keep_sorted: np.ndarray, v: int) -> np.ndarray:
@@ -182,8 +178,8 @@ def propose(
         kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
         z = np.where(z < kth, -np.inf, z)
     p = softmax64(z)
-    if top_p < 1.0:  # keep the smallest prefix (high to low) whose mass reaches top_p
-        p = np.where(nucleus_keep(p, top_p, inclusive=True), p, 0.0)
+    if top_p < 1.0:  # drop what is ranked after a mass above top_p (SDAR, Fast-dLLM v2)
+        p = np.where(nucleus_keep(p, top_p), p, 0.0)
         p /= p.sum(axis=-1, keepdims=True)
     tokens = draw(p, u)
     conf = p[np.arange(p.shape[0]), tokens]

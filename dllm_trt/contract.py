@@ -32,7 +32,7 @@ device from the ``logits`` output the step left there::
 
     inputs   logits [B, R, V] float32, uniform [B, R] float64 (one draw per row, runtime.sampling),
              temperature [1] float64, top_k [1] int64 (1 when off), top_k_on [1] bool,
-             top_p [1] float64, top_p_k [1] int64 (V when on, else 1), top_p_on [1] bool
+             top_p [1] float64, top_p_k [1] int64 (entries sorted for top-p: a prefix, or V; 1 when off), top_p_on [1] bool
     outputs  tokens [B, R] int64, confidence [B, R] float64 (the token's probability under the filtered
              distribution), margin / neg_entropy [B, R] float64 (of the tempered, unfiltered distribution),
              logit_gap [B, R] float64 (top-1 minus top-2 logit), nucleus_settled [B, R] bool (top_p_k < V:

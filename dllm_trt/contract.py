@@ -36,7 +36,9 @@ device from the ``logits`` output the step left there::
     outputs  tokens [B, R] int64, confidence [B, R] float64 (the token's probability under the filtered
              distribution), margin / neg_entropy [B, R] float64 (of the tempered, unfiltered distribution),
              logit_gap [B, R] float64 (top-1 minus top-2 logit), nucleus_settled [B, R] bool (top_p_k < V:
-             whether the sorted prefix decided top-p; where not, run again with top_p_k = V)
+             whether the sorted prefix decided top-p; where not, run again with top_p_k = V),
+             raw_confidence [B, R] float64 (the drawn token's probability under the softmax of the logits
+             before temperature and filters: what LLaDA's generate ranks by when it samples)
 
 ``sampler_dream.onnx`` is the same for Dream's ``sample_tokens`` (nucleus before top-k, every statistic of
 the filtered distribution, at temperature 0 too) with one more input, ``draw_on [1] bool`` (false: argmax).
@@ -59,6 +61,7 @@ SAMPLER_FILE = "sampler.onnx"
 SAMPLER_INPUTS = ("logits", "uniform", "temperature", "top_k", "top_k_on", "top_p", "top_p_k", "top_p_on")
 SAMPLER_OUTPUTS = ("tokens", "confidence", "margin", "neg_entropy", "logit_gap")
 NUCLEUS_SETTLED = "nucleus_settled"  # [B, R] bool: the sorted prefix decided top-p (absent in older exports)
+RAW_CONFIDENCE = "raw_confidence"  # [B, R] float64: LLaDA's confidence at temperature > 0 (absent in older exports)
 DREAM_SAMPLER_FILE = "sampler_dream.onnx"  # Dream's sample_tokens (runtime.sampling.dream_probs)
 DREAM_SAMPLER_INPUTS = SAMPLER_INPUTS + ("draw_on",)  # draw_on false: the argmax (temperature 0)
 CACHE_LAYOUT = ("per-layer K/V [B, Hkv, C, D], position-indexed; the whole buffer is the past (P = C); "

@@ -25,6 +25,7 @@ pytest.importorskip("onnx")
 REPO = Path(__file__).resolve().parents[1]
 CKPTS = {n: REPO / "samples" / "checkpoints" / n for n in ("llada-tiny", "dream-tiny", "bd-tiny")}
 PROMPTS = [[7, 12, 9, 30, 5], [11, 4, 8, 20, 21, 22, 3, 17, 6]]
+SETTLED = 5  # the sampler's outputs: SAMPLER_OUTPUTS, nucleus_settled, raw_confidence
 
 
 def sampler_session(vocab: int, mask: int):
@@ -46,10 +47,11 @@ def check_prefix_run(sess, f, full, sort_k, top_p, settled_want, label):
     """The same rows with only ``sort_k`` entries sorted for top-p: ``nucleus_settled`` says which rows the prefix
     decides (numpy's test), and on those rows every output equals the whole sort's."""
     got = sess.run(None, dict(f, top_p_k=np.array([sort_k], np.int64)))
-    settled = got[-1]
+    settled = got[SETTLED]
     np.testing.assert_array_equal(settled, settled_want, err_msg=label)
-    for a, b in zip(got[:-1], full[:-1]):
-        np.testing.assert_array_equal(a[settled], b[settled], err_msg=label)
+    for i, (a, b) in enumerate(zip(got, full)):
+        if i != SETTLED:
+            np.testing.assert_array_equal(a[settled], b[settled], err_msg=label)
     return int(settled.sum()), int(settled.size)
 
 
@@ -73,7 +75,7 @@ def test_sampler_graph_equals_numpy(vocab, mask):
         u[1, 1] = 1.0 - 2.0 ** -53  # the last
         f = feeds(logits, u, t, k, p)
         full = sess.run(None, f)
-        tok, conf, margin, negent, gap, _ = full
+        tok, conf, margin, negent, gap, _, raw = full
         if p < 1.0:  # top-p from a sorted prefix of 1, 3 or 16 entries
             sort_k = [1, 3, 16][trial % 3]
             pf = np.stack([nucleus_prefix_mass(np.where(mask_of(vocab, mask), -np.inf, logits[i]), t, k, sort_k)
@@ -92,8 +94,11 @@ def test_sampler_graph_equals_numpy(vocab, mask):
             top2 = np.sort(full, axis=-1)[:, -2:]
             np.testing.assert_allclose(margin[i], top2[:, 1] - top2[:, 0], rtol=1e-10, atol=1e-15)
             np.testing.assert_allclose(negent[i], (full * np.log(full + 1e-10)).sum(-1), rtol=1e-10, atol=1e-15)
-            raw = np.sort(z.astype(np.float64), axis=-1)[:, -2:]
-            np.testing.assert_allclose(gap[i], raw[:, 1] - raw[:, 0], rtol=1e-12)
+            top = np.sort(z.astype(np.float64), axis=-1)[:, -2:]
+            np.testing.assert_allclose(gap[i], top[:, 1] - top[:, 0], rtol=1e-12)
+            # LLaDA's confidence when sampling: the token's probability before temperature and filters
+            untempered = softmax64(z.astype(np.float64))
+            np.testing.assert_allclose(raw[i], untempered[np.arange(r), tok[i]], rtol=1e-12)
             if 0 <= mask < vocab:
                 assert (tok[i] != mask).all()
             rows += r
@@ -139,7 +144,7 @@ def test_dream_sampler_graph_equals_dream_probs(vocab, mask):
         f = feeds(logits, u, t if t > 0 else 1.0, k, p)
         f["draw_on"] = np.array([t > 0])
         full = sess.run(None, f)
-        tok, conf, margin, negent, _, _ = full
+        tok, conf, margin, negent = full[:4]
         if p < 1.0:
             sort_k = [1, 3, 16][trial % 3]
             pf = np.stack([nucleus_prefix_mass(np.where(mask_of(vocab, mask), -np.inf, logits[i]), t, k, sort_k,
@@ -175,9 +180,9 @@ def test_top_p_drops_only_past_a_mass_above_top_p():
     sess = sampler_session(10, 0)
     for sort_k in (10, 3):
         out = sess.run(None, feeds(logits, np.array([[0.999]]), 1.0, 0, 0.5, sort_k))
-        assert out[0][0, 0] == 6 and out[1][0, 0] == pytest.approx(1 / 3, rel=1e-12) and out[-1][0, 0]
+        assert out[0][0, 0] == 6 and out[1][0, 0] == pytest.approx(1 / 3, rel=1e-12) and out[SETTLED][0, 0]
     # a prefix of 2 holds 0.5, not above top_p: it does not settle the row (the runtime sorts it whole)
-    assert not sess.run(None, feeds(logits, np.array([[0.999]]), 1.0, 0, 0.5, 2))[-1][0, 0]
+    assert not sess.run(None, feeds(logits, np.array([[0.999]]), 1.0, 0, 0.5, 2))[SETTLED][0, 0]
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +196,7 @@ def exports(tmp_path_factory):
 
 
 def test_export_writes_the_sampler(exports):
-    from dllm_trt.contract import NUCLEUS_SETTLED, SAMPLER_FILE, SAMPLER_INPUTS, SAMPLER_OUTPUTS
+    from dllm_trt.contract import NUCLEUS_SETTLED, RAW_CONFIDENCE, SAMPLER_FILE, SAMPLER_INPUTS, SAMPLER_OUTPUTS
     from dllm_trt.integrity import verify_folder
 
     art = exports / "llada-tiny"
@@ -200,7 +205,7 @@ def test_export_writes_the_sampler(exports):
     assert meta["dream_sampler_file"] is None and (exports / "dream-tiny" / "sampler_dream.onnx").is_file()
     sess = ort.InferenceSession(str(art / SAMPLER_FILE), providers=["CPUExecutionProvider"])
     assert tuple(i.name for i in sess.get_inputs()) == SAMPLER_INPUTS
-    assert tuple(o.name for o in sess.get_outputs()) == SAMPLER_OUTPUTS + (NUCLEUS_SETTLED,)
+    assert tuple(o.name for o in sess.get_outputs()) == SAMPLER_OUTPUTS + (NUCLEUS_SETTLED, RAW_CONFIDENCE)
     assert sess.get_inputs()[0].shape[-1] == meta["model_config"]["vocab_size"]
     assert verify_folder(art).ok  # covered by the artefact's manifest like every other file
 
@@ -292,3 +297,33 @@ def test_without_a_sampler_the_host_samples(exports, tmp_path):
     g = GenerationConfig(gen_length=16, block_length=8, steps=8, cache="dual", temperature=0.9, top_p=0.9, seed=11)
     with_sampler = OrtBackend.from_pretrained(exports / "llada-tiny", io_binding=True, intra_op_threads=1)
     assert generate(bound, PROMPTS, g).tokens == generate(with_sampler, PROMPTS, g).tokens
+
+
+@pytest.mark.parametrize("name,untempered", [("llada-tiny", True), ("dream-tiny", False), ("bd-tiny", False)])
+def test_llada_ranks_samples_by_their_untempered_probability(exports, name, untempered):
+    """LLaDA's generate (and Fast-dLLM's LLaDA code) draws at the temperature (Gumbel-max) but ranks the drawn
+    token by softmax(logits)[token], the probability before temperature; SDAR, Fast-dLLM v2 and Dream rank by the
+    tempered, filtered distribution they drew from. The host path's proposal confidences, on logits rows."""
+    from dllm_trt.runtime.backends.base import StepOutput
+    from dllm_trt.runtime.backends.ort_backend import OrtBackend
+    from dllm_trt.runtime.decode import DecodeLoop
+
+    host = OrtBackend.from_pretrained(exports / name, intra_op_threads=1)
+    g = GenerationConfig(gen_length=16, block_length=8, steps=8, seed=3, temperature=0.6, top_p=0.9,
+                         strategy="low_confidence" if name != "dream-tiny" else "entropy")
+    loop = DecodeLoop(host, [PROMPTS[0]], g)
+    assert loop.untempered == untempered
+    v = host.config.vocab_size
+    logits = (np.random.default_rng(0).standard_normal((1, 6, v)) * 3).astype(np.float32)
+    out = StepOutput(np.zeros((1, 6), np.int64), np.zeros((1, 6), np.float32), logits)
+    j = np.arange(6)
+    tokens, conf = loop._propose(out, 0, j, j + 10)
+    z = logits[0].astype(np.float64)
+    z[:, host.config.mask_token_id] = -np.inf
+    raw = softmax64(z)[j, tokens]
+    tempered = softmax64(z / 0.6)[j, tokens]
+    assert not np.allclose(raw, tempered)
+    if untempered:
+        np.testing.assert_allclose(conf, raw, rtol=1e-12)
+    else:
+        assert not np.allclose(conf, raw)

@@ -39,6 +39,10 @@ class Counting:
     def samples_on_device(self):
         return getattr(self.inner, "samples_on_device", False)
 
+    @property
+    def samples_untempered(self):
+        return getattr(self.inner, "samples_untempered", False)
+
     def sample(self, temperature, top_k, top_p, uniform):
         out = self.inner.sample(temperature, top_k, top_p, uniform)
         self.samples.append({"uniform": uniform, "out": out})

@@ -14,7 +14,9 @@ Fast-dLLM v2 drop it; renormalise), and the
 inverse CDF at the row's uniform (``runtime.sampling.counter_uniform``, computed on the host: one number
 per row, the random stream every backend shares). Besides the sampled token and its probability it
 returns the statistics the loop ranks by when sampling: Dream's top-1 minus top-2 probability and
-sum p log(p + 1e-10) of the tempered, unfiltered distribution, and SchED's top-1 minus top-2 *logit*.
+sum p log(p + 1e-10) of the tempered, unfiltered distribution, SchED's top-1 minus top-2 *logit*, and
+LLaDA's confidence (the token's probability under the softmax of the logits themselves, as its
+``generate`` computes it after the Gumbel-max draw).
 
 ``flavour="dream"`` (``sampler_dream.onnx``) is Dream's ``sample_tokens`` as
 ``runtime.sampling.dream_probs`` computes it: the nucleus filter first (a token is dropped when the mass
@@ -36,7 +38,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..contract import DREAM_SAMPLER_INPUTS, NUCLEUS_SETTLED, SAMPLER_INPUTS, SAMPLER_OUTPUTS
+from ..contract import DREAM_SAMPLER_INPUTS, NUCLEUS_SETTLED, RAW_CONFIDENCE, SAMPLER_INPUTS, SAMPLER_OUTPUTS
 
 SAMPLER_OPSET = 17
 ENTROPY_EPS = 1e-10  # Dream's entropy: sum p log(p + eps), as runtime.decode computes it from logits
@@ -158,8 +160,12 @@ def build_sampler(vocab_size: int, mask_token_id: int, flavour: str = "generic")
         neg_entropy_of(pf, neg_entropy)
         best = node("ArgMax", [pf], "best", axis=-1, keepdims=0, select_last_index=0)
         tok = node("Where", [draw_on, inverse_cdf(pf), best], tokens)
-    picked = node("GatherElements", [pf, node("Unsqueeze", [tok, last], "token_col")], "picked_p", axis=-1)
+    token_col = node("Unsqueeze", [tok, last], "token_col")
+    picked = node("GatherElements", [pf, token_col], "picked_p", axis=-1)
     node("ReduceMax", [picked], confidence, axes=[-1], keepdims=0)
+    # LLaDA's generate ranks a sampled token by softmax(logits)[token]: no temperature, no filter
+    raw = node("GatherElements", [softmax(z, "raw"), token_col], "raw_picked", axis=-1)
+    node("ReduceMax", [raw], RAW_CONFIDENCE, axes=[-1], keepdims=0)
 
     vec = lambda name, t: helper.make_tensor_value_info(name, t, [1])  # noqa: E731
     inputs = [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["batch", "rows", vocab_size]),
@@ -169,7 +175,8 @@ def build_sampler(vocab_size: int, mask_token_id: int, flavour: str = "generic")
         inputs.append(vec(names[8], B))
     outputs = [helper.make_tensor_value_info(tokens, I64, ["batch", "rows"])] + \
         [helper.make_tensor_value_info(n, D, ["batch", "rows"]) for n in (confidence, margin, neg_entropy, logit_gap)] + \
-        [helper.make_tensor_value_info(NUCLEUS_SETTLED, B, ["batch", "rows"])]
+        [helper.make_tensor_value_info(NUCLEUS_SETTLED, B, ["batch", "rows"]),
+         helper.make_tensor_value_info(RAW_CONFIDENCE, D, ["batch", "rows"])]
     graph = helper.make_graph(nodes, f"dllm_trt_sampler_{flavour}", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", SAMPLER_OPSET)],
                               producer_name="dllm-trt")

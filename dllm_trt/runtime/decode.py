@@ -167,10 +167,14 @@ class DecodeLoop:
         # Sampling, and Dream's top-p / top-k distribution (at temperature 0 too), run on the device when the backend
         # has the export's sampler graphs: the logits never leave it. Otherwise they read the rows' logits, as do
         # guidance, LLaDA's EOS options and the cache-refresh policies (whose step may merge two forwards).
+        # LLaDA's generate (and Fast-dLLM's LLaDA code) ranks a sampled token by softmax(logits)[token]: the
+        # probability before temperature (its Gumbel-max draw is at the temperature, the confidence is not)
+        self.untempered = self.cfg.family == "llada" and g.temperature > 0.0
         plain = g.cfg_scale == 0.0 and not self.banned and not self.unconfident and g.cache_refresh == "block"
         self.dream_sampling = plain and self.dream_filtered and bool(getattr(backend, "samples_dream_on_device", False))
         self.device_sampling = self.dream_sampling or (
-            plain and g.temperature > 0.0 and not self.dream_filtered and bool(getattr(backend, "samples_on_device", False)))
+            plain and g.temperature > 0.0 and not self.dream_filtered and bool(getattr(backend, "samples_on_device", False))
+            and (not self.untempered or bool(getattr(backend, "samples_untempered", False))))
         self.want_logits = not self.device_sampling and (
             g.temperature > 0.0 or g.cfg_scale > 0.0 or bool(self.banned) or bool(self.unconfident) or self.dream_filtered)
         # SDAR's static/dynamic remasking: torch.topk over the whole span (see unmask_span_topk)
@@ -307,7 +311,8 @@ class DecodeLoop:
         """Tokens and confidences of rows j of sequence b: the device's top-1, or a sample of the logits."""
         g = self.gen
         if not self.want_logits:
-            return out.tokens[b, j], self._checked(out.confidence[b, j].astype(np.float64), b)
+            conf = out.raw_confidence if self.untempered and self.device_sampling else out.confidence
+            return out.tokens[b, j], self._checked(conf[b, j].astype(np.float64), b)
         rows = self._rows(out, b, j)
         u = counter_uniform(g.seed, SAMPLE_STREAM, int(self.draws[b]), positions)
         if self.dream_filtered:  # Dream's sample_tokens: token and top-1 probability of the filtered distribution
@@ -317,8 +322,8 @@ class DecodeLoop:
         tokens, conf = propose(rows, g.temperature, g.top_k, g.top_p, u)
         if self.torch_softmax:  # LLaDA generate at temperature 0: its float32 softmax (EOS / EOT left out with the option)
             conf = float32_probability(rows, tokens, self.unconfident)
-        elif self.unconfident:  # LLaDA: the proposal's probability with EOS and EOT left out (0 for them)
-            conf = confidence_without(rows, tokens, g.temperature, self.unconfident)
+        elif self.untempered or self.unconfident:  # LLaDA: softmax(logits)[token], EOS / EOT left out with the option
+            conf = confidence_without(rows, tokens, 0.0 if self.untempered else g.temperature, self.unconfident)
         return tokens, conf
 
     def _rows(self, out: StepOutput, b: int, j: np.ndarray) -> np.ndarray:

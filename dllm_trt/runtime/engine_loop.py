@@ -175,6 +175,10 @@ class _SlotBackend:
     def samples_dream_on_device(self) -> bool:
         return bool(getattr(self.engine.backend, "samples_dream_on_device", False))
 
+    @property
+    def samples_untempered(self) -> bool:
+        return bool(getattr(self.engine.backend, "samples_untempered", False))
+
     def forward(self, input_ids, position_ids, attention_bias, cache, past_len, write_mask, logits_index,
                 want_logits=False) -> StepOutput:
         return self.engine._forward_for(self.request, (input_ids, position_ids, attention_bias, past_len,

@@ -18,6 +18,7 @@ class StepOutput(NamedTuple):
     margin: np.ndarray | None = None  # [B, R] float32: top-1 minus top-2 probability (Dream's topk_margin)
     neg_entropy: np.ndarray | None = None  # [B, R] float32: sum p log p over the row (Dream's entropy)
     logit_gap: np.ndarray | None = None  # [B, R] float64: top-1 minus top-2 logit (only from a device sampler)
+    raw_confidence: np.ndarray | None = None  # [B, R] float64: the drawn token's untempered probability (sampler)
 
 
 class Backend(Protocol):

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from ...config import ModelConfig
-from ...contract import (CONFIG_FILE, DREAM_SAMPLER_FILE, KV_TYPES, MODEL_FILE, NUCLEUS_SETTLED, ROW_STATS,
-                         SAMPLER_FILE, SAMPLER_OUTPUTS, config_from_artifact, cuda_ops_library, input_names,
+from ...contract import (CONFIG_FILE, DREAM_SAMPLER_FILE, KV_TYPES, MODEL_FILE, NUCLEUS_SETTLED, RAW_CONFIDENCE,
+                         ROW_STATS, SAMPLER_FILE, SAMPLER_OUTPUTS, config_from_artifact, cuda_ops_library, input_names,
                          output_names, past_names, present_names, read_artifact_config)
 from ...errors import DllmError
 from ..sampling import NUCLEUS_PREFIX
@@ -276,6 +276,11 @@ class OrtBackend:
     def samples_on_device(self) -> bool:
         """Sampling at temperature > 0 runs on the device (:meth:`sample`): only B x R numbers come back."""
         return self.sampler is not None
+
+    @property
+    def samples_untempered(self) -> bool:
+        """The sampler also returns LLaDA's confidence (raw_confidence; exports before it: host sampling)."""
+        return self.sampler is not None and RAW_CONFIDENCE in {o.name for o in self.sampler.get_outputs()}
 
     @property
     def samples_dream_on_device(self) -> bool:
@@ -547,10 +552,11 @@ class OrtBackend:
         if bucket.sampler is None:
             bucket.sampler = {}
         if dream not in bucket.sampler:
-            settles = NUCLEUS_SETTLED in {o.name for o in session.get_outputs()}  # older exports: whole-row sort
+            outputs = {o.name for o in session.get_outputs()}  # older exports: no prefix sort, no raw confidence
             layout, nbytes = _layout([(SAMPLER_OUTPUTS[0], (b, r), np.int64)] +
                                      [(n, (b, r), np.float64) for n in SAMPLER_OUTPUTS[1:]] +
-                                     ([(NUCLEUS_SETTLED, (b, r), np.bool_)] if settles else []))
+                                     ([(NUCLEUS_SETTLED, (b, r), np.bool_)] if NUCLEUS_SETTLED in outputs else []) +
+                                     ([(RAW_CONFIDENCE, (b, r), np.float64)] if RAW_CONFIDENCE in outputs else []))
             u_block, out_block = mem.block(b * r * 8), mem.block(nbytes)
             io = session.io_binding()
             where = (mem.name, self.device_id if mem.name == "cuda" else 0)
@@ -590,4 +596,4 @@ class OrtBackend:
             if i == len(sorts) - 1 or rows[NUCLEUS_SETTLED].all():
                 break
         return StepOutput(rows["tokens"], rows["confidence"], None, rows["margin"], rows["neg_entropy"],
-                          rows["logit_gap"])
+                          rows["logit_gap"], rows.get(RAW_CONFIDENCE))

@@ -26,19 +26,17 @@ def copy_of(tmp_path: Path, family: str) -> Path:
     return d
 
 
-def test_hf_keys_mean_what_transformers_makes_of_them():
-    # do_sample false or absent: greedy, whatever temperature/top_k/top_p say
-    assert hf_generation_fields({"temperature": 0.2, "top_p": 0.95, "max_new_tokens": 512}) == \
-        {"gen_length": 512, "temperature": 0.0}
-    assert hf_generation_fields({"do_sample": False, "temperature": 0.7}) == {"temperature": 0.0}
-    # do_sample: the values given, HF's defaults (1.0, 50, 1.0) for those left out
-    assert hf_generation_fields({"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.8}) == \
-        {"temperature": 0.7, "top_k": 20, "top_p": 0.8}
-    assert hf_generation_fields({"do_sample": True}) == {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
+def test_hf_sampling_keys_are_not_decode_defaults():
+    """generation_config.json's sampling keys configure transformers' autoregressive generate(); the families'
+    diffusion decoders do not read them (LLaDA generate, Dream diffusion_generate, Fast-dLLM v2 generate,
+    SDAR generate.py), so neither does dllm-trt: only the generation length is taken."""
+    assert hf_generation_fields({"temperature": 0.2, "top_p": 0.95, "max_new_tokens": 512}) == {"gen_length": 512}
+    assert hf_generation_fields({"do_sample": False, "temperature": 0.7}) == {}
+    assert hf_generation_fields({"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.8}) == {}
     # keys without a dllm-trt meaning stay out (eos_token_id goes to ModelConfig, the rest is not decoded)
     assert hf_generation_fields({"eos_token_id": [1, 2], "bos_token_id": 3, "repetition_penalty": 1.05}) == {}
     with pytest.raises(DllmError, match="not a number"):
-        hf_generation_fields({"do_sample": True, "temperature": "hot"})
+        hf_generation_fields({"max_new_tokens": "many"})
 
 
 def test_family_hook_maps_dreams_own_keys():
@@ -48,9 +46,11 @@ def test_family_hook_maps_dreams_own_keys():
 
 
 @pytest.mark.parametrize("family,want", [
-    ("dream", {"gen_length": 512, "temperature": 0.0, "strategy": "entropy", "steps": 512, "alg_temp": 0.0}),
-    ("fast_dllm_v2", {"temperature": 0.7, "top_k": 20, "top_p": 0.8}),
-    ("sdar", {"temperature": 0.6, "top_k": 20, "top_p": 0.95}),
+    ("dream", {"gen_length": 512, "strategy": "entropy", "steps": 512, "alg_temp": 0.0}),
+    # the published Fast-dLLM v2 / SDAR files carry their base model's do_sample settings; the authors'
+    # decoders ignore them (Fast-dLLM v2's generate: temperature 0), and so does dllm-trt: greedy
+    ("fast_dllm_v2", {}),
+    ("sdar", {}),
     ("llada", {}),
 ])
 def test_upstream_generation_configs(family, want):
@@ -85,10 +85,9 @@ def test_eos_id_int_or_list_and_bad_values(tmp_path):
 
 def test_dllm_generation_json_overrides_hf_keys_and_refuses_unknown_keys(tmp_path):
     d = copy_of(tmp_path, "fast_dllm_v2")
-    (d / "dllm_generation.json").write_text(json.dumps({"temperature": 0.0, "strategy": "threshold",
+    (d / "dllm_generation.json").write_text(json.dumps({"temperature": 0.5, "strategy": "threshold",
                                                         "sub_block_length": 4}))
-    assert folder_generation_defaults(d) == {"temperature": 0.0, "top_k": 20, "top_p": 0.8,
-                                             "strategy": "threshold", "sub_block_length": 4}
+    assert folder_generation_defaults(d) == {"temperature": 0.5, "strategy": "threshold", "sub_block_length": 4}
     (d / "dllm_generation.json").write_text(json.dumps({"max_new_tokens": 4}))
     with pytest.raises(DllmError, match=r"dllm_generation.json: unknown key 'max_new_tokens'"):
         folder_generation_defaults(d)

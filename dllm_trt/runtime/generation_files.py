@@ -1,10 +1,16 @@
 """A checkpoint folder's decode defaults: Hugging Face's ``generation_config.json`` read with HF's meaning
 of its keys, and dllm-trt's own settings in ``dllm_generation.json``.
 
-``generation_config.json`` belongs to Hugging Face: ``max_new_tokens``, ``do_sample``/``temperature``/
-``top_k``/``top_p`` and ``eos_token_id`` mean there what transformers' ``GenerationConfig`` makes of them
-(sampling keys are ignored unless ``do_sample`` is true; unset sampling keys take HF's defaults 1.0 / 50 /
-1.0). dllm-trt's own keys (gen_length, block_length, steps, strategy, threshold, cache, ...) live in
+``generation_config.json`` belongs to Hugging Face: ``max_new_tokens`` (the generation length) and
+``eos_token_id`` (stop ids, read by ModelConfig) are read with transformers' meaning. Its sampling keys
+(``do_sample``, ``temperature``, ``top_k``, ``top_p``) configure transformers' autoregressive ``generate()``,
+and none of the families' diffusion decoders reads them: LLaDA's ``generate`` (temperature 0 unless
+passed), Dream's ``diffusion_generate`` (``DreamGenerationConfig.from_model_config``: config.json, not this
+file), Fast-dLLM v2's ``generate`` / ``batch_sample`` (temperature 0), SDAR's ``generate.py`` (its own
+arguments). So they are not decode defaults here either: a Fast-dLLM v2 checkpoint, whose file carries
+Qwen2.5's ``do_sample``, temperature 0.7, top-k 20, top-p 0.8, decodes greedily, as its authors' code does;
+sampling is an option (``--temperature``, ``--top-k``, ``--top-p``) or a dllm_generation.json key.
+dllm-trt's own keys (gen_length, block_length, steps, strategy, threshold, cache, ...) live in
 ``dllm_generation.json`` so they never collide with an HF key that means something else. Precedence:
 GenerationConfig's defaults < generation_config.json < the family's keys < dllm_generation.json < options.
 """
@@ -25,7 +31,6 @@ EXPORT_CONFIG = "dllm_config.json"
 # dllm-trt keys that are no Hugging Face generation key: finding one in generation_config.json marks a folder
 # written before dllm_generation.json existed (read as before, with a warning)
 LEGACY_KEYS = ("gen_length", "block_length", "strategy", "threshold", "factor", "cache", "sub_block_length")
-HF_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}  # transformers' _get_default_generation_params
 
 
 def read_json_object(path: Path) -> dict:
@@ -39,20 +44,14 @@ def read_json_object(path: Path) -> dict:
 
 
 def hf_generation_fields(raw: dict[str, Any], source: str = HF_GENERATION_FILE) -> dict[str, Any]:
-    """GenerationConfig fields from generation_config.json keys, with HF's meaning."""
+    """GenerationConfig fields from generation_config.json keys: the generation length (``max_new_tokens``);
+    the sampling keys are the autoregressive generate()'s, not the diffusion decoders' (module docstring)."""
     out: dict[str, Any] = {}
-    try:
-        if raw.get("max_new_tokens") is not None:
+    if raw.get("max_new_tokens") is not None:
+        try:
             out["gen_length"] = int(raw["max_new_tokens"])
-        if any(k in raw for k in ("do_sample", *HF_DEFAULTS)):
-            if raw.get("do_sample"):
-                for key, default in HF_DEFAULTS.items():
-                    value = raw.get(key)
-                    out[key] = type(default)(default if value is None else value)
-            else:  # HF: greedy unless do_sample; temperature/top_k/top_p are then not used
-                out["temperature"] = 0.0
-    except (TypeError, ValueError) as e:
-        raise DllmError(f"{source}: a sampling key has a value that is not a number ({e})") from None
+        except (TypeError, ValueError) as e:
+            raise DllmError(f"{source}: max_new_tokens {raw['max_new_tokens']!r} is not a number ({e})") from None
     return out
 
 
@@ -79,7 +78,7 @@ def dream_generation_keys(raw: dict) -> dict:
 
 def family_generation_fields(raw: dict[str, Any], family: str | None) -> dict[str, Any]:
     """GenerationConfig fields from a family's own generation_config.json keys (Dream's ``alg``, ``steps``,
-    ``alg_temp``; Dream's sampler also applies ``temperature`` without ``do_sample``).
+    ``alg_temp``, ``eps``: the settings of its documented ``diffusion_generate`` call).
 
     Only Dream has such keys: ``alg`` -> strategy, ``alg_temp``, ``steps`` (``dream_generation_keys``).
     """

@@ -547,7 +547,14 @@ const SiluMulOp kSiluMul;
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
 RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
-  if (api == nullptr) return nullptr;  // cannot even report: this ONNX Runtime is older than the headers
+  if (api == nullptr) {  // this ONNX Runtime is older than the headers: report it with the oldest API
+    const OrtApi* oldest = api_base->GetApi(1);
+    return oldest == nullptr ? nullptr
+                             : oldest->CreateStatus(ORT_FAIL, ("libdllm_ort_cuda.so was built with ONNX Runtime headers "
+                                                               "of C API version " + std::to_string(ORT_API_VERSION) +
+                                                               ", newer than this ONNX Runtime: rebuild it with this "
+                                                               "version's headers (--ort-include)").c_str());
+  }
   Ort::InitApi(api);
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* st = api->CreateCustomOpDomain("dllm_trt.cuda", &domain)) return st;

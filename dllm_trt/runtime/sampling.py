@@ -155,6 +155,21 @@ def float32_probability(logits: np.ndarray, tokens: np.ndarray, excluded: tuple[
     return np.where(np.isin(tokens, excluded), np.float32(0), p).astype(np.float64)
 
 
+def filtered_probs(logits: np.ndarray, temperature: float, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
+    """The distribution a sampled proposal is drawn from, as SDAR's ``sample_with_temperature_topk_topp`` and
+    Fast-dLLM v2's ``sample_with_top_p`` make it: logits / temperature, top-k (below the k-th largest: -inf),
+    softmax, top-p (nucleus_keep), renormalised. Float64 [N, V]."""
+    z = logits.astype(np.float64) / temperature
+    if top_k > 0 and top_k < z.shape[-1]:
+        kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
+        z = np.where(z < kth, -np.inf, z)
+    p = softmax64(z)
+    if top_p < 1.0:  # drop what is ranked after a mass above top_p
+        p = np.where(nucleus_keep(p, top_p), p, 0.0)
+        p /= p.sum(axis=-1, keepdims=True)
+    return p
+
+
 def propose(
     logits: np.ndarray,  # [N, V]
     temperature: float = 0.0,
@@ -173,14 +188,7 @@ def propose(
         return tokens.astype(np.int64), conf
     if u is None or len(u) != logits.shape[0]:
         raise ValueError("sampling at temperature > 0 needs one uniform per row (counter_uniform)")
-    z = logits.astype(np.float64) / temperature
-    if top_k > 0 and top_k < z.shape[-1]:
-        kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
-        z = np.where(z < kth, -np.inf, z)
-    p = softmax64(z)
-    if top_p < 1.0:  # drop what is ranked after a mass above top_p (SDAR, Fast-dLLM v2)
-        p = np.where(nucleus_keep(p, top_p), p, 0.0)
-        p /= p.sum(axis=-1, keepdims=True)
+    p = filtered_probs(logits, temperature, top_k, top_p)
     tokens = draw(p, u)
     conf = p[np.arange(p.shape[0]), tokens]
     return tokens, conf

@@ -1,5 +1,5 @@
 """``dllm-trt export --ops ort-cuda``: the ONNX Runtime graph with the project's CUDA ops (CacheAttention,
-SiluMul; dllm_trt/plugins/ort_cuda_ops.cu), on CPU.
+SiluMul, SelectRows; dllm_trt/plugins/ort_cuda_ops.cu), on CPU.
 
 The kernels run only on a GPU (tests/test_gpu_cuda_ops.py, run on the device); here: the reference math
 the trace records equals the model, the exported graph holds exactly the custom ops in place of the
@@ -100,8 +100,18 @@ def test_cuda_ops_graph_holds_the_custom_ops_and_the_contract(cuda_exports, name
     ops = Counter((x.domain, x.op_type) for x in g.graph.node)
     assert ops[CUDA_OPS_DOMAIN, "CacheAttention"] == n and ops[CUDA_OPS_DOMAIN, "SiluMul"] == n
     assert ops[MS_DOMAIN, "SkipSimplifiedLayerNormalization"] == 2 * n
-    for gone in ("Split", "Transpose", "Softmax"):
+    for gone in ("Split", "Transpose", "Softmax", "ArgMax", "ReduceSum", "Exp", "Log"):
         assert ops["", gone] == 0, gone
+    # the row selection: one SelectRows over the fp32 logits (the graph's logits output), its four outputs the
+    # contract's row statistics, and its mask token the model's
+    select = [x for x in g.graph.node if x.op_type == "SelectRows"]
+    assert len(select) == 1 and select[0].domain == CUDA_OPS_DOMAIN
+    assert list(select[0].output) == ["tokens", "confidence", "margin", "neg_entropy"]
+    assert select[0].input[0] in {x.output[0] for x in g.graph.node if x.op_type == "Cast"} | {"logits"}
+    cast = [x for x in g.graph.node if select[0].input[0] in x.output]
+    assert cast and (cast[0].op_type == "Cast" or "logits" in cast[0].output)
+    assert {a.name: onnx.helper.get_attribute_value(a) for a in select[0].attribute}["mask_token_id"] == \
+        meta["model_config"]["mask_token_id"]
     for gone in ("RotaryEmbedding", "MultiHeadAttention", "QuickGelu"):
         assert ops[MS_DOMAIN, gone] == 0, gone
     assert {o.domain: o.version for o in g.opset_import}[CUDA_OPS_DOMAIN] == 1

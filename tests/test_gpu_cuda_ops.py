@@ -142,6 +142,55 @@ def test_cache_attention_kernel_equals_fp32_math(library, case):
         assert floats > 0  # the block step is split over CTAs
 
 
+SELECT_CASES = [  # (rows, vocab, mask token, logits pattern)
+    (32, 126464, 126336, "peaked"),   # LLaDA-8B's block step: 32 rows of its vocabulary, its mask token
+    (5, 1000, 3, "ties"),             # exact ties for the first and the second place, mask among the best
+    (7, 50, 60, "flat"),              # mask token outside the vocabulary: nothing excluded
+    (3, 1030, 0, "random"),
+]
+
+
+@pytest.mark.parametrize("case", SELECT_CASES, ids=[f"R{c[0]}V{c[1]}-{c[3]}" for c in SELECT_CASES])
+def test_select_rows_kernel_equals_the_reference(library, case):
+    """SelectRows against models.layers.select_rows (what the trace records and the --ops ort graph computes):
+    the same tokens (ties to the lowest id, the mask token never chosen), the statistics within fp32 summation
+    order."""
+    import torch
+
+    from dllm_trt.models.layers import select_rows
+
+    rows, v, mask, pattern = case
+    g = torch.Generator(device="cuda").manual_seed(1)
+    z = torch.randn(rows, v, device="cuda", generator=g)
+    if pattern == "peaked":
+        z = z * 3
+        z[torch.arange(rows), torch.randint(0, v, (rows,), device="cuda", generator=g)] += 20
+    elif pattern == "ties":
+        z = z.round()  # many exact ties
+        z[:, 10] = z[:, 20] = 50.0  # tied first place: 10 wins; the second is 20
+        z[:, mask] = 80.0  # the mask token ranks first and is excluded
+        z[1, 20] = 40.0  # row 1: tied second place between 30 and 31
+        z[1, 30] = z[1, 31] = 45.0
+    elif pattern == "flat":
+        z = torch.zeros(rows, v, device="cuda")
+    z = z.contiguous()
+    want = select_rows(z, mask)
+    lib = ctypes.CDLL(str(library))
+    lib.dllm_select_rows.restype = ctypes.c_int
+    tokens = torch.empty(rows, dtype=torch.int64, device="cuda")
+    stats = [torch.empty(rows, device="cuda") for _ in range(3)]
+    rc = lib.dllm_select_rows(ctypes.c_void_p(z.data_ptr()), ctypes.c_void_p(tokens.data_ptr()),
+                              *[ctypes.c_void_p(t.data_ptr()) for t in stats], ctypes.c_int64(rows), v, mask,
+                              ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
+    torch.cuda.synchronize()
+    assert rc == 0
+    assert torch.equal(tokens, want.tokens)
+    if pattern == "ties":
+        assert tokens.tolist() == [10] * rows
+    for got, ref in zip(stats, (want.confidence, want.margin, want.neg_entropy)):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def both_exports(tmp_path_factory, library):
     """name -> (--ops ort bf16 export, --ops ort-cuda bf16 export, their validation reports) of the bundled tiny

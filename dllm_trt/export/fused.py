@@ -15,7 +15,8 @@ q/k/v projections are three 4096 x 4096 GEMMs that cuBLAS runs at ~1.9x their we
 ``dllm_trt.cuda``, bf16): per layer one CacheAttention (split, RoPE of q and k, the presents and the attention
 over (past, current) with the bias, grouped-query heads too) in place of Split + 2 RotaryEmbedding +
 MultiHeadAttention (its past concat and transposes) + the presents' transposes, and one SiluMul in place of
-Split + QuickGelu + Mul. ONNX Runtime loads them from a library built with
+Split + QuickGelu + Mul; and once per graph one SelectRows in place of the row selection's ~16 ops over the
+vocabulary (export/graph.py). ONNX Runtime loads them from a library built with
 ``python -m dllm_trt.plugins.ort_cuda_build`` (CUDA provider only).
 
 Inputs, outputs and their meaning do not change (dllm_trt/contract.py), so the runtime drives all
@@ -40,7 +41,7 @@ import onnx
 
 from ..config import ModelConfig
 from ..errors import DllmError
-from ..models.layers import RMSNorm, attend, gather_rows
+from ..models.layers import RMSNorm, attend, gather_rows, select_rows
 
 PLACEHOLDER_DOMAIN = "dllm_fused"
 MS_DOMAIN = "com.microsoft"
@@ -161,6 +162,25 @@ class SiluMul(torch.autograd.Function):
     def symbolic(g, gate_up):
         out = g.op(f"{PLACEHOLDER_DOMAIN}::SiluMul", gate_up)
         out.setType(gate_up.type())
+        return out
+
+
+class SelectRows(torch.autograd.Function):
+    """fp32 logits [B, R, V] -> models.layers.select_rows (top-1 token without the mask token, confidence, margin,
+    neg_entropy) -> dllm_trt.cuda SelectRows: one kernel for the ~16 ops and vocabulary-sized temporaries of
+    the standard selection."""
+
+    @staticmethod
+    def forward(ctx, logits, exclude, vocab_ids, mask_token_id: int):
+        return tuple(select_rows(logits, mask_token_id, exclude, vocab_ids))
+
+    @staticmethod
+    def symbolic(g, logits, exclude, vocab_ids, mask_token_id):
+        out = g.op(f"{PLACEHOLDER_DOMAIN}::SelectRows", logits, mask_token_id_i=mask_token_id, outputs=4)
+        stats = logits.type().with_sizes(None) if hasattr(logits.type(), "with_sizes") else logits.type()
+        out[0].setType(stats.with_dtype(torch.int64))
+        for o in out[1:]:
+            o.setType(stats.with_dtype(torch.float32))
         return out
 
 
@@ -356,6 +376,9 @@ def lower_fused(model: onnx.ModelProto) -> dict[str, int]:
                                         scale=attrs["scale"])
         elif n.op_type == "SiluMul":
             new = onnx.helper.make_node("SiluMul", ins, outs, name=n.name, domain=CUDA_DOMAIN)
+        elif n.op_type == "SelectRows":
+            new = onnx.helper.make_node("SelectRows", ins[:1], outs, name=n.name, domain=CUDA_DOMAIN,
+                                        mask_token_id=attrs["mask_token_id"])
         else:
             raise ValueError(f"unknown placeholder {n.op_type}")
         n.CopyFrom(new)

@@ -17,7 +17,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..contract import (BATCH, KEYS, PAST, QUERY, ROWS, input_names, output_names, past_names, present_names,
                         tensor_shapes)
-from ..models.layers import mask_exclusion, select_rows
+from ..models.layers import RowSelection, mask_exclusion, select_rows
 
 
 class GraphWrapper(nn.Module):
@@ -39,7 +39,12 @@ class GraphWrapper(nn.Module):
         pkv = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
         logits, presents = self.model(input_ids, position_ids, attention_bias, pkv, logits_index)
         logits = logits.float()  # logits leave the graph in fp32 whatever the model dtype
-        sel = select_rows(logits, self.mask_token_id, self.exclude, self.vocab_ids)
+        if getattr(self.model, "cuda_ops", False):  # --ops ort-cuda: one kernel (export/fused.py SelectRows)
+            from .fused import SelectRows
+
+            sel = RowSelection(*SelectRows.apply(logits, self.exclude, self.vocab_ids, self.mask_token_id))
+        else:
+            sel = select_rows(logits, self.mask_token_id, self.exclude, self.vocab_ids)
         out = [sel.tokens, sel.confidence, sel.margin, sel.neg_entropy, logits]
         for k, v in presents:
             out += [k, v]

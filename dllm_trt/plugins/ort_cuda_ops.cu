@@ -16,6 +16,8 @@
 //     A 4th, optional output is the workspace when the keys of a (query tile, head) are split over CTAs (a block
 //     step has too few query tiles x heads to fill the GPU); a combine kernel then merges the splits.
 //   SiluMul(gate_up [N..., 2 I]) -> [N..., I] = silu(gate) * up.
+//   SelectRows(logits [B, R, V] fp32; mask_token_id) -> tokens [B, R] int64, confidence, margin, neg_entropy [B, R]
+//     models.layers.select_rows in one kernel (the standard graph's ArgMax / Exp / ReduceSum chain is ~16 kernels).
 //
 // Numerics: fp32 arithmetic, one rounding to bf16 per output (RoPE too: LLaDA's rope_full_precision exactly; the
 // tables of families that rotate in the model dtype hold values rounded to it) (flash-attention style: probabilities rounded to
@@ -29,6 +31,7 @@
 #include <cuda_bf16.h>
 #include <mma.h>
 
+#include <climits>
 #include <cstdint>
 #include <algorithm>
 #include <mutex>
@@ -409,6 +412,118 @@ cudaError_t run_cache_attention(const Args& a, cudaStream_t stream, float* ws, i
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// SelectRows: per row of fp32 logits [N, V], the top-1 token (the mask token excluded, ties to the lowest id) and
+// the softmax statistics the unmasking rules rank by, without a softmax tensor: confidence p1 = 1 / sum exp(z - z1),
+// margin p1 - p2, neg_entropy = sum p log p. models.layers.select_rows is the reference (ORT runs it as ~16
+// kernels over the vocabulary; this is one). One CTA per row: a pass for the top two, a pass for the sums.
+constexpr int kSelThreads = 1024;
+
+struct Top2 {
+  float v1, v2;
+  int i1, i2;
+};
+
+__device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) { return a > b || (a == b && ia < ib); }
+
+__device__ __forceinline__ void top2_push(Top2& t, float v, int i) {
+  if (ranks_before(v, i, t.v1, t.i1)) {
+    t.v2 = t.v1; t.i2 = t.i1; t.v1 = v; t.i1 = i;
+  } else if (ranks_before(v, i, t.v2, t.i2)) {
+    t.v2 = v; t.i2 = i;
+  }
+}
+
+__device__ __forceinline__ Top2 top2_merge(const Top2& a, const Top2& b) {
+  Top2 r;
+  if (ranks_before(a.v1, a.i1, b.v1, b.i1)) {
+    r.v1 = a.v1; r.i1 = a.i1;
+    if (ranks_before(a.v2, a.i2, b.v1, b.i1)) { r.v2 = a.v2; r.i2 = a.i2; } else { r.v2 = b.v1; r.i2 = b.i1; }
+  } else {
+    r.v1 = b.v1; r.i1 = b.i1;
+    if (ranks_before(a.v1, a.i1, b.v2, b.i2)) { r.v2 = a.v1; r.i2 = a.i1; } else { r.v2 = b.v2; r.i2 = b.i2; }
+  }
+  return r;
+}
+
+__global__ void __launch_bounds__(kSelThreads) select_rows_kernel(
+    const float* __restrict__ logits, int64_t* __restrict__ tokens, float* __restrict__ confidence,
+    float* __restrict__ margin, float* __restrict__ neg_entropy, int V, int mask) {
+  __shared__ Top2 tops[kSelThreads / 32];
+  __shared__ float sums[2][kSelThreads / 32];
+  const int64_t row = blockIdx.x;
+  const float* z = logits + row * (int64_t)V;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  Top2 t{-INFINITY, -INFINITY, INT_MAX, INT_MAX};
+  for (int i = threadIdx.x; i < V; i += kSelThreads) top2_push(t, i == mask ? -INFINITY : z[i], i);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    Top2 u;
+    u.v1 = __shfl_xor_sync(0xffffffffu, t.v1, o);
+    u.i1 = __shfl_xor_sync(0xffffffffu, t.i1, o);
+    u.v2 = __shfl_xor_sync(0xffffffffu, t.v2, o);
+    u.i2 = __shfl_xor_sync(0xffffffffu, t.i2, o);
+    t = top2_merge(t, u);
+  }
+  if (lane == 0) tops[warp] = t;
+  __syncthreads();
+  if (warp == 0) {
+    t = lane < kSelThreads / 32 ? tops[lane] : Top2{-INFINITY, -INFINITY, INT_MAX, INT_MAX};
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      Top2 u;
+      u.v1 = __shfl_xor_sync(0xffffffffu, t.v1, o);
+      u.i1 = __shfl_xor_sync(0xffffffffu, t.i1, o);
+      u.v2 = __shfl_xor_sync(0xffffffffu, t.v2, o);
+      u.i2 = __shfl_xor_sync(0xffffffffu, t.i2, o);
+      t = top2_merge(t, u);
+    }
+    if (lane == 0) tops[0] = t;
+  }
+  __syncthreads();
+  t = tops[0];
+  const float top = t.v1;
+  float se = 0.f, sed = 0.f;  // sum exp(d), sum exp(d) * max(d, -1e4); d = z - top (the mask: exp(-inf) = 0)
+  for (int i = threadIdx.x; i < V; i += kSelThreads) {
+    if (i == mask) continue;
+    const float d = z[i] - top;
+    const float e = expf(d);
+    se += e;
+    sed += e * fmaxf(d, -1e4f);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    se += __shfl_xor_sync(0xffffffffu, se, o);
+    sed += __shfl_xor_sync(0xffffffffu, sed, o);
+  }
+  if (lane == 0) {
+    sums[0][warp] = se;
+    sums[1][warp] = sed;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.f, ed = 0.f;
+    for (int w = 0; w < kSelThreads / 32; ++w) {
+      total += sums[0][w];
+      ed += sums[1][w];
+    }
+    const float p1 = 1.f / total;
+    const float p2 = t.i2 == INT_MAX ? 0.f : expf(t.v2 - top) / total;
+    tokens[row] = t.i1 == INT_MAX ? 0 : t.i1;
+    confidence[row] = p1;
+    margin[row] = p1 - p2;
+    neg_entropy[row] = ed / total - logf(total);
+  }
+}
+
+cudaError_t run_select_rows(const float* logits, int64_t* tokens, float* confidence, float* margin,
+                            float* neg_entropy, int64_t rows, int V, int mask, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  select_rows_kernel<<<(unsigned)rows, kSelThreads, 0, stream>>>(logits, tokens, confidence, margin, neg_entropy, V,
+                                                                  mask);
+  return cudaGetLastError();
+}
+
 OrtStatusPtr fail(const std::string& msg) { return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, msg.c_str()); }
 
 OrtStatusPtr cuda_status(cudaError_t e, const char* what) {
@@ -539,8 +654,63 @@ struct SiluMulOp : Ort::CustomOpBase<SiluMulOp, SiluMulKernel, true> {
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16; }
 };
 
+struct SelectRowsKernel {
+  int64_t mask_token_id = -1;
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    try {
+      Ort::KernelContext ctx(context);
+      auto x = ctx.GetInput(0);
+      auto shape = x.GetTensorTypeAndShapeInfo().GetShape();
+      if (shape.empty() || shape.back() <= 0 || shape.back() > INT_MAX)
+        return fail("SelectRows: logits [..., V] with 0 < V < 2^31 expected");
+      const int64_t V = shape.back();
+      int64_t rows = 1;
+      for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
+      shape.pop_back();
+      auto tok = ctx.GetOutput(0, shape);
+      auto conf = ctx.GetOutput(1, shape);
+      auto marg = ctx.GetOutput(2, shape);
+      auto ent = ctx.GetOutput(3, shape);
+      const int mask = (mask_token_id >= 0 && mask_token_id < V) ? (int)mask_token_id : -1;
+      return cuda_status(run_select_rows(static_cast<const float*>(x.GetTensorRawData()),
+                                         static_cast<int64_t*>(tok.GetTensorMutableRawData()),
+                                         static_cast<float*>(conf.GetTensorMutableRawData()),
+                                         static_cast<float*>(marg.GetTensorMutableRawData()),
+                                         static_cast<float*>(ent.GetTensorMutableRawData()), rows, (int)V, mask,
+                                         reinterpret_cast<cudaStream_t>(ctx.GetGPUComputeStream())),
+                         "select_rows kernel");
+    } catch (const Ort::Exception& ex) {
+      return fail(ex.what());
+    }
+  }
+};
+
+struct SelectRowsOp : Ort::CustomOpBase<SelectRowsOp, SelectRowsKernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    try {
+      Ort::ConstKernelInfo ki(info);
+      auto* k = new SelectRowsKernel;
+      k->mask_token_id = ki.GetAttribute<int64_t>("mask_token_id");
+      *kernel = k;
+      return nullptr;
+    } catch (const Ort::Exception& ex) {
+      return fail(std::string("SelectRows attributes: ") + ex.what());
+    }
+  }
+  const char* GetName() const { return "SelectRows"; }
+  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
+  size_t GetInputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  size_t GetOutputTypeCount() const { return 4; }
+  ONNXTensorElementDataType GetOutputType(size_t i) const {
+    return i == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+};
+
 const CacheAttentionOp kCacheAttention;
 const SiluMulOp kSiluMul;
+const SelectRowsOp kSelectRows;
 
 }  // namespace
 
@@ -560,6 +730,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   if (OrtStatus* st = api->CreateCustomOpDomain("dllm_trt.cuda", &domain)) return st;
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &kCacheAttention)) return st;
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, &kSiluMul)) return st;
+  if (OrtStatus* st = api->CustomOpDomain_Add(domain, &kSelectRows)) return st;
   return api->AddCustomOpDomain(options, domain);  // the domain lives as long as the process
 }
 
@@ -579,4 +750,12 @@ extern "C" __attribute__((visibility("default"))) int dllm_cache_attention(
          scale};
   return (int)run_cache_attention(a, reinterpret_cast<cudaStream_t>(stream), static_cast<float*>(workspace),
                                   workspace_floats_);
+}
+
+extern "C" __attribute__((visibility("default"))) int dllm_select_rows(const void* logits, int64_t* tokens,
+                                                                      float* confidence, float* margin,
+                                                                      float* neg_entropy, int64_t rows, int V,
+                                                                      int mask, void* stream) {
+  return (int)run_select_rows(static_cast<const float*>(logits), tokens, confidence, margin, neg_entropy, rows, V,
+                              mask < V ? mask : -1, reinterpret_cast<cudaStream_t>(stream));
 }

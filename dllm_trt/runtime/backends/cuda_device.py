@@ -63,6 +63,7 @@ class CudaDevice:
         self.stream = self._check(cu.cuStreamCreate(cu.CUstream_flags.CU_STREAM_NON_BLOCKING.value), "cuStreamCreate")
         self.stream_handle = int(self.stream)
         self._live: set[int] = set()
+        self._pinned: set[int] = set()
 
     def _check(self, result: Any, what: str) -> Any:
         cu = self.cu
@@ -85,6 +86,14 @@ class CudaDevice:
         if ptr in self._live:
             self._live.discard(ptr)
             self._check(self.cu.cuMemFree(ptr), "cuMemFree")
+
+    def pinned(self, nbytes: int) -> np.ndarray:
+        """A page-locked host array of ``nbytes`` (uint8): copies from and to it are truly asynchronous,
+        so a step's upload, run, cache write and download queue on the stream behind one sync."""
+        n = max(int(nbytes), 8)
+        ptr = int(self._check(self.cu.cuMemHostAlloc(n, 0), f"cuMemHostAlloc({n} bytes)"))
+        self._pinned.add(ptr)
+        return np.ctypeslib.as_array((ctypes.c_uint8 * n).from_address(ptr))
 
     def htod(self, ptr: int, array: np.ndarray) -> None:
         self._check(self.cu.cuMemcpyHtoDAsync(ptr, array.ctypes.data, array.nbytes, self.stream), "cuMemcpyHtoDAsync")
@@ -177,6 +186,9 @@ class CudaDevice:
             self.sync()
             for ptr in list(self._live):
                 self.free(ptr)
+            for ptr in list(self._pinned):
+                cu.cuMemFreeHost(ptr)
+            self._pinned.clear()
             cu.cuStreamDestroy(self.stream)
             cu.cuDevicePrimaryCtxRelease(self.dev)
         except Exception:  # interpreter shutdown: the driver may be gone already

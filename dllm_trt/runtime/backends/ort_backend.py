@@ -17,7 +17,9 @@ Two paths, one contract:
           directly (a view of the first rows by address, for the serving engine's busy slots); the
           written presents go into them with one device kernel (cuda_device.scatter_kv). With
           ``cuda_graph`` (default on CUDA) each bucket is captured once as a CUDA graph (ORT
-          ``enable_cuda_graph``, one ``gpu_graph_id`` per bucket) and replayed.
+          ``enable_cuda_graph``, one ``gpu_graph_id`` per bucket) and replayed. The session runs on
+          the backend's CUDA stream (``user_compute_stream``, runs not synchronised by ORT), so a
+          step is: upload, graph, cache write and download queued on one stream, one sync.
 Sampling at temperature > 0 runs on the device too, on the bound path: the export's sampler graph
 (``sampler.onnx``, and ``sampler_dream.onnx`` for Dream; export/sampler.py) reads the logits the step
 left in its bucket (:meth:`OrtBackend.sample`). Logits leave the device only when the loop asks for
@@ -107,11 +109,14 @@ class _CudaMemory:
 
     name = "cuda"
 
-    def __init__(self, device_id: int):
+    def __init__(self, device_id: int, shares_stream: bool = False):
         from .cuda_device import CudaDevice
 
         self.device_id = device_id
         self.device = CudaDevice(device_id)
+        # True when the session runs on this device's stream (user_compute_stream): runs are then not
+        # synchronised by ONNX Runtime, and the step's download is what waits for them
+        self.shares_stream = shares_stream
         self._tables: dict[tuple[int, ...], tuple[int, int]] = {}
 
     def empty(self, shape: tuple[int, ...], elem: str) -> _Tensor:
@@ -138,14 +143,19 @@ class _CudaMemory:
     def block(self, nbytes: int) -> "_Block":
         ptr = self.device.alloc(nbytes)
         self.device.zero(ptr, nbytes)
+        host = self.device.pinned(nbytes)[:nbytes]
+        host[...] = 0
         self.device.sync()
-        return _Block(np.zeros(nbytes, np.uint8), ptr)
+        return _Block(host, ptr)
 
     def upload_block(self, blk: "_Block", nbytes: int) -> None:
-        self.device.htod_sync(blk.ptr, blk.host[:nbytes])
+        """Queued on the stream the session runs on (the host copy is not touched until the step's sync)."""
+        self.device.htod(blk.ptr, blk.host[:nbytes])
 
     def download_block(self, blk: "_Block", nbytes: int) -> np.ndarray:
-        self.device.dtoh_sync(blk.host[:nbytes], blk.ptr)
+        """Queued behind everything on the stream, then the step's one sync."""
+        self.device.dtoh(blk.host[:nbytes], blk.ptr)
+        self.device.sync()
         return blk.host[:nbytes].copy()
 
     def scatter(self, presents: list[_Tensor], caches: list[_Tensor], pos: np.ndarray, pos_ptr: int) -> None:
@@ -162,8 +172,7 @@ class _CudaMemory:
         _, heads, length, d = presents[0].shape
         capacity = caches[0].shape[2]
         self.device.scatter_kv(src_table, dst_table, len(presents), pos_ptr, b, heads, length, capacity,
-                               d * presents[0].dtype.itemsize)
-        self.device.sync()
+                               d * presents[0].dtype.itemsize)  # queued: the step's download syncs
 
 
 class _Block:
@@ -238,8 +247,9 @@ class OrtBackend:
     """One ONNX Runtime session over ``model.onnx``, implementing the runtime's Backend protocol.
 
     ``timer`` (None unless profiling; dllm_trt.profiling.StepTimer) times the in-place cache
-    writes. Every run is synchronous (``run`` and ``run_with_iobinding`` return when the device
-    work is done), so wall-clock sections need no extra synchronisation.
+    writes. ``forward`` returns when the device work is done: on the CUDA bound path the session
+    runs on the backend's own stream and the step's upload, graph, cache write and row download
+    queue there behind one sync (the cache-write section then times the launch only).
     """
 
     timer = None
@@ -248,7 +258,8 @@ class OrtBackend:
         return _UNTIMED if self.timer is None else self.timer.section(section)
 
     def __init__(self, artifact_dir: str | Path, meta: dict[str, Any], config: ModelConfig, session: Any,
-                 device_type: str, device_id: int, io_binding: bool, cuda_graph: bool = False):
+                 device_type: str, device_id: int, io_binding: bool, cuda_graph: bool = False,
+                 memory: Any = None):
         self.artifact_dir = Path(artifact_dir)
         self.meta, self.config, self.session = meta, config, session
         self.device_type, self.device_id, self.io_binding = device_type, device_id, io_binding
@@ -261,8 +272,8 @@ class OrtBackend:
         n = config.num_layers
         self._inputs, self._outputs = input_names(n), output_names(n)
         self._past, self._present = past_names(n), present_names(n)
-        self._memory: Any = None
-        if io_binding:
+        self._memory: Any = memory
+        if io_binding and memory is None:
             self._memory = _CudaMemory(device_id) if device_type == "cuda" else _HostMemory()
         self._buckets: dict[tuple, _Bucket] = {}
         self._caches: dict[tuple[int, int], OrtCache] = {}
@@ -336,10 +347,16 @@ class OrtBackend:
                                 "run it with provider='cuda' (--provider cuda), or export with --ops ort or standard")
             opts.register_custom_ops_library(str(cuda_ops_library(artifact_dir)))
         options = dict(provider_options or {})
+        memory = None
         if ep == "CUDAExecutionProvider":
             options.setdefault("device_id", device_id)
             if cuda_graph:
                 options["enable_cuda_graph"] = "1"
+            if io_binding and "user_compute_stream" not in options:
+                # The session runs on the backend's stream: a step's upload, graph, cache write and download
+                # queue there behind one sync (runs are then not synchronised by ONNX Runtime itself).
+                memory = _CudaMemory(device_id, shares_stream=True)
+                options["user_compute_stream"] = str(memory.device.stream_handle)
         providers = [(ep, options)] + ([] if ep == "CPUExecutionProvider" else ["CPUExecutionProvider"])
         try:
             session = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
@@ -352,7 +369,7 @@ class OrtBackend:
         names = [i.name for i in session.get_inputs()]
         if names != input_names(config.num_layers):
             raise DllmError(f"{model_path} does not have the inputs of artefact format 2 ({names[:4]}...); re-export it")
-        backend = cls(artifact_dir, meta, config, session, device_type, device_id, io_binding, cuda_graph)
+        backend = cls(artifact_dir, meta, config, session, device_type, device_id, io_binding, cuda_graph, memory)
         for attr, name in (("sampler", SAMPLER_FILE), ("dream_sampler", DREAM_SAMPLER_FILE)):
             path = Path(artifact_dir) / name
             if not (io_binding and path.is_file()):
@@ -486,9 +503,12 @@ class OrtBackend:
             io.bind_ortvalue_output(name, t.value)
         graph_id = len(self._buckets) if self.cuda_graph else -1
         run_options = None
-        if graph_id >= 0:  # which CUDA graph this bucket captures and replays
+        if mem.name == "cuda":
             run_options = _import_ort().RunOptions()
-            run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
+            if graph_id >= 0:  # which CUDA graph this bucket captures and replays
+                run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
+            if mem.shares_stream:  # the step's download waits for the run on the same stream
+                run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         bucket = _Bucket(io, graph_id, run_options, bias, logits, presents, in_block, in_layout, in_bytes,
                          out_block, out_layout, out_bytes)
         self._buckets[key] = bucket
@@ -522,15 +542,14 @@ class OrtBackend:
         self.session.run_with_iobinding(bucket.binding, bucket.run_options)
         bucket.runs += 1
         self._last = bucket
-        # one download: the B x R row statistics
-        rows = _unpack(mem.download_block(bucket.out_block, bucket.out_bytes), bucket.out_layout)
-        result = StepOutput(rows["tokens"], rows["confidence"], mem.download(bucket.logits) if want_logits else None,
-                            rows["margin"], rows["neg_entropy"])
-        if write_pos is not None:
+        if write_pos is not None:  # queued behind the graph on the device: no sync of its own
             with self._timed("cache_write"):
                 off = bucket.in_layout["write_pos"][0]
                 mem.scatter(bucket.presents, cache.flat(), write_pos, bucket.in_block.ptr + off)
-        return result
+        # one download (the B x R row statistics) and the step's one sync
+        rows = _unpack(mem.download_block(bucket.out_block, bucket.out_bytes), bucket.out_layout)
+        return StepOutput(rows["tokens"], rows["confidence"], mem.download(bucket.logits) if want_logits else None,
+                          rows["margin"], rows["neg_entropy"])
 
     # ------------------------------------------------------------------ sampling on the device
     def sample(self, temperature: float, top_k: int, top_p: float, uniform: np.ndarray, dream: bool = False) \

@@ -32,13 +32,18 @@ device from the ``logits`` output the step left there::
 
     inputs   logits [B, R, V] float32, uniform [B, R] float64 (one draw per row, runtime.sampling),
              temperature [1] float64, top_k [1] int64 (1 when off), top_k_on [1] bool,
-             top_p [1] float64, top_p_k [1] int64 (entries sorted for top-p: a prefix, or V; 1 when off), top_p_on [1] bool
+             top_p [1] float64, top_p_k [1] int64 (entries sorted for top-p: a prefix, or the padded V; a
+             multiple of CDF_CHUNK, CDF_CHUNK when off), top_p_on [1] bool
     outputs  tokens [B, R] int64, confidence [B, R] float64 (the token's probability under the filtered
              distribution), margin / neg_entropy [B, R] float64 (of the tempered, unfiltered distribution),
              logit_gap [B, R] float64 (top-1 minus top-2 logit), nucleus_settled [B, R] bool (top_p_k < V:
-             whether the sorted prefix decided top-p; where not, run again with top_p_k = V),
+             whether the sorted prefix decided top-p; where not, run again with top_p_k = padded V),
              raw_confidence [B, R] float64 (the drawn token's probability under the softmax of the logits
              before temperature and filters: what LLaDA's generate ranks by when it samples)
+
+Cumulated sums (top-p's mass, the inverse CDF) are taken in runtime.sampling.chunked_cumsum's order: per
+chunk of CDF_CHUNK entries, then the chunks' totals; rows are padded to whole chunks (``padded_vocab``).
+A sampler graph records its chunk in its metadata (CDF_CHUNK_KEY); one without it is not used.
 
 ``sampler_dream.onnx`` is the same for Dream's ``sample_tokens`` (nucleus before top-k, every statistic of
 the filtered distribution, at temperature 0 too) with one more input, ``draw_on [1] bool`` (false: argmax).
@@ -64,6 +69,15 @@ NUCLEUS_SETTLED = "nucleus_settled"  # [B, R] bool: the sorted prefix decided to
 RAW_CONFIDENCE = "raw_confidence"  # [B, R] float64: LLaDA's confidence at temperature > 0 (absent in older exports)
 DREAM_SAMPLER_FILE = "sampler_dream.onnx"  # Dream's sample_tokens (runtime.sampling.dream_probs)
 DREAM_SAMPLER_INPUTS = SAMPLER_INPUTS + ("draw_on",)  # draw_on false: the argmax (temperature 0)
+CDF_CHUNK = 64  # cumulated sums: sequential within chunks of this many entries, then over the chunks' totals
+CDF_CHUNK_KEY = "dllm_trt.cdf_chunk"  # sampler graph metadata: its CDF_CHUNK (absent: an older sampler, not used)
+
+
+def padded_vocab(vocab_size: int) -> int:
+    """The vocabulary rounded up to whole CDF_CHUNK chunks: the sampler graph's sorted and cumulated rows."""
+    return -(-vocab_size // CDF_CHUNK) * CDF_CHUNK
+
+
 CACHE_LAYOUT = ("per-layer K/V [B, Hkv, C, D], position-indexed; the whole buffer is the past (P = C); "
                 "present = current tokens, written into the cache in place by the runtime")
 

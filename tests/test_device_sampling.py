@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dllm_trt import contract
 from dllm_trt.runtime import GenerationConfig, generate
-from dllm_trt.runtime.sampling import draw, dream_probs, propose, softmax64, sorted_prefix
+from dllm_trt.runtime.sampling import chunked_cumsum, draw, dream_probs, propose, softmax64, sorted_prefix
 from dllm_trt.runtime.settings import STRATEGIES_FOR, cache_modes_for
 
 ort = pytest.importorskip("onnxruntime")
@@ -28,16 +29,25 @@ PROMPTS = [[7, 12, 9, 30, 5], [11, 4, 8, 20, 21, 22, 3, 17, 6]]
 SETTLED = 5  # the sampler's outputs: SAMPLER_OUTPUTS, nucleus_settled, raw_confidence
 
 
-def sampler_session(vocab: int, mask: int):
+@pytest.fixture
+def unchunked(monkeypatch):
+    """Cumulated sums in one chunk of 1 entry, i.e. a plain running sum (contract.CDF_CHUNK = 1): sorted prefixes
+    of any length, so the prefix logic can be exercised on small vocabularies; the 64-entry chunks have their
+    own tests below."""
+    monkeypatch.setattr(contract, "CDF_CHUNK", 1)
+
+
+def sampler_session(vocab: int, mask: int, flavour: str = "generic"):
     from dllm_trt.export.sampler import build_sampler
 
-    return ort.InferenceSession(build_sampler(vocab, mask).SerializeToString(), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(build_sampler(vocab, mask, flavour).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
 
 
 def feeds(logits, u, temperature, top_k, top_p, sort_k=None):
     v = logits.shape[-1]
     k_on, p_on = 0 < top_k < v, top_p < 1.0
-    sort_k = (v if sort_k is None else sort_k) if p_on else 1
+    sort_k = (contract.padded_vocab(v) if sort_k is None else sort_k) if p_on else contract.CDF_CHUNK
     return {"logits": logits, "uniform": u, "temperature": np.array([temperature]),
             "top_k": np.array([top_k if k_on else 1], np.int64), "top_k_on": np.array([k_on]),
             "top_p": np.array([top_p]), "top_p_k": np.array([sort_k], np.int64), "top_p_on": np.array([p_on])}
@@ -55,10 +65,19 @@ def check_prefix_run(sess, f, full, sort_k, top_p, settled_want, label):
     return int(settled.sum()), int(settled.size)
 
 
-@pytest.mark.parametrize("vocab,mask", [(301, 7), (64, 63), (50, -1)])
-def test_sampler_graph_equals_numpy(vocab, mask):
+GENERIC_CASES = [  # (vocab, mask token, CDF chunk, sorted prefixes tried for top-p)
+    (301, 7, 1, (1, 3, 16)), (64, 63, 1, (1, 3, 16)), (50, -1, 1, (1, 3, 16)),
+    (1000, 7, 64, (64, 128, 256)),  # the default chunks; rows padded to 1024
+]
+
+
+@pytest.mark.parametrize("vocab,mask,chunk,prefixes", GENERIC_CASES,
+                         ids=[f"V{c[0]}-chunk{c[2]}" for c in GENERIC_CASES])
+def test_sampler_graph_equals_numpy(vocab, mask, chunk, prefixes, monkeypatch):
     """Tokens equal, probabilities and statistics equal to float64 rounding, over temperatures, top-k (off,
-    1, inside, the whole vocabulary, beyond it) and top-p (off, wide, narrow), with flat and peaked rows."""
+    1, inside, the whole vocabulary, beyond it) and top-p (off, wide, narrow), with flat and peaked rows; with
+    running sums (chunk 1) and with the default 64-entry chunks over rows padded to whole chunks."""
+    monkeypatch.setattr(contract, "CDF_CHUNK", chunk)
     sess = sampler_session(vocab, mask)
     rng = np.random.default_rng(vocab)
     rows = settled_rows = prefix_rows = 0
@@ -76,8 +95,8 @@ def test_sampler_graph_equals_numpy(vocab, mask):
         f = feeds(logits, u, t, k, p)
         full = sess.run(None, f)
         tok, conf, margin, negent, gap, _, raw = full
-        if p < 1.0:  # top-p from a sorted prefix of 1, 3 or 16 entries
-            sort_k = [1, 3, 16][trial % 3]
+        if p < 1.0:  # top-p from a sorted prefix
+            sort_k = prefixes[trial % 3]
             pf = np.stack([nucleus_prefix_mass(np.where(mask_of(vocab, mask), -np.inf, logits[i]), t, k, sort_k)
                            for i in range(b)])
             done, n = check_prefix_run(sess, f, full, sort_k, p, pf > p, f"trial {trial} k={sort_k}")
@@ -120,18 +139,21 @@ def nucleus_prefix_mass(z: np.ndarray, t: float, k: int, sort_k: int, dream: boo
         kth = np.sort(zt, axis=-1)[:, -k][:, None]
         zt = np.where(zt < kth, -np.inf, zt)
     p = softmax64(zt)
-    return np.cumsum(np.take_along_axis(p, sorted_prefix(zt if dream else p, sort_k), axis=-1), axis=-1)[:, -1]
+    if sort_k >= p.shape[-1]:
+        return np.ones(p.shape[0])
+    return chunked_cumsum(np.take_along_axis(p, sorted_prefix(zt if dream else p, sort_k), axis=-1))[:, -1]
 
 
-@pytest.mark.parametrize("vocab,mask", [(257, 3), (40, -1)])
-def test_dream_sampler_graph_equals_dream_probs(vocab, mask):
+DREAM_CASES = [(257, 3, 1, (1, 3, 16)), (40, -1, 1, (1, 3, 16)), (257, 3, 64, (64, 128, 192))]
+
+
+@pytest.mark.parametrize("vocab,mask,chunk,prefixes", DREAM_CASES, ids=[f"V{c[0]}-chunk{c[2]}" for c in DREAM_CASES])
+def test_dream_sampler_graph_equals_dream_probs(vocab, mask, chunk, prefixes, monkeypatch):
     """sampler_dream.onnx = runtime.sampling.dream_probs (nucleus, then top-k, then softmax) + the argmax at
     temperature 0 or the inverse CDF: tokens equal, probability / margin / sum p log p of the filtered
     distribution equal to float64 rounding."""
-    from dllm_trt.export.sampler import build_sampler
-
-    sess = ort.InferenceSession(build_sampler(vocab, mask, "dream").SerializeToString(),
-                                providers=["CPUExecutionProvider"])
+    monkeypatch.setattr(contract, "CDF_CHUNK", chunk)
+    sess = sampler_session(vocab, mask, "dream")
     rng = np.random.default_rng(vocab + 1)
     for trial in range(48):
         b, r = 2, 6
@@ -146,7 +168,7 @@ def test_dream_sampler_graph_equals_dream_probs(vocab, mask):
         full = sess.run(None, f)
         tok, conf, margin, negent = full[:4]
         if p < 1.0:
-            sort_k = [1, 3, 16][trial % 3]
+            sort_k = prefixes[trial % 3]
             pf = np.stack([nucleus_prefix_mass(np.where(mask_of(vocab, mask), -np.inf, logits[i]), t, k, sort_k,
                                                dream=True) for i in range(b)])
             check_prefix_run(sess, f, full, sort_k, p, pf > p, f"trial {trial} k={sort_k}")
@@ -163,7 +185,7 @@ def test_dream_sampler_graph_equals_dream_probs(vocab, mask):
             np.testing.assert_allclose(negent[i], (want * np.log(want + 1e-10)).sum(-1), rtol=1e-10, atol=1e-15)
 
 
-def test_top_p_drops_only_past_a_mass_above_top_p():
+def test_top_p_drops_only_past_a_mass_above_top_p(unchunked):
     """The boundary as SDAR's top_p_logits and Fast-dLLM v2's sample_with_top_p draw it: an entry goes when the
     mass ranked before it *exceeds* top_p. Four equal tokens (0.25 each) at top_p 0.5: the third stays (0.5
     before it, not above), the fourth goes; so each kept token has probability 1/3, on the host and in the
@@ -183,6 +205,70 @@ def test_top_p_drops_only_past_a_mass_above_top_p():
         assert out[0][0, 0] == 6 and out[1][0, 0] == pytest.approx(1 / 3, rel=1e-12) and out[SETTLED][0, 0]
     # a prefix of 2 holds 0.5, not above top_p: it does not settle the row (the runtime sorts it whole)
     assert not sess.run(None, feeds(logits, np.array([[0.999]]), 1.0, 0, 0.5, 2))[SETTLED][0, 0]
+
+
+def test_chunked_cumsum_is_its_definition():
+    """runtime.sampling.chunked_cumsum: entry j of chunk c = (the chunks before c, summed chunk by chunk) + (its
+    running sum within chunk c), every addition in that order (a Python loop here); a prefix of whole chunks
+    has the same sums as the whole row; within float64 rounding of the plain running sum."""
+    rng = np.random.default_rng(4)
+    x = rng.random((3, 1000))
+    got = chunked_cumsum(x)
+    c = contract.CDF_CHUNK
+    assert c == 64
+    for row in range(3):
+        done = 0.0
+        for start in range(0, 1000, c):
+            run = 0.0
+            for j in range(start, min(start + c, 1000)):
+                run += x[row, j]
+                assert got[row, j] == done + run
+            done += run
+    assert np.array_equal(chunked_cumsum(x[:, :128]), got[:, :128])
+    np.testing.assert_allclose(got, np.cumsum(x, axis=-1), rtol=1e-13)
+
+
+def test_top_p_boundary_in_chunks():
+    """With the default 64-entry chunks: 128 equal tokens at top_p 0.5. The first 64 hold exactly 0.5, not above
+    top_p: a 64-entry prefix does not settle the row; the whole sort keeps 65 tokens (0.5 before the 65th, not
+    above; 65/128 before the 66th), on the host and in the sampler graph."""
+    from dllm_trt.runtime.sampling import nucleus_keep
+
+    v = 200
+    logits = np.full((1, 1, v), -np.inf, np.float32)
+    logits[0, 0, 10:138] = 0.5
+    p = softmax64(logits[0].astype(np.float64))
+    np.testing.assert_array_equal(np.flatnonzero(nucleus_keep(p, 0.5)[0]), np.arange(10, 75))
+    sess = sampler_session(v, -1)
+    assert not sess.run(None, feeds(logits, np.array([[0.5]]), 1.0, 0, 0.5, 64))[SETTLED][0, 0]
+    for u in (0.0, 0.5, 0.999):
+        tok, conf = propose(logits[0], 1.0, 0, 0.5, np.array([u]))
+        out = sess.run(None, feeds(logits, np.array([[u]]), 1.0, 0, 0.5))  # the whole padded row (256)
+        assert out[0][0, 0] == tok[0] and 10 <= tok[0] < 75
+        assert out[1][0, 0] == conf[0] == pytest.approx(1 / 65, rel=1e-12) and out[SETTLED][0, 0]
+
+
+def test_an_older_sampler_is_not_used(exports, tmp_path):
+    """A sampler graph without this runtime's CDF chunk in its metadata (made before the chunked sums) is not
+    opened: the backend says so and samples on the host, with the same tokens."""
+    import onnx
+
+    from dllm_trt.contract import CDF_CHUNK_KEY, SAMPLER_FILE
+    from dllm_trt.runtime.backends.ort_backend import OrtBackend
+
+    art = tmp_path / "llada-tiny"
+    shutil.copytree(exports / "llada-tiny", art)
+    m = onnx.load(str(art / SAMPLER_FILE))
+    kept = [prop for prop in m.metadata_props if prop.key != CDF_CHUNK_KEY]
+    del m.metadata_props[:]
+    m.metadata_props.extend(kept)
+    onnx.save(m, str(art / SAMPLER_FILE))
+    with pytest.warns(RuntimeWarning, match="re-export"):
+        bound = OrtBackend.from_pretrained(art, io_binding=True, intra_op_threads=1)
+    assert not bound.samples_on_device and "CDF chunk None" in bound.sampler_error
+    host = OrtBackend.from_pretrained(exports / "llada-tiny", intra_op_threads=1)
+    g = GenerationConfig(gen_length=16, block_length=8, steps=8, cache="dual", seed=2, temperature=0.9, top_p=0.9)
+    assert generate(bound, PROMPTS, g).tokens == generate(host, PROMPTS, g).tokens
 
 
 @pytest.fixture(scope="module")
@@ -236,8 +322,25 @@ def test_device_sampling_equals_host_sampling(exports, name):
     assert cases >= 24
 
 
+def unchunked_exports(exports, root: Path) -> Path:
+    """Copies of the LLaDA and Dream exports whose sampler graphs use the current contract.CDF_CHUNK."""
+    import onnx
+
+    from dllm_trt.contract import DREAM_SAMPLER_FILE, SAMPLER_FILE
+    from dllm_trt.export.sampler import build_sampler
+
+    for name in ("llada-tiny", "dream-tiny"):
+        shutil.copytree(exports / name, root / name)
+        meta = json.loads((root / name / "dllm_config.json").read_text())["model_config"]
+        onnx.save(build_sampler(meta["vocab_size"], meta["mask_token_id"]), str(root / name / SAMPLER_FILE))
+        if (root / name / DREAM_SAMPLER_FILE).is_file():
+            onnx.save(build_sampler(meta["vocab_size"], meta["mask_token_id"], "dream"),
+                      str(root / name / DREAM_SAMPLER_FILE))
+    return root
+
+
 @pytest.mark.parametrize("prefix", [1, 3, 12])
-def test_top_p_from_a_sorted_prefix_equals_the_whole_sort(exports, prefix, monkeypatch):
+def test_top_p_from_a_sorted_prefix_equals_the_whole_sort(exports, prefix, monkeypatch, unchunked, tmp_path):
     """Top-p sorts NUCLEUS_PREFIX entries first and the whole vocabulary only for rows that prefix does not
     settle (the bound path runs the sampler graph again, numpy sorts those rows): with prefixes of 1, 3 and 12
     entries of the tiny models' 42, both paths give the tokens and NFE of the whole sort, for LLaDA's and
@@ -247,6 +350,7 @@ def test_top_p_from_a_sorted_prefix_equals_the_whole_sort(exports, prefix, monke
     from dllm_trt.runtime.backends.ort_backend import OrtBackend
 
     settings = ((0.9, 0, 0.9), (1.2, 8, 0.6), (0.0, 0, 0.85), (0.7, 0, 0.99))
+    exports = unchunked_exports(exports, tmp_path)  # samplers made with this test's one-entry chunks
     want = {}
     for name in ("llada-tiny", "dream-tiny"):
         host = OrtBackend.from_pretrained(exports / name, intra_op_threads=1)

@@ -193,26 +193,35 @@ def test_select_rows_kernel_equals_the_reference(library, case):
 
 @pytest.fixture(scope="module")
 def both_exports(tmp_path_factory, library):
-    """name -> (--ops ort bf16 export, --ops ort-cuda bf16 export, their validation reports) of the bundled tiny
-    checkpoints, both validated on the GPU against the PyTorch model (tolerance opened to read the errors)."""
+    """name -> (--ops ort bf16 export, --ops ort-cuda bf16 export, their errors against the fp32 model) of the
+    bundled tiny checkpoints. The export's own validation compares with the bf16 PyTorch model, which rounds its
+    attention scores to bf16 before the softmax (the kernels and cuDNN keep them in fp32): against it, the more
+    exact graph can show the larger error (the H200, 2026-11-30: llada-tiny prefill logits 0.092 for ort-cuda
+    against 0.055 for ort). Here both graphs are measured against the fp32 model on the validation's cases, with
+    the same bf16-rounded past on both sides (export.validate.validate_graph with the fp32 model)."""
     from dllm_trt.export import export_onnx
+    from dllm_trt.export.validate import validate_graph
+    from dllm_trt.models import load_model
 
     root = tmp_path_factory.mktemp("gpu-ort-cuda")
     out = {}
     for name in CKPTS:
+        model, config = load_model(CKPTS[name], dtype="fp32")
         reports = {}
         for ops in ("ort", "ort-cuda"):
-            reports[ops] = export_onnx(CKPTS[name], root / f"{name}-{ops}", dtype="bf16", ops=ops, progress=False,
-                                       log=lambda s: None, tolerance=1.0)["validation"]
+            art = root / f"{name}-{ops}"
+            export_onnx(CKPTS[name], art, dtype="bf16", ops=ops, progress=False, log=lambda s: None, tolerance=1.0)
+            reports[ops] = validate_graph(model, config, str(art / "model.onnx"), "bf16", log=lambda s: None,
+                                          tolerance=1.0)
         out[name] = (root / f"{name}-ort", root / f"{name}-ort-cuda", reports)
     return out
 
 
 @pytest.mark.parametrize("name", list(CKPTS))
-def test_cuda_ops_graph_is_as_close_to_torch_as_the_ort_graph(both_exports, name):
-    """Validation on the GPU (prefill and cached step against the PyTorch model): the ort-cuda graph's largest
-    logits / presents error is within the bf16 tolerance or at most 1.5x the --ops ort graph's, and no clear
-    top-1 token differs."""
+def test_cuda_ops_graph_is_as_close_to_fp32_as_the_ort_graph(both_exports, name):
+    """On the GPU, against the fp32 PyTorch model (prefill and cached step): the ort-cuda graph's largest logits /
+    presents error is within the bf16 tolerance or at most 1.5x the --ops ort graph's, and no clear top-1 token
+    differs."""
     from dllm_trt.export.validate import TOLERANCE
 
     _, _, reports = both_exports[name]

@@ -24,13 +24,18 @@ of the tokens ranked before it *exceeds* ``top_p``), then the top-k filter, then
 its argmax (``draw_on`` false: temperature 0) or drawn by the inverse CDF, and its probability, margin and
 sum p log p are all read from that filtered distribution (Dream ranks by them at temperature 0 too).
 
-Switches are inputs, not graph variants: ``top_k`` is the K of a TopK (1 when top-k is off, so the off
-case costs a top-1), ``top_p_k`` the K of the sort for top-p (1 when off). Sorting a whole row of 126k
-float64 probabilities per read row cost ~186 ms a step on an H200 (2026-11-30), so the runtime first sorts
-only ``runtime.sampling.NUCLEUS_PREFIX`` entries and reads ``nucleus_settled`` [B, R]: where the prefix's
-mass settles every later entry (runtime.sampling.nucleus_keep, the same test) the result is the whole
-sort's; otherwise it runs again with the whole vocabulary. Only standard opset-17 ops, and no shape
-arithmetic, so ONNX Runtime's CUDA provider runs every node.
+Switches are inputs, not graph variants: ``top_k_on``, ``top_p_on`` and Dream's ``draw_on`` select If
+branches (ONNX Runtime reads them on the host), so work a switch turns off is not done; ``top_k`` is the K
+of a TopK, ``top_p_k`` the K of the sort for top-p. Sorting a whole row of 126k float64 probabilities per
+read row cost ~186 ms a step on an H200 (2026-11-30), so the runtime first sorts only
+``runtime.sampling.NUCLEUS_PREFIX`` entries and reads ``nucleus_settled`` [B, R]: where the prefix's mass
+settles every later entry (runtime.sampling.nucleus_keep, the same test) the result is the whole sort's;
+otherwise it runs again with the whole (padded) vocabulary. Cumulated sums follow
+``runtime.sampling.chunked_cumsum`` (chunks of ``contract.CDF_CHUNK``, recorded in the graph's metadata):
+ONNX Runtime's CUDA CumSum re-adds every prefix and its float64 ReduceMax goes through cuDNN: of a 127 ms
+sampler step (32 rows of 126k, H200, 2026-11-30) CumSum took 69 ms and ReduceMax 52; maxima here are
+ArgMax + GatherElements. Only
+standard opset-17 ops, and no shape arithmetic, so ONNX Runtime's CUDA provider runs every node.
 """
 from __future__ import annotations
 
@@ -38,7 +43,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..contract import DREAM_SAMPLER_INPUTS, NUCLEUS_SETTLED, RAW_CONFIDENCE, SAMPLER_INPUTS, SAMPLER_OUTPUTS
+from .. import contract
+from ..contract import (CDF_CHUNK_KEY, DREAM_SAMPLER_INPUTS, NUCLEUS_SETTLED, RAW_CONFIDENCE, SAMPLER_INPUTS,
+                        SAMPLER_OUTPUTS, padded_vocab)
 
 SAMPLER_OPSET = 17
 ENTROPY_EPS = 1e-10  # Dream's entropy: sum p log(p + eps), as runtime.decode computes it from logits
@@ -50,56 +57,107 @@ def build_sampler(vocab_size: int, mask_token_id: int, flavour: str = "generic")
     if flavour not in ("generic", "dream"):
         raise ValueError(f"unknown sampler flavour {flavour!r}")
     D, I64, B = TensorProto.DOUBLE, TensorProto.INT64, TensorProto.BOOL
-    nodes: list[onnx.NodeProto] = []
+    scopes: list[list[onnx.NodeProto]] = [[]]  # the graph's nodes, then those of the If branch being built
+    nodes = scopes[0]
     inits: list[onnx.TensorProto] = []
 
     def const(name: str, value) -> str:
         inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
+    counter = [0]
+
     def node(op: str, inputs: list[str], out: str | list[str], **attrs) -> str:
         outs = [out] if isinstance(out, str) else out
-        nodes.append(helper.make_node(op, inputs, outs, name=f"{op}_{len(nodes)}", **attrs))
+        counter[0] += 1
+        scopes[-1].append(helper.make_node(op, inputs, outs, name=f"{op}_{counter[0]}", **attrs))
         return outs[0]
+
+    def branch(cond: str, then_build, else_build, outs: list[tuple[str, int]]) -> list[str]:
+        """If(cond) -> ``outs`` [(name, element type)]: each builder adds its branch's nodes and returns its
+        values in that order. Work a switch turns off (a top-k or a sort over the vocabulary) is then not done
+        (ONNX Runtime reads the switch on the host)."""
+        graphs = []
+        for which, build in (("then", then_build), ("else", else_build)):
+            scopes.append([])
+            values = build()
+            names = [node("Identity", [v], f"{o}_{which}") for v, (o, _) in zip(values, outs)]
+            graphs.append(helper.make_graph(scopes.pop(), f"{outs[0][0]}_{which}", [],
+                                            [helper.make_tensor_value_info(n, t, None)
+                                             for n, (_, t) in zip(names, outs)]))
+        node("If", [cond], [o for o, _ in outs], then_branch=graphs[0], else_branch=graphs[1])
+        return [o for o, _ in outs]
 
     last = const("axes_last", np.array([-1], np.int64))
     axis = const("axis_last", np.array(-1, np.int64))
-    two = const("k_two", np.array([2], np.int64))
     neg_inf = const("neg_inf", np.array(-np.inf, np.float64))
     zero = const("zero", np.array(0.0, np.float64))
     eps = const("entropy_eps", np.array(ENTROPY_EPS, np.float64))
     top_id = const("last_token", np.array(vocab_size - 1, np.int64))
+    vocab_ids = const("vocab_ids", np.arange(vocab_size, dtype=np.int64))
+    end = const("s_past", np.array([np.iinfo(np.int64).max], np.int64))
+    chunk = contract.CDF_CHUNK
+    padded = padded_vocab(vocab_size)
+
+    # Vocabulary-wide reductions: ONNX Runtime's CUDA ReduceMax of float64 goes through cuDNN (~9 ms for 32 rows of
+    # 126k on an H200, 2026-11-30) and its CumSum re-adds every prefix (~35 ms): maxima are ArgMax + Gather, and
+    # cumulated sums runtime.sampling.chunked_cumsum's order.
+    def row_max(x: str, tag: str) -> str:  # [B, R, 1]: the value at the (first) ArgMax
+        i = node("ArgMax", [x], f"{tag}_argmax", axis=-1, keepdims=1, select_last_index=0)
+        return node("GatherElements", [x, i], f"{tag}_max", axis=-1)
 
     def softmax(x: str, tag: str) -> str:  # numpy's softmax64: subtract the max, exp, divide by the sum
-        m = node("ReduceMax", [x], f"{tag}_max", axes=[-1], keepdims=1)
-        e = node("Exp", [node("Sub", [x, m], f"{tag}_shifted")], f"{tag}_exp")
+        e = node("Exp", [node("Sub", [x, row_max(x, tag)], f"{tag}_shifted")], f"{tag}_exp")
         return node("Div", [e, node("ReduceSum", [e, last], f"{tag}_sum", keepdims=1)], f"{tag}_p")
 
-    def top2_gap(x: str, tag: str, out: str) -> str:  # sorted top-1 minus top-2 along the vocabulary
-        v = node("TopK", [x, two], [f"{tag}_top2", f"{tag}_top2_idx"], axis=-1, largest=1, sorted=1)
-        hi = node("ReduceMax", [v], f"{tag}_top1", axes=[-1], keepdims=0)
-        lo = node("ReduceMin", [v], f"{tag}_second", axes=[-1], keepdims=0)
-        return node("Sub", [hi, lo], out)
+    def top2_gap(x: str, tag: str, out: str) -> str:  # top-1 minus top-2 along the vocabulary (a tie: 0)
+        i = node("ArgMax", [x], f"{tag}_first", axis=-1, keepdims=1, select_last_index=0)
+        hi = node("GatherElements", [x, i], f"{tag}_top1", axis=-1)
+        rest = node("Where", [node("Equal", [vocab_ids, i], f"{tag}_is_first"), neg_inf, x], f"{tag}_rest")
+        gap = node("Sub", [hi, row_max(rest, f"{tag}_second")], f"{tag}_gap")
+        return node("Squeeze", [gap, last], out)
+
+    def pad_row(x: str, tag: str, value: float) -> str:  # [B, R, V] -> [B, R, padded] (a whole number of chunks)
+        if padded == vocab_size:
+            return x
+        return node("Pad", [x, const(f"{tag}_pads", np.array([0, 0, 0, 0, 0, padded - vocab_size], np.int64)),
+                            const(f"{tag}_pad_value", np.array(value, np.float64))], f"{tag}_padded")
+
+    def chunked_cumsum(x: str, tag: str) -> str:  # [B, R, K], K a multiple of CDF_CHUNK: runtime.sampling's order
+        local = node("CumSum", [node("Reshape", [x, const(f"{tag}_chunk_shape", np.array([0, 0, -1, chunk],
+                                                                                            np.int64))],
+                                     f"{tag}_chunks"), axis], f"{tag}_local")
+        totals = node("Squeeze", [node("Slice", [local, const(f"{tag}_s_last", np.array([-1], np.int64)), end, last],
+                                       f"{tag}_chunk_last"), last], f"{tag}_chunk_totals")
+        run = node("CumSum", [totals, axis], f"{tag}_running")
+        before = node("Pad", [node("Slice", [run, const(f"{tag}_s0", np.array([0], np.int64)),
+                                             const(f"{tag}_s_end", np.array([-1], np.int64)), last], f"{tag}_run_head"),
+                              const(f"{tag}_pad_front", np.array([0, 0, 1, 0, 0, 0], np.int64)), zero],
+                      f"{tag}_before")
+        sums = node("Add", [node("Unsqueeze", [before, last], f"{tag}_before_col"), local], f"{tag}_sums")
+        return node("Reshape", [sums, const(f"{tag}_flat_shape", np.array([0, 0, -1], np.int64))], f"{tag}_cum")
 
     def neg_entropy_of(p: str, out: str) -> str:  # sum p log(p + eps)
         plogp = node("Mul", [p, node("Log", [node("Add", [p, eps], f"{out}_p_eps")], f"{out}_log")], f"{out}_plogp")
         return node("ReduceSum", [plogp, last], out, keepdims=0)
 
     def top_k_filter(x: str, tag: str) -> str:  # below the k-th largest -> -inf (the smallest of the top k)
-        vk = node("TopK", [x, top_k], [f"{tag}_values", f"{tag}_idx"], axis=-1, largest=1, sorted=1)
-        kth = node("ReduceMin", [vk], f"{tag}_kth", axes=[-1], keepdims=1)
-        drop = node("And", [top_k_on, node("Less", [x, kth], f"{tag}_below")], f"{tag}_drop")
-        return node("Where", [drop, neg_inf, x], f"{tag}_z")
+        def on() -> list[str]:
+            vk = node("TopK", [x, top_k], [f"{tag}_values", f"{tag}_idx"], axis=-1, largest=1, sorted=1)
+            kth = node("ReduceMin", [vk], f"{tag}_kth", axes=[-1], keepdims=1)
+            return [node("Where", [node("Less", [x, kth], f"{tag}_below"), neg_inf, x], f"{tag}_filtered")]
+
+        return branch(top_k_on, on, lambda: [x], [(f"{tag}_z", D)])[0]
 
     def sorted_probs(p: str, tag: str, key: str | None = None) -> tuple[str, str, str]:
-        """The first top_p_k entries of p sorted high to low by key (default p; ties: lower id first), and
-        their cumulated sum."""
+        """The first top_p_k entries of p [B, R, padded] sorted high to low by key (default p; ties: lower id
+        first), and their cumulated sum (top_p_k: a multiple of CDF_CHUNK)."""
         if key is None:
             sp = node("TopK", [p, top_p_k], [f"{tag}_sorted", f"{tag}_order"], axis=-1, largest=1, sorted=1)
         else:
             node("TopK", [key, top_p_k], [f"{tag}_sorted_key", f"{tag}_order"], axis=-1, largest=1, sorted=1)
             sp = node("GatherElements", [p, f"{tag}_order"], f"{tag}_sorted", axis=-1)
-        return sp, f"{tag}_order", node("CumSum", [sp, axis], f"{tag}_cum")
+        return sp, f"{tag}_order", chunked_cumsum(sp, tag)
 
     def unsort(flags: str, like: str, order: str, tag: str) -> str:  # sorted-order flags back to vocabulary order
         zeros = node("Mul", [like, zero], f"{tag}_zeros")  # entries past the sorted prefix: false
@@ -110,20 +168,28 @@ def build_sampler(vocab_size: int, mask_token_id: int, flavour: str = "generic")
     def nucleus(p: str, key: str | None = None) -> str:
         """Top-p in vocabulary order, [B, R, V] bool (runtime.sampling.nucleus_keep): sorted high to low by key,
         an entry stays unless the mass ranked before it exceeds top_p; entries past the sorted prefix
-        (top_p_k < V) go, which is right where ``nucleus_settled`` (the prefix's mass exceeds top_p) holds."""
-        _, order, cum = sorted_probs(p, "top_p", key)
+        (top_p_k < V) go, which is right where ``nucleus_settled`` (the prefix's mass exceeds top_p) holds. The
+        rows are padded to whole chunks (p with 0, the key with -inf: sorted after every entry)."""
+        p = pad_row(p, "top_p", 0.0)
+        _, order, cum = sorted_probs(p, "top_p", None if key is None else pad_row(key, "top_p_key", -np.inf))
         before = node("Pad", [node("Slice", [cum, const("s0", np.array([0], np.int64)),
                                              const("s_end", np.array([-1], np.int64)), last], "cum_head"),
                               const("pad_front", np.array([0, 0, 1, 0, 0, 0], np.int64)), zero], "cum_before")
-        last_cum = node("Squeeze", [node("Slice", [cum, const("s_last", np.array([-1], np.int64)),
-                                                   const("s_past", np.array([np.iinfo(np.int64).max], np.int64)),
-                                                   last], "cum_last"), last], "cum_last_row")
-        node("Greater", [last_cum, top_p], NUCLEUS_SETTLED)
-        return unsort(node("LessOrEqual", [before, top_p], "keep_sorted"), p, order, "top_p")
+        last_cum = node("Squeeze", [node("Slice", [cum, const("s_last", np.array([-1], np.int64)), end, last],
+                                         "cum_last"), last], "cum_last_row")
+        settled = node("Greater", [last_cum, top_p], "prefix_settled")
+        keep = unsort(node("LessOrEqual", [before, top_p], "keep_sorted"), p, order, "top_p")
+        if padded != vocab_size:
+            keep = node("Slice", [keep, const("s_vocab0", np.array([0], np.int64)),
+                                  const("s_vocab", np.array([vocab_size], np.int64)), last], "top_p_keep")
+        return keep, settled
 
-    def inverse_cdf(p: str) -> str:  # the first id whose cumulative mass exceeds u * total
-        cdf = node("CumSum", [p, axis], "cdf")
-        total = node("ReduceMax", [cdf], "cdf_total", axes=[-1], keepdims=1)
+    def all_rows() -> str:  # [B, R] true: with top-p off there is nothing for a longer sort to settle
+        return node("GreaterOrEqual", [uniform, zero], "every_row")
+
+    def inverse_cdf(p: str) -> str:  # the first id whose cumulated mass exceeds u * total (entries past V: total)
+        cdf = chunked_cumsum(pad_row(p, "cdf", 0.0), "cdf")
+        total = node("Slice", [cdf, const("cdf_total_start", np.array([-1], np.int64)), end, last], "cdf_total")
         target = node("Mul", [node("Unsqueeze", [uniform, last], "u_col"), total], "u_target")
         below = node("Cast", [node("LessOrEqual", [cdf, target], "cdf_below")], "cdf_below_f", to=D)
         count = node("Cast", [node("ReduceSum", [below, last], "count_f", keepdims=0)], "count", to=I64)
@@ -145,21 +211,28 @@ def build_sampler(vocab_size: int, mask_token_id: int, flavour: str = "generic")
         top2_gap(p_full, "full", margin)
         neg_entropy_of(p_full, neg_entropy)
         p = softmax(top_k_filter(zt, "top_k"), "filtered")
-        kept = node("Where", [nucleus(p), p, zero], "p_kept")
-        renorm = node("Div", [kept, node("ReduceSum", [kept, last], "kept_sum", keepdims=1)], "p_renorm")
-        pf = node("Where", [top_p_on, renorm, p], "p_final")
+
+        def top_p_filter() -> list[str]:
+            keep, settled = nucleus(p)
+            kept = node("Where", [keep, p, zero], "p_kept")
+            return [node("Div", [kept, node("ReduceSum", [kept, last], "kept_sum", keepdims=1)], "p_renorm"), settled]
+
+        pf, _ = branch(top_p_on, top_p_filter, lambda: [p, all_rows()], [("p_final", D), (NUCLEUS_SETTLED, B)])
         tok = node("Identity", [inverse_cdf(pf)], tokens)
     else:
         draw_on = names[8]
         # nucleus first, on the tempered logits sorted as Dream sorts them
-        p0 = softmax(zt, "nucleus")
-        drop = node("And", [top_p_on, node("Not", [nucleus(p0, key=zt)], "dropped")], "drop_p")
-        zp = node("Where", [drop, neg_inf, zt], "z_nucleus")
+        def top_p_filter() -> list[str]:
+            keep, settled = nucleus(softmax(zt, "nucleus"), key=zt)
+            return [node("Where", [keep, zt, neg_inf], "z_kept"), settled]
+
+        zp, _ = branch(top_p_on, top_p_filter, lambda: [zt, all_rows()], [("z_nucleus", D), (NUCLEUS_SETTLED, B)])
         pf = softmax(top_k_filter(zp, "top_k"), "final")
         top2_gap(pf, "final", margin)
         neg_entropy_of(pf, neg_entropy)
-        best = node("ArgMax", [pf], "best", axis=-1, keepdims=0, select_last_index=0)
-        tok = node("Where", [draw_on, inverse_cdf(pf), best], tokens)
+        tok = branch(draw_on, lambda: [inverse_cdf(pf)],
+                     lambda: [node("ArgMax", [pf], "best", axis=-1, keepdims=0, select_last_index=0)],
+                     [(tokens, I64)])[0]
     token_col = node("Unsqueeze", [tok, last], "token_col")
     picked = node("GatherElements", [pf, token_col], "picked_p", axis=-1)
     node("ReduceMax", [picked], confidence, axes=[-1], keepdims=0)
@@ -181,5 +254,6 @@ def build_sampler(vocab_size: int, mask_token_id: int, flavour: str = "generic")
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", SAMPLER_OPSET)],
                               producer_name="dllm-trt")
     model.ir_version = 8
+    helper.set_model_props(model, {CDF_CHUNK_KEY: str(chunk)})
     onnx.checker.check_model(model)
     return model

@@ -36,9 +36,11 @@ from typing import Any
 import numpy as np
 
 from ...config import ModelConfig
-from ...contract import (CONFIG_FILE, DREAM_SAMPLER_FILE, KV_TYPES, MODEL_FILE, NUCLEUS_SETTLED, RAW_CONFIDENCE,
-                         ROW_STATS, SAMPLER_FILE, SAMPLER_OUTPUTS, config_from_artifact, cuda_ops_library, input_names,
-                         output_names, past_names, present_names, read_artifact_config)
+from ... import contract
+from ...contract import (CDF_CHUNK_KEY, CONFIG_FILE, DREAM_SAMPLER_FILE, KV_TYPES, MODEL_FILE,
+                         NUCLEUS_SETTLED, RAW_CONFIDENCE, ROW_STATS, SAMPLER_FILE, SAMPLER_OUTPUTS, config_from_artifact,
+                         cuda_ops_library, input_names, output_names, padded_vocab, past_names, present_names,
+                         read_artifact_config)
 from ...errors import DllmError
 from ..sampling import NUCLEUS_PREFIX
 from .base import StepOutput, check_forward_args
@@ -382,8 +384,12 @@ class OrtBackend:
                 sopts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
             sampler_options = {k: v for k, v in options.items() if k != "enable_cuda_graph"}
             try:
-                setattr(backend, attr, ort.InferenceSession(str(path), sess_options=sopts,
-                                                            providers=[(ep, sampler_options)]))
+                sampler = ort.InferenceSession(str(path), sess_options=sopts, providers=[(ep, sampler_options)])
+                chunk = sampler.get_modelmeta().custom_metadata_map.get(CDF_CHUNK_KEY)
+                if chunk != str(contract.CDF_CHUNK):  # its cumulated sums would not be runtime.sampling's
+                    raise DllmError(f"made for other cumulated sums (CDF chunk {chunk}, this runtime's "
+                                    f"{contract.CDF_CHUNK}); re-export to sample on the device")
+                setattr(backend, attr, sampler)
             except Exception as e:  # e.g. a provider without float64 kernels for a node: sample on the host
                 backend.sampler_error = f"{name} not usable with {ep}: {e}"
                 warnings.warn(f"{backend.sampler_error}; sampling at temperature > 0 downloads the rows' logits "
@@ -599,13 +605,15 @@ class OrtBackend:
             bucket.sampler[dream][5] = key
         u_block.view(0, (b, r), np.float64)[...] = uniform
         mem.upload_block(u_block, b * r * 8)
-        # top-p sorts NUCLEUS_PREFIX entries first; the whole vocabulary only for rows that prefix does not settle
+        # top-p sorts NUCLEUS_PREFIX entries first; the whole (padded) vocabulary only for rows that prefix does not
+        # settle; off, one chunk (the graph's sort and cumulated sums run on whole chunks)
+        whole = padded_vocab(v)
         if not p_on:
-            sorts = (1,)
-        elif NUCLEUS_SETTLED in layout and NUCLEUS_PREFIX < v:
-            sorts = (NUCLEUS_PREFIX, v)
+            sorts = (contract.CDF_CHUNK,)
+        elif NUCLEUS_PREFIX < whole:
+            sorts = (NUCLEUS_PREFIX, whole)
         else:
-            sorts = (v,)
+            sorts = (whole,)
         for i, k in enumerate(sorts):
             if sort_k != k:
                 io.bind_cpu_input("top_p_k", np.array([k], np.int64))

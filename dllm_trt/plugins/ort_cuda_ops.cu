@@ -29,6 +29,7 @@
 
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
+#include <cuda_pipeline.h>
 #include <mma.h>
 
 #include <climits>
@@ -126,20 +127,32 @@ __global__ void __launch_bounds__(warps_for<D>() * 32) attention_kernel(
   float* Ms = reinterpret_cast<float*>(smem + S::q + NW * S::warp);  // [warps][16] running max
   float* Ls = Ms + NW * kQT;                                          // [warps][16] running sum
 
-  // Q rows with RoPE (rows past L are zeros)
-  for (int i = threadIdx.x; i < kQT * half; i += blockDim.x) {
-    const int r = i / half, d = i % half, l = q0 + r;
-    float a = 0.f, c2 = 0.f;
-    if (l < L) {
-      const bf16* q = qkv + ((int64_t)b * L + l) * W + (int64_t)h * D;
-      const int64_t p = clamp_pos(pos[(int64_t)b * L + l], P);
-      const float c = cos_t[p * half + d], s = sin_t[p * half + d];
-      const float x1 = to_f(q[d]), x2 = to_f(q[d + half]);
-      a = x1 * c - x2 * s;
-      c2 = x2 * c + x1 * s;
+  // Q rows with RoPE (rows past L are zeros). The loads of all of a thread's pairs are issued before any is used
+  // (a loop that loads, rotates and stores one pair at a time waits for global memory once per pair).
+  {
+    constexpr int kThreads = NW * 32, kPairs = (kQT * half + kThreads - 1) / kThreads;
+    float x1[kPairs], x2[kPairs], cs[kPairs], sn[kPairs];
+#pragma unroll
+    for (int j = 0; j < kPairs; ++j) {
+      const int i = threadIdx.x + j * kThreads, r = i / half, d = i % half, l = q0 + r;
+      x1[j] = x2[j] = cs[j] = sn[j] = 0.f;
+      if (i < kQT * half && l < L) {
+        const bf16* q = qkv + ((int64_t)b * L + l) * W + (int64_t)h * D;
+        const int64_t p = clamp_pos(pos[(int64_t)b * L + l], P);
+        cs[j] = cos_t[p * half + d];
+        sn[j] = sin_t[p * half + d];
+        x1[j] = to_f(q[d]);
+        x2[j] = to_f(q[d + half]);
+      }
     }
-    Qs[r * ld + d] = to_bf(a);
-    Qs[r * ld + d + half] = to_bf(c2);
+#pragma unroll
+    for (int j = 0; j < kPairs; ++j) {
+      const int i = threadIdx.x + j * kThreads, r = i / half, d = i % half;
+      if (i < kQT * half) {
+        Qs[r * ld + d] = to_bf(x1[j] * cs[j] - x2[j] * sn[j]);
+        Qs[r * ld + d + half] = to_bf(x2[j] * cs[j] + x1[j] * sn[j]);
+      }
+    }
   }
   for (int i = lane; i < kQT * ldo; i += 32) Os[i] = 0.f;
   __syncthreads();
@@ -168,22 +181,27 @@ __global__ void __launch_bounds__(warps_for<D>() * 32) attention_kernel(
       open |= bv[c] > kMasked;
     }
     if (!__any_sync(0xffffffffu, open)) continue;
-    // K, V tile (keys past the end are zeros)
+    // K, V tile (keys past the end are zeros): asynchronous copies (cp.async) all issued, then one wait, where a
+    // load-then-store loop waits for global memory once per 16 bytes
     for (int i = lane; i < kKT * D / kVec; i += 32) {
       const int kr = i / (D / kVec), c = (i % (D / kVec)) * kVec, k = k0 + kr;
-      uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+      bf16* kd = Ks + kr * ld + c;
+      bf16* vd = Vs + kr * ld + c;
       if (k < C) {
         const int64_t off = (past_base + k) * D + c;
-        kv = *reinterpret_cast<const uint4*>(past_k + off);
-        vv = *reinterpret_cast<const uint4*>(past_v + off);
+        __pipeline_memcpy_async(kd, past_k + off, 16);
+        __pipeline_memcpy_async(vd, past_v + off, 16);
       } else if (k < keys) {
         const int64_t off = (cur_base + (k - C)) * D + c;
-        kv = *reinterpret_cast<const uint4*>(cur_k + off);
-        vv = *reinterpret_cast<const uint4*>(cur_v + off);
+        __pipeline_memcpy_async(kd, cur_k + off, 16);
+        __pipeline_memcpy_async(vd, cur_v + off, 16);
+      } else {
+        *reinterpret_cast<uint4*>(kd) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(vd) = make_uint4(0, 0, 0, 0);
       }
-      *reinterpret_cast<uint4*>(Ks + kr * ld + c) = kv;
-      *reinterpret_cast<uint4*>(Vs + kr * ld + c) = vv;
     }
+    __pipeline_commit();
+    __pipeline_wait_prior(0);
     __syncwarp();
     // scores = Q K^T
 #pragma unroll
@@ -455,7 +473,20 @@ __global__ void __launch_bounds__(kSelThreads) select_rows_kernel(
   const float* z = logits + row * (int64_t)V;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   Top2 t{-INFINITY, -INFINITY, INT_MAX, INT_MAX};
-  for (int i = threadIdx.x; i < V; i += kSelThreads) top2_push(t, i == mask ? -INFINITY : z[i], i);
+  // 16-byte loads, four in flight per thread (one row is one CTA's: latency, not bandwidth, bounds a pass)
+  const bool vec = (V % 4) == 0;
+  const int V4 = vec ? V / 4 : 0;
+  const float4* z4 = reinterpret_cast<const float4*>(z);
+#pragma unroll 2
+  for (int i = threadIdx.x; i < V4; i += kSelThreads) {
+    const float4 x = z4[i];
+    const int j = 4 * i;
+    top2_push(t, j == mask ? -INFINITY : x.x, j);
+    top2_push(t, j + 1 == mask ? -INFINITY : x.y, j + 1);
+    top2_push(t, j + 2 == mask ? -INFINITY : x.z, j + 2);
+    top2_push(t, j + 3 == mask ? -INFINITY : x.w, j + 3);
+  }
+  for (int i = 4 * V4 + threadIdx.x; i < V; i += kSelThreads) top2_push(t, i == mask ? -INFINITY : z[i], i);
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     Top2 u;
@@ -484,7 +515,17 @@ __global__ void __launch_bounds__(kSelThreads) select_rows_kernel(
   t = tops[0];
   const float top = t.v1;
   float se = 0.f, sed = 0.f;  // sum exp(d), sum exp(d) * max(d, -1e4); d = z - top (the mask: exp(-inf) = 0)
-  for (int i = threadIdx.x; i < V; i += kSelThreads) {
+#pragma unroll 4
+  for (int i = threadIdx.x; i < V4; i += kSelThreads) {
+    const float4 x = z4[i];
+    const int j = 4 * i;
+    const float d0 = j == mask ? -INFINITY : x.x - top, d1 = j + 1 == mask ? -INFINITY : x.y - top;
+    const float d2 = j + 2 == mask ? -INFINITY : x.z - top, d3 = j + 3 == mask ? -INFINITY : x.w - top;
+    const float e0 = expf(d0), e1 = expf(d1), e2 = expf(d2), e3 = expf(d3);  // 0 at the mask
+    se += (e0 + e1) + (e2 + e3);
+    sed += (e0 * fmaxf(d0, -1e4f) + e1 * fmaxf(d1, -1e4f)) + (e2 * fmaxf(d2, -1e4f) + e3 * fmaxf(d3, -1e4f));
+  }
+  for (int i = 4 * V4 + threadIdx.x; i < V; i += kSelThreads) {
     if (i == mask) continue;
     const float d = z[i] - top;
     const float e = expf(d);

@@ -93,6 +93,25 @@ class HostDevice:
     def sync(self):
         pass
 
+    # CUDA graphs: a capture records the engine's work (OrtContext defers it) and a launch replays it, reading
+    # the memory at the captured addresses as it is then, like a real graph
+    capturing = None
+
+    def begin_capture(self):
+        assert self.capturing is None, "nested capture"
+        self.capturing = []
+
+    def end_capture(self):
+        graph, self.capturing = self.capturing, None
+        return graph
+
+    def launch_graph(self, graph):
+        for work in graph:
+            work()
+
+    def destroy_graph(self, graph):
+        pass
+
 
 class OrtEngine:
     """The engine-side API the backend reads: the optimization profile (min, opt, max) per input."""
@@ -129,23 +148,31 @@ class OrtContext:
         return True
 
     def execute_async_v3(self, stream):
+        if self.device.capturing is not None:  # recorded with the shapes and addresses of now, run at each launch
+            shapes, addrs = dict(self.shapes), dict(self.addrs)
+            self.device.capturing.append(lambda: self._execute(shapes, addrs))
+            return True
+        return self._execute(self.shapes, self.addrs)
+
+    def _execute(self, shapes, addrs):
         feeds = {}
-        for name, shape in self.shapes.items():
+        for name, shape in shapes.items():
             t = np.dtype(self.types[name])
             n = int(np.prod(shape)) * t.itemsize
-            feeds[name] = self.device._at(self.addrs[name], n).view(t).reshape(shape).copy()
+            feeds[name] = self.device._at(addrs[name], n).view(t).reshape(shape).copy()
         past = feeds["past_key_values.0.key"]
         assert np.isfinite(past.astype(np.float32)).all(), "the past holds NaN: a cache was not zeroed"
         self.calls.append({k: v.shape for k, v in feeds.items() if not k.startswith("past")} |
-                          {"past": past.shape[2], "past_ptr": self.addrs["past_key_values.0.key"]})
+                          {"past": past.shape[2], "past_ptr": addrs["past_key_values.0.key"]})
         outs = self.session.run(None, feeds)
         for o, value in zip(self.session.get_outputs(), outs):
             value = np.ascontiguousarray(value.astype(self.out_types[o.name]))
-            self.device.htod(self.addrs[o.name], value)
+            self.device.htod(addrs[o.name], value)
         return True
 
 
-def host_backend(onnx_dir: Path, batch=(1, 1, 4), query=(1, 16, 64), past=(0, 64, 128)) -> TrtBackend:
+def host_backend(onnx_dir: Path, batch=(1, 1, 4), query=(1, 16, 64), past=(0, 64, 128),
+                 cuda_graph: bool = True) -> TrtBackend:
     """A TrtBackend over HostDevice + OrtContext with the given profile ranges (min, opt, max)."""
     import onnxruntime as ort
 
@@ -175,7 +202,7 @@ def host_backend(onnx_dir: Path, batch=(1, 1, 4), query=(1, 16, 64), past=(0, 64
                 "logits_index": "int64", "tokens": "int64", "confidence": "float32", "margin": "float32",
                 "neg_entropy": "float32"}[name]
 
-    return TrtBackend(onnx_dir, meta, config, dev, OrtEngine(prof), ctx, dtype_of)
+    return TrtBackend(onnx_dir, meta, config, dev, OrtEngine(prof), ctx, dtype_of, cuda_graph=cuda_graph)
 
 
 @pytest.fixture(scope="module")
@@ -256,6 +283,65 @@ def test_host_backend_matches_ort(exports, task_tokenizer, name, strategy, cache
         assert not dev.scatters
     if cache in ("none", "prefix", "dual"):  # block diffusion's cached prefill already binds the cache
         assert any(c["past"] == 0 for c in trt_b.context.calls)  # a full forward binds a 0-length past
+
+
+def test_cuda_graphs_capture_each_bucket_once_and_replay_it(exports, task_tokenizer):
+    """With CUDA graphs (the default) a bucket's first forward runs as is, its second is captured and later ones
+    replay the graph without setting shapes or addresses; the tokens are those of the backend without graphs
+    and of OrtBackend (the stand-in's graph replays the engine on the memory at the captured addresses)."""
+    onnx_dir = exports["llada-tiny"]
+    prompts = [task_tokenizer.encode(t) for t in ("add:457+368=", "rev:kernel=")]
+    gen = GenerationConfig(strategy="low_confidence", cache="dual", gen_length=16, block_length=8, steps=16)
+    want = generate(OrtBackend.from_pretrained(onnx_dir, intra_op_threads=1), prompts, gen)
+    plain = host_backend(onnx_dir, cuda_graph=False)
+    graphs = host_backend(onnx_dir)
+    sets = {"plain": 0, "graphs": 0}
+    for key, backend in (("plain", plain), ("graphs", graphs)):
+        real = backend.context.set_input_shape
+
+        def counted(name, shape, real=real, key=key):
+            sets[key] += 1
+            return real(name, shape)
+
+        backend.context.set_input_shape = counted
+        got = generate(backend, prompts, gen)
+        assert (got.tokens, got.nfe) == (want.tokens, want.nfe), key
+    assert plain.graph_stats == {"captured": 0, "replayed": 0, "failed": 0}
+    stats = graphs.graph_stats
+    # dual cache: a prefill and block steps of one shape per block -> few buckets, most steps replayed
+    assert stats["captured"] >= 1 and stats["replayed"] >= want.nfe // 2 and stats["failed"] == 0
+    assert stats["captured"] + stats["replayed"] < want.nfe
+    assert sets["graphs"] < sets["plain"] * (want.nfe - stats["replayed"]) / want.nfe + 1
+    # the same decode again: every bucket has been seen, so every forward goes through a graph (captured now, for
+    # a bucket seen once so far, or replayed)
+    before = dict(stats)
+    assert generate(graphs, prompts, gen).tokens == want.tokens
+    new = {k: graphs.graph_stats[k] - before[k] for k in before}
+    assert new["captured"] + new["replayed"] == want.nfe and new["replayed"] > new["captured"]
+
+
+def test_a_step_that_cannot_be_captured_runs_without_a_graph(exports, task_tokenizer):
+    """An engine whose enqueue fails under capture: one warning, that bucket runs as is from then on, same
+    tokens."""
+    onnx_dir = exports["llada-tiny"]
+    prompts = [task_tokenizer.encode("sort:dcba=")]
+    gen = GenerationConfig(strategy="low_confidence", cache="dual", gen_length=16, block_length=8, steps=16)
+    want = generate(OrtBackend.from_pretrained(onnx_dir, intra_op_threads=1), prompts, gen)
+    backend = host_backend(onnx_dir)
+    real = backend.context.execute_async_v3
+
+    def refuses_capture(stream):
+        if backend.device.capturing is not None:
+            return False
+        return real(stream)
+
+    backend.context.execute_async_v3 = refuses_capture
+    with pytest.warns(RuntimeWarning, match="could not be captured"):
+        got = generate(backend, prompts, gen)
+    assert (got.tokens, got.nfe) == (want.tokens, want.nfe)
+    assert backend.graph_stats["captured"] == backend.graph_stats["replayed"] == 0
+    assert backend.graph_stats["failed"] >= 1
+    assert backend.device.capturing is None  # every capture was ended
 
 
 def test_host_backend_outputs_and_cache(exports):

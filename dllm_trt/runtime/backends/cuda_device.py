@@ -177,6 +177,28 @@ class CudaDevice:
         self._check(self.cu.cuLaunchKernel(self._scatter_function(), batch * heads * length, tensors, 1, threads, 1, 1,
                                            0, self.stream, args, 0), "cuLaunchKernel(dllm_scatter_kv)")
 
+    # CUDA graphs of the TensorRT backend's enqueue (trt_backend.TrtBackend._enqueue)
+    def begin_capture(self) -> None:
+        """Record this thread's work on the stream into a graph instead of running it."""
+        cu = self.cu
+        self._check(cu.cuStreamBeginCapture(self.stream, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+                    "cuStreamBeginCapture")
+
+    def end_capture(self) -> Any:
+        """Stop recording; the instantiated graph (raises when the capture was invalidated)."""
+        cu = self.cu
+        graph = self._check(cu.cuStreamEndCapture(self.stream), "cuStreamEndCapture")
+        try:
+            return self._check(cu.cuGraphInstantiate(graph, 0), "cuGraphInstantiate")
+        finally:
+            cu.cuGraphDestroy(graph)
+
+    def launch_graph(self, graph: Any) -> None:
+        self._check(self.cu.cuGraphLaunch(graph, self.stream), "cuGraphLaunch")
+
+    def destroy_graph(self, graph: Any) -> None:
+        self._check(self.cu.cuGraphExecDestroy(graph), "cuGraphExecDestroy")
+
     def sync(self) -> None:
         self._check(self.cu.cuStreamSynchronize(self.stream), "cuStreamSynchronize")
 

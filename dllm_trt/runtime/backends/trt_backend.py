@@ -17,6 +17,12 @@ Device memory
              B x R tokens and confidences come down; the rows' logits only when asked (sampling).
   Everything runs on one non-blocking stream; ``execute_async_v3``; one synchronisation per forward.
 
+CUDA graphs (``cuda_graph``, default on): a step's shapes and tensor addresses are its bucket's key. The
+first forward of a bucket runs ``execute_async_v3`` as is (TensorRT applies shape changes there); the
+second captures it into a CUDA graph on the stream, and every later one replays that graph, without
+setting shapes or addresses again. A bucket whose capture fails (an engine that synchronises inside its
+enqueue, say) runs without a graph from then on, with one warning.
+
 Past length 0: the profile's past-length minimum is 0 (TensorRT-RTX 1.7 builds it), and the
 prefill binds a 0-length past (with a valid address). An engine whose profile's minimum past
 length m > 0 (``--shapes P=1:...``) cannot run a prefill: the backend says to rebuild it.
@@ -25,11 +31,11 @@ Before loading, ``preflight`` checks what to rebuild: the TensorRT(-RTX) version
 engine, the GPU (TensorRT: the building GPU's compute capability; TensorRT-RTX: the targets and
 ``get_engine_validity``), the file size.
 
-TODO: CUDA graph capture of ``execute_async_v3`` per shape bucket (as the ORT backend does with
-ORT's CUDA graphs); the TensorRT-RTX runtime cache (IRuntimeCache) to keep JIT-compiled kernels.
+TODO: the TensorRT-RTX runtime cache (IRuntimeCache) to keep JIT-compiled kernels.
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -47,6 +53,7 @@ ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "
             "bool": 1}
 CAPACITY_ROUND = 64  # pooled caches are rounded up to this many positions
 _UNTIMED = nullcontext()
+_NO_GRAPH = object()  # a bucket whose capture failed: it runs without a graph
 
 
 class _Buffer:
@@ -102,7 +109,7 @@ class TrtBackend:
             self.device.sync()
 
     def __init__(self, folder: str | Path, meta: dict[str, Any], config: ModelConfig, device: Any, engine: Any,
-                 context: Any, dtype_of: Any, keepalive: tuple = ()):
+                 context: Any, dtype_of: Any, keepalive: tuple = (), cuda_graph: bool = True):
         self.folder, self.meta, self.config = Path(folder), meta, config
         self.engine_record = meta.get("engine") or {}
         self.device, self.engine, self.context = device, engine, context
@@ -133,11 +140,16 @@ class TrtBackend:
         self._presents = [_Buffer(dev) for _ in self._present]
         self._last_bias: np.ndarray | None = None
         self._tables: dict[tuple[int, ...], tuple[int, int]] = {}
+        self.cuda_graph = cuda_graph
+        self._graphs: dict[tuple, Any] = {}  # bucket key -> instantiated graph, None (seen once) or _NO_GRAPH
+        self.graph_stats = {"captured": 0, "replayed": 0, "failed": 0}
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device_id: int = 0, verify_sha256: bool = False) -> "TrtBackend":
-        """Open a ``dllm-trt build`` folder on GPU ``device_id`` after ``preflight``."""
+    def from_pretrained(cls, folder: str | Path, device_id: int = 0, verify_sha256: bool = False,
+                        cuda_graph: bool = True) -> "TrtBackend":
+        """Open a ``dllm-trt build`` folder on GPU ``device_id`` after ``preflight``; ``cuda_graph``: capture each
+        shape bucket's enqueue once and replay it."""
         folder = Path(folder)
         meta, config, api, gpu = preflight(folder, device_id, verify_sha256)
         rec = meta["engine"]
@@ -160,10 +172,16 @@ class TrtBackend:
         def dtype_of(name: str) -> str:
             return api.dtype_name(engine.get_tensor_dtype(name))
 
-        return cls(folder, meta, config, device, engine, context, dtype_of, keepalive=(runtime, logger, plugins, api))
+        return cls(folder, meta, config, device, engine, context, dtype_of, keepalive=(runtime, logger, plugins, api),
+                   cuda_graph=cuda_graph)
 
     def close(self) -> None:
         """Release the context, the engine and the device memory (also at garbage collection)."""
+        if self.device is not None:
+            for graph in getattr(self, "_graphs", {}).values():
+                if graph is not None and graph is not _NO_GRAPH:
+                    self.device.destroy_graph(graph)
+            self._graphs = {}
         self.context = None
         self.engine = None
         if self.device is not None and hasattr(self.device, "close"):
@@ -234,9 +252,6 @@ class TrtBackend:
         for name, ptr in zip(self._past, past):
             shapes[name] = (b, h, past_len, d)
             addrs[name] = ptr
-        for name, shape in shapes.items():
-            if not ctx.set_input_shape(name, shape):
-                raise DllmError(f"the engine rejected input {name} with shape {shape}")
         addrs["tokens"] = self._tokens.ensure(b * r * 8)
         addrs["confidence"] = self._confidence.ensure(b * r * 4)
         addrs["margin"] = self._margin.ensure(b * r * 4)
@@ -244,11 +259,7 @@ class TrtBackend:
         addrs["logits"] = self._logits.ensure(b * r * c.vocab_size * 4)
         for name, buf in zip(self._present, self._presents):
             addrs[name] = buf.ensure(b * h * l * d * es)
-        for name, ptr in addrs.items():
-            if not ctx.set_tensor_address(name, ptr):
-                raise DllmError(f"the engine rejected the address of {name}")
-        if not ctx.execute_async_v3(dev.stream_handle):
-            raise DllmError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
+        self._enqueue(shapes, addrs)
         tokens, confidence = np.empty((b, r), np.int64), np.empty((b, r), np.float32)
         dev.dtoh(tokens, self._tokens.ptr)
         dev.dtoh(confidence, self._confidence.ptr)
@@ -264,6 +275,51 @@ class TrtBackend:
                 self._write(cache, np.where(write_mask, pos, -1), l)
         dev.sync()
         return StepOutput(tokens, confidence, logits, margin, neg_entropy)
+
+    def _enqueue(self, shapes: dict[str, tuple], addrs: dict[str, int]) -> None:
+        """The engine's work for these shapes and addresses, queued on the stream: a replayed CUDA graph when
+        this bucket has one, else set every shape and address and ``execute_async_v3`` (capturing it the
+        second time the bucket comes)."""
+        dev, ctx = self.device, self.context
+        key = (tuple(shapes.items()), tuple(addrs.items())) if self.cuda_graph else None
+        graph = self._graphs.get(key) if key is not None else _NO_GRAPH
+        if graph is not None and graph is not _NO_GRAPH:
+            dev.launch_graph(graph)
+            self.graph_stats["replayed"] += 1
+            return
+        for name, shape in shapes.items():
+            if not ctx.set_input_shape(name, shape):
+                raise DllmError(f"the engine rejected input {name} with shape {shape}")
+        for name, ptr in addrs.items():
+            if not ctx.set_tensor_address(name, ptr):
+                raise DllmError(f"the engine rejected the address of {name}")
+        if key is not None and key in self._graphs:  # second time: capture (the first applied the shapes)
+            graph = None
+            try:
+                dev.begin_capture()
+                try:
+                    ok = ctx.execute_async_v3(dev.stream_handle)
+                finally:
+                    graph = dev.end_capture()
+                if not ok:
+                    raise DllmError("execute_async_v3 failed while captured")
+            except Exception as e:  # the engine cannot be captured: run it as is from now on
+                if graph is not None:
+                    dev.destroy_graph(graph)
+                self._graphs[key] = _NO_GRAPH
+                self.graph_stats["failed"] += 1
+                if self.graph_stats["failed"] == 1:
+                    warnings.warn(f"TensorRT: a CUDA graph of this step could not be captured ({e}); it runs "
+                                  "without one", RuntimeWarning, stacklevel=3)
+            else:
+                self._graphs[key] = graph
+                self.graph_stats["captured"] += 1
+                dev.launch_graph(graph)
+                return
+        elif key is not None:
+            self._graphs[key] = None
+        if not ctx.execute_async_v3(dev.stream_handle):
+            raise DllmError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
 
     def _write(self, cache: TrtCache, write_pos: np.ndarray, l: int) -> None:
         """The written tokens' keys/values into the cache at their positions: one kernel, all layers."""

@@ -181,6 +181,11 @@ def test_graph_passes_checker_shape_inference_and_contract(exported, variant, tm
     # 126k vocabulary on ONNX Runtime's CUDA provider)
     ops = {n.op_type for n in model.graph.node}
     assert {"ArgMax", "GatherElements", "ReduceSum"} <= ops and not ops & {"ReduceMax", "ReduceMin"}
+    # no Cast of a Cast to the same type (the exporter's second `.float()` of the logits copied B x R x V floats)
+    produced = {o: n for n in model.graph.node for o in n.output}
+    to = lambda n: next(a.i for a in n.attribute if a.name == "to")  # noqa: E731
+    assert not [n.name for n in model.graph.node if n.op_type == "Cast" and n.input[0] in produced
+                and produced[n.input[0]].op_type == "Cast" and to(produced[n.input[0]]) == to(n)]
 
     meta = json.loads((art / CONFIG_FILE).read_text())
     assert meta["format_version"] == FORMAT_VERSION and meta["dllm_trt_version"]

@@ -128,6 +128,40 @@ def fix_bf16_casts(model: onnx.ModelProto) -> int:
     return fixed
 
 
+def drop_repeated_casts(model: onnx.ModelProto) -> int:
+    """Cast(Cast(x, to=T), to=T) -> Cast(x, to=T). The TorchScript exporter writes a second Cast for a value that
+    is already of the type (``logits.float()`` of fp32 logits, which is also the graph's ``logits`` output: a
+    copy of B x R x V floats every step; int64 positions); ONNX Runtime runs each. Returns the number dropped."""
+    graph = model.graph
+    to = {n.output[0]: next(a.i for a in n.attribute if a.name == "to")
+          for n in graph.node if n.op_type == "Cast" and n.output}
+    outputs = {o.name for o in graph.output}
+    dropped = 0
+    for node in list(graph.node):
+        if node.op_type != "Cast" or node.input[0] not in to:
+            continue
+        first, second = node.input[0], node.output[0]
+        if to[first] != to[second] or first in outputs:
+            continue
+        if second in outputs:  # the first cast takes the output's name
+            old, new = first, second
+        else:
+            old, new = second, first
+        graph.node.remove(node)
+        for n in graph.node:
+            for i, name in enumerate(n.input):
+                if name == old:
+                    n.input[i] = new
+            for i, name in enumerate(n.output):
+                if name == old:
+                    n.output[i] = new
+        for vi in [v for v in graph.value_info if v.name == old]:
+            graph.value_info.remove(vi)
+        to[new] = to.pop(old, to.get(new))
+        dropped += 1
+    return dropped
+
+
 def apply_contract(model: onnx.ModelProto, config: ModelConfig, kv_elem_type: int, metadata: dict[str, str]) -> None:
     """Name every dimension of the graph inputs/outputs as the contract says, and stamp metadata."""
     elem = {"int64": onnx.TensorProto.INT64, "float32": onnx.TensorProto.FLOAT}

@@ -23,7 +23,7 @@ from ..contract import (CONFIG_FILE, DREAM_SAMPLER_FILE, EXTERNAL_DATA_FILE, KV_
                         output_names, tensor_shapes)
 from . import artifact
 from .checks import check_device_resident, check_graph, initializer_bytes, save_graph
-from .graph import apply_contract, fix_bf16_casts, trace_to_onnx
+from .graph import apply_contract, drop_repeated_casts, fix_bf16_casts, trace_to_onnx
 from .fp16_range import check_fp16_range
 from .fused import OPS, check_cuda_ops, lower_fused
 from .sampler import build_sampler
@@ -96,6 +96,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
                                                     "ONNX Runtime's CUDA provider with libdllm_ort_cuda.so)"}[ops]
             if dtype == "bf16":
                 fix_bf16_casts(proto)
+            drop_repeated_casts(proto)
             apply_contract(proto, config, elem, meta)
 
         with phase("save"):

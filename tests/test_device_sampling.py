@@ -68,6 +68,7 @@ def check_prefix_run(sess, f, full, sort_k, top_p, settled_want, label):
 GENERIC_CASES = [  # (vocab, mask token, CDF chunk, sorted prefixes tried for top-p)
     (301, 7, 1, (1, 3, 16)), (64, 63, 1, (1, 3, 16)), (50, -1, 1, (1, 3, 16)),
     (1000, 7, 64, (64, 128, 256)),  # the default chunks; rows padded to 1024
+    (1024, 5, 64, (64, 128, 256)),  # a whole number of chunks: no padding
 ]
 
 

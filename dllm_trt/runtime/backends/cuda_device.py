@@ -17,17 +17,29 @@ from ...errors import DllmError
 
 SCATTER_KV_SOURCE = r"""
 extern "C" __global__ void dllm_scatter_kv(const unsigned long long* src, const unsigned long long* dst,
-                                           const long long* pos, int heads, int length, int capacity, int words)
+                                           const long long* pos, int heads, int length, int capacity, int words,
+                                           long long rows)
 {
-    // One block per (tensor, batch * head * query row): copies one row of `words` 4-byte words from
-    // present[b, h, l, :] to cache[b, h, pos[b, l], :]; pos < 0 means "not written".
-    const int r = blockIdx.x;
-    const int l = r % length, bh = r / length, b = bh / heads;
-    const long long p = pos[(long long)b * length + l];
+    // One thread per 16 bytes of a row (per 4 bytes when a row is not a multiple of 16), rows = B * Hkv * L per
+    // tensor (blockIdx.y): present[b, h, l, :] -> cache[b, h, pos[b, l], :]; pos < 0 means "not written".
+    // (One block per row of 256 bytes took 51 us for a 320-token prefill of 8 tensors on an H200.)
+    const int vec = (words & 3) == 0 ? 4 : 1;
+    const int per_row = words / vec;
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows * per_row) return;
+    const long long r = i / per_row;
+    const long long col = (i - r * per_row) * vec;  // in words
+    const long long bh = r / length;
+    const long long l = r - bh * length;
+    const long long p = pos[(bh / heads) * length + l];
     if (p < 0 || p >= capacity) return;
-    const unsigned int* s = (const unsigned int*)src[blockIdx.y] + (long long)r * words;
-    unsigned int* d = (unsigned int*)dst[blockIdx.y] + ((long long)bh * capacity + p) * words;
-    for (int i = threadIdx.x; i < words; i += blockDim.x) d[i] = s[i];
+    const unsigned int* s = (const unsigned int*)src[blockIdx.y] + r * words + col;
+    unsigned int* d = (unsigned int*)dst[blockIdx.y] + (bh * capacity + p) * words + col;
+    if (vec == 4) {
+        *(uint4*)d = *(const uint4*)s;
+    } else {
+        *d = *s;
+    }
 }
 """
 
@@ -170,12 +182,16 @@ class CudaDevice:
         if row_bytes % 4:
             raise DllmError(f"a K/V row of {row_bytes} bytes is not a multiple of 4; the cache write kernel needs it")
         words = row_bytes // 4
-        threads = min(256, max(32, (words + 31) // 32 * 32))
-        args = ((src_table, dst_table, pos, heads, length, capacity, words),
+        rows = batch * heads * length
+        work = rows * (words // 4 if words % 4 == 0 else words)  # threads: one per 16 bytes (or per 4)
+        threads = 256
+        args = ((src_table, dst_table, pos, heads, length, capacity, words, rows),
                 (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                 ctypes.c_int))
-        self._check(self.cu.cuLaunchKernel(self._scatter_function(), batch * heads * length, tensors, 1, threads, 1, 1,
-                                           0, self.stream, args, 0), "cuLaunchKernel(dllm_scatter_kv)")
+                 ctypes.c_int, ctypes.c_longlong))
+        if work == 0:
+            return
+        self._check(self.cu.cuLaunchKernel(self._scatter_function(), (work + threads - 1) // threads, tensors, 1,
+                                           threads, 1, 1, 0, self.stream, args, 0), "cuLaunchKernel(dllm_scatter_kv)")
 
     # CUDA graphs of the TensorRT backend's enqueue (trt_backend.TrtBackend._enqueue)
     def begin_capture(self) -> None:

@@ -342,6 +342,12 @@ def test_a_step_that_cannot_be_captured_runs_without_a_graph(exports, task_token
     assert backend.graph_stats["captured"] == backend.graph_stats["replayed"] == 0
     assert backend.graph_stats["failed"] >= 1
     assert backend.device.capturing is None  # every capture was ended
+    # a context that says it cannot be captured is not tried
+    backend = host_backend(onnx_dir)
+    backend.context.is_stream_capturable = lambda stream: False
+    with pytest.warns(RuntimeWarning, match="cannot be stream-captured"):
+        assert generate(backend, prompts, gen).tokens == want.tokens
+    assert backend.graph_stats["captured"] == 0 and backend.graph_stats["failed"] >= 1
 
 
 def test_host_backend_outputs_and_cache(exports):

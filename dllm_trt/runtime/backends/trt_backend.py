@@ -17,7 +17,8 @@ Device memory
              B x R tokens and confidences come down; the rows' logits only when asked (sampling).
   Everything runs on one non-blocking stream; ``execute_async_v3``; one synchronisation per forward.
 
-CUDA graphs (``cuda_graph``, default on): a step's shapes and tensor addresses are its bucket's key. The
+CUDA graphs (``cuda_graph``, default on; one context holding a graph per binding state, as TensorRT-Edge-LLM's
+executor does): a step's shapes and tensor addresses are its bucket's key. The
 first forward of a bucket runs ``execute_async_v3`` as is (TensorRT applies shape changes there); the
 second captures it into a CUDA graph on the stream, and every later one replays that graph, without
 setting shapes or addresses again. A bucket whose capture fails (an engine that synchronises inside its
@@ -296,6 +297,9 @@ class TrtBackend:
         if key is not None and key in self._graphs:  # second time: capture (the first applied the shapes)
             graph = None
             try:
+                capturable = getattr(ctx, "is_stream_capturable", None)  # TensorRT 10 / TensorRT-RTX's own answer
+                if capturable is not None and not capturable(dev.stream_handle):
+                    raise DllmError("the execution context says its enqueue cannot be stream-captured")
                 dev.begin_capture()
                 try:
                     ok = ctx.execute_async_v3(dev.stream_handle)

@@ -363,8 +363,12 @@ class OrtBackend:
         try:
             session = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
         except Exception as e:  # ORT raises its own exception types
+            hint = ""
+            if (meta.get("onnx") or {}).get("ops") == "ort-cuda" and "dllm_trt.cuda" in str(e):
+                hint = (f"; {cuda_ops_library(artifact_dir)} may predate an op of this export: rebuild it with "
+                        "python -m dllm_trt.plugins.ort_cuda_build")
             raise DllmError(f"ONNX Runtime could not load {model_path} with {ep}"
-                            f"{' and CUDA graphs (try cuda_graph=False)' if cuda_graph else ''}: {e}") from e
+                            f"{' and CUDA graphs (try cuda_graph=False)' if cuda_graph else ''}: {e}{hint}") from e
         if ep not in session.get_providers():
             raise DllmError(f"ONNX Runtime fell back from {ep} to {session.get_providers()} when loading {model_path}; "
                             "check that the CUDA/cuDNN libraries onnxruntime-gpu needs are installed")

@@ -1,12 +1,13 @@
-"""The CacheAttention kernels alone (dllm_trt/plugins/ort_cuda_ops.cu, through the library's C entry point) on
-LLaDA-8B's attention shapes, against torch's scaled_dot_product_attention on the same bf16 tensors (its flash
-or cuDNN kernel: what the `--ops ort` graph's MultiHeadAttention stands for), with the keys split over CTAs
-and in one pass.
+"""The CacheAttention kernels alone (dllm_trt/plugins/ort_cuda_ops.cu, through the library's C entry points) on
+LLaDA-8B's attention shapes: every kernel configuration (the WMMA kernel, the flash kernel with 1/2/4 warps of 16
+query rows and 32/64-key tiles, the keys split over 1..8 CTAs), each checked against fp32 math, against torch's
+scaled_dot_product_attention on the same bf16 tensors (its flash or cuDNN kernel: what the `--ops ort` graph's
+MultiHeadAttention stands for). The `default` row is the configuration the ONNX Runtime op picks.
 
     python -m dllm_trt.plugins.ort_cuda_build --out /tmp/libdllm_ort_cuda.so
     python benchmarks/cache_attention.py --lib /tmp/libdllm_ort_cuda.so [--json]   # GPU machine, torch with CUDA
 
-Times are medians of CUDA-event timings of 50 launches after 10 (microseconds per layer).
+Times are medians of CUDA-event timings of 50 launches after 10 (microseconds per layer, presents kernel included).
 """
 import argparse
 import ctypes
@@ -16,8 +17,12 @@ import torch
 
 SHAPES = {  # name: (B, L, past C, H, Hkv, D)
     "block step 32 over 320": (1, 32, 352, 32, 32, 128),
+    "prefix step 288 over 64": (1, 288, 64, 32, 32, 128),
     "prefill 320": (1, 320, 0, 32, 32, 128),
 }
+FLASH = [(4, 64), (2, 64), (2, 32), (1, 32), (1, 64)]  # (warps, keys per tile)
+SPLITS = [1, 2, 3, 4, 6, 8]
+KERNELS = {0: "wmma", 1: "flash"}
 
 
 def timed(fn, warmup: int = 10, repeat: int = 50) -> float:
@@ -34,16 +39,37 @@ def timed(fn, warmup: int = 10, repeat: int = 50) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def reference(qkv, pos, cos, sin, bias, pk, pv, h, hkv, d):
+    """fp32 math of the op's attention output from the same bf16 inputs."""
+    b, l, _ = qkv.shape
+    q, k, v = torch.split(qkv.float(), [h * d, hkv * d, hkv * d], dim=-1)
+
+    def rope(x, heads):
+        x = x.view(b, l, heads, d)
+        c, s = cos[pos][:, :, None], sin[pos][:, :, None]
+        x1, x2 = x[..., : d // 2], x[..., d // 2:]
+        return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], -1).transpose(1, 2)
+
+    q, k = rope(q, h), rope(k, hkv)
+    v = v.view(b, l, hkv, d).transpose(1, 2)
+    keys = torch.cat([pk.float(), k], 2).repeat_interleave(h // hkv, 1)
+    vals = torch.cat([pv.float(), v], 2).repeat_interleave(h // hkv, 1)
+    scores = q @ keys.transpose(-1, -2) * d ** -0.5 + bias.float()
+    return (scores.softmax(-1) @ vals).transpose(1, 2).reshape(b, l, h * d)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lib", required=True, help="libdllm_ort_cuda.so")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--out", help="also write the JSON to this file")
     args = ap.parse_args()
     lib = ctypes.CDLL(args.lib)
     lib.dllm_cache_attention.restype = ctypes.c_int
+    lib.dllm_cache_attention_config.restype = ctypes.c_int
     lib.dllm_cache_attention_workspace.restype = ctypes.c_int64
     dev, g = "cuda", torch.Generator(device="cuda").manual_seed(0)
-    rows = []
+    shapes = []
     for name, (b, l, c, h, hkv, d) in SHAPES.items():
         positions = 512
         qkv = torch.randn(b, l, (h + 2 * hkv) * d, device=dev, generator=g).bfloat16()
@@ -54,45 +80,72 @@ def main() -> None:
         pk = torch.randn(b, hkv, c, d, device=dev, generator=g).bfloat16()
         pv = torch.randn(b, hkv, c, d, device=dev, generator=g).bfloat16()
         bias = torch.zeros(b, 1, l, c + l, device=dev)
-        if c:
+        if c > 320:
             bias[..., 320:c] = -1e9  # the cache positions past the sequence, as a dual-cache step masks them
             bias[..., 64:96] = -1e9  # the block's stale cached entries
         bias = bias.bfloat16()
+        ref = reference(qkv, pos, cos, sin, bias, pk, pv, h, hkv, d)
+        tol = 2e-2 * max(1.0, ref.abs().max().item())
         out = torch.empty(b, l, h * d, device=dev, dtype=torch.bfloat16)
         ck = torch.empty(b, hkv, l, d, device=dev, dtype=torch.bfloat16)
         cv = torch.empty_like(ck)
-        floats = lib.dllm_cache_attention_workspace(b, l, c, h, d)
-        ws = torch.empty(max(floats, 1), device=dev)
+        ws = torch.empty(b * h * max(SPLITS) * l * (d + 2), device=dev)
         stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
         ptr = lambda t: ctypes.c_void_p(None if t is None else t.data_ptr())  # noqa: E731
+        plan = (ctypes.c_int * 4)()
+        lib.dllm_cache_attention_plan(b, l, c, h, d, plan)
+        floats = lib.dllm_cache_attention_workspace(b, l, c, h, d)
 
-        def kernel(split: bool):
+        def default():
+            rc = lib.dllm_cache_attention(ptr(qkv), ptr(pos), ptr(cos), ptr(sin), ptr(bias), ptr(pk), ptr(pv),
+                                          ptr(out), ptr(ck), ptr(cv), ptr(ws), ctypes.c_int64(floats), b, l, c, h,
+                                          hkv, d, positions, ctypes.c_float(d ** -0.5), stream)
+            assert rc == 0, rc
+
+        def config(kernel, nw, bn, splits):
             def run():
-                rc = lib.dllm_cache_attention(ptr(qkv), ptr(pos), ptr(cos), ptr(sin), ptr(bias), ptr(pk), ptr(pv),
-                                              ptr(out), ptr(ck), ptr(cv), ptr(ws if split else None),
-                                              ctypes.c_int64(floats if split else 0), b, l, c, h, hkv, d, positions,
-                                              ctypes.c_float(d ** -0.5), stream)
-                assert rc == 0, rc
+                rc = lib.dllm_cache_attention_config(ptr(qkv), ptr(pos), ptr(cos), ptr(sin), ptr(bias), ptr(pk),
+                                                     ptr(pv), ptr(out), ptr(ck), ptr(cv), ptr(ws), b, l, c, h, hkv, d,
+                                                     positions, ctypes.c_float(d ** -0.5), kernel, nw, bn, splits,
+                                                     stream)
+                assert rc == 0, (rc, kernel, nw, bn, splits)
             return run
 
+        def measure(label, fn):
+            out.fill_(float("nan"))
+            fn()
+            torch.cuda.synchronize()
+            err = (out.float() - ref).abs().max().item()
+            return {"config": label, "max_err": err, "ok": bool(err <= tol), "us": timed(fn)}
+
+        rows = [measure(f"default ({KERNELS[plan[0]]} {plan[1]}w/{plan[2]} x{plan[3]})", default)]
+        for s in SPLITS:
+            rows.append(measure(f"wmma x{s}", config(0, 0, 0, s)))
+        for nw, bn in FLASH:
+            for s in SPLITS:
+                if s > 1 and (l + 16 * nw - 1) // (16 * nw) * h * b >= 132:
+                    continue  # enough CTAs without splitting
+                rows.append(measure(f"flash {nw}w/{bn} x{s}", config(1, nw, bn, s)))
         q = torch.randn(b, h, l, d, device=dev, generator=g).bfloat16()
         k = torch.randn(b, h, c + l, d, device=dev, generator=g).bfloat16()
         v = torch.randn_like(k)
         mask = bias.expand(b, h, l, c + l)
-        row = {"shape": name, "split_ctas": floats > 0,
-               "cache_attention_split_us": timed(kernel(True)) if floats else None,
-               "cache_attention_one_pass_us": timed(kernel(False)),
-               "torch_sdpa_us": timed(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, mask))}
-        rows.append(row)
+        sdpa = timed(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, mask))
+        shapes.append({"shape": name, "rows": rows, "torch_sdpa_us": sdpa})
+    result = {"gpu": torch.cuda.get_device_name(), "shapes": shapes}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
     if args.json:
-        print(json.dumps({"gpu": torch.cuda.get_device_name(), "rows": rows}, indent=2))
+        print(json.dumps(result, indent=2))
         return
-    print(f"CacheAttention on {torch.cuda.get_device_name()} (us per layer, LLaDA-8B heads)")
-    print("| shape | split over CTAs | one pass | torch SDPA (bias as a mask) |")
-    print("| --- | --- | --- | --- |")
-    for r in rows:
-        split = f"{r['cache_attention_split_us']:.1f}" if r["cache_attention_split_us"] is not None else "-"
-        print(f"| {r['shape']} | {split} | {r['cache_attention_one_pass_us']:.1f} | {r['torch_sdpa_us']:.1f} |")
+    print(f"CacheAttention on {torch.cuda.get_device_name()} (us per layer, LLaDA-8B heads; err vs fp32 math)")
+    for s in shapes:
+        print(f"\n{s['shape']}: torch SDPA (bias as a mask) {s['torch_sdpa_us']:.1f} us")
+        print("| config | us | max err | ok |")
+        print("| --- | --- | --- | --- |")
+        for r in sorted(s["rows"], key=lambda r: (not r["config"].startswith("default"), r["us"])):
+            print(f"| {r['config']} | {r['us']:.1f} | {r['max_err']:.3g} | {'yes' if r['ok'] else 'NO'} |")
 
 
 if __name__ == "__main__":

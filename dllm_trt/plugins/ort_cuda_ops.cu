@@ -349,27 +349,269 @@ __global__ void silu_mul_kernel(const bf16* __restrict__ x, bf16* __restrict__ y
   }
 }
 
-// How many CTAs share a (query tile, head)'s keys: enough CTAs for two per SM (a 32-token block step has only
-// 2 query tiles x 32 heads), at least one key tile per warp. Splits end on tile boundaries.
-struct Plan {
-  int splits, split_tiles;
+// ---------------------------------------------------------------------------------------------------------------
+// Flash path (head dim <= 128), FA2 style: mma.sync m16n8k16 with a tile's scores, probabilities and the output
+// accumulator in registers (the WMMA kernel above stores each tile's scores, probabilities and output to shared
+// memory and reads them back), K/V tiles double-buffered with cp.async so the next tile's copy overlaps this one's
+// math. Warp w of a CTA owns the query rows q0 + 16 w .. + 16 of one head; the CTA walks its split's key tiles.
+// Same numerics as attention_kernel: fp32 scores and sums, probabilities rounded to bf16 before P V.
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low 16 bits) = lo
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1]) : "r"(smem_addr(p)));
+}
+// d += a b: a 16x16 bf16 (row), b 16x8 bf16 (col), d 16x8 fp32
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+               "{%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// shared memory: Q [16 NW][ld], then K and V, two stages each [2][BN][ld]
+template <int D, int NW, int BN>
+struct FlashSmem {
+  static constexpr int ld = D + 8;  // rows padded by 16 bytes: ldmatrix's 8 row addresses hit different banks
+  static constexpr size_t bytes = (size_t)(16 * NW + 4 * BN) * ld * sizeof(bf16);
 };
 
-Plan plan_splits(int B, int L, int keys, int H, int warps) {
+// Grid (ceil(L / (16 NW)), H * splits, B), 32 NW threads. With splits > 1 a CTA takes split_tiles key tiles and
+// writes its (unnormalised output, max, sum) rows to the workspace [B, H, splits, L, D + 2] for combine_kernel.
+template <int D, int NW, int BN>
+__global__ void __launch_bounds__(NW * 32) flash_kernel(
+    const bf16* __restrict__ qkv, const int64_t* __restrict__ pos, const float* __restrict__ cos_t,
+    const float* __restrict__ sin_t, const bf16* __restrict__ bias, const bf16* __restrict__ past_k,
+    const bf16* __restrict__ past_v, const bf16* __restrict__ cur_k, const bf16* __restrict__ cur_v,
+    bf16* __restrict__ out, float* __restrict__ ws, int L, int C, int H, int Hkv, int P, float scale, int splits,
+    int split_tiles) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  constexpr int BM = 16 * NW, LD = FlashSmem<D, NW, BN>::ld, half = D / 2, kThreads = NW * 32;
+  bf16* Qs = reinterpret_cast<bf16*>(smem);
+  bf16* Ks = Qs + BM * LD;
+  bf16* Vs = Ks + 2 * BN * LD;
+  const int q0 = blockIdx.x * BM, h = blockIdx.y / splits, split = blockIdx.y % splits, b = blockIdx.z;
+  const int hk = h / (H / Hkv), warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
+  const int keys = C + L, W = (H + 2 * Hkv) * D, tiles = (keys + BN - 1) / BN;
+  const int t_begin = split * split_tiles, t_end = min(tiles, t_begin + split_tiles);
+
+  const int64_t past_base = ((int64_t)b * Hkv + hk) * C, cur_base = ((int64_t)b * Hkv + hk) * L;
+  auto load_tile = [&](int t, int stage) {  // keys past the end are zeros (their probability is 0; 0 * NaN is not)
+    const int k0 = t * BN;
+    for (int i = threadIdx.x; i < BN * D / 8; i += kThreads) {
+      const int kr = i / (D / 8), c = (i % (D / 8)) * 8, k = k0 + kr;
+      bf16* kd = Ks + (stage * BN + kr) * LD + c;
+      bf16* vd = Vs + (stage * BN + kr) * LD + c;
+      if (k < C) {
+        const int64_t off = (past_base + k) * D + c;
+        __pipeline_memcpy_async(kd, past_k + off, 16);
+        __pipeline_memcpy_async(vd, past_v + off, 16);
+      } else if (k < keys) {
+        const int64_t off = (cur_base + (k - C)) * D + c;
+        __pipeline_memcpy_async(kd, cur_k + off, 16);
+        __pipeline_memcpy_async(vd, cur_v + off, 16);
+      } else {
+        *reinterpret_cast<uint4*>(kd) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(vd) = make_uint4(0, 0, 0, 0);
+      }
+    }
+    __pipeline_commit();
+  };
+  if (t_begin < t_end) load_tile(t_begin, 0);  // in flight while Q is rotated
+
+  // Q rows with RoPE (fp32 tables, one rounding; rows past L are zeros), eight pairs' loads in flight per thread
+  {
+    constexpr int kPairs = BM * half / kThreads, kBatch = kPairs < 8 ? kPairs : 8;
+    for (int j0 = 0; j0 < kPairs; j0 += kBatch) {
+      float x1[kBatch], x2[kBatch], cs[kBatch], sn[kBatch];
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        const int i = threadIdx.x + (j0 + j) * kThreads, r = i / half, d = i % half, l = q0 + r;
+        x1[j] = x2[j] = cs[j] = sn[j] = 0.f;
+        if (l < L) {
+          const bf16* q = qkv + ((int64_t)b * L + l) * W + (int64_t)h * D;
+          const int64_t p = clamp_pos(pos[(int64_t)b * L + l], P);
+          cs[j] = cos_t[p * half + d];
+          sn[j] = sin_t[p * half + d];
+          x1[j] = to_f(q[d]);
+          x2[j] = to_f(q[d + half]);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        const int i = threadIdx.x + (j0 + j) * kThreads, r = i / half, d = i % half;
+        Qs[r * LD + d] = to_bf(x1[j] * cs[j] - x2[j] * sn[j]);
+        Qs[r * LD + d + half] = to_bf(x2[j] * cs[j] + x1[j] * sn[j]);
+      }
+    }
+  }
+  __syncthreads();
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk)
+    ldmatrix_x4(qf[kk], Qs + (warp * 16 + (lane % 16)) * LD + kk * 16 + (lane / 16) * 8);
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, lsum[2] = {0.f, 0.f};
+  const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+  const bf16* brow[2] = {bias + ((int64_t)b * L + (row[0] < L ? row[0] : 0)) * keys,
+                         bias + ((int64_t)b * L + (row[1] < L ? row[1] : 0)) * keys};
+
+  for (int t = t_begin; t < t_end; ++t) {
+    const int stage = (t - t_begin) & 1;
+    if (t + 1 < t_end) {
+      load_tile(t + 1, stage ^ 1);
+      __pipeline_wait_prior(1);
+    } else {
+      __pipeline_wait_prior(0);
+    }
+    __syncthreads();
+    const bf16* Kt = Ks + stage * BN * LD;
+    const bf16* Vt = Vs + stage * BN * LD;
+    // S = Q K^T, BN / 8 tiles of 8 keys; the bias (a masked key: -inf) and the scale; this tile's row maxima
+    float s[BN / 8][4];
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n) {
+      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t kb[2];
+        ldmatrix_x2(kb, Kt + (n * 8 + (lane % 8)) * LD + kk * 16 + ((lane / 8) % 2) * 8);
+        mma_bf16(s[n], qf[kk], kb);
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e >> 1, key = t * BN + n * 8 + 2 * tq + (e & 1);
+        float bv = -INFINITY;
+        if (row[r] < L && key < keys) {
+          bv = to_f(brow[r][key]);
+          bv = bv > kMasked ? bv : -INFINITY;
+        }
+        s[n][e] = s[n][e] * scale + bv;
+        mx[r] = fmaxf(mx[r], s[n][e]);
+      }
+    }
+    // online softmax: the quad of lanes that holds a row agrees on its max and sum
+    float alpha[2], sum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      const float mnew = fmaxf(m[r], mx[r]);
+      alpha[r] = mnew == -INFINITY ? 1.f : __expf(m[r] - mnew);
+      m[r] = mnew;
+    }
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e >> 1;
+        const float p = m[r] == -INFINITY ? 0.f : __expf(s[n][e] - m[r]);
+        s[n][e] = p;
+        sum[r] += p;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
+      sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
+      lsum[r] = lsum[r] * alpha[r] + sum[r];
+    }
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      o[j][0] *= alpha[0];
+      o[j][1] *= alpha[0];
+      o[j][2] *= alpha[1];
+      o[j][3] *= alpha[1];
+    }
+    // O += P V: P (bf16) is the A operand straight from the score accumulators, V^T comes by ldmatrix.trans
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        uint32_t vb[2];
+        ldmatrix_x2_trans(vb, Vt + (kk * 16 + (lane % 16)) * LD + j * 8);
+        mma_bf16(o[j], pa, vb);
+      }
+    }
+    __syncthreads();  // every warp is done with this stage before the next iteration refills it
+  }
+  // the output O / l (0 for a row whose every key is masked), or this split's partial rows
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int l = row[r];
+    if (l >= L) continue;
+    if (splits == 1) {
+      const float inv = lsum[r] > 0.f ? 1.f / lsum[r] : 0.f;
+      bf16* dst = out + ((int64_t)b * L + l) * H * D + (int64_t)h * D;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j)
+        *reinterpret_cast<uint32_t*>(dst + j * 8 + 2 * tq) = pack_bf16(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
+    } else {
+      float* dst = ws + ((((int64_t)b * H + h) * splits + split) * L + l) * (D + 2);
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        dst[j * 8 + 2 * tq] = o[j][2 * r];
+        dst[j * 8 + 2 * tq + 1] = o[j][2 * r + 1];
+      }
+      if (tq == 0) {
+        dst[D] = m[r];
+        dst[D + 1] = lsum[r];
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Which kernel, and how many CTAs share the keys of a (query tile, head)
+struct Plan {
+  int kernel;       // kWmma: attention_kernel (any D); kFlash: flash_kernel (D <= 128)
+  int nw, bn;       // flash: warps per CTA (16 query rows each), keys per tile
+  int splits, split_tiles;
+};
+constexpr int kWmma = 0, kFlash = 1;
+
+int sm_count() {
   static const int sms = [] {
     int dev = 0, n = 132;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
     return n;
   }();
-  const long qtiles = (L + kQT - 1) / kQT, tiles = (keys + kKT - 1) / kKT, ctas = qtiles * H * B;
-  long splits = ctas < 2L * sms ? (2L * sms + ctas - 1) / ctas : 1;
-  splits = std::max(1L, std::min(splits, tiles / warps));
-  const long split_tiles = (tiles + splits - 1) / splits;
-  return {(int)((tiles + split_tiles - 1) / split_tiles), (int)split_tiles};
+  return sms;
 }
 
-int warps_of(int D) {
+// Split the key tiles over CTAs when (query tiles x heads x batch) alone leaves the GPU short of `target` CTAs (a
+// 32-token block step has 1 or 2 query tiles x 32 heads on 132 SMs), each split at least `min_tiles` tiles.
+// Splits end on tile boundaries.
+void split_keys(Plan& p, long ctas, long tiles, long target, long min_tiles) {
+  long splits = ctas < target ? (target + ctas - 1) / ctas : 1;
+  splits = std::max(1L, std::min(splits, tiles / std::max(1L, min_tiles)));
+  const long split_tiles = (tiles + splits - 1) / splits;
+  p.split_tiles = (int)split_tiles;
+  p.splits = (int)((tiles + split_tiles - 1) / split_tiles);
+}
+
+int wmma_warps(int D) {
   switch (D) {
     case 32: return warps_for<32>();
     case 64: return warps_for<64>();
@@ -378,10 +620,32 @@ int warps_of(int D) {
   }
 }
 
+// The default: the flash kernel up to D = 128 (warps by query length: a block step of 32 rows takes 2, so no warp
+// idles), the WMMA kernel for D = 256 (the flash kernel's output accumulator would not fit in registers).
+Plan plan_for(int B, int L, int keys, int H, int D) {
+  Plan p{kWmma, 0, kKT, 1, 1};
+  const long sms = sm_count();
+  if (D <= 128) {
+    p.kernel = kFlash;
+    p.nw = L > 32 ? 4 : (L > 16 ? 2 : 1);
+    p.bn = p.nw == 4 ? 64 : 32;
+    const long qtiles = (L + 16 * p.nw - 1) / (16 * p.nw), tiles = (keys + p.bn - 1) / p.bn;
+    split_keys(p, qtiles * H * B, tiles, 2 * sms, 2);
+  } else {
+    const int warps = wmma_warps(D);
+    const long qtiles = (L + kQT - 1) / kQT, tiles = (keys + kKT - 1) / kKT;
+    split_keys(p, qtiles * H * B, tiles, 2 * sms, warps);
+  }
+  return p;
+}
+
+int64_t workspace_of(const Plan& p, int B, int L, int H, int D) {
+  return p.splits > 1 ? (int64_t)B * H * p.splits * L * (D + 2) : 0;
+}
+
 // floats of workspace [B, H, splits, L, D + 2] the attention uses for these shapes (0: one split)
 int64_t workspace_floats(int B, int L, int C, int H, int D) {
-  const Plan plan = plan_splits(B, L, C + L, H, warps_of(D));
-  return plan.splits > 1 ? (int64_t)B * H * plan.splits * L * (D + 2) : 0;
+  return workspace_of(plan_for(B, L, C + L, H, D), B, L, H, D);
 }
 
 struct Args {
@@ -394,8 +658,14 @@ struct Args {
   float scale;
 };
 
+cudaError_t combine(const Args& a, cudaStream_t stream, const float* ws, int splits) {
+  combine_kernel<<<dim3((unsigned)(a.B * a.L), (unsigned)a.H), (unsigned)(a.D < 256 ? a.D : 256), 0, stream>>>(
+      ws, a.out, a.L, a.H, a.D, splits);
+  return cudaGetLastError();
+}
+
 template <int D>
-cudaError_t attention(const Args& a, cudaStream_t stream, float* ws, Plan plan) {
+cudaError_t wmma_attention(const Args& a, cudaStream_t stream, float* ws, const Plan& plan) {
   static std::once_flag once;
   static cudaError_t attr = cudaSuccess;
   std::call_once(once, [] {
@@ -407,27 +677,67 @@ cudaError_t attention(const Args& a, cudaStream_t stream, float* ws, Plan plan) 
       a.qkv, a.pos, a.cos_t, a.sin_t, a.bias, a.past_k, a.past_v, a.present_k, a.present_v, a.out, ws, a.L, a.C, a.H,
       a.Hkv, a.P, a.scale, plan.splits, plan.split_tiles);
   cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess || plan.splits == 1) return e;
-  combine_kernel<<<dim3((unsigned)(a.B * a.L), (unsigned)a.H), (unsigned)(D < 256 ? D : 256), 0, stream>>>(
-      ws, a.out, a.L, a.H, D, plan.splits);
-  return cudaGetLastError();
+  return (e != cudaSuccess || plan.splits == 1) ? e : combine(a, stream, ws, plan.splits);
 }
 
-// presents, then the attention (split over CTAs when ``ws`` holds workspace_floats(...) floats, else in one pass)
-cudaError_t run_cache_attention(const Args& a, cudaStream_t stream, float* ws, int64_t ws_floats) {
+template <int D, int NW, int BN>
+cudaError_t flash_attention(const Args& a, cudaStream_t stream, float* ws, const Plan& plan) {
+  using S = FlashSmem<D, NW, BN>;
+  static std::once_flag once;
+  static cudaError_t attr = cudaSuccess;
+  std::call_once(once, [] {
+    attr = cudaFuncSetAttribute(flash_kernel<D, NW, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)S::bytes);
+  });
+  if (attr != cudaSuccess) return attr;
+  const dim3 grid((unsigned)((a.L + 16 * NW - 1) / (16 * NW)), (unsigned)(a.H * plan.splits), (unsigned)a.B);
+  flash_kernel<D, NW, BN><<<grid, NW * 32, S::bytes, stream>>>(
+      a.qkv, a.pos, a.cos_t, a.sin_t, a.bias, a.past_k, a.past_v, a.present_k, a.present_v, a.out, ws, a.L, a.C, a.H,
+      a.Hkv, a.P, a.scale, plan.splits, plan.split_tiles);
+  cudaError_t e = cudaGetLastError();
+  return (e != cudaSuccess || plan.splits == 1) ? e : combine(a, stream, ws, plan.splits);
+}
+
+template <int D>
+cudaError_t flash_for(const Args& a, cudaStream_t stream, float* ws, const Plan& p) {
+  if (p.nw == 4 && p.bn == 64) return flash_attention<D, 4, 64>(a, stream, ws, p);
+  if (p.nw == 2 && p.bn == 64) return flash_attention<D, 2, 64>(a, stream, ws, p);
+  if (p.nw == 2 && p.bn == 32) return flash_attention<D, 2, 32>(a, stream, ws, p);
+  if (p.nw == 1 && p.bn == 32) return flash_attention<D, 1, 32>(a, stream, ws, p);
+  if (p.nw == 1 && p.bn == 64) return flash_attention<D, 1, 64>(a, stream, ws, p);
+  return cudaErrorInvalidValue;
+}
+
+// presents, then the attention by `plan` (its workspace: workspace_of(plan) floats at ws)
+cudaError_t run_planned(const Args& a, cudaStream_t stream, float* ws, const Plan& plan) {
   presents_kernel<<<dim3((unsigned)(a.B * a.L), (unsigned)a.Hkv), (unsigned)(a.D / 2 < 128 ? a.D / 2 : 128), 0,
                     stream>>>(a.qkv, a.pos, a.cos_t, a.sin_t, a.present_k, a.present_v, a.L, a.H, a.Hkv, a.D, a.P);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  Plan plan = plan_splits(a.B, a.L, a.C + a.L, a.H, warps_of(a.D));
-  if (ws == nullptr || ws_floats < workspace_floats(a.B, a.L, a.C, a.H, a.D)) plan = {1, (a.C + a.L + kKT - 1) / kKT};
+  if (plan.kernel == kFlash) {
+    switch (a.D) {
+      case 32: return flash_for<32>(a, stream, ws, plan);
+      case 64: return flash_for<64>(a, stream, ws, plan);
+      case 128: return flash_for<128>(a, stream, ws, plan);
+      default: return cudaErrorInvalidValue;
+    }
+  }
   switch (a.D) {
-    case 32: return attention<32>(a, stream, ws, plan);
-    case 64: return attention<64>(a, stream, ws, plan);
-    case 128: return attention<128>(a, stream, ws, plan);
-    case 256: return attention<256>(a, stream, ws, plan);
+    case 32: return wmma_attention<32>(a, stream, ws, plan);
+    case 64: return wmma_attention<64>(a, stream, ws, plan);
+    case 128: return wmma_attention<128>(a, stream, ws, plan);
+    case 256: return wmma_attention<256>(a, stream, ws, plan);
     default: return cudaErrorInvalidValue;
   }
+}
+
+// the default plan; in one pass per (query tile, head) when ``ws`` cannot hold its workspace
+cudaError_t run_cache_attention(const Args& a, cudaStream_t stream, float* ws, int64_t ws_floats) {
+  Plan plan = plan_for(a.B, a.L, a.C + a.L, a.H, a.D);
+  if (ws == nullptr || ws_floats < workspace_of(plan, a.B, a.L, a.H, a.D)) {
+    plan.splits = 1;
+    plan.split_tiles = (a.C + a.L + plan.bn - 1) / plan.bn;
+  }
+  return run_planned(a, stream, ws, plan);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -791,6 +1101,36 @@ extern "C" __attribute__((visibility("default"))) int dllm_cache_attention(
          scale};
   return (int)run_cache_attention(a, reinterpret_cast<cudaStream_t>(stream), static_cast<float*>(workspace),
                                   workspace_floats_);
+}
+
+// One kernel configuration, for benchmarks/cache_attention.py's sweep: kernel 0 (WMMA; nw, bn ignored) or 1 (flash,
+// nw warps of 16 query rows, bn keys per tile: 4/64, 2/64, 2/32, 1/32, 1/64), the keys split over `splits` CTAs
+// (workspace: B * H * splits * L * (D + 2) floats when splits > 1). Returns a cudaError_t (1: no such config).
+extern "C" __attribute__((visibility("default"))) int dllm_cache_attention_config(
+    const void* qkv, const int64_t* pos, const void* cos_t, const void* sin_t, const void* bias, const void* past_k,
+    const void* past_v, void* out, void* present_k, void* present_v, void* workspace, int B, int L, int C, int H,
+    int Hkv, int D, int P, float scale, int kernel, int nw, int bn, int splits, void* stream) {
+  Args a{static_cast<const bf16*>(qkv), static_cast<const float*>(cos_t), static_cast<const float*>(sin_t),
+         static_cast<const bf16*>(bias), static_cast<const bf16*>(past_k), static_cast<const bf16*>(past_v), pos,
+         static_cast<bf16*>(out), static_cast<bf16*>(present_k), static_cast<bf16*>(present_v), B, L, C, H, Hkv, D, P,
+         scale};
+  Plan p{kernel, nw, kernel == kFlash ? bn : kKT, 1, 1};
+  if ((kernel != kWmma && kernel != kFlash) || (kernel == kFlash && D > 128) || splits < 1) return 1;
+  const int tiles = (C + L + p.bn - 1) / p.bn;
+  p.split_tiles = (tiles + splits - 1) / splits;
+  p.splits = (tiles + p.split_tiles - 1) / p.split_tiles;
+  if (p.splits > 1 && workspace == nullptr) return 1;
+  return (int)run_planned(a, reinterpret_cast<cudaStream_t>(stream), static_cast<float*>(workspace), p);
+}
+
+// The default plan for these shapes: (kernel, nw, bn, splits), for the benchmark's table
+extern "C" __attribute__((visibility("default"))) void dllm_cache_attention_plan(int B, int L, int C, int H, int D,
+                                                                               int* out4) {
+  const Plan p = plan_for(B, L, C + L, H, D);
+  out4[0] = p.kernel;
+  out4[1] = p.nw;
+  out4[2] = p.bn;
+  out4[3] = p.splits;
 }
 
 extern "C" __attribute__((visibility("default"))) int dllm_select_rows(const void* logits, int64_t* tokens,

@@ -1,13 +1,13 @@
 """The CacheAttention kernels alone (dllm_trt/plugins/ort_cuda_ops.cu, through the library's C entry points) on
 LLaDA-8B's attention shapes: every kernel configuration (the WMMA kernel, the flash kernel with 1/2/4 warps of 16
-query rows and 32/64-key tiles, the keys split over 1..8 CTAs), each checked against fp32 math, against torch's
+query rows and 32/64-key tiles, the warps kernel (2/4/8 warps over the key tiles of 16 rows, presents fused), the keys split over 1..8 CTAs), each checked against fp32 math, against torch's
 scaled_dot_product_attention on the same bf16 tensors (its flash or cuDNN kernel: what the `--ops ort` graph's
 MultiHeadAttention stands for). The `default` row is the configuration the ONNX Runtime op picks.
 
     python -m dllm_trt.plugins.ort_cuda_build --out /tmp/libdllm_ort_cuda.so
     python benchmarks/cache_attention.py --lib /tmp/libdllm_ort_cuda.so [--json]   # GPU machine, torch with CUDA
 
-Times are medians of CUDA-event timings of 50 launches after 10 (microseconds per layer, presents kernel included).
+Times: microseconds per layer (presents kernel included) on the GPU alone, from CUDA-graph replays of 20 calls.
 """
 import argparse
 import ctypes
@@ -20,22 +20,33 @@ SHAPES = {  # name: (B, L, past C, H, Hkv, D)
     "prefix step 288 over 64": (1, 288, 64, 32, 32, 128),
     "prefill 320": (1, 320, 0, 32, 32, 128),
 }
-FLASH = [(4, 64), (2, 64), (2, 32), (1, 32), (1, 64)]  # (warps, keys per tile)
+FLASH = [(4, 64), (2, 64), (2, 32), (1, 32), (1, 64)]  # (warps of 16 query rows, keys per tile)
+WARPS = [(4, 32), (4, 16), (8, 16), (2, 32)]  # (warps over the key tiles of 16 query rows, keys per tile)
 SPLITS = [1, 2, 3, 4, 6, 8]
-KERNELS = {0: "wmma", 1: "flash"}
+KERNELS = {0: "wmma", 1: "flash", 2: "warps"}
 
 
-def timed(fn, warmup: int = 10, repeat: int = 50) -> float:
+def timed(fn, warmup: int = 10, repeat: int = 30, per_graph: int = 20) -> float:
+    """Microseconds per call on the GPU alone: `per_graph` calls captured in a CUDA graph (as the runtime replays
+    a step), the graph's replays timed with CUDA events (median), divided by `per_graph`. Timing single eager
+    calls would measure the host's launch gaps instead (tens of microseconds)."""
     for _ in range(warmup):
         fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(per_graph):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times = []
     for _ in range(repeat):
         start.record()
-        fn()
+        graph.replay()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
+        times.append(start.elapsed_time(end) * 1e3 / per_graph)
     return sorted(times)[len(times) // 2]
 
 
@@ -90,7 +101,7 @@ def main() -> None:
         ck = torch.empty(b, hkv, l, d, device=dev, dtype=torch.bfloat16)
         cv = torch.empty_like(ck)
         ws = torch.empty(b * h * max(SPLITS) * l * (d + 2), device=dev)
-        stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+        stream = lambda: ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)  # noqa: E731 (the capture's)
         ptr = lambda t: ctypes.c_void_p(None if t is None else t.data_ptr())  # noqa: E731
         plan = (ctypes.c_int * 4)()
         lib.dllm_cache_attention_plan(b, l, c, h, d, plan)
@@ -99,7 +110,7 @@ def main() -> None:
         def default():
             rc = lib.dllm_cache_attention(ptr(qkv), ptr(pos), ptr(cos), ptr(sin), ptr(bias), ptr(pk), ptr(pv),
                                           ptr(out), ptr(ck), ptr(cv), ptr(ws), ctypes.c_int64(floats), b, l, c, h,
-                                          hkv, d, positions, ctypes.c_float(d ** -0.5), stream)
+                                          hkv, d, positions, ctypes.c_float(d ** -0.5), stream())
             assert rc == 0, rc
 
         def config(kernel, nw, bn, splits):
@@ -107,7 +118,7 @@ def main() -> None:
                 rc = lib.dllm_cache_attention_config(ptr(qkv), ptr(pos), ptr(cos), ptr(sin), ptr(bias), ptr(pk),
                                                      ptr(pv), ptr(out), ptr(ck), ptr(cv), ptr(ws), b, l, c, h, hkv, d,
                                                      positions, ctypes.c_float(d ** -0.5), kernel, nw, bn, splits,
-                                                     stream)
+                                                     stream())
                 assert rc == 0, (rc, kernel, nw, bn, splits)
             return run
 
@@ -126,6 +137,11 @@ def main() -> None:
                 if s > 1 and (l + 16 * nw - 1) // (16 * nw) * h * b >= 132:
                     continue  # enough CTAs without splitting
                 rows.append(measure(f"flash {nw}w/{bn} x{s}", config(1, nw, bn, s)))
+        for nw, bn in WARPS:
+            for s in SPLITS:
+                if s > 1 and (l + 15) // 16 * h * b >= 132:
+                    continue
+                rows.append(measure(f"warps {nw}w/{bn} x{s}", config(2, nw, bn, s)))
         q = torch.randn(b, h, l, d, device=dev, generator=g).bfloat16()
         k = torch.randn(b, h, c + l, d, device=dev, generator=g).bfloat16()
         v = torch.randn_like(k)

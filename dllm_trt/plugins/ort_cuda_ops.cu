@@ -582,13 +582,290 @@ __global__ void __launch_bounds__(NW * 32) flash_kernel(
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Short queries (block steps): flash_warps_kernel. One CTA per (16 query rows, head, split); its NW warps share the
+// rows and take the split's key tiles in turn, each warp with its own double-buffered K/V tiles (no CTA barrier in
+// the loop), merged through shared memory at the end. The presents are fused: the tiles of current keys are
+// rotated from qkv on the fly, and the CTA that owns them (first query tile, first query head of the group) writes
+// present_key / present_value, so a step runs this kernel alone (and combine_kernel when the keys are split),
+// where the flash kernel needs the presents kernel before it.
+
+// keys k0 .. k0 + BN of one K/V head into shared memory (row stride ld), by `nthreads` threads from `tid`: cached
+// keys by cp.async (committed by the caller), current keys rotated from qkv (and written to the presents when
+// pk_out is set), keys past the end as zeros
+template <int D, int BN>
+__device__ __forceinline__ void load_kv_fused(bf16* Kd, bf16* Vd, int ld, int k0, int tid, int nthreads,
+                                              const bf16* __restrict__ past_k, const bf16* __restrict__ past_v,
+                                              int64_t past_base, const bf16* __restrict__ qkv,
+                                              const int64_t* __restrict__ pos, const float* __restrict__ cos_t,
+                                              const float* __restrict__ sin_t, int b, int hk, int L, int C, int H,
+                                              int Hkv, int P, bf16* __restrict__ pk_out, bf16* __restrict__ pv_out) {
+  constexpr int half = D / 2, chunks = D / 8;
+  const int keys = C + L, W = (H + 2 * Hkv) * D;
+  for (int i = tid; i < BN * chunks; i += nthreads) {
+    const int kr = i / chunks, c = (i % chunks) * 8, k = k0 + kr;
+    bf16* kd = Kd + kr * ld + c;
+    bf16* vd = Vd + kr * ld + c;
+    if (k < C) {
+      const int64_t off = (past_base + k) * D + c;
+      __pipeline_memcpy_async(kd, past_k + off, 16);
+      __pipeline_memcpy_async(vd, past_v + off, 16);
+    } else if (k < keys) {
+      const int l = k - C;
+      const bf16* row = qkv + ((int64_t)b * L + l) * W;
+      const int64_t po = (((int64_t)b * Hkv + hk) * L + l) * D;
+      const uint4 v4 = *reinterpret_cast<const uint4*>(row + (int64_t)(H + Hkv + hk) * D + c);
+      *reinterpret_cast<uint4*>(vd) = v4;
+      if (pv_out) *reinterpret_cast<uint4*>(pv_out + po + c) = v4;
+      if (c < half) {  // this thread rotates the pair of chunks (c, c + half)
+        const bf16* kin = row + (int64_t)(H + hk) * D;
+        const uint4 a4 = *reinterpret_cast<const uint4*>(kin + c);
+        const uint4 b4 = *reinterpret_cast<const uint4*>(kin + c + half);
+        const int64_t p = clamp_pos(pos[(int64_t)b * L + l], P);
+        const float* cs = cos_t + p * half + c;
+        const float* sn = sin_t + p * half + c;
+        const bf16* x1 = reinterpret_cast<const bf16*>(&a4);
+        const bf16* x2 = reinterpret_cast<const bf16*>(&b4);
+        uint4 lo4, hi4;
+        bf16* lo = reinterpret_cast<bf16*>(&lo4);
+        bf16* hi = reinterpret_cast<bf16*>(&hi4);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const float f1 = to_f(x1[j]), f2 = to_f(x2[j]), cj = cs[j], sj = sn[j];
+          lo[j] = to_bf(f1 * cj - f2 * sj);
+          hi[j] = to_bf(f2 * cj + f1 * sj);
+        }
+        *reinterpret_cast<uint4*>(kd) = lo4;
+        *reinterpret_cast<uint4*>(kd + half) = hi4;
+        if (pk_out) {
+          *reinterpret_cast<uint4*>(pk_out + po + c) = lo4;
+          *reinterpret_cast<uint4*>(pk_out + po + c + half) = hi4;
+        }
+      }
+    } else {
+      *reinterpret_cast<uint4*>(kd) = make_uint4(0, 0, 0, 0);
+      *reinterpret_cast<uint4*>(vd) = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
+template <int D, int NW, int BN>
+struct WarpsSmem {
+  static constexpr int ld = D + 8;
+  static constexpr size_t q = (size_t)16 * ld * sizeof(bf16);
+  static constexpr size_t warp = (size_t)4 * BN * ld * sizeof(bf16);  // K, V x two stages; then its partial O
+  static_assert(warp >= (size_t)16 * D * sizeof(float), "a warp's tiles hold its partial output");
+  static constexpr size_t bytes = q + NW * warp + 2 * NW * 16 * sizeof(float);
+};
+
+// Grid (ceil(L / 16), H * splits, B), 32 NW threads; workspace as flash_kernel's.
+template <int D, int NW, int BN>
+__global__ void __launch_bounds__(NW * 32) flash_warps_kernel(
+    const bf16* __restrict__ qkv, const int64_t* __restrict__ pos, const float* __restrict__ cos_t,
+    const float* __restrict__ sin_t, const bf16* __restrict__ bias, const bf16* __restrict__ past_k,
+    const bf16* __restrict__ past_v, bf16* __restrict__ present_k, bf16* __restrict__ present_v,
+    bf16* __restrict__ out, float* __restrict__ ws, int L, int C, int H, int Hkv, int P, float scale, int splits,
+    int split_tiles) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  using S = WarpsSmem<D, NW, BN>;
+  constexpr int LD = S::ld, half = D / 2, kThreads = NW * 32;
+  bf16* Qs = reinterpret_cast<bf16*>(smem);
+  const int q0 = blockIdx.x * 16, h = blockIdx.y / splits, split = blockIdx.y % splits, b = blockIdx.z;
+  const int hk = h / (H / Hkv), warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
+  bf16* Ks = reinterpret_cast<bf16*>(smem + S::q + warp * S::warp);  // [2][BN][LD]
+  bf16* Vs = Ks + 2 * BN * LD;
+  float* Ms = reinterpret_cast<float*>(smem + S::q + NW * S::warp);  // [NW][16]
+  float* Ls = Ms + NW * 16;
+  const int keys = C + L, W = (H + 2 * Hkv) * D, tiles = (keys + BN - 1) / BN;
+  const int t_begin = split * split_tiles, t_end = min(tiles, t_begin + split_tiles);
+  const int64_t past_base = ((int64_t)b * Hkv + hk) * C;
+  const bool owner = blockIdx.x == 0 && h % (H / Hkv) == 0;  // writes the presents of the tiles it loads
+  auto load = [&](int t, int stage) {
+    load_kv_fused<D, BN>(Ks + stage * BN * LD, Vs + stage * BN * LD, LD, t * BN, lane, 32, past_k, past_v, past_base,
+                         qkv, pos, cos_t, sin_t, b, hk, L, C, H, Hkv, P, owner ? present_k : nullptr,
+                         owner ? present_v : nullptr);
+    __pipeline_commit();
+  };
+  if (t_begin + warp < t_end) load(t_begin + warp, 0);  // in flight while Q is rotated
+
+  {  // Q rows with RoPE (rows past L are zeros), all of a thread's loads issued before any is used
+    constexpr int kPairs = (16 * half + kThreads - 1) / kThreads;
+    float x1[kPairs], x2[kPairs], cs[kPairs], sn[kPairs];
+#pragma unroll
+    for (int j = 0; j < kPairs; ++j) {
+      const int i = threadIdx.x + j * kThreads, r = i / half, d = i % half, l = q0 + r;
+      x1[j] = x2[j] = cs[j] = sn[j] = 0.f;
+      if (i < 16 * half && l < L) {
+        const bf16* q = qkv + ((int64_t)b * L + l) * W + (int64_t)h * D;
+        const int64_t p = clamp_pos(pos[(int64_t)b * L + l], P);
+        cs[j] = cos_t[p * half + d];
+        sn[j] = sin_t[p * half + d];
+        x1[j] = to_f(q[d]);
+        x2[j] = to_f(q[d + half]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kPairs; ++j) {
+      const int i = threadIdx.x + j * kThreads, r = i / half, d = i % half;
+      if (i < 16 * half) {
+        Qs[r * LD + d] = to_bf(x1[j] * cs[j] - x2[j] * sn[j]);
+        Qs[r * LD + d + half] = to_bf(x2[j] * cs[j] + x1[j] * sn[j]);
+      }
+    }
+  }
+  __syncthreads();
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qf[kk], Qs + (lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, lsum[2] = {0.f, 0.f};
+  const int row[2] = {q0 + g, q0 + g + 8};
+  const bf16* brow[2] = {bias + ((int64_t)b * L + (row[0] < L ? row[0] : 0)) * keys,
+                         bias + ((int64_t)b * L + (row[1] < L ? row[1] : 0)) * keys};
+
+  int stage = 0;
+  for (int t = t_begin + warp; t < t_end; t += NW, stage ^= 1) {
+    // this tile's bias (a masked key: -inf), loaded before waiting for the tile
+    float bv[BN / 8][4];
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e >> 1, key = t * BN + n * 8 + 2 * tq + (e & 1);
+        float v = -INFINITY;
+        if (row[r] < L && key < keys) {
+          v = to_f(brow[r][key]);
+          v = v > kMasked ? v : -INFINITY;
+        }
+        bv[n][e] = v;
+      }
+    if (t + NW < t_end) {
+      load(t + NW, stage ^ 1);
+      __pipeline_wait_prior(1);
+    } else {
+      __pipeline_wait_prior(0);
+    }
+    __syncwarp();
+    const bf16* Kt = Ks + stage * BN * LD;
+    const bf16* Vt = Vs + stage * BN * LD;
+    float s[BN / 8][4];
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n) {
+      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t kb[2];
+        ldmatrix_x2(kb, Kt + (n * 8 + (lane % 8)) * LD + kk * 16 + ((lane / 8) % 2) * 8);
+        mma_bf16(s[n], qf[kk], kb);
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[n][e] = s[n][e] * scale + bv[n][e];
+        mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+      }
+    }
+    float alpha[2], sum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      const float mnew = fmaxf(m[r], mx[r]);
+      alpha[r] = mnew == -INFINITY ? 1.f : __expf(m[r] - mnew);
+      m[r] = mnew;
+    }
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e >> 1;
+        const float p = m[r] == -INFINITY ? 0.f : __expf(s[n][e] - m[r]);
+        s[n][e] = p;
+        sum[r] += p;
+      }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
+      sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
+      lsum[r] = lsum[r] * alpha[r] + sum[r];
+    }
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      o[j][0] *= alpha[0];
+      o[j][1] *= alpha[0];
+      o[j][2] *= alpha[1];
+      o[j][3] *= alpha[1];
+    }
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        uint32_t vb[2];
+        ldmatrix_x2_trans(vb, Vt + (kk * 16 + (lane % 16)) * LD + j * 8);
+        mma_bf16(o[j], pa, vb);
+      }
+    }
+    __syncwarp();  // the warp is done with this stage before the next iteration refills it
+  }
+  // merge the warps: each leaves (max, sum, unnormalised O) in shared memory (O over its own tiles)
+  __pipeline_wait_prior(0);
+  __syncwarp();
+  float* Ow = reinterpret_cast<float*>(Ks);  // [16][D]
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) {
+    *reinterpret_cast<float2*>(Ow + g * D + j * 8 + 2 * tq) = make_float2(o[j][0], o[j][1]);
+    *reinterpret_cast<float2*>(Ow + (g + 8) * D + j * 8 + 2 * tq) = make_float2(o[j][2], o[j][3]);
+  }
+  if (tq == 0) {
+    Ms[warp * 16 + g] = m[0];
+    Ms[warp * 16 + g + 8] = m[1];
+    Ls[warp * 16 + g] = lsum[0];
+    Ls[warp * 16 + g + 8] = lsum[1];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < 16 * D; i += kThreads) {
+    const int r = i / D, d = i % D, l = q0 + r;
+    if (l >= L) continue;
+    float mm = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) mm = fmaxf(mm, Ms[w * 16 + r]);
+    float num = 0.f, den = 0.f;
+    if (mm != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < NW; ++w) {
+        const float mw = Ms[w * 16 + r];
+        if (mw == -INFINITY) continue;
+        const float f = __expf(mw - mm);
+        den += f * Ls[w * 16 + r];
+        num += f * reinterpret_cast<const float*>(smem + S::q + w * S::warp)[r * D + d];
+      }
+    }
+    if (splits == 1) {
+      out[((int64_t)b * L + l) * H * D + (int64_t)h * D + d] = to_bf(den > 0.f ? num / den : 0.f);
+    } else {
+      float* dst = ws + ((((int64_t)b * H + h) * splits + split) * L + l) * (D + 2);
+      dst[d] = num;
+      if (d == 0) {
+        dst[D] = mm;
+        dst[D + 1] = den;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Which kernel, and how many CTAs share the keys of a (query tile, head)
 struct Plan {
-  int kernel;       // kWmma: attention_kernel (any D); kFlash: flash_kernel (D <= 128)
-  int nw, bn;       // flash: warps per CTA (16 query rows each), keys per tile
+  int kernel;       // kWmma: attention_kernel (any D); kFlash: flash_kernel, kWarps: flash_warps_kernel (D <= 128)
+  int nw, bn;       // flash: warps per CTA (16 query rows each); warps: warps per CTA over the key tiles; keys per tile
   int splits, split_tiles;
 };
-constexpr int kWmma = 0, kFlash = 1;
+constexpr int kWmma = 0, kFlash = 1, kWarps = 2;
 
 int sm_count() {
   static const int sms = [] {
@@ -620,17 +897,23 @@ int wmma_warps(int D) {
   }
 }
 
-// The default: the flash kernel up to D = 128 (warps by query length: a block step of 32 rows takes 2, so no warp
-// idles), the WMMA kernel for D = 256 (the flash kernel's output accumulator would not fit in registers).
+// The default: up to D = 128, the warps kernel for short queries and the flash kernel for long ones (its warps by
+// query length), the WMMA kernel for D = 256 (the flash kernel's output accumulator would not fit in registers).
 Plan plan_for(int B, int L, int keys, int H, int D) {
   Plan p{kWmma, 0, kKT, 1, 1};
   const long sms = sm_count();
-  if (D <= 128) {
+  if (D <= 128 && L <= 64) {  // block steps: the warps kernel (presents fused)
+    p.kernel = kWarps;
+    p.nw = 4;
+    p.bn = 32;
+    const long qtiles = (L + 15) / 16, tiles = (keys + p.bn - 1) / p.bn;
+    split_keys(p, qtiles * H * B, tiles, sms, p.nw);
+  } else if (D <= 128) {
     p.kernel = kFlash;
     p.nw = L > 32 ? 4 : (L > 16 ? 2 : 1);
     p.bn = p.nw == 4 ? 64 : 32;
     const long qtiles = (L + 16 * p.nw - 1) / (16 * p.nw), tiles = (keys + p.bn - 1) / p.bn;
-    split_keys(p, qtiles * H * B, tiles, 2 * sms, 2);
+    split_keys(p, qtiles * H * B, tiles, sms, 2);
   } else {
     const int warps = wmma_warps(D);
     const long qtiles = (L + kQT - 1) / kQT, tiles = (keys + kKT - 1) / kKT;
@@ -697,6 +980,33 @@ cudaError_t flash_attention(const Args& a, cudaStream_t stream, float* ws, const
   return (e != cudaSuccess || plan.splits == 1) ? e : combine(a, stream, ws, plan.splits);
 }
 
+template <int D, int NW, int BN>
+cudaError_t warps_attention(const Args& a, cudaStream_t stream, float* ws, const Plan& plan) {
+  using S = WarpsSmem<D, NW, BN>;
+  static std::once_flag once;
+  static cudaError_t attr = cudaSuccess;
+  std::call_once(once, [] {
+    attr = cudaFuncSetAttribute(flash_warps_kernel<D, NW, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                (int)S::bytes);
+  });
+  if (attr != cudaSuccess) return attr;
+  const dim3 grid((unsigned)((a.L + 15) / 16), (unsigned)(a.H * plan.splits), (unsigned)a.B);
+  flash_warps_kernel<D, NW, BN><<<grid, NW * 32, S::bytes, stream>>>(
+      a.qkv, a.pos, a.cos_t, a.sin_t, a.bias, a.past_k, a.past_v, a.present_k, a.present_v, a.out, ws, a.L, a.C, a.H,
+      a.Hkv, a.P, a.scale, plan.splits, plan.split_tiles);
+  cudaError_t e = cudaGetLastError();
+  return (e != cudaSuccess || plan.splits == 1) ? e : combine(a, stream, ws, plan.splits);
+}
+
+template <int D>
+cudaError_t warps_kernel_for(const Args& a, cudaStream_t stream, float* ws, const Plan& p) {
+  if (p.nw == 4 && p.bn == 32) return warps_attention<D, 4, 32>(a, stream, ws, p);
+  if (p.nw == 4 && p.bn == 16) return warps_attention<D, 4, 16>(a, stream, ws, p);
+  if (p.nw == 8 && p.bn == 16) return warps_attention<D, 8, 16>(a, stream, ws, p);
+  if (p.nw == 2 && p.bn == 32) return warps_attention<D, 2, 32>(a, stream, ws, p);
+  return cudaErrorInvalidValue;
+}
+
 template <int D>
 cudaError_t flash_for(const Args& a, cudaStream_t stream, float* ws, const Plan& p) {
   if (p.nw == 4 && p.bn == 64) return flash_attention<D, 4, 64>(a, stream, ws, p);
@@ -709,6 +1019,14 @@ cudaError_t flash_for(const Args& a, cudaStream_t stream, float* ws, const Plan&
 
 // presents, then the attention by `plan` (its workspace: workspace_of(plan) floats at ws)
 cudaError_t run_planned(const Args& a, cudaStream_t stream, float* ws, const Plan& plan) {
+  if (plan.kernel == kWarps) {  // presents fused
+    switch (a.D) {
+      case 32: return warps_kernel_for<32>(a, stream, ws, plan);
+      case 64: return warps_kernel_for<64>(a, stream, ws, plan);
+      case 128: return warps_kernel_for<128>(a, stream, ws, plan);
+      default: return cudaErrorInvalidValue;
+    }
+  }
   presents_kernel<<<dim3((unsigned)(a.B * a.L), (unsigned)a.Hkv), (unsigned)(a.D / 2 < 128 ? a.D / 2 : 128), 0,
                     stream>>>(a.qkv, a.pos, a.cos_t, a.sin_t, a.present_k, a.present_v, a.L, a.H, a.Hkv, a.D, a.P);
   cudaError_t e = cudaGetLastError();
@@ -1114,8 +1432,8 @@ extern "C" __attribute__((visibility("default"))) int dllm_cache_attention_confi
          static_cast<const bf16*>(bias), static_cast<const bf16*>(past_k), static_cast<const bf16*>(past_v), pos,
          static_cast<bf16*>(out), static_cast<bf16*>(present_k), static_cast<bf16*>(present_v), B, L, C, H, Hkv, D, P,
          scale};
-  Plan p{kernel, nw, kernel == kFlash ? bn : kKT, 1, 1};
-  if ((kernel != kWmma && kernel != kFlash) || (kernel == kFlash && D > 128) || splits < 1) return 1;
+  Plan p{kernel, nw, kernel == kWmma ? kKT : bn, 1, 1};
+  if (kernel < kWmma || kernel > kWarps || (kernel != kWmma && D > 128) || splits < 1) return 1;
   const int tiles = (C + L + p.bn - 1) / p.bn;
   p.split_tiles = (tiles + splits - 1) / splits;
   p.splits = (tiles + p.split_tiles - 1) / p.split_tiles;

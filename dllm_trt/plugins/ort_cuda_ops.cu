@@ -33,6 +33,8 @@
 #include <mma.h>
 
 #include <climits>
+#include <cstdio>
+#include <cstdlib>
 #include <cstdint>
 #include <algorithm>
 #include <mutex>
@@ -899,9 +901,29 @@ int wmma_warps(int D) {
 
 // The default: up to D = 128, the warps kernel for short queries and the flash kernel for long ones (its warps by
 // query length), the WMMA kernel for D = 256 (the flash kernel's output accumulator would not fit in registers).
+// $DLLM_TRT_ATTENTION_PLAN = "kernel:warps:keys_per_tile:splits" (e.g. "2:8:16:1") fixes the configuration of
+// every CacheAttention with D <= 128, for benchmarks that compare kernels inside a model (kernel_breakdown.py).
+const Plan* plan_override() {
+  static const Plan* plan = []() -> const Plan* {
+    static Plan p{};
+    const char* env = std::getenv("DLLM_TRT_ATTENTION_PLAN");
+    if (env == nullptr || std::sscanf(env, "%d:%d:%d:%d", &p.kernel, &p.nw, &p.bn, &p.splits) != 4) return nullptr;
+    if (p.kernel == kWmma) p.bn = kKT;
+    return p.kernel >= kWmma && p.kernel <= kWarps && p.splits >= 1 ? &p : nullptr;
+  }();
+  return plan;
+}
+
 Plan plan_for(int B, int L, int keys, int H, int D) {
   Plan p{kWmma, 0, kKT, 1, 1};
   const long sms = sm_count();
+  if (const Plan* o = plan_override(); o != nullptr && D <= 128) {
+    p = *o;
+    const int tiles = (keys + p.bn - 1) / p.bn;
+    p.split_tiles = (tiles + o->splits - 1) / o->splits;
+    p.splits = (tiles + p.split_tiles - 1) / p.split_tiles;
+    return p;
+  }
   if (D <= 128 && L <= 64) {  // block steps: the warps kernel (presents fused)
     p.kernel = kWarps;
     p.nw = 4;

@@ -138,8 +138,58 @@ def test_cache_attention_kernel_equals_fp32_math(library, case):
         outs.append(out.float())
     # the split and the one-pass result differ only by the order of the partial sums
     assert (outs[0] - outs[1]).abs().max().item() <= 1e-2 * max(1.0, ref.abs().max().item())
-    if case[:2] == (1, 32):
-        assert floats > 0  # the block step is split over CTAs
+    plan = (ctypes.c_int * 4)()
+    lib.dllm_cache_attention_plan(b, l, c, h, d, plan)
+    if d <= 128:  # the flash kernels: the warps kernel (presents fused) for block steps, the flash kernel for long L
+        assert plan[0] == (2 if l <= 64 else 1), list(plan)
+
+
+CONFIGS = [(0, 0, 32, 1), (0, 0, 32, 3), (1, 4, 64, 1), (1, 2, 32, 3), (1, 1, 64, 2), (2, 8, 16, 1), (2, 4, 16, 3),
+           (2, 4, 32, 2), (2, 2, 32, 1)]  # (kernel: 0 WMMA / 1 flash / 2 warps, warps, keys per tile, splits)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[f"k{c[0]}w{c[1]}n{c[2]}s{c[3]}" for c in CONFIGS])
+@pytest.mark.parametrize("case", [CASES[0], CASES[2]], ids=["block", "gqa-random"])
+def test_every_cache_attention_config_equals_fp32_math(library, case, config):
+    """Each kernel configuration the library can run (dllm_cache_attention_config: what the benchmark sweeps and
+    $DLLM_TRT_ATTENTION_PLAN picks), not only the default one: the same output within bf16 flash error and the same
+    presents (fused into the warps kernel, a separate kernel otherwise)."""
+    import torch
+
+    b, l, c, h, hkv, d, pattern = case
+    kernel, nw, bn, splits = config
+    g = torch.Generator(device="cuda").manual_seed(1)
+    dev = "cuda"
+    qkv = torch.randn(b, l, (h + 2 * hkv) * d, device=dev, generator=g).bfloat16()
+    positions = 512
+    pos = torch.randint(0, positions, (b, l), device=dev, generator=g)
+    inv = 1.0 / (10000 ** (torch.arange(0, d, 2, device=dev).float() / d))
+    freqs = torch.arange(positions, device=dev).float()[:, None] * inv
+    cos, sin = freqs.cos(), freqs.sin()
+    pk = torch.randn(b, hkv, c, d, device=dev, generator=g).bfloat16()
+    pv = torch.randn(b, hkv, c, d, device=dev, generator=g).bfloat16()
+    bias = torch.zeros(b, 1, l, c + l, device=dev)
+    bias.masked_fill_(torch.rand(bias.shape, device=dev, generator=g) < 0.3, -1e9)
+    bias[..., c:].diagonal(dim1=-2, dim2=-1).zero_()
+    bias = bias.bfloat16()
+    ref, rk, rv = reference(qkv, pos, cos, sin, bias, pk, pv, h, hkv, d)
+    lib = ctypes.CDLL(str(library))
+    lib.dllm_cache_attention_config.restype = ctypes.c_int
+    ptr = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
+    out = torch.full((b, l, h * d), float("nan"), device=dev, dtype=torch.bfloat16)
+    ck = torch.full((b, hkv, l, d), float("nan"), device=dev, dtype=torch.bfloat16)
+    cv = torch.full_like(ck, float("nan"))
+    ws = torch.empty(b * h * splits * l * (d + 2), device=dev)
+    rc = lib.dllm_cache_attention_config(ptr(qkv), ptr(pos), ptr(cos), ptr(sin), ptr(bias), ptr(pk), ptr(pv),
+                                         ptr(out), ptr(ck), ptr(cv), ptr(ws), b, l, c, h, hkv, d, positions,
+                                         ctypes.c_float(d ** -0.5), kernel, nw, bn, splits,
+                                         ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
+    torch.cuda.synchronize()
+    assert rc == 0
+    torch.testing.assert_close(ck.float(), rk, rtol=1e-2, atol=1e-2)
+    assert torch.equal(cv.float(), rv)
+    err = (out.float() - ref).abs().max().item()
+    assert err <= 2e-2 * max(1.0, ref.abs().max().item()), (err, config)
 
 
 SELECT_CASES = [  # (rows, vocab, mask token, logits pattern)

@@ -926,10 +926,10 @@ Plan plan_for(int B, int L, int keys, int H, int D) {
   }
   if (D <= 128 && L <= 64) {  // block steps: the warps kernel (presents fused)
     p.kernel = kWarps;
-    p.nw = 4;
-    p.bn = 32;
+    p.nw = 8;
+    p.bn = 16;
     const long qtiles = (L + 15) / 16, tiles = (keys + p.bn - 1) / p.bn;
-    split_keys(p, qtiles * H * B, tiles, sms, p.nw);
+    split_keys(p, qtiles * H * B, tiles, sms / 3, p.nw);  // one CTA per SM (its tiles fill shared memory)
   } else if (D <= 128) {
     p.kernel = kFlash;
     p.nw = L > 32 ? 4 : (L > 16 ? 2 : 1);

@@ -13,8 +13,12 @@
 //     -> out [B, L, H D], present_key [B, Hkv, L, D], present_value [B, Hkv, L, D]
 //     q, k, v = split(qkv); q, k = half-split RoPE at position_ids; out = softmax(q k^T scale + bias) v over
 //     the keys (past, current); query head h reads key/value head h / (H / Hkv).
-//     A 4th, optional output is the workspace when the keys of a (query tile, head) are split over CTAs (a block
-//     step has too few query tiles x heads to fill the GPU); a combine kernel then merges the splits.
+//     A 4th, optional output is the workspace when the keys of a (query tile, head) are split over CTAs (a step
+//     with too few query tiles x heads to fill the GPU); a combine kernel then merges the splits.
+//     Kernels (plan_for picks; benchmarks/cache_attention.py times each): head dims up to 128 run register-resident
+//     flash kernels (mma.sync m16n8k16, K/V tiles double-buffered with cp.async): flash_warps_kernel for block
+//     steps (L <= 64; presents fused: one kernel) and flash_kernel for long queries (after presents_kernel); head
+//     dim 256 runs the WMMA attention_kernel.
 //   SiluMul(gate_up [N..., 2 I]) -> [N..., I] = silu(gate) * up.
 //   SelectRows(logits [B, R, V] fp32; mask_token_id) -> tokens [B, R] int64, confidence, margin, neg_entropy [B, R]
 //     models.layers.select_rows in one kernel (the standard graph's ArgMax / Exp / ReduceSum chain is ~16 kernels).

@@ -117,6 +117,37 @@ def copy_bandwidth() -> float:
     return 2 * n / statistics.median(times)
 
 
+def matmul_rate(dtype) -> float:
+    """FLOP/s of a large square matrix product in the model's dtype (the compute side of the floor: a 320-token
+    prefill is bound by matrix math on an H200, not by the weight reads)."""
+    import torch
+
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=dtype)
+    b = torch.randn(n, n, device="cuda", dtype=dtype)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for i in range(13):
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        if i >= 3:
+            times.append(start.elapsed_time(end) / 1e3)
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * n**3 / statistics.median(times)
+
+
+def forward_flops(config, tokens: int, past: int, rows: int) -> float:
+    """Matrix-math FLOPs of one forward: the layers' projections and attention over `tokens` query tokens with
+    `past` cached keys, and the LM head over the `rows` read rows only (as the exported graph runs it)."""
+    h, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    per_token = config.hidden_size * (h + 2 * kv) + h * config.hidden_size + 3 * config.hidden_size * config.intermediate_size
+    attention = 4 * tokens * (past + tokens) * h
+    return config.num_layers * (2 * tokens * per_token + attention) + 2 * rows * config.hidden_size * config.vocab_size
+
+
 def graph_dir(work: Path, ops: str) -> Path:
     """The export of each graph flavour (dllm-trt export --ops): standard ops, or ORT's fused contrib ops."""
     return work / ("onnx" if ops == "standard" else f"onnx-{ops}")
@@ -156,6 +187,10 @@ def cmd_prepare(args) -> None:
           flush=True)
     bw = copy_bandwidth()
     print(f"device copy bandwidth {bw / 1e12:.2f} TB/s (read + write)", flush=True)
+    rate = matmul_rate(dt)
+    prefill_flops = forward_flops(config, PREFILL, 0, BLOCK)
+    print(f"{args.dtype} matrix product {rate / 1e12:.0f} TFLOP/s; prefill {PREFILL}: {prefill_flops / 1e12:.2f} TFLOP "
+          f"-> compute floor {prefill_flops / rate * 1e3:.2f} ms", flush=True)
 
     def torch_forward(L: int, P: int):
         ids = torch.randint(0, config.vocab_size, (1, L), device="cuda")
@@ -190,6 +225,7 @@ def cmd_prepare(args) -> None:
     save_json(work, "prepare.json", {
         "dtype": args.dtype, "smoke": args.smoke, "weight_bytes": weight_bytes, "weights_read_bytes": read_bytes,
         "copy_bandwidth_Bps": bw, "floor_ms": read_bytes / bw * 1e3 if read_bytes else None, "eager_ms": eager,
+        "matmul_flops_per_s": rate, "prefill_flops": prefill_flops, "prefill_compute_floor_ms": prefill_flops / rate * 1e3,
         "export_s": export_s, "ops": args.ops, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d")})
 
@@ -394,6 +430,11 @@ def cmd_table(args) -> None:
           f"weights, batch 1, {prep['device']}, {prep['date']}; copy bandwidth "
           f"{prep['copy_bandwidth_Bps'] / 1e12:.2f} TB/s, {prep['weights_read_bytes'] / 1e9:.2f} GB read per forward "
           f"-> floor {floor:.2f} ms")
+    compute = prep.get("prefill_compute_floor_ms")
+    if compute:
+        print(f"prefill {PREFILL}: {prep['prefill_flops'] / 1e12:.2f} TFLOP of matrix math at the measured "
+              f"{prep['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s -> compute floor {compute:.2f} ms "
+              f"({compute / floor:.2f}x the weight-read floor)")
     if fwd:
         print(f"\nforwards (onnxruntime {fwd['onnxruntime']} CUDA EP; graph = the session alone, runtime step = "
               "OrtBackend.forward)")

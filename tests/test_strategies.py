@@ -458,3 +458,33 @@ def test_family_defaults_under_the_folder_and_the_command_line(tmp_path):
     (dream / "generation_config.json").write_text(json.dumps({"alg": "topk_margin", "steps": 8}))
     g = generation_config_from_args(dream, none)
     assert (g.strategy, g.steps) == ("topk_margin", 8)
+
+
+def _attention_bias_by_definition(q_pos, q_valid, past_valid, block_size):
+    """The layout rule written out key by key (the reference attention_bias is checked against)."""
+    b, p = past_valid.shape
+    l = q_pos.shape[1]
+    out = np.full((b, 1, l, p + l), -1e9, np.float32)
+    for bi in range(b):
+        for qi in range(l):
+            for k in range(p + l):
+                valid = past_valid[bi, k] if k < p else q_valid[bi, k - p]
+                kpos = k if k < p else q_pos[bi, k - p]
+                later = bool(block_size) and q_valid[bi, qi] and kpos // block_size > q_pos[bi, qi] // block_size
+                if valid and not later:
+                    out[bi, 0, qi, k] = 0.0
+    return out
+
+
+@pytest.mark.parametrize("block_size", [None, 1, 3, 4])
+def test_attention_bias_equals_its_definition(block_size):
+    """Valid keys only; block-causal when a block size is set; padding queries see every valid key."""
+    rng = np.random.default_rng(block_size or 0)
+    for _ in range(20):
+        b, l, p = int(rng.integers(1, 4)), int(rng.integers(1, 9)), int(rng.integers(0, 12))
+        q_pos = np.sort(rng.integers(0, 20, (b, l)), axis=1)
+        q_valid = rng.random((b, l)) < 0.8
+        past_valid = rng.random((b, p)) < 0.7
+        got = attention_bias(q_pos, q_valid, past_valid, block_size)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, _attention_bias_by_definition(q_pos, q_valid, past_valid, block_size))

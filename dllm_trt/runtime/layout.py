@@ -18,11 +18,18 @@ def attention_bias(
     past_valid: np.ndarray,  # [B, P] bool: cache positions 0..P-1 that may be attended
     block_size: int | None,  # block-causal when set
 ) -> np.ndarray:
+    """[B, 1, L, P + L] float32: 0 where the query may see the key, MASKED elsewhere. Built once per window
+    on the host (a prefix-cache step's window is 288 x 640 on LLaDA-8B's prompt 64 + gen 256): one pass writes
+    the result, no intermediate [B, L, K] arrays beyond the block-causal test."""
     b, p = past_valid.shape
-    k_pos = np.concatenate([np.broadcast_to(np.arange(p), (b, p)), q_pos], axis=1)
-    k_valid = np.concatenate([past_valid, q_valid], axis=1)
-    allowed = np.broadcast_to(k_valid[:, None, :], (b, q_pos.shape[1], k_pos.shape[1]))
-    if block_size:
-        allowed = allowed & ((k_pos[:, None, :] // block_size) <= (q_pos[:, :, None] // block_size))
-    allowed = np.where(q_valid[:, :, None], allowed, k_valid[:, None, :])
-    return np.where(allowed, np.float32(0), MASKED)[:, None].astype(np.float32)
+    l = q_pos.shape[1]
+    k_valid = np.concatenate([past_valid, q_valid], axis=1)  # [B, K]
+    row = np.where(k_valid, np.float32(0), MASKED)  # what every query sees without the block-causal rule
+    if not block_size:
+        out = np.empty((b, 1, l, p + l), np.float32)
+        out[...] = row[:, None, None, :]
+        return out
+    # a key in a later block than the query's is hidden; padding queries see every valid key
+    k_block = np.concatenate([np.broadcast_to(np.arange(p) // block_size, (b, p)), q_pos // block_size], axis=1)
+    q_block = np.where(q_valid, q_pos // block_size, np.iinfo(np.int64).max)
+    return np.where(k_block[:, None, :] <= q_block[:, :, None], row[:, None, :], MASKED)[:, None]

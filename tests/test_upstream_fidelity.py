@@ -41,8 +41,6 @@ class Mapped:
 # The cases the loop does not reproduce yet (torch backend, this commit); see docs/upstream_semantics.md.
 FAILING_TODAY: set[str] = {
     *(f"fast_dllm_v2-{n}" for n in "073 074".split()),
-    *(f"dream-{n}" for n in "064 070".split()),  # deliberate: docs/upstream_semantics.md row 11
-    *(f"fast_dllm_v2-{n}" for n in "093 094".split()),  # deliberate: docs/upstream_semantics.md row 5
     "fast_dllm_v2-095",  # batch_sample's overwritten prompt token: docs/upstream_semantics.md row 6
     "fast_dllm_v2-099",  # batch_sample, shortest prompt == block_size (not attended): docs/upstream_semantics.md row 5
     *(f"fast_dllm_v2-{n}" for n in "100 101".split()),  # batch_sample, a whole-blocks row's first token: row 6
@@ -98,11 +96,7 @@ def map_dream(c: dict) -> Mapped:
     # generation_utils_block.py: prefix / dual cache, semi-AR blocks
     cache = "dual" if kw["dual_cache"] else "prefix"
     gen = GenerationConfig(block_length=kw["block_length"], cache=cache, **sampler)
-    gap = None
-    if kw["steps"] == kw["max_new_tokens"] // kw["block_length"] and kw["alg"] != "confidence_threshold":
-        gap = ("Dream's block variant with one step per block fills only the block's first position and leaves "
-               "its other masks (upstream: `if i == steps_per_block: break` before any cached step); dllm-trt "
-               "fills the block")
+    gap = None  # one step per block leaves the block's masks, as upstream (docs/upstream_semantics.md row 11)
     return Mapped(gen, mask, (), gap, prompts=prompts)
 
 
@@ -115,12 +109,8 @@ def map_fast_dllm_v2(c: dict) -> Mapped:
     gen = GenerationConfig(gen_length=gen_length, strategy="threshold", threshold=kw["threshold"], cache=cache,
                            sub_block_length=kw["small_block_size"], block_size=kw["block_size"], temperature=0.0,
                            stop_at_eos=bool(stops))
-    if c["function"] != "batch_sample":
-        gap = None
-        if len(c["prompts"][0]) == kw["block_size"]:
-            gap = ("generate neither prefills nor attends a prompt of exactly block_size tokens (its prefill test is "
-                   "`> block_size`); dllm-trt caches and attends it")
-        return Mapped(gen, kw["mask_id"], stops, gap)
+    if c["function"] != "batch_sample":  # a prompt of exactly block_size tokens is not read, as upstream (row 5)
+        return Mapped(gen, kw["mask_id"], stops, None)
     # The eval harness decodes right-padded prompts as one batch up to an absolute block: every row runs to
     # (max_new_tokens // bs + longest // bs) blocks plus the last commit's token, whatever its own length.
     # dllm-trt decodes rows independently, so each row gets that length as its gen_length.
@@ -137,7 +127,8 @@ def map_fast_dllm_v2(c: dict) -> Mapped:
                     "wider); dllm-trt keeps the prompt")
     if shortest == bs:
         gaps.append("batch_sample with a shortest prompt of exactly block_size tokens neither prefills nor attends the "
-                    "first block of any row (its prefill test is `min_len > block_size`); dllm-trt caches and attends it")
+                    "first block of any row (its prefill test is `min_len > block_size`); dllm-trt reads the longer "
+                    "rows' prompts (a row of exactly block_size tokens is not read, as generate does)")
     if any(n % bs == 0 and n < longest - 1 and not (n == shortest > bs) for n in kw["seq_len"]):
         gaps.append("batch_sample decodes the first token of a row whose prompt is a whole number of blocks, shorter "
                     "than the longest, with the next block's diffusion (the previous block's commit writes only the "

@@ -46,6 +46,8 @@ only reads the clock: with or without it the loop does the same work and gives t
 """
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,6 +124,7 @@ class DecodeLoop:
         self.gen = gen.resolved(self.cfg.attention)
         if not prompts or any(len(p) == 0 for p in prompts):
             raise DllmError("every prompt needs at least one token")
+        prompts = self._upstream_prompts(prompts)
         self.prompt_len = np.array([len(p) for p in prompts])
         self.batch = len(prompts)
         self.shift = 1 if self.cfg.logits_shift else 0
@@ -185,6 +188,21 @@ class DecodeLoop:
         # prefix/dual caches refreshed by dLLM-Cache's schedule or Elastic-Cache's drift test (cache_refresh.py)
         self.refresh = RefreshPolicy(self) if g.cache_refresh != "block" else None
         self.round_rows = getattr(backend, "io_binding", False) is True or hasattr(backend, "engine_record")
+
+    def _upstream_prompts(self, prompts: list[list[int]]) -> list[list[int]]:
+        """Fast-dLLM v2 (block diffusion with shifted logits) prefills only a prompt longer than one block, and its
+        first block forward then sees the new block alone: a prompt of exactly block_size tokens is neither cached
+        nor attended, and the generation is the one of no prompt at all (the new block at positions 0..). The
+        authors' tokens are the reference (docs/upstream_semantics.md row 5), so such a prompt decodes as empty."""
+        if self.cfg.attention != "block_causal" or not self.cfg.logits_shift:
+            return prompts
+        bs = self.gen.block_size or self.cfg.block_size
+        if not any(len(p) == bs for p in prompts):
+            return prompts
+        warnings.warn(f"a prompt of exactly block_size = {bs} tokens is not read: Fast-dLLM v2's generate prefills "
+                      "only prompts longer than one block and decodes the first block without it, and dllm-trt gives "
+                      "its tokens; add or remove a token to have the prompt read", stacklevel=4)
+        return [[] if len(p) == bs else p for p in prompts]
 
     def _eos_id(self, option: str) -> int:
         """config.json's eos_token_id (the first of a list): LLaDA generate's hard-coded 126081 on LLaDA-8B."""
@@ -289,7 +307,7 @@ class DecodeLoop:
     def fill_rows(self, w: _Window, lo: np.ndarray, span: int) -> np.ndarray:
         """Query rows predicting positions lo_b .. lo_b + span - 1 (shifted families read one row earlier).
         In a window of explicit positions a position that is not a query row reads row 0 (never used)."""
-        want = lo[:, None] + np.arange(span)[None, :] - self.shift
+        want = np.maximum(lo[:, None] + np.arange(span)[None, :] - self.shift, 0)
         if w.pos is None:
             return want - w.start[:, None]
         out = np.zeros_like(want)
@@ -423,7 +441,7 @@ class DecodeLoop:
                 continue
             cand = j + lo[b]
             if w.pos is None:
-                assert (cand - self.shift - w.start[b]).min() >= 0, "query window does not cover the shifted prediction rows"
+                assert (np.maximum(cand - self.shift, 0) - w.start[b]).min() >= 0, "query window does not cover the shifted prediction rows"
             else:
                 have = w.pos[b, w.valid[b]]  # (none: the sequence decodes from a refresh forward of the step)
                 assert have.size == 0 or np.isin(cand - self.shift, have).all(), \
@@ -584,6 +602,14 @@ class DecodeLoop:
         # candidates are every mask before the block's end) and which the last block leaves in the output.
         cap = g.steps // blocks if (g.cache == "dual" and g.strategy in ("threshold", "factor")
                                     and g.cache_refresh == "block") else None
+        # Fast-dLLM's Dream block variant runs steps_per_block forwards per block, the first a full one that fills
+        # only the block's opening position (`if i == steps_per_block: break`): with one step per block the
+        # block's other positions stay masks, in the output too, as the authors' code returns them
+        dream_stop = steps_per_block if dream_block and timesteps is not None else None
+        if dream_stop == 1:
+            warnings.warn("Dream's block variant (prefix / dual cache) with one step per block fills only each "
+                          "block's first position and leaves its other positions masked, as Fast-dLLM's code does; "
+                          "use steps >= 2 x the number of blocks to fill every block", stacklevel=3)
         finished = np.zeros(B, bool)
         self.live = ~finished
         for k in range(blocks):
@@ -599,7 +625,8 @@ class DecodeLoop:
             while True:
                 masked = np.array([int((self.x[b, s[b]:e[b]] == self.mask_id).sum()) for b in range(B)])
                 pending = active & (masked > 0)
-                if not pending.any() or (cap is not None and forwards >= cap):
+                if not pending.any() or (cap is not None and forwards >= cap) or (
+                        dream_stop is not None and step >= dream_stop):
                     break
                 fill_end, lo = e, s
                 if cap is not None and forwards == 0 and any(

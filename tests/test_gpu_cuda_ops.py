@@ -144,7 +144,7 @@ def test_cache_attention_kernel_equals_fp32_math(library, case):
         assert plan[0] == (2 if l <= 64 else 1), list(plan)
 
 
-CONFIGS = [(0, 0, 32, 1), (0, 0, 32, 3), (1, 4, 64, 1), (1, 2, 32, 3), (1, 1, 64, 2), (2, 8, 16, 1), (2, 4, 16, 3),
+CONFIGS = [(0, 0, 32, 1), (0, 0, 32, 3), (1, 4, 64, 1), (1, 4, 32, 2), (1, 2, 32, 3), (1, 1, 64, 2), (2, 8, 16, 1), (2, 4, 16, 3),
            (2, 4, 32, 2), (2, 2, 32, 1)]  # (kernel: 0 WMMA / 1 flash / 2 warps, warps, keys per tile, splits)
 
 
@@ -190,6 +190,24 @@ def test_every_cache_attention_config_equals_fp32_math(library, case, config):
     assert torch.equal(cv.float(), rv)
     err = (out.float() - ref).abs().max().item()
     assert err <= 2e-2 * max(1.0, ref.abs().max().item()), (err, config)
+
+
+def test_block_step_plan_fits_a_99_kb_gpu(library):
+    """On GPUs that give a block 99 KB of shared memory (sm_86 / sm_89 / sm_120: RTX), the block step's warps kernel
+    takes 4 warps instead of 8 (141 KB at D = 128) and still equals fp32 math (a fresh process: the limit is read
+    once)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import ctypes, sys; sys.path.insert(0, 'tests'); import test_gpu_cuda_ops as t\n"
+        f"lib = ctypes.CDLL({str(library)!r}); plan = (ctypes.c_int * 4)()\n"
+        "lib.dllm_cache_attention_plan(1, 32, 352, 32, 128, plan); assert list(plan)[:3] == [2, 4, 16], list(plan)\n"
+        f"t.test_cache_attention_kernel_equals_fp32_math({str(library)!r}, t.CASES[0]); print('ok')\n")
+    env = dict(os.environ, DLLM_TRT_CUDA_SMEM_LIMIT=str(99 * 1024))
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stdout + run.stderr
 
 
 SELECT_CASES = [  # (rows, vocab, mask token, logits pattern)

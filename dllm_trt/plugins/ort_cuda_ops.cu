@@ -389,10 +389,12 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
 }
 
 // shared memory: Q [16 NW][ld], then K and V, two stages each [2][BN][ld]
+constexpr size_t flash_smem(int D, int nw, int bn) { return (size_t)(16 * nw + 4 * bn) * (D + 8) * sizeof(bf16); }
+
 template <int D, int NW, int BN>
 struct FlashSmem {
   static constexpr int ld = D + 8;  // rows padded by 16 bytes: ldmatrix's 8 row addresses hit different banks
-  static constexpr size_t bytes = (size_t)(16 * NW + 4 * BN) * ld * sizeof(bf16);
+  static constexpr size_t bytes = flash_smem(D, NW, BN);
 };
 
 // Grid (ceil(L / (16 NW)), H * splits, B), 32 NW threads. With splits > 1 a CTA takes split_tiles key tiles and
@@ -654,6 +656,10 @@ __device__ __forceinline__ void load_kv_fused(bf16* Kd, bf16* Vd, int ld, int k0
   }
 }
 
+constexpr size_t warps_smem(int D, int nw, int bn) {
+  return (size_t)16 * (D + 8) * sizeof(bf16) + (size_t)nw * 4 * bn * (D + 8) * sizeof(bf16) + 2 * nw * 16 * sizeof(float);
+}
+
 template <int D, int NW, int BN>
 struct WarpsSmem {
   static constexpr int ld = D + 8;
@@ -661,6 +667,7 @@ struct WarpsSmem {
   static constexpr size_t warp = (size_t)4 * BN * ld * sizeof(bf16);  // K, V x two stages; then its partial O
   static_assert(warp >= (size_t)16 * D * sizeof(float), "a warp's tiles hold its partial output");
   static constexpr size_t bytes = q + NW * warp + 2 * NW * 16 * sizeof(float);
+  static_assert(bytes == warps_smem(D, NW, BN), "warps_smem is this layout's size");
 };
 
 // Grid (ceil(L / 16), H * splits, B), 32 NW threads; workspace as flash_kernel's.
@@ -894,6 +901,32 @@ void split_keys(Plan& p, long ctas, long tiles, long target, long min_tiles) {
   p.splits = (int)((tiles + split_tiles - 1) / split_tiles);
 }
 
+// The largest dynamic shared memory a block may opt in to: 227 KB on sm_90, 163 KB on sm_80 / sm_87 (Jetson
+// Orin), 99 KB on sm_86 / sm_89 / sm_120 (RTX): the plan picks configurations that fit.
+size_t smem_limit() {
+  static const size_t limit = [] {
+    int dev = 0, n = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    // $DLLM_TRT_CUDA_SMEM_LIMIT (bytes, lower only): plan as for a smaller GPU (tests of the RTX configurations)
+    if (const char* env = std::getenv("DLLM_TRT_CUDA_SMEM_LIMIT"); env != nullptr && std::atol(env) > 0)
+      n = std::min(n, (int)std::atol(env));
+    return (size_t)n;
+  }();
+  return limit;
+}
+
+size_t smem_of(const Plan& p, int D) {
+  if (p.kernel == kWarps) return warps_smem(D, p.nw, p.bn);
+  if (p.kernel == kFlash) return flash_smem(D, p.nw, p.bn);
+  switch (D) {
+    case 32: return Smem<32>::total;
+    case 64: return Smem<64>::total;
+    case 128: return Smem<128>::total;
+    default: return Smem<256>::total;
+  }
+}
+
 int wmma_warps(int D) {
   switch (D) {
     case 32: return warps_for<32>();
@@ -930,14 +963,14 @@ Plan plan_for(int B, int L, int keys, int H, int D) {
   }
   if (D <= 128 && L <= 64) {  // block steps: the warps kernel (presents fused)
     p.kernel = kWarps;
-    p.nw = 8;
+    p.nw = warps_smem(D, 8, 16) <= smem_limit() ? 8 : 4;  // 141 KB at D = 128: 4 warps (73 KB) on RTX GPUs
     p.bn = 16;
     const long qtiles = (L + 15) / 16, tiles = (keys + p.bn - 1) / p.bn;
     split_keys(p, qtiles * H * B, tiles, sms / 3, p.nw);  // one CTA per SM (its tiles fill shared memory)
   } else if (D <= 128) {
     p.kernel = kFlash;
     p.nw = L > 32 ? 4 : (L > 16 ? 2 : 1);
-    p.bn = p.nw == 4 ? 64 : 32;
+    p.bn = p.nw == 4 && flash_smem(D, 4, 64) <= smem_limit() ? 64 : 32;
     const long qtiles = (L + 16 * p.nw - 1) / (16 * p.nw), tiles = (keys + p.bn - 1) / p.bn;
     split_keys(p, qtiles * H * B, tiles, sms, 2);
   } else {
@@ -1036,6 +1069,7 @@ cudaError_t warps_kernel_for(const Args& a, cudaStream_t stream, float* ws, cons
 template <int D>
 cudaError_t flash_for(const Args& a, cudaStream_t stream, float* ws, const Plan& p) {
   if (p.nw == 4 && p.bn == 64) return flash_attention<D, 4, 64>(a, stream, ws, p);
+  if (p.nw == 4 && p.bn == 32) return flash_attention<D, 4, 32>(a, stream, ws, p);
   if (p.nw == 2 && p.bn == 64) return flash_attention<D, 2, 64>(a, stream, ws, p);
   if (p.nw == 2 && p.bn == 32) return flash_attention<D, 2, 32>(a, stream, ws, p);
   if (p.nw == 1 && p.bn == 32) return flash_attention<D, 1, 32>(a, stream, ws, p);
@@ -1267,6 +1301,11 @@ struct CacheAttentionKernel {
         auto w = ctx.GetOutput(3, std::vector<int64_t>{ws_floats > 0 ? ws_floats : 1});
         ws = static_cast<float*>(w.GetTensorMutableRawData());
       }
+      if (const size_t need = smem_of(plan_for((int)B, (int)L, (int)(C + L), (int)heads, (int)D), (int)D);
+          need > smem_limit())
+        return fail("CacheAttention: head dim " + std::to_string(D) + " needs " + std::to_string(need / 1024) +
+                    " KB of shared memory per block and this GPU allows " + std::to_string(smem_limit() / 1024) +
+                    " KB: export this model with --ops ort (ONNX Runtime's own attention) for this GPU");
       Args a{static_cast<const bf16*>(qkv.GetTensorRawData()), static_cast<const float*>(cos_t.GetTensorRawData()),
              static_cast<const float*>(sin_t.GetTensorRawData()), static_cast<const bf16*>(bias.GetTensorRawData()),
              static_cast<const bf16*>(pk.GetTensorRawData()), static_cast<const bf16*>(pv.GetTensorRawData()),

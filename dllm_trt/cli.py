@@ -67,6 +67,9 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps", type=float, help="Dream: the end of the timestep schedule (default 1e-3)")
     p.add_argument("--block-size", type=int, help="block diffusion: decode in blocks of this many tokens (SDAR's "
                    "block_length; default: the model's block)")
+    p.add_argument("--read-one-block-prompt", action="store_true", default=None,
+                   help="Fast-dLLM v2: read a prompt of exactly block_size tokens (its generate does not: it decodes "
+                   "from no prompt, and so does dllm-trt by default)")
     p.add_argument("--no-stop", action="store_true", help="do not stop at EOS")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 

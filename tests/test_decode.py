@@ -30,7 +30,9 @@ def cache_modes(variant: str) -> tuple[str, ...]:
 
 def gen_cfg(variant: str, **kw) -> GenerationConfig:
     """gen_length 16; block_length 8 for the bidirectional families, sub-blocks of 4 for block diffusion."""
-    base = dict(gen_length=16, block_length=8, sub_block_length=4)
+    # the prompt of exactly one block is read: these tests drive the loop's block-boundary paths with it (Fast-dLLM
+    # v2's own behaviour, not reading it, is tests/test_upstream_quirks.py's)
+    base = dict(gen_length=16, block_length=8, sub_block_length=4, read_one_block_prompt=True)
     base.update(kw)
     return GenerationConfig(**base)
 

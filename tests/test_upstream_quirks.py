@@ -23,9 +23,9 @@ def backends():
     return {f: TorchBackend.from_pretrained(str(FIXTURES / f)) for f in ("fast_dllm_v2", "dream")}
 
 
-def v2_gen(n: int = 16) -> GenerationConfig:
+def v2_gen(n: int = 16, **kw) -> GenerationConfig:
     return GenerationConfig(gen_length=n, strategy="threshold", threshold=0.9, cache="block", sub_block_length=4,
-                            block_size=8, temperature=0.0)
+                            block_size=8, temperature=0.0, **kw)
 
 
 def test_fast_dllm_v2_does_not_read_a_prompt_of_exactly_one_block(backends):
@@ -44,6 +44,12 @@ def test_fast_dllm_v2_does_not_read_a_prompt_of_exactly_one_block(backends):
         longer = generate(be, [a + [5]], v2_gen()).tokens[0]
         shorter = generate(be, [a[:7]], v2_gen()).tokens[0]
     assert longer != ta or shorter != ta  # the prompt matters when it is read
+    # read_one_block_prompt (--read-one-block-prompt; the bundled bd-tiny's settings) reads it, without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_a = generate(be, [a], v2_gen(read_one_block_prompt=True)).tokens[0]
+        read_b = generate(be, [b], v2_gen(read_one_block_prompt=True)).tokens[0]
+    assert read_a != ta or read_b != tb
     # in a batch, only the row of exactly one block is not read: each row gives its tokens alone
     with pytest.warns(UserWarning):
         batch = generate(be, [a, a + [5]], v2_gen()).tokens

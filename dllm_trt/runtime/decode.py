@@ -193,15 +193,17 @@ class DecodeLoop:
         """Fast-dLLM v2 (block diffusion with shifted logits) prefills only a prompt longer than one block, and its
         first block forward then sees the new block alone: a prompt of exactly block_size tokens is neither cached
         nor attended, and the generation is the one of no prompt at all (the new block at positions 0..). The
-        authors' tokens are the reference (docs/upstream_semantics.md row 5), so such a prompt decodes as empty."""
-        if self.cfg.attention != "block_causal" or not self.cfg.logits_shift:
+        authors' tokens are the reference (docs/upstream_semantics.md row 5), so such a prompt decodes as empty
+        unless ``read_one_block_prompt`` is set (the bundled bd-tiny's settings set it: it was trained reading them)."""
+        if self.cfg.attention != "block_causal" or not self.cfg.logits_shift or self.gen.read_one_block_prompt:
             return prompts
         bs = self.gen.block_size or self.cfg.block_size
         if not any(len(p) == bs for p in prompts):
             return prompts
         warnings.warn(f"a prompt of exactly block_size = {bs} tokens is not read: Fast-dLLM v2's generate prefills "
                       "only prompts longer than one block and decodes the first block without it, and dllm-trt gives "
-                      "its tokens; add or remove a token to have the prompt read", stacklevel=4)
+                      "its tokens; add or remove a token, or set read_one_block_prompt (--read-one-block-prompt), to "
+                      "have the prompt read", stacklevel=4)
         return [[] if len(p) == bs else p for p in prompts]
 
     def _eos_id(self, option: str) -> int:

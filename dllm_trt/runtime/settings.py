@@ -119,6 +119,8 @@ class GenerationConfig:
     logits_eos_inf: bool = False  # LLaDA generate's logits_eos_inf: EOS is never proposed
     confidence_eos_eot_inf: bool = False  # LLaDA generate's confidence_eos_eot_inf: EOS / EOT rank last
     block_size: int | None = None  # block diffusion: the block decoded (SDAR block_length); None: the model's
+    read_one_block_prompt: bool = False  # Fast-dLLM v2: False, as its generate, reads no prompt of exactly
+    # block_size tokens (it decodes from no prompt); True reads it (a checkpoint's dllm_generation.json may say so)
     seed: int = 0
     stop_at_eos: bool = True
     low_threshold: float = 0.4  # hierarchy: a run's most confident position is taken above this

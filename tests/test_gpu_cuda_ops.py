@@ -79,6 +79,35 @@ def reference(qkv, pos, cos, sin, bias, pk, pv, heads, kv_heads, d):
     return out.transpose(1, 2).reshape(b, l, heads * d), kh, vh
 
 
+POSITIONS = 512  # rows of the RoPE tables
+
+
+def attention_inputs(case, seed: int, pattern: str):
+    """Random bf16 inputs of CacheAttention for a case (B, L, C, H, Hkv, D, ...): qkv, positions, the fp32 RoPE
+    tables, the bias with the pattern's masked keys, and the past keys/values."""
+    import torch
+
+    b, l, c, h, hkv, d = case[:6]
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    dev = "cuda"
+    qkv = torch.randn(b, l, (h + 2 * hkv) * d, device=dev, generator=g).bfloat16()
+    pos = torch.randint(0, POSITIONS, (b, l), device=dev, generator=g)
+    inv = 1.0 / (10000 ** (torch.arange(0, d, 2, device=dev).float() / d))
+    freqs = torch.arange(POSITIONS, device=dev).float()[:, None] * inv
+    cos, sin = freqs.cos(), freqs.sin()  # fp32 tables (the op's input type)
+    pk = torch.randn(b, hkv, c, d, device=dev, generator=g).bfloat16()
+    pv = torch.randn(b, hkv, c, d, device=dev, generator=g).bfloat16()
+    bias = torch.zeros(b, 1, l, c + l, device=dev)
+    if pattern == "first":
+        bias[..., :c] = -1e9
+    elif pattern == "dual":
+        bias[..., 288:c] = -1e9  # the block's stale cache rows; the current block supplies them
+    else:
+        bias.masked_fill_(torch.rand(bias.shape, device=dev, generator=g) < 0.3, -1e9)
+        bias[..., c:].diagonal(dim1=-2, dim2=-1).zero_()  # every row sees itself
+    return qkv, pos, cos, sin, bias.bfloat16(), pk, pv
+
+
 CASES = [  # (B, L, C, H, Hkv, D, bias pattern)
     (1, 32, 352, 32, 32, 128, "dual"),       # LLaDA-8B's block step
     (1, 320, 352, 8, 8, 128, "first"),       # a prefill: every past column masked
@@ -95,25 +124,8 @@ def test_cache_attention_kernel_equals_fp32_math(library, case):
     import torch
 
     b, l, c, h, hkv, d, pattern = case
-    g = torch.Generator(device="cuda").manual_seed(0)
     dev = "cuda"
-    qkv = torch.randn(b, l, (h + 2 * hkv) * d, device=dev, generator=g).bfloat16()
-    positions = 512
-    pos = torch.randint(0, positions, (b, l), device=dev, generator=g)
-    inv = 1.0 / (10000 ** (torch.arange(0, d, 2, device=dev).float() / d))
-    freqs = torch.arange(positions, device=dev).float()[:, None] * inv
-    cos, sin = freqs.cos(), freqs.sin()  # fp32 tables (the op's input type)
-    pk = torch.randn(b, hkv, c, d, device=dev, generator=g).bfloat16()
-    pv = torch.randn(b, hkv, c, d, device=dev, generator=g).bfloat16()
-    bias = torch.zeros(b, 1, l, c + l, device=dev)
-    if pattern == "first":
-        bias[..., :c] = -1e9
-    elif pattern == "dual":
-        bias[..., 288:c] = -1e9  # the block's stale cache rows; the current block supplies them
-    else:
-        bias.masked_fill_(torch.rand(bias.shape, device=dev, generator=g) < 0.3, -1e9)
-        bias[..., c:].diagonal(dim1=-2, dim2=-1).zero_()  # every row sees itself
-    bias = bias.bfloat16()
+    qkv, pos, cos, sin, bias, pk, pv = attention_inputs(case, 0, pattern)
     lib = ctypes.CDLL(str(library))
     lib.dllm_cache_attention.restype = ctypes.c_int
     lib.dllm_cache_attention_workspace.restype = ctypes.c_int64
@@ -127,7 +139,7 @@ def test_cache_attention_kernel_equals_fp32_math(library, case):
         cv = torch.empty_like(ck)
         rc = lib.dllm_cache_attention(ptr(qkv), ptr(pos), ptr(cos), ptr(sin), ptr(bias), ptr(pk), ptr(pv), ptr(out),
                                       ptr(ck), ptr(cv), ptr(ws), ctypes.c_int64(floats if ws is not None else 0), b, l,
-                                      c, h, hkv, d, positions, ctypes.c_float(d ** -0.5),
+                                      c, h, hkv, d, POSITIONS, ctypes.c_float(d ** -0.5),
                                       ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
         torch.cuda.synchronize()
         assert rc == 0
@@ -156,22 +168,10 @@ def test_every_cache_attention_config_equals_fp32_math(library, case, config):
     presents (fused into the warps kernel, a separate kernel otherwise)."""
     import torch
 
-    b, l, c, h, hkv, d, pattern = case
+    b, l, c, h, hkv, d, _ = case
     kernel, nw, bn, splits = config
-    g = torch.Generator(device="cuda").manual_seed(1)
     dev = "cuda"
-    qkv = torch.randn(b, l, (h + 2 * hkv) * d, device=dev, generator=g).bfloat16()
-    positions = 512
-    pos = torch.randint(0, positions, (b, l), device=dev, generator=g)
-    inv = 1.0 / (10000 ** (torch.arange(0, d, 2, device=dev).float() / d))
-    freqs = torch.arange(positions, device=dev).float()[:, None] * inv
-    cos, sin = freqs.cos(), freqs.sin()
-    pk = torch.randn(b, hkv, c, d, device=dev, generator=g).bfloat16()
-    pv = torch.randn(b, hkv, c, d, device=dev, generator=g).bfloat16()
-    bias = torch.zeros(b, 1, l, c + l, device=dev)
-    bias.masked_fill_(torch.rand(bias.shape, device=dev, generator=g) < 0.3, -1e9)
-    bias[..., c:].diagonal(dim1=-2, dim2=-1).zero_()
-    bias = bias.bfloat16()
+    qkv, pos, cos, sin, bias, pk, pv = attention_inputs(case, 1, "random")
     ref, rk, rv = reference(qkv, pos, cos, sin, bias, pk, pv, h, hkv, d)
     lib = ctypes.CDLL(str(library))
     lib.dllm_cache_attention_config.restype = ctypes.c_int
@@ -181,7 +181,7 @@ def test_every_cache_attention_config_equals_fp32_math(library, case, config):
     cv = torch.full_like(ck, float("nan"))
     ws = torch.empty(b * h * splits * l * (d + 2), device=dev)
     rc = lib.dllm_cache_attention_config(ptr(qkv), ptr(pos), ptr(cos), ptr(sin), ptr(bias), ptr(pk), ptr(pv),
-                                         ptr(out), ptr(ck), ptr(cv), ptr(ws), b, l, c, h, hkv, d, positions,
+                                         ptr(out), ptr(ck), ptr(cv), ptr(ws), b, l, c, h, hkv, d, POSITIONS,
                                          ctypes.c_float(d ** -0.5), kernel, nw, bn, splits,
                                          ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
     torch.cuda.synchronize()

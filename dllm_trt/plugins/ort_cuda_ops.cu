@@ -388,6 +388,92 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// this lane's bias values of key tile t for its two rows (a masked key, a key past the end, a row past L: -inf)
+template <int BN>
+__device__ __forceinline__ void tile_bias(float (&bv)[BN / 8][4], const bf16* const (&brow)[2], const int (&row)[2],
+                                          int t, int L, int keys, int tq) {
+#pragma unroll
+  for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = e >> 1, key = t * BN + n * 8 + 2 * tq + (e & 1);
+      float v = -INFINITY;
+      if (row[r] < L && key < keys) {
+        v = to_f(brow[r][key]);
+        v = v > kMasked ? v : -INFINITY;
+      }
+      bv[n][e] = v;
+    }
+}
+
+// One key tile for a warp's 16 query rows (both flash kernels): S = Q K^T (BN / 8 tiles of 8 keys) times the scale
+// plus the bias, the online softmax (the quad of lanes that holds a row agrees on its max and sum), and O += P V
+// with P (bf16) as the A operand straight from the score accumulators and V^T by ldmatrix.trans.
+template <int D, int BN>
+__device__ __forceinline__ void attend_tile(const bf16* Kt, const bf16* Vt, int LD, const uint32_t (&qf)[D / 16][4],
+                                            const float (&bv)[BN / 8][4], float scale, float (&o)[D / 8][4],
+                                            float (&m)[2], float (&lsum)[2], int lane) {
+  float s[BN / 8][4];
+  float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int n = 0; n < BN / 8; ++n) {
+    s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t kb[2];
+      ldmatrix_x2(kb, Kt + (n * 8 + (lane % 8)) * LD + kk * 16 + ((lane / 8) % 2) * 8);
+      mma_bf16(s[n], qf[kk], kb);
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[n][e] = s[n][e] * scale + bv[n][e];
+      mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+    }
+  }
+  float alpha[2], sum[2] = {0.f, 0.f};
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+    const float mnew = fmaxf(m[r], mx[r]);
+    alpha[r] = mnew == -INFINITY ? 1.f : __expf(m[r] - mnew);
+    m[r] = mnew;
+  }
+#pragma unroll
+  for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = e >> 1;
+      const float p = m[r] == -INFINITY ? 0.f : __expf(s[n][e] - m[r]);
+      s[n][e] = p;
+      sum[r] += p;
+    }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
+    sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
+    lsum[r] = lsum[r] * alpha[r] + sum[r];
+  }
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) {
+    o[j][0] *= alpha[0];
+    o[j][1] *= alpha[0];
+    o[j][2] *= alpha[1];
+    o[j][3] *= alpha[1];
+  }
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; ++kk) {
+    const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                            pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      uint32_t vb[2];
+      ldmatrix_x2_trans(vb, Vt + (kk * 16 + (lane % 16)) * LD + j * 8);
+      mma_bf16(o[j], pa, vb);
+    }
+  }
+}
+
 // shared memory: Q [16 NW][ld], then K and V, two stages each [2][BN][ld]
 constexpr size_t flash_smem(int D, int nw, int bn) { return (size_t)(16 * nw + 4 * bn) * (D + 8) * sizeof(bf16); }
 
@@ -482,6 +568,8 @@ __global__ void __launch_bounds__(NW * 32) flash_kernel(
 
   for (int t = t_begin; t < t_end; ++t) {
     const int stage = (t - t_begin) & 1;
+    float bv[BN / 8][4];
+    tile_bias<BN>(bv, brow, row, t, L, keys, tq);  // loaded before waiting for the tile
     if (t + 1 < t_end) {
       load_tile(t + 1, stage ^ 1);
       __pipeline_wait_prior(1);
@@ -489,78 +577,7 @@ __global__ void __launch_bounds__(NW * 32) flash_kernel(
       __pipeline_wait_prior(0);
     }
     __syncthreads();
-    const bf16* Kt = Ks + stage * BN * LD;
-    const bf16* Vt = Vs + stage * BN * LD;
-    // S = Q K^T, BN / 8 tiles of 8 keys; the bias (a masked key: -inf) and the scale; this tile's row maxima
-    float s[BN / 8][4];
-    float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int n = 0; n < BN / 8; ++n) {
-      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t kb[2];
-        ldmatrix_x2(kb, Kt + (n * 8 + (lane % 8)) * LD + kk * 16 + ((lane / 8) % 2) * 8);
-        mma_bf16(s[n], qf[kk], kb);
-      }
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e >> 1, key = t * BN + n * 8 + 2 * tq + (e & 1);
-        float bv = -INFINITY;
-        if (row[r] < L && key < keys) {
-          bv = to_f(brow[r][key]);
-          bv = bv > kMasked ? bv : -INFINITY;
-        }
-        s[n][e] = s[n][e] * scale + bv;
-        mx[r] = fmaxf(mx[r], s[n][e]);
-      }
-    }
-    // online softmax: the quad of lanes that holds a row agrees on its max and sum
-    float alpha[2], sum[2] = {0.f, 0.f};
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      const float mnew = fmaxf(m[r], mx[r]);
-      alpha[r] = mnew == -INFINITY ? 1.f : __expf(m[r] - mnew);
-      m[r] = mnew;
-    }
-#pragma unroll
-    for (int n = 0; n < BN / 8; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e >> 1;
-        const float p = m[r] == -INFINITY ? 0.f : __expf(s[n][e] - m[r]);
-        s[n][e] = p;
-        sum[r] += p;
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
-      sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
-      lsum[r] = lsum[r] * alpha[r] + sum[r];
-    }
-#pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      o[j][0] *= alpha[0];
-      o[j][1] *= alpha[0];
-      o[j][2] *= alpha[1];
-      o[j][3] *= alpha[1];
-    }
-    // O += P V: P (bf16) is the A operand straight from the score accumulators, V^T comes by ldmatrix.trans
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        uint32_t vb[2];
-        ldmatrix_x2_trans(vb, Vt + (kk * 16 + (lane % 16)) * LD + j * 8);
-        mma_bf16(o[j], pa, vb);
-      }
-    }
+    attend_tile<D, BN>(Ks + stage * BN * LD, Vs + stage * BN * LD, LD, qf, bv, scale, o, m, lsum, lane);
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
   // the output O / l (0 for a row whose every key is masked), or this split's partial rows
@@ -740,20 +757,8 @@ __global__ void __launch_bounds__(NW * 32) flash_warps_kernel(
 
   int stage = 0;
   for (int t = t_begin + warp; t < t_end; t += NW, stage ^= 1) {
-    // this tile's bias (a masked key: -inf), loaded before waiting for the tile
     float bv[BN / 8][4];
-#pragma unroll
-    for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e >> 1, key = t * BN + n * 8 + 2 * tq + (e & 1);
-        float v = -INFINITY;
-        if (row[r] < L && key < keys) {
-          v = to_f(brow[r][key]);
-          v = v > kMasked ? v : -INFINITY;
-        }
-        bv[n][e] = v;
-      }
+    tile_bias<BN>(bv, brow, row, t, L, keys, tq);  // loaded before waiting for the tile
     if (t + NW < t_end) {
       load(t + NW, stage ^ 1);
       __pipeline_wait_prior(1);
@@ -761,68 +766,7 @@ __global__ void __launch_bounds__(NW * 32) flash_warps_kernel(
       __pipeline_wait_prior(0);
     }
     __syncwarp();
-    const bf16* Kt = Ks + stage * BN * LD;
-    const bf16* Vt = Vs + stage * BN * LD;
-    float s[BN / 8][4];
-    float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int n = 0; n < BN / 8; ++n) {
-      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t kb[2];
-        ldmatrix_x2(kb, Kt + (n * 8 + (lane % 8)) * LD + kk * 16 + ((lane / 8) % 2) * 8);
-        mma_bf16(s[n], qf[kk], kb);
-      }
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[n][e] = s[n][e] * scale + bv[n][e];
-        mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
-      }
-    }
-    float alpha[2], sum[2] = {0.f, 0.f};
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      const float mnew = fmaxf(m[r], mx[r]);
-      alpha[r] = mnew == -INFINITY ? 1.f : __expf(m[r] - mnew);
-      m[r] = mnew;
-    }
-#pragma unroll
-    for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e >> 1;
-        const float p = m[r] == -INFINITY ? 0.f : __expf(s[n][e] - m[r]);
-        s[n][e] = p;
-        sum[r] += p;
-      }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
-      sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
-      lsum[r] = lsum[r] * alpha[r] + sum[r];
-    }
-#pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      o[j][0] *= alpha[0];
-      o[j][1] *= alpha[0];
-      o[j][2] *= alpha[1];
-      o[j][3] *= alpha[1];
-    }
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        uint32_t vb[2];
-        ldmatrix_x2_trans(vb, Vt + (kk * 16 + (lane % 16)) * LD + j * 8);
-        mma_bf16(o[j], pa, vb);
-      }
-    }
+    attend_tile<D, BN>(Ks + stage * BN * LD, Vs + stage * BN * LD, LD, qf, bv, scale, o, m, lsum, lane);
     __syncwarp();  // the warp is done with this stage before the next iteration refills it
   }
   // merge the warps: each leaves (max, sum, unnormalised O) in shared memory (O over its own tiles)

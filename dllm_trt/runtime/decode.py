@@ -307,7 +307,8 @@ class DecodeLoop:
         return _Window(pos[:, 0].copy(), n, valid, self.past_len, past_visible, pos)
 
     def fill_rows(self, w: _Window, lo: np.ndarray, span: int) -> np.ndarray:
-        """Query rows predicting positions lo_b .. lo_b + span - 1 (shifted families read one row earlier).
+        """Query rows predicting positions lo_b .. lo_b + span - 1 (shifted families read one row earlier; with no
+        prompt, position 0 reads row 0 too, as Fast-dLLM v2's shifted logits give its first row to both).
         In a window of explicit positions a position that is not a query row reads row 0 (never used)."""
         want = np.maximum(lo[:, None] + np.arange(span)[None, :] - self.shift, 0)
         if w.pos is None:

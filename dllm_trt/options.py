@@ -101,8 +101,10 @@ def check_decode_options(args: argparse.Namespace, gen, config, longest_prompt: 
     check_decode_values(args)
     limit = config.max_position_embeddings
     if longest_prompt + gen.gen_length > limit:
+        fix = (f"use --gen-length {limit - longest_prompt} or less" if longest_prompt < limit else
+               f"shorten the prompt to at most {max(limit - gen.gen_length, 1)} tokens")
         raise DllmError(f"--gen-length {gen.gen_length} plus the prompt ({longest_prompt} tokens) exceeds the "
-                        f"model's {limit} positions; use --gen-length {max(limit - longest_prompt, 0)} or less")
+                        f"model's {limit} positions; {fix}")
     from .runtime.settings import THRESHOLD_RULES
 
     resolved = gen.resolved(config.attention)

@@ -218,3 +218,20 @@ def test_block_size_changes_the_block_of_block_diffusion():
     assert all(s.query_len == 8 for s in res.steps)  # one block of 8 per forward (the model's block is 4)
     own = generate(sdar, [[70, 71, 72]], dataclasses.replace(g, block_size=None, sub_block_length=4, steps=4))
     assert {s.query_len for s in own.steps} == {4}
+
+
+def test_a_prompt_past_the_model_window_says_what_to_shorten():
+    """--gen-length plus the prompt past max_position_embeddings: the fix named is the one that can work (a shorter
+    --gen-length while the prompt fits, else a shorter prompt)."""
+    from conftest import tiny_config
+    from dllm_trt.options import check_decode_options
+
+    cfg = tiny_config("llada")
+    limit = cfg.max_position_embeddings
+    args = argparse.Namespace(**{f: None for f in GenerationConfig.__dataclass_fields__})
+    gen = GenerationConfig(gen_length=16, block_length=8)
+    with pytest.raises(DllmError, match="use --gen-length 8 or less"):
+        check_decode_options(args, gen, cfg, limit - 8)
+    with pytest.raises(DllmError, match=f"shorten the prompt to at most {limit - 16} tokens"):
+        check_decode_options(args, gen, cfg, limit + 5)
+    check_decode_options(args, gen, cfg, limit - 16)  # fits exactly

@@ -1,5 +1,5 @@
 """The CacheAttention kernels alone (dllm_trt/plugins/ort_cuda_ops.cu, through the library's C entry points) on
-LLaDA-8B's attention shapes: every kernel configuration (the WMMA kernel, the flash kernel with 1/2/4 warps of 16
+LLaDA-8B's attention shapes: every kernel configuration (the WMMA kernel, the flash kernel with 1/2/4/5/8 warps of 16
 query rows and 32/64-key tiles, the warps kernel (2/4/8 warps over the key tiles of 16 rows, presents fused), the keys split over 1..8 CTAs), each checked against fp32 math, against torch's
 scaled_dot_product_attention on the same bf16 tensors (its flash or cuDNN kernel: what the `--ops ort` graph's
 MultiHeadAttention stands for). The `default` row is the configuration the ONNX Runtime op picks.
@@ -20,7 +20,7 @@ SHAPES = {  # name: (B, L, past C, H, Hkv, D)
     "prefix step 288 over 64": (1, 288, 64, 32, 32, 128),
     "prefill 320": (1, 320, 0, 32, 32, 128),
 }
-FLASH = [(4, 64), (2, 64), (2, 32), (1, 32), (1, 64)]  # (warps of 16 query rows, keys per tile)
+FLASH = [(8, 64), (5, 64), (4, 64), (2, 64), (2, 32), (1, 32), (1, 64)]  # (warps of 16 query rows, keys per tile)
 WARPS = [(4, 32), (4, 16), (8, 16), (2, 32)]  # (warps over the key tiles of 16 query rows, keys per tile)
 SPLITS = [1, 2, 3, 4, 6, 8]
 KERNELS = {0: "wmma", 1: "flash", 2: "warps"}

@@ -163,8 +163,8 @@ def test_cache_attention_kernel_equals_fp32_math(library, case):
         assert plan[0] == (2 if l <= 64 else 1), list(plan)
 
 
-CONFIGS = [(0, 0, 32, 1), (0, 0, 32, 3), (1, 4, 64, 1), (1, 4, 32, 2), (1, 2, 32, 3), (1, 1, 64, 2), (2, 8, 16, 1), (2, 4, 16, 3),
-           (2, 4, 32, 2), (2, 2, 32, 1)]  # (kernel: 0 WMMA / 1 flash / 2 warps, warps, keys per tile, splits)
+CONFIGS = [(0, 0, 32, 1), (0, 0, 32, 3), (1, 4, 64, 1), (1, 4, 32, 2), (1, 2, 32, 3), (1, 1, 64, 2), (1, 5, 64, 1),
+           (1, 8, 64, 2), (2, 8, 16, 1), (2, 4, 16, 3), (2, 4, 32, 2), (2, 2, 32, 1)]  # (kernel: 0 WMMA / 1 flash / 2 warps, warps, keys per tile, splits)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[f"k{c[0]}w{c[1]}n{c[2]}s{c[3]}" for c in CONFIGS])

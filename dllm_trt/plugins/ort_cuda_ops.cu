@@ -68,23 +68,106 @@ __device__ __forceinline__ bf16 to_bf(float x) { return __float2bfloat16(x); }
 
 __device__ __forceinline__ int64_t clamp_pos(int64_t p, int P) { return p < 0 ? 0 : (p >= P ? P - 1 : p); }
 
-// present_key = RoPE(k), present_value = v, [B, Hkv, L, D]. Grid (B*L, Hkv), D/2 threads.
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low 16 bits) = lo
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+__device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xFFFF0000u); }
+
+// half-split RoPE of 8 pairs: x1 = x[d .. d + 8], x2 = x[d + D/2 ..] (bf16), cos/sin of those d (fp32)
+// -> lo = x1 cos - x2 sin, hi = x2 cos + x1 sin, rounded once to bf16
+__device__ __forceinline__ void rope8(const uint4& x1, const uint4& x2, const float4 (&c)[2], const float4 (&s)[2],
+                                      uint4& lo, uint4& hi) {
+  const uint32_t a[4] = {x1.x, x1.y, x1.z, x1.w}, e[4] = {x2.x, x2.y, x2.z, x2.w};
+  const float cf[8] = {c[0].x, c[0].y, c[0].z, c[0].w, c[1].x, c[1].y, c[1].z, c[1].w};
+  const float sf[8] = {s[0].x, s[0].y, s[0].z, s[0].w, s[1].x, s[1].y, s[1].z, s[1].w};
+  uint32_t l[4], h[4];
+#pragma unroll
+  for (int w = 0; w < 4; ++w) {
+    const float a0 = bf16_lo(a[w]), a1 = bf16_hi(a[w]), e0 = bf16_lo(e[w]), e1 = bf16_hi(e[w]);
+    const float c0 = cf[2 * w], c1 = cf[2 * w + 1], s0 = sf[2 * w], s1 = sf[2 * w + 1];
+    l[w] = pack_bf16(a0 * c0 - e0 * s0, a1 * c1 - e1 * s1);
+    h[w] = pack_bf16(e0 * c0 + a0 * s0, e1 * c1 + a1 * s1);
+  }
+  lo = make_uint4(l[0], l[1], l[2], l[3]);
+  hi = make_uint4(h[0], h[1], h[2], h[3]);
+}
+// 8 fp32 table entries (32-byte aligned)
+__device__ __forceinline__ void load8(float4 (&dst)[2], const float* src) {
+  dst[0] = reinterpret_cast<const float4*>(src)[0];
+  dst[1] = reinterpret_cast<const float4*>(src)[1];
+}
+
+// present_key = RoPE(k), present_value = v, [B, Hkv, L, D]: one thread per chunk of 8 pairs (d, d + D/2) of a
+// (token, K/V head), 16-byte loads and stores. 1-D grid over B * L * Hkv * D / 16 chunks.
 __global__ void presents_kernel(const bf16* __restrict__ qkv, const int64_t* __restrict__ pos,
                                 const float* __restrict__ cos_t, const float* __restrict__ sin_t,
-                                bf16* __restrict__ pk, bf16* __restrict__ pv, int L, int H, int Hkv, int D, int P) {
-  const int bl = blockIdx.x, h = blockIdx.y, b = bl / L, l = bl % L, half = D / 2;
-  const bf16* row = qkv + (int64_t)bl * (H + 2 * Hkv) * D;
-  const bf16* k = row + (int64_t)(H + h) * D;
-  const bf16* v = row + (int64_t)(H + Hkv + h) * D;
+                                bf16* __restrict__ pk, bf16* __restrict__ pv, int L, int H, int Hkv, int D, int P,
+                                int64_t chunks) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= chunks) return;
+  const int half = D / 2, per_row = half / 8, c = (int)(i % per_row) * 8;
+  const int64_t th = i / per_row;  // (b * L + l) * Hkv + h
+  const int h = (int)(th % Hkv);
+  const int64_t bl = th / Hkv, b = bl / L, l = bl % L;
+  const bf16* row = qkv + bl * (H + 2 * Hkv) * D;
+  const bf16* k = row + (int64_t)(H + h) * D + c;
+  const bf16* v = row + (int64_t)(H + Hkv + h) * D + c;
   const int64_t p = clamp_pos(pos[bl], P);
-  const int64_t o = (((int64_t)b * Hkv + h) * L + l) * D;
-  for (int d = threadIdx.x; d < half; d += blockDim.x) {
-    const float c = cos_t[p * half + d], s = sin_t[p * half + d];
-    const float x1 = to_f(k[d]), x2 = to_f(k[d + half]);
-    pk[o + d] = to_bf(x1 * c - x2 * s);
-    pk[o + d + half] = to_bf(x2 * c + x1 * s);
-    pv[o + d] = v[d];
-    pv[o + d + half] = v[d + half];
+  const uint4 a4 = *reinterpret_cast<const uint4*>(k), b4 = *reinterpret_cast<const uint4*>(k + half);
+  const uint4 v1 = *reinterpret_cast<const uint4*>(v), v2 = *reinterpret_cast<const uint4*>(v + half);
+  float4 cs[2], sn[2];
+  load8(cs, cos_t + p * half + c);
+  load8(sn, sin_t + p * half + c);
+  uint4 lo4, hi4;
+  rope8(a4, b4, cs, sn, lo4, hi4);
+  const int64_t o = ((b * Hkv + h) * L + l) * D + c;
+  *reinterpret_cast<uint4*>(pk + o) = lo4;
+  *reinterpret_cast<uint4*>(pk + o + half) = hi4;
+  *reinterpret_cast<uint4*>(pv + o) = v1;
+  *reinterpret_cast<uint4*>(pv + o + half) = v2;
+}
+
+// Q rows q0 .. q0 + ROWS of head h with RoPE into shared memory (row stride ld; rows past L are zeros), by THREADS
+// threads. Each thread takes chunks of 8 pairs (d, d + D/2) in 16-byte loads and issues every load of its chunks
+// before it uses one: the positions first, then q and the tables (the prologue of the flash kernels waited for
+// global memory once per scalar load, a third of a prefill's attention time).
+template <int D, int ROWS, int THREADS>
+__device__ __forceinline__ void load_q_rope(bf16* Qs, int ld, const bf16* __restrict__ qkv,
+                                            const int64_t* __restrict__ pos, const float* __restrict__ cos_t,
+                                            const float* __restrict__ sin_t, int b, int h, int q0, int L, int W,
+                                            int P) {
+  constexpr int half = D / 2, per_row = half / 8, chunks = ROWS * per_row, per = (chunks + THREADS - 1) / THREADS;
+  int64_t p[per];
+#pragma unroll
+  for (int j = 0; j < per; ++j) {
+    const int i = threadIdx.x + j * THREADS, l = q0 + i / per_row;
+    p[j] = i < chunks && l < L ? clamp_pos(pos[(int64_t)b * L + l], P) : -1;
+  }
+  uint4 x1[per], x2[per];
+  float4 cs[per][2], sn[per][2];
+#pragma unroll
+  for (int j = 0; j < per; ++j) {
+    const int i = threadIdx.x + j * THREADS, l = q0 + i / per_row, c = (i % per_row) * 8;
+    x1[j] = x2[j] = make_uint4(0, 0, 0, 0);
+    cs[j][0] = cs[j][1] = sn[j][0] = sn[j][1] = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (p[j] >= 0) {
+      const bf16* q = qkv + ((int64_t)b * L + l) * W + (int64_t)h * D + c;
+      x1[j] = *reinterpret_cast<const uint4*>(q);
+      x2[j] = *reinterpret_cast<const uint4*>(q + half);
+      load8(cs[j], cos_t + p[j] * half + c);
+      load8(sn[j], sin_t + p[j] * half + c);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < per; ++j) {
+    const int i = threadIdx.x + j * THREADS, r = i / per_row, c = (i % per_row) * 8;
+    if (i >= chunks) continue;
+    uint4 lo4, hi4;
+    rope8(x1[j], x2[j], cs[j], sn[j], lo4, hi4);
+    *reinterpret_cast<uint4*>(Qs + r * ld + c) = lo4;
+    *reinterpret_cast<uint4*>(Qs + r * ld + c + half) = hi4;
   }
 }
 
@@ -117,7 +200,7 @@ __global__ void __launch_bounds__(warps_for<D>() * 32) attention_kernel(
   extern __shared__ __align__(128) unsigned char smem[];
   using S = Smem<D>;
   constexpr int NW = warps_for<D>();
-  constexpr int half = D / 2, ld = S::ld, ldo = S::ldo, ldp = S::ldp;
+  constexpr int ld = S::ld, ldo = S::ldo, ldp = S::ldp;
   const int q0 = blockIdx.x * kQT, h = blockIdx.y / splits, split = blockIdx.y % splits, b = blockIdx.z;
   const int hk = h / (H / Hkv);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -133,33 +216,7 @@ __global__ void __launch_bounds__(warps_for<D>() * 32) attention_kernel(
   float* Ms = reinterpret_cast<float*>(smem + S::q + NW * S::warp);  // [warps][16] running max
   float* Ls = Ms + NW * kQT;                                          // [warps][16] running sum
 
-  // Q rows with RoPE (rows past L are zeros). The loads of all of a thread's pairs are issued before any is used
-  // (a loop that loads, rotates and stores one pair at a time waits for global memory once per pair).
-  {
-    constexpr int kThreads = NW * 32, kPairs = (kQT * half + kThreads - 1) / kThreads;
-    float x1[kPairs], x2[kPairs], cs[kPairs], sn[kPairs];
-#pragma unroll
-    for (int j = 0; j < kPairs; ++j) {
-      const int i = threadIdx.x + j * kThreads, r = i / half, d = i % half, l = q0 + r;
-      x1[j] = x2[j] = cs[j] = sn[j] = 0.f;
-      if (i < kQT * half && l < L) {
-        const bf16* q = qkv + ((int64_t)b * L + l) * W + (int64_t)h * D;
-        const int64_t p = clamp_pos(pos[(int64_t)b * L + l], P);
-        cs[j] = cos_t[p * half + d];
-        sn[j] = sin_t[p * half + d];
-        x1[j] = to_f(q[d]);
-        x2[j] = to_f(q[d + half]);
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < kPairs; ++j) {
-      const int i = threadIdx.x + j * kThreads, r = i / half, d = i % half;
-      if (i < kQT * half) {
-        Qs[r * ld + d] = to_bf(x1[j] * cs[j] - x2[j] * sn[j]);
-        Qs[r * ld + d + half] = to_bf(x2[j] * cs[j] + x1[j] * sn[j]);
-      }
-    }
-  }
+  load_q_rope<D, kQT, NW * 32>(Qs, ld, qkv, pos, cos_t, sin_t, b, h, q0, L, W, P);
   for (int i = lane; i < kQT * ldo; i += 32) Os[i] = 0.f;
   __syncthreads();
 
@@ -362,10 +419,6 @@ __global__ void silu_mul_kernel(const bf16* __restrict__ x, bf16* __restrict__ y
 // math. Warp w of a CTA owns the query rows q0 + 16 w .. + 16 of one head; the CTA walks its split's key tiles.
 // Same numerics as attention_kernel: fp32 scores and sums, probabilities rounded to bf16 before P V.
 
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low 16 bits) = lo
-  return *reinterpret_cast<uint32_t*>(&v);
-}
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
@@ -373,12 +426,9 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
 }
-__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
-               : "=r"(r[0]), "=r"(r[1]) : "r"(smem_addr(p)));
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
 }
 // d += a b: a 16x16 bf16 (row), b 16x8 bf16 (col), d 16x8 fp32
 __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
@@ -388,22 +438,42 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// this lane's bias values of key tile t for its two rows (a masked key, a key past the end, a row past L: -inf)
+// This lane's bias of key tile t for its two rows, as raw bf16 pairs (key, key + 1) per 8-key group: the loops load
+// the next tile's bias while they compute this one (waiting for it cost a tenth of the attention time). A key past
+// the end or a row past L reads -inf. `pairs`: the bias rows hold an even number of keys, so a pair is one 4-byte
+// load.
 template <int BN>
-__device__ __forceinline__ void tile_bias(float (&bv)[BN / 8][4], const bf16* const (&brow)[2], const int (&row)[2],
-                                          int t, int L, int keys, int tq) {
+struct BiasTile {
+  uint32_t v[BN / 8][2];
+};
+constexpr uint32_t kNegInfPair = 0xFF80FF80u;  // two bf16 -inf
+template <int BN>
+__device__ __forceinline__ void load_bias(BiasTile<BN>& bt, const bf16* const (&brow)[2], const int (&row)[2], int t,
+                                          int L, int keys, int tq, bool pairs) {
 #pragma unroll
   for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int r = e >> 1, key = t * BN + n * 8 + 2 * tq + (e & 1);
-      float v = -INFINITY;
+    for (int r = 0; r < 2; ++r) {
+      const int key = t * BN + n * 8 + 2 * tq;
+      uint32_t v = kNegInfPair;
       if (row[r] < L && key < keys) {
-        v = to_f(brow[r][key]);
-        v = v > kMasked ? v : -INFINITY;
+        if (pairs) {
+          v = *reinterpret_cast<const uint32_t*>(brow[r] + key);
+        } else {
+          const uint32_t lo = *reinterpret_cast<const uint16_t*>(brow[r] + key);
+          const uint32_t hi = key + 1 < keys ? *reinterpret_cast<const uint16_t*>(brow[r] + key + 1) : 0xFF80u;
+          v = lo | (hi << 16);
+        }
       }
-      bv[n][e] = v;
+      bt.v[n][r] = v;
     }
+}
+// element e of an mma accumulator of group n (row e / 2, key 2 tq + e % 2) as fp32; masked (<= kMasked): -inf
+template <int BN>
+__device__ __forceinline__ float bias_at(const BiasTile<BN>& bt, int n, int e) {
+  const uint32_t raw = bt.v[n][e >> 1];
+  const float v = __uint_as_float((e & 1) ? (raw & 0xFFFF0000u) : (raw << 16));
+  return v > kMasked ? v : -INFINITY;
 }
 
 // One key tile for a warp's 16 query rows (both flash kernels): S = Q K^T (BN / 8 tiles of 8 keys) times the scale
@@ -411,7 +481,7 @@ __device__ __forceinline__ void tile_bias(float (&bv)[BN / 8][4], const bf16* co
 // with P (bf16) as the A operand straight from the score accumulators and V^T by ldmatrix.trans.
 template <int D, int BN>
 __device__ __forceinline__ void attend_tile(const bf16* Kt, const bf16* Vt, int LD, const uint32_t (&qf)[D / 16][4],
-                                            const float (&bv)[BN / 8][4], float scale, float (&o)[D / 8][4],
+                                            const BiasTile<BN>& bt, float scale, float (&o)[D / 8][4],
                                             float (&m)[2], float (&lsum)[2], int lane) {
   float s[BN / 8][4];
   float mx[2] = {-INFINITY, -INFINITY};
@@ -419,14 +489,15 @@ __device__ __forceinline__ void attend_tile(const bf16* Kt, const bf16* Vt, int 
   for (int n = 0; n < BN / 8; ++n) {
     s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t kb[2];
-      ldmatrix_x2(kb, Kt + (n * 8 + (lane % 8)) * LD + kk * 16 + ((lane / 8) % 2) * 8);
-      mma_bf16(s[n], qf[kk], kb);
+    for (int kk = 0; kk < D / 16; kk += 2) {  // one ldmatrix.x4: the 8 keys' dims of kk and kk + 1
+      uint32_t kb[4];
+      ldmatrix_x4(kb, Kt + (n * 8 + (lane % 8)) * LD + kk * 16 + (lane / 8) * 8);
+      mma_bf16(s[n], qf[kk], {kb[0], kb[1]});
+      mma_bf16(s[n], qf[kk + 1], {kb[2], kb[3]});
     }
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      s[n][e] = s[n][e] * scale + bv[n][e];
+      s[n][e] = s[n][e] * scale + bias_at<BN>(bt, n, e);
       mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
     }
   }
@@ -466,10 +537,11 @@ __device__ __forceinline__ void attend_tile(const bf16* Kt, const bf16* Vt, int 
     const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
                             pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      uint32_t vb[2];
-      ldmatrix_x2_trans(vb, Vt + (kk * 16 + (lane % 16)) * LD + j * 8);
-      mma_bf16(o[j], pa, vb);
+    for (int j = 0; j < D / 8; j += 2) {  // one ldmatrix.x4.trans: V^T of dims j and j + 1
+      uint32_t vb[4];
+      ldmatrix_x4_trans(vb, Vt + (kk * 16 + (lane % 16)) * LD + (j + lane / 16) * 8);
+      mma_bf16(o[j], pa, {vb[0], vb[1]});
+      mma_bf16(o[j + 1], pa, {vb[2], vb[3]});
     }
   }
 }
@@ -493,7 +565,7 @@ __global__ void __launch_bounds__(NW * 32) flash_kernel(
     bf16* __restrict__ out, float* __restrict__ ws, int L, int C, int H, int Hkv, int P, float scale, int splits,
     int split_tiles) {
   extern __shared__ __align__(128) unsigned char smem[];
-  constexpr int BM = 16 * NW, LD = FlashSmem<D, NW, BN>::ld, half = D / 2, kThreads = NW * 32;
+  constexpr int BM = 16 * NW, LD = FlashSmem<D, NW, BN>::ld, kThreads = NW * 32;
   bf16* Qs = reinterpret_cast<bf16*>(smem);
   bf16* Ks = Qs + BM * LD;
   bf16* Vs = Ks + 2 * BN * LD;
@@ -525,33 +597,14 @@ __global__ void __launch_bounds__(NW * 32) flash_kernel(
     __pipeline_commit();
   };
   if (t_begin < t_end) load_tile(t_begin, 0);  // in flight while Q is rotated
+  const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+  const bf16* brow[2] = {bias + ((int64_t)b * L + (row[0] < L ? row[0] : 0)) * keys,
+                         bias + ((int64_t)b * L + (row[1] < L ? row[1] : 0)) * keys};
+  const bool pairs = keys % 2 == 0;
+  BiasTile<BN> next_bias{};
+  if (t_begin < t_end) load_bias<BN>(next_bias, brow, row, t_begin, L, keys, tq, pairs);
 
-  // Q rows with RoPE (fp32 tables, one rounding; rows past L are zeros), eight pairs' loads in flight per thread
-  {
-    constexpr int kPairs = BM * half / kThreads, kBatch = kPairs < 8 ? kPairs : 8;
-    for (int j0 = 0; j0 < kPairs; j0 += kBatch) {
-      float x1[kBatch], x2[kBatch], cs[kBatch], sn[kBatch];
-#pragma unroll
-      for (int j = 0; j < kBatch; ++j) {
-        const int i = threadIdx.x + (j0 + j) * kThreads, r = i / half, d = i % half, l = q0 + r;
-        x1[j] = x2[j] = cs[j] = sn[j] = 0.f;
-        if (l < L) {
-          const bf16* q = qkv + ((int64_t)b * L + l) * W + (int64_t)h * D;
-          const int64_t p = clamp_pos(pos[(int64_t)b * L + l], P);
-          cs[j] = cos_t[p * half + d];
-          sn[j] = sin_t[p * half + d];
-          x1[j] = to_f(q[d]);
-          x2[j] = to_f(q[d + half]);
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < kBatch; ++j) {
-        const int i = threadIdx.x + (j0 + j) * kThreads, r = i / half, d = i % half;
-        Qs[r * LD + d] = to_bf(x1[j] * cs[j] - x2[j] * sn[j]);
-        Qs[r * LD + d + half] = to_bf(x2[j] * cs[j] + x1[j] * sn[j]);
-      }
-    }
-  }
+  load_q_rope<D, BM, kThreads>(Qs, LD, qkv, pos, cos_t, sin_t, b, h, q0, L, W, P);
   __syncthreads();
   uint32_t qf[D / 16][4];
 #pragma unroll
@@ -562,14 +615,11 @@ __global__ void __launch_bounds__(NW * 32) flash_kernel(
 #pragma unroll
   for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, lsum[2] = {0.f, 0.f};
-  const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
-  const bf16* brow[2] = {bias + ((int64_t)b * L + (row[0] < L ? row[0] : 0)) * keys,
-                         bias + ((int64_t)b * L + (row[1] < L ? row[1] : 0)) * keys};
 
   for (int t = t_begin; t < t_end; ++t) {
     const int stage = (t - t_begin) & 1;
-    float bv[BN / 8][4];
-    tile_bias<BN>(bv, brow, row, t, L, keys, tq);  // loaded before waiting for the tile
+    const BiasTile<BN> bt = next_bias;
+    if (t + 1 < t_end) load_bias<BN>(next_bias, brow, row, t + 1, L, keys, tq, pairs);
     if (t + 1 < t_end) {
       load_tile(t + 1, stage ^ 1);
       __pipeline_wait_prior(1);
@@ -577,7 +627,7 @@ __global__ void __launch_bounds__(NW * 32) flash_kernel(
       __pipeline_wait_prior(0);
     }
     __syncthreads();
-    attend_tile<D, BN>(Ks + stage * BN * LD, Vs + stage * BN * LD, LD, qf, bv, scale, o, m, lsum, lane);
+    attend_tile<D, BN>(Ks + stage * BN * LD, Vs + stage * BN * LD, LD, qf, bt, scale, o, m, lsum, lane);
     __syncthreads();  // every warp is done with this stage before the next iteration refills it
   }
   // the output O / l (0 for a row whose every key is masked), or this split's partial rows
@@ -646,19 +696,11 @@ __device__ __forceinline__ void load_kv_fused(bf16* Kd, bf16* Vd, int ld, int k0
         const uint4 a4 = *reinterpret_cast<const uint4*>(kin + c);
         const uint4 b4 = *reinterpret_cast<const uint4*>(kin + c + half);
         const int64_t p = clamp_pos(pos[(int64_t)b * L + l], P);
-        const float* cs = cos_t + p * half + c;
-        const float* sn = sin_t + p * half + c;
-        const bf16* x1 = reinterpret_cast<const bf16*>(&a4);
-        const bf16* x2 = reinterpret_cast<const bf16*>(&b4);
+        float4 cs[2], sn[2];
+        load8(cs, cos_t + p * half + c);
+        load8(sn, sin_t + p * half + c);
         uint4 lo4, hi4;
-        bf16* lo = reinterpret_cast<bf16*>(&lo4);
-        bf16* hi = reinterpret_cast<bf16*>(&hi4);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const float f1 = to_f(x1[j]), f2 = to_f(x2[j]), cj = cs[j], sj = sn[j];
-          lo[j] = to_bf(f1 * cj - f2 * sj);
-          hi[j] = to_bf(f2 * cj + f1 * sj);
-        }
+        rope8(a4, b4, cs, sn, lo4, hi4);
         *reinterpret_cast<uint4*>(kd) = lo4;
         *reinterpret_cast<uint4*>(kd + half) = hi4;
         if (pk_out) {
@@ -697,7 +739,7 @@ __global__ void __launch_bounds__(NW * 32) flash_warps_kernel(
     int split_tiles) {
   extern __shared__ __align__(128) unsigned char smem[];
   using S = WarpsSmem<D, NW, BN>;
-  constexpr int LD = S::ld, half = D / 2, kThreads = NW * 32;
+  constexpr int LD = S::ld, kThreads = NW * 32;
   bf16* Qs = reinterpret_cast<bf16*>(smem);
   const int q0 = blockIdx.x * 16, h = blockIdx.y / splits, split = blockIdx.y % splits, b = blockIdx.z;
   const int hk = h / (H / Hkv), warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
@@ -716,32 +758,14 @@ __global__ void __launch_bounds__(NW * 32) flash_warps_kernel(
     __pipeline_commit();
   };
   if (t_begin + warp < t_end) load(t_begin + warp, 0);  // in flight while Q is rotated
+  const int row[2] = {q0 + g, q0 + g + 8};
+  const bf16* brow[2] = {bias + ((int64_t)b * L + (row[0] < L ? row[0] : 0)) * keys,
+                         bias + ((int64_t)b * L + (row[1] < L ? row[1] : 0)) * keys};
+  const bool pairs = keys % 2 == 0;
+  BiasTile<BN> next_bias{};
+  if (t_begin + warp < t_end) load_bias<BN>(next_bias, brow, row, t_begin + warp, L, keys, tq, pairs);
 
-  {  // Q rows with RoPE (rows past L are zeros), all of a thread's loads issued before any is used
-    constexpr int kPairs = (16 * half + kThreads - 1) / kThreads;
-    float x1[kPairs], x2[kPairs], cs[kPairs], sn[kPairs];
-#pragma unroll
-    for (int j = 0; j < kPairs; ++j) {
-      const int i = threadIdx.x + j * kThreads, r = i / half, d = i % half, l = q0 + r;
-      x1[j] = x2[j] = cs[j] = sn[j] = 0.f;
-      if (i < 16 * half && l < L) {
-        const bf16* q = qkv + ((int64_t)b * L + l) * W + (int64_t)h * D;
-        const int64_t p = clamp_pos(pos[(int64_t)b * L + l], P);
-        cs[j] = cos_t[p * half + d];
-        sn[j] = sin_t[p * half + d];
-        x1[j] = to_f(q[d]);
-        x2[j] = to_f(q[d + half]);
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < kPairs; ++j) {
-      const int i = threadIdx.x + j * kThreads, r = i / half, d = i % half;
-      if (i < 16 * half) {
-        Qs[r * LD + d] = to_bf(x1[j] * cs[j] - x2[j] * sn[j]);
-        Qs[r * LD + d + half] = to_bf(x2[j] * cs[j] + x1[j] * sn[j]);
-      }
-    }
-  }
+  load_q_rope<D, 16, kThreads>(Qs, LD, qkv, pos, cos_t, sin_t, b, h, q0, L, W, P);
   __syncthreads();
   uint32_t qf[D / 16][4];
 #pragma unroll
@@ -751,14 +775,11 @@ __global__ void __launch_bounds__(NW * 32) flash_warps_kernel(
 #pragma unroll
   for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, lsum[2] = {0.f, 0.f};
-  const int row[2] = {q0 + g, q0 + g + 8};
-  const bf16* brow[2] = {bias + ((int64_t)b * L + (row[0] < L ? row[0] : 0)) * keys,
-                         bias + ((int64_t)b * L + (row[1] < L ? row[1] : 0)) * keys};
 
   int stage = 0;
   for (int t = t_begin + warp; t < t_end; t += NW, stage ^= 1) {
-    float bv[BN / 8][4];
-    tile_bias<BN>(bv, brow, row, t, L, keys, tq);  // loaded before waiting for the tile
+    const BiasTile<BN> bt = next_bias;
+    if (t + NW < t_end) load_bias<BN>(next_bias, brow, row, t + NW, L, keys, tq, pairs);
     if (t + NW < t_end) {
       load(t + NW, stage ^ 1);
       __pipeline_wait_prior(1);
@@ -766,7 +787,7 @@ __global__ void __launch_bounds__(NW * 32) flash_warps_kernel(
       __pipeline_wait_prior(0);
     }
     __syncwarp();
-    attend_tile<D, BN>(Ks + stage * BN * LD, Vs + stage * BN * LD, LD, qf, bv, scale, o, m, lsum, lane);
+    attend_tile<D, BN>(Ks + stage * BN * LD, Vs + stage * BN * LD, LD, qf, bt, scale, o, m, lsum, lane);
     __syncwarp();  // the warp is done with this stage before the next iteration refills it
   }
   // merge the warps: each leaves (max, sum, unnormalised O) in shared memory (O over its own tiles)
@@ -915,6 +936,11 @@ Plan plan_for(int B, int L, int keys, int H, int D) {
     p.kernel = kFlash;
     p.nw = L > 32 ? 4 : (L > 16 ? 2 : 1);
     p.bn = p.nw == 4 && flash_smem(D, 4, 64) <= smem_limit() ? 64 : 32;
+    // 5 warps (80 rows) when that puts every CTA in one wave and 4 would not: LLaDA-8B's prefill 320 and prefix
+    // step 288 (128 CTAs instead of 160 on 132 SMs; 24.8 against 26.4 us on an H200)
+    if (p.bn == 64 && (L + 79) / 80 * (long)H * B <= sms && (L + 63) / 64 * (long)H * B > sms &&
+        flash_smem(D, 5, 64) <= smem_limit())
+      p.nw = 5;
     const long qtiles = (L + 16 * p.nw - 1) / (16 * p.nw), tiles = (keys + p.bn - 1) / p.bn;
     split_keys(p, qtiles * H * B, tiles, sms, 2);
   } else {
@@ -1013,6 +1039,8 @@ cudaError_t warps_kernel_for(const Args& a, cudaStream_t stream, float* ws, cons
 template <int D>
 cudaError_t flash_for(const Args& a, cudaStream_t stream, float* ws, const Plan& p) {
   if (p.nw == 4 && p.bn == 64) return flash_attention<D, 4, 64>(a, stream, ws, p);
+  if (p.nw == 5 && p.bn == 64) return flash_attention<D, 5, 64>(a, stream, ws, p);
+  if (p.nw == 8 && p.bn == 64) return flash_attention<D, 8, 64>(a, stream, ws, p);
   if (p.nw == 4 && p.bn == 32) return flash_attention<D, 4, 32>(a, stream, ws, p);
   if (p.nw == 2 && p.bn == 64) return flash_attention<D, 2, 64>(a, stream, ws, p);
   if (p.nw == 2 && p.bn == 32) return flash_attention<D, 2, 32>(a, stream, ws, p);
@@ -1031,8 +1059,9 @@ cudaError_t run_planned(const Args& a, cudaStream_t stream, float* ws, const Pla
       default: return cudaErrorInvalidValue;
     }
   }
-  presents_kernel<<<dim3((unsigned)(a.B * a.L), (unsigned)a.Hkv), (unsigned)(a.D / 2 < 128 ? a.D / 2 : 128), 0,
-                    stream>>>(a.qkv, a.pos, a.cos_t, a.sin_t, a.present_k, a.present_v, a.L, a.H, a.Hkv, a.D, a.P);
+  const int64_t chunks = (int64_t)a.B * a.L * a.Hkv * (a.D / 16);
+  presents_kernel<<<(unsigned)((chunks + 255) / 256), 256, 0, stream>>>(
+      a.qkv, a.pos, a.cos_t, a.sin_t, a.present_k, a.present_v, a.L, a.H, a.Hkv, a.D, a.P, chunks);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   if (plan.kernel == kFlash) {
@@ -1431,7 +1460,7 @@ extern "C" __attribute__((visibility("default"))) int dllm_cache_attention(
 }
 
 // One kernel configuration, for benchmarks/cache_attention.py's sweep: kernel 0 (WMMA; nw, bn ignored) or 1 (flash,
-// nw warps of 16 query rows, bn keys per tile: 4/64, 2/64, 2/32, 1/32, 1/64), the keys split over `splits` CTAs
+// nw warps of 16 query rows, bn keys per tile: 8/64, 5/64, 4/64, 2/64, 2/32, 1/32, 1/64), the keys split over `splits` CTAs
 // (workspace: B * H * splits * L * (D + 2) floats when splits > 1). Returns a cudaError_t (1: no such config).
 extern "C" __attribute__((visibility("default"))) int dllm_cache_attention_config(
     const void* qkv, const int64_t* pos, const void* cos_t, const void* sin_t, const void* bias, const void* past_k,

@@ -26,8 +26,8 @@
 // Numerics: fp32 arithmetic, one rounding to bf16 per output (RoPE too: LLaDA's rope_full_precision exactly; the
 // tables of families that rotate in the model dtype hold values rounded to it) (flash-attention style: probabilities rounded to
 // bf16 before P V, fp32 accumulation). A query row whose every key is masked gives 0 (MultiHeadAttention gives
-// the mean of the values); such rows are padding and never read. Key tiles that are masked for every row of a
-// warp are skipped: exp(-1e9) is 0 in fp32, so the result is the same.
+// the mean of the values); such rows are padding and never read. The WMMA kernel skips key tiles that are masked
+// for every row of a warp (exp(-1e9) is 0 in fp32, so the result is the same); the flash kernels compute them.
 //
 // Build: python -m dllm_trt.plugins.ort_cuda_build (nvcc + ONNX Runtime's C/C++ API headers).
 

@@ -116,6 +116,8 @@ def map_fast_dllm_v2(c: dict) -> Mapped:
     # dllm-trt decodes rows independently, so each row gets that length as its gen_length.
     bs = kw["block_size"]
     end = (kw["max_new_tokens"] // bs + max(kw["seq_len"]) // bs) * bs + 1
+    if min(kw["seq_len"]) < bs:  # its first block is forwarded with the shorter rows': a one-block prompt is read
+        gen = dataclasses.replace(gen, read_one_block_prompt=True)
     gaps = []
     if kw["use_block_cache"]:
         gaps.append("batch_sample with use_block_cache decides the sub-block refresh for the whole batch (any row "

@@ -91,3 +91,37 @@ def test_dream_block_variant_with_one_step_per_block_leaves_masks(backends, cach
         two = generate(be, [prompt], GenerationConfig(gen_length=16, block_length=4, steps=8, strategy="entropy",
                                                       cache=cache, temperature=0.0))
     assert mask not in two.tokens[0]
+
+
+def test_a_block_of_masks_without_context_ties_to_its_first_position(backends):
+    """The first block after a prompt that is not read is masks alone, with nothing else to attend: its rows are
+    equal in exact arithmetic (same token everywhere, RoPE only turns q and k, attention over equal values returns
+    that value), and upstream's float32 rows tie, so its threshold rule unmasks the first position first. The
+    loop makes those rows equal: at threshold 1.0 (one token per step) the first step fills position 0, for every
+    sub-block size, and a batch gives each row's tokens alone."""
+    be = backends["fast_dllm_v2"]
+    mask = be.config.mask_token_id
+    prompt = np.random.default_rng(1).integers(0, 250, 16).tolist()
+    seen = []
+    forward = be.forward
+
+    def spy(input_ids, *args, **kw):
+        seen.append(input_ids.copy())
+        return forward(input_ids, *args, **kw)
+
+    for sub in (4, 8, 16):
+        gen = GenerationConfig(gen_length=17, strategy="threshold", threshold=1.0, cache="block", sub_block_length=sub,
+                               block_size=16, temperature=0.0)
+        seen.clear()
+        be.forward = spy
+        try:
+            with pytest.warns(UserWarning, match="not read"):
+                res = generate(be, [prompt], gen)
+        finally:
+            be.forward = forward
+        first, second = seen[0][0], seen[1][0]
+        assert (first == mask).all(), sub  # the block alone: masks only
+        assert np.flatnonzero(second != mask).tolist() == [0], sub  # the tie went to the first position
+        with pytest.warns(UserWarning):
+            batch = generate(be, [prompt, prompt + [7]], gen)
+        assert batch.tokens[0] == res.tokens[0], sub

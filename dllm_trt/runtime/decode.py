@@ -238,12 +238,35 @@ class DecodeLoop:
                                        rows, self.want_logits)
         if self.timer is not None:
             self.timer.forward_end()
+        out = self._equal_rows_without_context(out, input_ids, w)
         if write and self.refresh is not None:
             self.refresh.written(pos, w.valid, input_ids)
         live = self.live & w.valid.any(axis=1)  # a sequence with no valid row only rides along
         self.steps.append(StepRecord(kind, w.length, w.past_extent, [0] * self.batch, live.tolist(),
                                      w.valid.sum(axis=1).tolist()))
         return out
+
+    def _equal_rows_without_context(self, out: StepOutput, input_ids: np.ndarray, w: _Window) -> StepOutput:
+        """A sequence whose window holds only mask tokens and sees no cache (Fast-dLLM v2's first block after a
+        prompt it does not read) has rows that are equal in exact arithmetic: every position embeds the same
+        token, no position is added to the hidden states (RoPE only turns q and k), and attention over identical
+        values returns that value, layer after layer. Upstream's float32 rows tie to the last bit there, and its
+        threshold rule takes the first position; this model's rows differed in the last bits and another
+        position won. Such rows are made equal (row 0's statistics), so the tie goes to the first position.
+        Greedy only: sampled rows are independent draws."""
+        if self.gen.cfg_scale > 0 or self.gen.temperature > 0:
+            return out
+        blank = (~w.past_valid.any(axis=1)) & np.all((input_ids == self.mask_id) | ~w.valid, axis=1)
+        if not blank.any():
+            return out
+        fields = {}
+        for name in ("tokens", "confidence", "logits", "margin", "neg_entropy", "logit_gap", "raw_confidence"):
+            a = getattr(out, name)
+            if a is not None:
+                a = a.copy()
+                a[blank] = a[blank][:, :1]
+                fields[name] = a
+        return out._replace(**fields)
 
     def guided_forward(self, input_ids: np.ndarray, pos: np.ndarray, bias: np.ndarray, rows: np.ndarray) -> StepOutput:
         """LLaDA's unsupervised classifier-free guidance (its ``generate``, ``cfg_scale > 0``): the sequence

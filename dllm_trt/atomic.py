@@ -163,3 +163,20 @@ def publish(tmp: Path, out: Path) -> None:
         _release(tmp)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_file(dest: str | Path, write) -> None:
+    """One file written atomically: ``write(tmp_path)`` fills a hidden temporary file beside ``dest``, which is
+    then renamed onto it, so an interrupted or failed write leaves the old file or none (reports, plots)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

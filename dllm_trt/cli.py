@@ -258,23 +258,39 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if res.ok else 1
 
 
+def _is_path_refusal(e: OSError) -> bool:
+    import errno
+
+    return e.filename is not None and (
+        isinstance(e, (PermissionError, FileExistsError, IsADirectoryError, NotADirectoryError))
+        or e.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EPERM, errno.EACCES))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Every failure is one line on stderr: rc 2 for bad input, 130 for Ctrl-C, 143 for SIGTERM."""
     from .interrupts import Terminated, missing_module_message, sigterm_raises
+    from .options import check_output_paths
 
     try:
         with sigterm_raises():
             args = build_parser().parse_args(argv)
+            check_output_paths(args)
             return args.func(args)
     except DllmError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Terminated:
-        print("terminated (SIGTERM); nothing was left half-written", file=sys.stderr)
+        print("terminated (SIGTERM or SIGHUP); nothing was left half-written", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
         print("interrupted (Ctrl-C); nothing was left half-written", file=sys.stderr)
         return 130
+    except OSError as e:
+        if not _is_path_refusal(e):
+            raise
+        # a path the system refuses: permissions, a read-only or special file system, a full disk
+        print(f"error: {e.strerror or e}: {e.filename}; pick another path or free the space", file=sys.stderr)
+        return 2
     except ModuleNotFoundError as e:
         message = missing_module_message(e.name)
         if message is None:

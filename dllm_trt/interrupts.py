@@ -32,7 +32,7 @@ CPU_TORCH = 'pip install "torch==2.13.0" --index-url https://download.pytorch.or
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the main thread is, so ``finally`` / ``except BaseException`` blocks run."""
+    """SIGTERM (or SIGHUP), raised where the main thread is, so ``finally`` / ``except BaseException`` blocks run."""
 
 
 def _raise_terminated(signum, frame):
@@ -45,11 +45,15 @@ def sigterm_raises() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    # SIGHUP too (the terminal or the ssh session closed): its default also kills without cleanup, leaving
+    # a hidden staging folder and a lock beside the output
+    hups = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
+    previous = {sig: signal.signal(sig, _raise_terminated) for sig in (signal.SIGTERM, *hups)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def missing_module_message(name: str | None) -> str | None:

@@ -3,30 +3,17 @@ the model at hand (refused rather than silently ignored), the device, and the fo
 from __future__ import annotations
 
 import argparse
-import math
+import os
 import sys
 from pathlib import Path
 
 from .errors import DllmError
+from .runtime.settings import check_finite, check_min_int, check_setting_values
 
 
-def finite(name: str, value: float | None, lo: float | None = None, hi: float | None = None,
-           lo_open: bool = False) -> None:
-    """Refuse NaN/inf and values outside [lo, hi] (``lo_open``: (lo, hi])."""
-    if value is None:
-        return
-    bad = not math.isfinite(value) or (lo is not None and (value <= lo if lo_open else value < lo)) or (
-        hi is not None and value > hi)
-    if bad:
-        low = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
-        high = "" if hi is None else f"<= {hi}"
-        rng = " and ".join(x for x in (low, high) if x) or "finite"
-        raise DllmError(f"{name} {value} is out of range: it must be a finite number {rng}")
-
-
-def positive_int(name: str, value: int | None, minimum: int = 1) -> None:
-    if value is not None and value < minimum:
-        raise DllmError(f"{name} {value} is out of range: it must be an integer >= {minimum}")
+# the ranges of a decode setting are the library's (runtime.settings), whoever gives it
+finite = check_finite
+positive_int = check_min_int
 
 
 METHOD_OPTIONS = {  # GenerationConfig field -> (type, strategies it applies to, help)
@@ -70,30 +57,13 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
 
 
 def check_decode_values(args: argparse.Namespace) -> None:
-    """Ranges of the decode options given on the command line. (The library accepts threshold > 1, meaning
-    "one token per step", and factor 0; on the command line those are typos and are refused.)"""
-    finite("--threshold", getattr(args, "threshold", None), lo=0.0, hi=1.0, lo_open=True)
-    finite("--factor", getattr(args, "factor", None), lo=0.0, lo_open=True)
-    finite("--temperature", getattr(args, "temperature", None), lo=0.0)
-    finite("--top-p", getattr(args, "top_p", None), lo=0.0, hi=1.0)
-    eps = getattr(args, "eps", None)
-    if eps is not None and not (math.isfinite(eps) and 0.0 <= eps < 1.0):
-        raise DllmError(f"--eps {eps} is out of range: it must be a number >= 0 and < 1")
-    for name in ("gen_length", "block_length", "steps", "sub_block_length", "block_size"):
-        positive_int("--" + name.replace("_", "-"), getattr(args, name, None))
-    positive_int("--top-k", getattr(args, "top_k", None), minimum=0)
-    for name in ("low_threshold", "relaxed_threshold", "credit_decay"):
-        finite("--" + name.replace("_", "-"), getattr(args, name, None), lo=0.0, hi=1.0)
-    for name in ("credit_alpha", "sched_high", "sched_low"):
-        finite("--" + name.replace("_", "-"), getattr(args, name, None), lo=0.0)
-    finite("--credit-gamma", getattr(args, "credit_gamma", None), lo=0.0, lo_open=True)
-    positive_int("--radius", getattr(args, "radius", None), minimum=0)
-    positive_int("--draft-steps", getattr(args, "draft_steps", None))
-    for name in ("dllm_prompt_interval", "dllm_response_interval", "elastic_window"):
-        positive_int("--" + name.replace("_", "-"), getattr(args, name, None))
-    finite("--dllm-refresh-ratio", getattr(args, "dllm_refresh_ratio", None), lo=0.0, hi=1.0)
-    finite("--elastic-gamma", getattr(args, "elastic_gamma", None), lo=0.0)
-    positive_int("--seed", getattr(args, "seed", None), minimum=0)
+    """Types and ranges of the decode options given on the command line (runtime.settings.check_setting_values,
+    as for dllm_generation.json and --sweep)."""
+    from .runtime.settings import GenerationConfig
+    from dataclasses import fields
+
+    given = {f.name: getattr(args, f.name) for f in fields(GenerationConfig) if getattr(args, f.name, None) is not None}
+    check_setting_values(given, name=lambda key: "--" + key.replace("_", "-"))
 
 
 def check_decode_options(args: argparse.Namespace, gen, config, longest_prompt: int) -> None:
@@ -171,10 +141,27 @@ def require_intact(folder: Path, full_hash: bool = False) -> None:
         check(folder, full_hash=full_hash, warn=lambda s: print(s, file=sys.stderr))
 
 
+def _writable_ancestor(option: str, path: str, start: Path) -> None:
+    """The nearest existing folder at or above ``start`` must be a folder this process can write in (found
+    before the work, not as a traceback after it)."""
+    anc = start
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise DllmError(f"{option} {path}: {anc} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise DllmError(f"{option} {path}: {anc} is not writable here; pick a path you can write to")
+
+
 def check_output_dir(option: str, path: str | None) -> None:
-    """A folder to write into: refuse an existing file (found before the work, not after it)."""
-    if path is not None and Path(path).exists() and not Path(path).is_dir():
+    """A folder to write into (built beside itself, then renamed): refuse an existing file, a file on the
+    way, or a parent this process cannot write in."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.exists() and not p.is_dir():
         raise DllmError(f"{option} {path} is a file; it needs a folder path (it is created if missing)")
+    _writable_ancestor(option, path, p.absolute().parent)
 
 
 def check_output_file(option: str, path: str | None) -> None:
@@ -183,5 +170,16 @@ def check_output_file(option: str, path: str | None) -> None:
     p = Path(path)
     if p.is_dir():
         raise DllmError(f"{option} {path} is a folder; give a file path")
-    if p.parent != Path("") and p.parent.exists() and not p.parent.is_dir():
-        raise DllmError(f"{option} {path}: {p.parent} is a file, not a folder")
+    _writable_ancestor(option, path, p.absolute().parent)
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """Every output path of a command, checked before the command's work: ``--out`` / ``--workdir`` /
+    ``--plots`` are folders, ``--csv`` / ``--json`` files (``-`` is stdout), and the options a command declares
+    with ``set_defaults(output_files=(...))`` (calibrate's ``--out`` .npz)."""
+    files = set(getattr(args, "output_files", ())) | {"csv", "json"}
+    for name in ("out", "workdir", "plots", "csv", "json"):
+        value = getattr(args, name, None)
+        if not isinstance(value, str) or value == "-":
+            continue
+        (check_output_file if name in files else check_output_dir)("--" + name, value)

@@ -113,3 +113,47 @@ def test_legacy_folder_is_read_as_before_with_a_warning(tmp_path):
     (d / "generation_config.json").write_text(json.dumps(dict(own, eos_token_id=0, mask_token_id=1)))
     with pytest.warns(FutureWarning, match="move them to dllm_generation.json"):
         assert folder_generation_defaults(d) == own
+
+
+@pytest.mark.parametrize("values,needle", [
+    ({"gen_length": "16"}, "'gen_length' '16' is not an integer"),
+    ({"gen_length": True}, "'gen_length' True is not an integer"),
+    ({"threshold": -3}, "'threshold' -3.0 is out of range"),
+    ({"threshold": 1.5}, "'threshold' 1.5 is out of range"),
+    ({"factor": -1}, "'factor' -1.0 is out of range"),
+    ({"stop_at_eos": "no"}, "'stop_at_eos' 'no' is not true or false"),
+    ({"strategy": 3}, "'strategy' 3 is not a string"),
+    ({"block_length": None}, "'block_length' is null"),
+    ({"top_p": 2}, "'top_p' 2.0 is out of range"),
+    ({"eps": 1.0}, "'eps' 1.0 is out of range"),
+])
+def test_dllm_generation_json_values_are_held_to_the_options_ranges(tmp_path, values, needle):
+    """A file's decode defaults get the command line's type and range checks (a string where an integer goes
+    used to surface as a TypeError inside the loop; a negative threshold decoded silently), naming the file."""
+    d = copy_of(tmp_path, "fast_dllm_v2")
+    (d / "dllm_generation.json").write_text(json.dumps(values))
+    with pytest.raises(DllmError, match="dllm_generation.json: " + needle.replace("(", r"\(")):
+        folder_generation_defaults(d)
+    ok = {"gen_length": 16, "threshold": 0.9, "steps": None, "stop_at_eos": False, "top_p": 1}
+    (d / "dllm_generation.json").write_text(json.dumps(ok))
+    assert folder_generation_defaults(d) == ok  # integers where a number goes, null where a setting may be unset
+
+
+def test_an_exports_recorded_defaults_are_checked(tmp_path):
+    """An export written before these checks may record a bad default: reading it says which file."""
+    from dllm_trt.runtime.generation_files import generation_defaults_of
+
+    (tmp_path / "dllm_config.json").write_text(json.dumps({"generation_defaults": {"threshold": "0.9"}}))
+    with pytest.raises(DllmError, match=r"dllm_config.json: generation_defaults 'threshold' '0.9' is not a number"):
+        generation_defaults_of(tmp_path, {"threshold"})
+
+
+def test_sweep_values_are_held_to_the_options_ranges():
+    from dllm_trt.profiling.sweep import parse_sweep
+
+    for item, needle in (("threshold=0.5,-1", "--sweep threshold -1.0 is out of range"),
+                         ("factor=-2", "--sweep factor -2.0"), ("block=0", "--sweep block 0"),
+                         ("top_p=1.5", "--sweep top_p 1.5")):
+        with pytest.raises(DllmError, match=needle):
+            parse_sweep([item])
+    assert parse_sweep(["threshold=0.5,1.0", "block=4,8"]) == {"threshold": [0.5, 1.0], "block": [4, 8]}

@@ -74,7 +74,7 @@ def test_signals_at_random_points(kind, source, tmp_path):
     rng = random.Random(f"{SEED}-{kind}")
     out = tmp_path / "out"
     before = _previous(kind, source, out)
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: the terminal or ssh session closed
         delay = rng.uniform(0.3, 4.0)
         proc = cli(*COMMANDS[kind](source, out))
         time.sleep(delay)

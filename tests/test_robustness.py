@@ -281,3 +281,73 @@ def test_quantization_validation_fails_below_min_top1():
     check_validation({**v, "top1_agreement_masked": 0.99}, "int8", 0.95)
     with pytest.raises(DllmError, match="not finite"):
         check_validation({**v, "logits_max_abs_error_rel": float("nan")}, "int8", 0.0)
+
+
+# ---------------------------------------------------------------------- session 7's audit
+def test_tokenizer_of_another_model_is_named(ckpt, capsys):
+    """A tokenizer.json with ids past the model's embedding (another model's file): one line that says so, not an
+    IndexError from the embedding lookup (torch) or ORT's Gather."""
+    tok = json.loads((ckpt / "tokenizer.json").read_text())
+    rows = json.loads((ckpt / "config.json").read_text())["vocab_size"]
+    vocab = tok["model"]["vocab"]
+    piece = next(k for k in vocab if k in "0123456789")
+    vocab[piece] = rows + 12  # the digit now encodes past the embedding
+    (ckpt / "tokenizer.json").write_text(json.dumps(tok))
+    one_line_error(capsys, ["generate", "--model", ckpt, "--prompt", f"add:{piece}+1="],
+                   f"token id {rows + 12}", "tokenizer.json does not belong")
+
+
+def test_shard_index_cannot_reach_outside_the_checkpoint(ckpt, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.move(ckpt / "model.safetensors", other / "model.safetensors")
+    names = list(load_file(other / "model.safetensors"))
+    (ckpt / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {n: "../other/model.safetensors" for n in names}}))
+    one_line_error(capsys, ["generate", "--model", ckpt, *PROMPT], "../other/model.safetensors", "no folders")
+
+
+@pytest.mark.parametrize("argv", [
+    ["export", "--model", LLADA, "--out", "{file}/sub"],
+    ["calibrate", "--model", LLADA, "--out", "{file}/c.npz"],
+    ["demo", "--workdir", "{file}"],
+    ["profile", "--engine", "{export}", "--n", "1", "--json", "{file}/r.json"],
+])
+def test_output_paths_checked_before_the_work(export_dir, tmp_path, capsys, argv):
+    """An output path through a file is refused up front, in one line (was FileExistsError after the work)."""
+    f = tmp_path / "afile"
+    f.write_text("x")
+    argv = [str(a).replace("{file}", str(f)).replace("{export}", str(export_dir)) for a in argv]
+    one_line_error(capsys, argv, str(f))
+
+
+def test_build_and_quantize_check_their_source_hashes(export_dir, tmp_path, capsys):
+    """A same-size damaged model.onnx (a flipped byte) is refused before quantize / build make a fresh folder
+    whose manifest would vouch for it."""
+    bad = tmp_path / "bad"
+    shutil.copytree(export_dir, bad)
+    data = bytearray((bad / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "model.onnx").write_bytes(bytes(data))
+    one_line_error(capsys, ["quantize", "--onnx", bad, "--out", tmp_path / "q", "--method", "int8"],
+                   "model.onnx", "SHA-256")
+    one_line_error(capsys, ["build", "--onnx", bad, "--out", tmp_path / "e"], "model.onnx", "SHA-256")
+    assert not (tmp_path / "q").exists() and not (tmp_path / "e").exists()
+
+
+def test_profile_reports_are_written_whole(tmp_path):
+    """atomic.write_file: a writer that fails leaves the previous file untouched and no temporary file."""
+    from dllm_trt.atomic import write_file
+
+    dest = tmp_path / "r.json"
+    write_file(dest, lambda p: p.write_text("first"))
+    assert dest.read_text() == "first" and oct(dest.stat().st_mode & 0o777) == "0o644"
+
+    def fails(p):
+        p.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_file(dest, fails)
+    assert dest.read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]

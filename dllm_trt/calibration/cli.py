@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .data import DEFAULT_RATIOS
 
@@ -30,7 +31,7 @@ def add_calibration_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(func=run_calibrate)
+    p.set_defaults(func=run_calibrate, output_files=("out",))
 
     q = subparsers.add_parser(
         "quantize", help="quantize an exported folder: INT4 weight-only (RTN / AWQ), INT8 or FP8 QDQ",
@@ -86,8 +87,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def run_quantize(args: argparse.Namespace) -> int:
+    from ..options import require_intact
     from .quantizer import quantize
 
+    require_intact(Path(args.onnx), full_hash=True)  # the source as written: sizes and SHA-256
     log = (lambda s: print(s, file=sys.stderr)) if args.json else None
     report = quantize(args.onnx, args.out, args.method, calib=args.calib, block_size=args.block_size,
                       symmetric=args.symmetric, fmt=args.format, keep_lm_head=args.keep_lm_head,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .builder import PRECISIONS
 
@@ -58,10 +59,13 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from ..options import finite
+    from ..options import finite, require_intact
     from .builder import build_engine
 
     finite("--workspace-gib", args.workspace_gib, lo=0.0, lo_open=True)
+    # the source export as written (sizes and SHA-256): a damaged file must not become a fresh engine with a
+    # manifest that vouches for it
+    require_intact(Path(args.onnx), full_hash=True)
     log = (lambda s: print(s, file=sys.stderr))
     report = build_engine(args.onnx, args.out, backend=args.backend, precision=args.precision, shapes=args.shapes,
                           plugins=args.plugins, plugin_libs=args.plugin_lib,

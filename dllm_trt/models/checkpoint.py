@@ -84,6 +84,9 @@ def _weight_files(model_dir: Path) -> dict[str, Path]:
         files = {}
         for name, fname in weight_map.items():
             f = model_dir / fname
+            if Path(fname).name != fname or not fname.endswith(".safetensors"):  # a shard is a file of this folder
+                raise DllmError(f"{index} names shard {fname!r} for tensor {name}: a shard must be a .safetensors "
+                                "file name in the checkpoint folder itself (no folders, no '..'); fix the index")
             if not f.is_file():
                 raise DllmError(f"{index} names shard {fname} for tensor {name}, but {f} is missing")
             files[name] = f

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..atomic import write_file
 from ..errors import DllmError
 
 PART_COLORS = {"model": "#4C72B0", "cache": "#DD8452", "unmask": "#55A868", "host": "#8C8C8C"}
@@ -122,7 +123,7 @@ def write_plots(report: dict, out_dir: str | Path) -> dict[str, str]:
     for name, make in FIGURES.items():
         fig = make(report)
         path = out / f"{name}.png"
-        fig.savefig(path, dpi=110)
+        write_file(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
         plt.close(fig)
         paths[name] = str(path)
     return paths

@@ -7,6 +7,8 @@ import math
 import sys
 from pathlib import Path
 
+from ..atomic import write_file
+
 PARTS = (("model_forward", "model forward"), ("cache_update", "cache update"), ("unmask", "unmask / sampling"),
          ("host_overhead", "host overhead"))
 
@@ -112,8 +114,7 @@ def write_json(report: dict, dest: str) -> None:
     if dest == "-":
         sys.stdout.write(text + "\n")
     else:
-        Path(dest).parent.mkdir(parents=True, exist_ok=True)
-        Path(dest).write_text(text + "\n")
+        write_file(dest, lambda tmp: tmp.write_text(text + "\n"))
 
 
 def csv_rows(report: dict) -> list[dict]:
@@ -144,8 +145,11 @@ def csv_rows(report: dict) -> list[dict]:
 def write_csv(report: dict, dest: str) -> None:
     rows = csv_rows(report)
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    Path(dest).parent.mkdir(parents=True, exist_ok=True)
-    with open(dest, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+
+    write_file(dest, write)

@@ -12,6 +12,7 @@ import itertools
 
 from ..errors import DllmError
 from ..runtime import GenerationConfig
+from ..runtime.settings import check_setting_values
 
 ALIASES = {"sub_block": "sub_block_length", "gen": "gen_length"}
 FLOATS = {"threshold", "factor", "temperature", "top_p", "low_threshold", "relaxed_threshold", "credit_alpha",
@@ -41,6 +42,12 @@ def parse_sweep(items: list[str] | None) -> dict[str, list]:
             raise DllmError(f"--sweep {key}: {e}") from e
         if key in spec:
             raise DllmError(f"--sweep names {key!r} twice")
+        if key != "block":
+            for v in vals:
+                check_setting_values({key: v}, name=lambda k: f"--sweep {k}")
+        else:
+            for v in vals:
+                check_setting_values({"block_length": v}, name=lambda k: "--sweep block")
         spec[key] = vals
     return spec
 

@@ -124,6 +124,15 @@ class DecodeLoop:
         self.gen = gen.resolved(self.cfg.attention)
         if not prompts or any(len(p) == 0 for p in prompts):
             raise DllmError("every prompt needs at least one token")
+        rows = max(self.cfg.vocab_size, getattr(self.cfg, "embedding_size", 0) or 0)
+        for p in prompts:
+            ids = np.asarray(p, dtype=np.int64)
+            outside = ids[(ids < 0) | (ids >= rows)]
+            if outside.size:  # an embedding lookup would fail deep in the backend (IndexError, ORT's Gather)
+                bad = int(outside[0])
+                raise DllmError(f"prompt token id {bad} is outside the model's {rows} embedding rows (config.json "
+                                "vocab_size): the tokenizer.json does not belong to this checkpoint, or the ids are "
+                                "wrong; copy the tokenizer files from the checkpoint the model came from")
         prompts = self._upstream_prompts(prompts)
         self.prompt_len = np.array([len(p) for p in prompts])
         self.batch = len(prompts)

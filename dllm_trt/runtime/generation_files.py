@@ -24,6 +24,7 @@ from typing import Any
 
 from ..config import FAMILIES
 from ..errors import DllmError
+from .settings import check_setting_values
 
 HF_GENERATION_FILE = "generation_config.json"
 DLLM_GENERATION_FILE = "dllm_generation.json"
@@ -108,10 +109,13 @@ def checkpoint_generation_defaults(folder: Path, names: set[str]) -> tuple[dict[
             warnings.warn(f"{hf_path} holds dllm-trt decode keys ({', '.join(legacy)}) under Hugging Face's file: "
                           f"move them to {DLLM_GENERATION_FILE} (read from here for now, with their dllm-trt meaning)",
                           FutureWarning, stacklevel=3)
-            values.update({k: v for k, v in raw.items() if k in names})
+            legacy_values = {k: v for k, v in raw.items() if k in names}
+            check_setting_values(legacy_values, name=lambda k: f"{hf_path}: {k!r}")
+            values.update(legacy_values)
         else:
-            values.update(hf_generation_fields(raw, str(hf_path)))
-            values.update(family_generation_fields(raw, folder_family(folder)))
+            mapped = {**hf_generation_fields(raw, str(hf_path)), **family_generation_fields(raw, folder_family(folder))}
+            check_setting_values(mapped, name=lambda k: f"{hf_path}: {k} (from its keys)")
+            values.update(mapped)
         sources.append(HF_GENERATION_FILE)
     if own_path.is_file():
         raw = read_json_object(own_path)
@@ -119,6 +123,7 @@ def checkpoint_generation_defaults(folder: Path, names: set[str]) -> tuple[dict[
         if unknown:
             raise DllmError(f"{own_path}: unknown key {unknown[0]!r}; its keys are GenerationConfig's "
                             f"({', '.join(sorted(names))})")
+        check_setting_values(raw, name=lambda k: f"{own_path}: {k!r}")
         values.update(raw)
         sources.append(DLLM_GENERATION_FILE)
     return {k: v for k, v in values.items() if k in names}, sources
@@ -130,5 +135,7 @@ def generation_defaults_of(folder: str | Path, names: set[str]) -> dict[str, Any
     meta = folder / EXPORT_CONFIG
     if meta.is_file():
         raw = read_json_object(meta).get("generation_defaults") or {}
-        return {k: v for k, v in raw.items() if k in names}
+        raw = {k: v for k, v in raw.items() if k in names}
+        check_setting_values(raw, name=lambda k: f"{meta}: generation_defaults {k!r}")
+        return raw
     return checkpoint_generation_defaults(folder, names)[0]

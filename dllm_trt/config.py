@@ -208,6 +208,8 @@ class ModelConfig:
     @classmethod
     def from_pretrained(cls, model_dir: str | Path) -> "ModelConfig":
         path = Path(model_dir) / "config.json"
+        if Path(model_dir).is_file():
+            raise DllmError(f"{model_dir} is a file; pass the folder that holds config.json and the *.safetensors")
         if not Path(model_dir).is_dir():
             raise DllmError(f"model folder {model_dir} does not exist; pass a local Hugging Face checkpoint folder")
         if not path.is_file():

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from .errors import DllmError
-from .runtime.settings import check_finite, check_min_int, check_setting_values
+from .runtime.setting_checks import check_finite, check_min_int
+from .runtime.settings import check_setting_values
 
 
 # the ranges of a decode setting are the library's (runtime.settings), whoever gives it
@@ -71,7 +72,10 @@ def check_decode_options(args: argparse.Namespace, gen, config, longest_prompt: 
     check_decode_values(args)
     limit = config.max_position_embeddings
     if longest_prompt + gen.gen_length > limit:
-        fix = (f"use --gen-length {limit - longest_prompt} or less" if longest_prompt < limit else
+        room = limit - longest_prompt
+        if config.attention == "bidirectional" and gen.block_length and room >= gen.block_length:
+            room -= room % gen.block_length  # the gen length is whole blocks
+        fix = (f"use --gen-length {room} or less" if longest_prompt < limit else
                f"shorten the prompt to at most {max(limit - gen.gen_length, 1)} tokens")
         raise DllmError(f"--gen-length {gen.gen_length} plus the prompt ({longest_prompt} tokens) exceeds the "
                         f"model's {limit} positions; {fix}")

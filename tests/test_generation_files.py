@@ -142,10 +142,11 @@ def test_dllm_generation_json_values_are_held_to_the_options_ranges(tmp_path, va
 def test_an_exports_recorded_defaults_are_checked(tmp_path):
     """An export written before these checks may record a bad default: reading it says which file."""
     from dllm_trt.runtime.generation_files import generation_defaults_of
+    from dllm_trt.runtime.settings import field_kinds
 
     (tmp_path / "dllm_config.json").write_text(json.dumps({"generation_defaults": {"threshold": "0.9"}}))
     with pytest.raises(DllmError, match=r"dllm_config.json: generation_defaults 'threshold' '0.9' is not a number"):
-        generation_defaults_of(tmp_path, {"threshold"})
+        generation_defaults_of(tmp_path, field_kinds())
 
 
 def test_sweep_values_are_held_to_the_options_ranges():

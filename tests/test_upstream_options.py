@@ -232,6 +232,8 @@ def test_a_prompt_past_the_model_window_says_what_to_shorten():
     gen = GenerationConfig(gen_length=16, block_length=8)
     with pytest.raises(DllmError, match="use --gen-length 8 or less"):
         check_decode_options(args, gen, cfg, limit - 8)
+    with pytest.raises(DllmError, match="use --gen-length 8 or less"):  # 12 would fit but is not whole blocks
+        check_decode_options(args, gen, cfg, limit - 12)
     with pytest.raises(DllmError, match=f"shorten the prompt to at most {limit - 16} tokens"):
         check_decode_options(args, gen, cfg, limit + 5)
     check_decode_options(args, gen, cfg, limit - 16)  # fits exactly

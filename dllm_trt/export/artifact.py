@@ -21,7 +21,7 @@ from ..contract import (CACHE_LAYOUT, CONFIG_FILE, DREAM_SAMPLER_FILE, FORMAT_VE
                         SAMPLER_FILE, SELECT_OUTPUTS, input_names, output_names, tensor_shapes)
 from ..runtime.chat import ChatTemplate, load_chat_template
 from ..runtime.generation_files import checkpoint_generation_defaults
-from ..runtime.settings import CACHE_MODES, GenerationConfig, folder_generation_defaults
+from ..runtime.settings import CACHE_MODES, GenerationConfig, field_kinds, folder_generation_defaults
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "generation_config.json", "dllm_generation.json")
@@ -62,8 +62,7 @@ def generation_defaults(model_dir: Path, config: ModelConfig, cache: str | None)
 
 def generation_sources(model_dir: Path) -> list[str]:
     """The checkpoint files the generation defaults were read from (recorded in dllm_config.json)."""
-    names = {f.name for f in dataclasses.fields(GenerationConfig)}
-    return checkpoint_generation_defaults(model_dir, names)[1]
+    return checkpoint_generation_defaults(model_dir, field_kinds())[1]
 
 
 def read_chat_template(model_dir: Path) -> ChatTemplate | None:

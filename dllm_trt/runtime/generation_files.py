@@ -24,7 +24,7 @@ from typing import Any
 
 from ..config import FAMILIES
 from ..errors import DllmError
-from .settings import check_setting_values
+from .setting_checks import check_values
 
 HF_GENERATION_FILE = "generation_config.json"
 DLLM_GENERATION_FILE = "dllm_generation.json"
@@ -97,8 +97,10 @@ def folder_family(folder: Path) -> str | None:
     return FAMILIES.get(str(model_type).lower())
 
 
-def checkpoint_generation_defaults(folder: Path, names: set[str]) -> tuple[dict[str, Any], list[str]]:
-    """Decode defaults of a checkpoint folder as GenerationConfig fields, and the files they came from."""
+def checkpoint_generation_defaults(folder: Path, kinds: dict[str, tuple[type, bool]]) -> tuple[dict[str, Any], list[str]]:
+    """Decode defaults of a checkpoint folder as GenerationConfig fields (``kinds``: settings.field_kinds()), checked
+    as the options are, and the files they came from."""
+    names = set(kinds)
     values: dict[str, Any] = {}
     sources: list[str] = []
     hf_path, own_path = folder / HF_GENERATION_FILE, folder / DLLM_GENERATION_FILE
@@ -110,11 +112,11 @@ def checkpoint_generation_defaults(folder: Path, names: set[str]) -> tuple[dict[
                           f"move them to {DLLM_GENERATION_FILE} (read from here for now, with their dllm-trt meaning)",
                           FutureWarning, stacklevel=3)
             legacy_values = {k: v for k, v in raw.items() if k in names}
-            check_setting_values(legacy_values, name=lambda k: f"{hf_path}: {k!r}")
+            check_values(legacy_values, kinds, name=lambda k: f"{hf_path}: {k!r}")
             values.update(legacy_values)
         else:
             mapped = {**hf_generation_fields(raw, str(hf_path)), **family_generation_fields(raw, folder_family(folder))}
-            check_setting_values(mapped, name=lambda k: f"{hf_path}: {k} (from its keys)")
+            check_values(mapped, kinds, name=lambda k: f"{hf_path}: {k} (from its keys)")
             values.update(mapped)
         sources.append(HF_GENERATION_FILE)
     if own_path.is_file():
@@ -123,19 +125,20 @@ def checkpoint_generation_defaults(folder: Path, names: set[str]) -> tuple[dict[
         if unknown:
             raise DllmError(f"{own_path}: unknown key {unknown[0]!r}; its keys are GenerationConfig's "
                             f"({', '.join(sorted(names))})")
-        check_setting_values(raw, name=lambda k: f"{own_path}: {k!r}")
+        check_values(raw, kinds, name=lambda k: f"{own_path}: {k!r}")
         values.update(raw)
         sources.append(DLLM_GENERATION_FILE)
     return {k: v for k, v in values.items() if k in names}, sources
 
 
-def generation_defaults_of(folder: str | Path, names: set[str]) -> dict[str, Any]:
+def generation_defaults_of(folder: str | Path, kinds: dict[str, tuple[type, bool]]) -> dict[str, Any]:
     """An export's recorded ``generation_defaults`` (dllm_config.json), else a checkpoint's files."""
+    names = set(kinds)
     folder = Path(folder)
     meta = folder / EXPORT_CONFIG
     if meta.is_file():
         raw = read_json_object(meta).get("generation_defaults") or {}
         raw = {k: v for k, v in raw.items() if k in names}
-        check_setting_values(raw, name=lambda k: f"{meta}: generation_defaults {k!r}")
+        check_values(raw, kinds, name=lambda k: f"{meta}: generation_defaults {k!r}")
         return raw
-    return checkpoint_generation_defaults(folder, names)[0]
+    return checkpoint_generation_defaults(folder, kinds)[0]

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..errors import DllmError
+from .setting_checks import check_values
 from .unmask import SCHED_SHAPES
 
 # Dream's diffusion_generate algorithms keep their upstream names (generation_config.json's "alg").
@@ -217,9 +218,11 @@ class GenerationConfig:
             raise DllmError("strategy 'freedave' needs cache none, temperature 0, draft_steps >= 1 and at most one "
                             f"step per token (got cache {c.cache}, temperature {c.temperature}, draft_steps "
                             f"{c.draft_steps}, steps {c.steps})")
-        if c.sched_shape not in SCHED_SHAPES or c.sched_low > c.sched_high:
-            raise DllmError(f"sched_shape must be one of {', '.join(SCHED_SHAPES)} (got {c.sched_shape!r}) and "
-                            f"sched_low ({c.sched_low}) <= sched_high ({c.sched_high})")
+        if c.sched_shape not in SCHED_SHAPES:
+            raise DllmError(f"sched_shape must be one of {', '.join(SCHED_SHAPES)} (got {c.sched_shape!r})")
+        if c.sched_low > c.sched_high:
+            raise DllmError(f"sched_low ({c.sched_low}) must be <= sched_high ({c.sched_high}): the margin threshold "
+                            "falls from a block's first step to its last")
         c.check_cache_refresh(attention)
         return c
 
@@ -254,7 +257,7 @@ def folder_generation_defaults(folder: str | Path) -> dict:
     keys) and ``dllm_generation.json`` (dllm-trt's own keys); see runtime/generation_files.py."""
     from .generation_files import generation_defaults_of
 
-    return generation_defaults_of(folder, {f.name for f in fields(GenerationConfig)})
+    return generation_defaults_of(folder, field_kinds())
 
 
 @dataclass
@@ -341,41 +344,8 @@ def generation_config_from_args(model_dir: str | Path, args) -> GenerationConfig
 
 
 # ----------------------------------------------------------------------------- settings a person gives
-def check_finite(name: str, value: float | None, lo: float | None = None, hi: float | None = None,
-                 lo_open: bool = False) -> None:
-    """Refuse NaN/inf and values outside [lo, hi] (``lo_open``: (lo, hi])."""
-    if value is None:
-        return
-    bad = not math.isfinite(value) or (lo is not None and (value <= lo if lo_open else value < lo)) or (
-        hi is not None and value > hi)
-    if bad:
-        low = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
-        high = "" if hi is None else f"<= {hi}"
-        rng = " and ".join(x for x in (low, high) if x) or "finite"
-        raise DllmError(f"{name} {value} is out of range: it must be a finite number {rng}")
-
-
-def check_min_int(name: str, value: int | None, minimum: int = 1) -> None:
-    if value is not None and value < minimum:
-        raise DllmError(f"{name} {value} is out of range: it must be an integer >= {minimum}")
-
-
-# The ranges of decode settings wherever a person gives them: options, dllm_generation.json,
-# generation_config.json, profile --sweep. (The library accepts threshold > 1, meaning "one token per step", and
-# factor 0; from a person those are typos.) Numbers: (lo, hi, lo_open); integers: the minimum.
-NUMBER_RANGES = {"threshold": (0.0, 1.0, True), "factor": (0.0, None, True), "temperature": (0.0, None, False),
-                 "top_p": (0.0, 1.0, False), "low_threshold": (0.0, 1.0, False), "relaxed_threshold": (0.0, 1.0, False),
-                 "credit_decay": (0.0, 1.0, False), "credit_alpha": (0.0, None, False), "sched_high": (0.0, None, False),
-                 "sched_low": (0.0, None, False), "credit_gamma": (0.0, None, True),
-                 "dllm_refresh_ratio": (0.0, 1.0, False), "elastic_gamma": (0.0, None, False),
-                 "alg_temp": (0.0, None, False), "cfg_scale": (0.0, None, False)}
-INT_MINIMUMS = {"gen_length": 1, "block_length": 1, "steps": 1, "sub_block_length": 1, "block_size": 1, "top_k": 0,
-                "radius": 0, "draft_steps": 1, "dllm_prompt_interval": 1, "dllm_response_interval": 1,
-                "elastic_window": 1, "seed": 0}
-
-
-def _field_kinds() -> dict[str, tuple[type, bool]]:
-    """GenerationConfig field -> (its value type, None allowed)."""
+def field_kinds() -> dict[str, tuple[type, bool]]:
+    """GenerationConfig field -> (its value type, None allowed): what setting_checks holds values to."""
     import typing
 
     hints = typing.get_type_hints(GenerationConfig)
@@ -388,29 +358,6 @@ def _field_kinds() -> dict[str, tuple[type, bool]]:
 
 
 def check_setting_values(values: dict, name=lambda key: key) -> None:
-    """Types and ranges of decode settings a person gave (a file's keys, options, a sweep's values), so a file is
-    held to what the command line is: "16" for an integer, -3 for a threshold or "no" for a flag is refused with
-    the setting's name (``name(key)``: how the source spells it), not met later as a TypeError or a silently
-    different decode."""
-    kinds = _field_kinds()
-    for key, v in values.items():
-        if key not in kinds:
-            continue
-        kind, optional = kinds[key]
-        if v is None:
-            if optional:
-                continue
-            raise DllmError(f"{name(key)} is null: it needs a {kind.__name__}")
-        ok = (isinstance(v, bool) if kind is bool else
-              isinstance(v, (int, float)) and not isinstance(v, bool) if kind is float else
-              isinstance(v, int) and not isinstance(v, bool) if kind is int else isinstance(v, kind))
-        if not ok:
-            what = {bool: "true or false", float: "a number", int: "an integer", str: "a string"}.get(kind, kind.__name__)
-            raise DllmError(f"{name(key)} {v!r} is not {what}")
-        if key in NUMBER_RANGES:
-            lo, hi, lo_open = NUMBER_RANGES[key]
-            check_finite(name(key), float(v), lo=lo, hi=hi, lo_open=lo_open)
-        elif key in INT_MINIMUMS:
-            check_min_int(name(key), v, INT_MINIMUMS[key])
-        elif key == "eps" and not (math.isfinite(v) and 0.0 <= v < 1.0):
-            raise DllmError(f"{name(key)} {v} is out of range: it must be a number >= 0 and < 1")
+    """Types and ranges of decode settings a person gave (options, a sweep's values; files are checked where
+    they are read, runtime/generation_files.py), naming each as ``name(key)`` spells it."""
+    check_values(values, field_kinds(), name)

@@ -330,6 +330,9 @@ class OrtBackend:
             raise DllmError(f"{artifact_dir} holds a bf16 graph and ONNX Runtime's CPU provider has no bf16 kernels; "
                             "run it with provider='cuda' (pip install onnxruntime-gpu), or export with --dtype fp32/fp16 for CPU")
         model_path = Path(artifact_dir) / meta.get("model_file", MODEL_FILE)
+        if not model_path.is_file() and "engine" in meta:
+            raise DllmError(f"{artifact_dir} is an engine folder (dllm-trt build): run it with --backend trt; "
+                            "ONNX Runtime runs the export folder it was built from")
         if not model_path.is_file():
             raise DllmError(f"{model_path} is missing; the export is incomplete, re-export the model")
         io_binding = on_device if io_binding is None else bool(io_binding)

@@ -145,6 +145,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     model_dir = Path(args.model)
     if (model_dir / "dllm_config.json").is_file():
+        # an export runs on ONNX Runtime at the dtype it was exported with: PyTorch's options would be ignored
+        if args.device != "cpu" or args.dtype != "fp32":
+            raise DllmError(f"--device / --dtype apply to checkpoint folders (PyTorch); {model_dir} is an export "
+                            "(ONNX Runtime, its dtype fixed at export): use --provider cuda, or export with --dtype")
         return cmd_run(argparse.Namespace(**{**vars(args), "engine": args.model}))
     if args.provider not in (None, "cpu"):
         raise DllmError(f"--provider {args.provider} applies to exported folders (ONNX Runtime); {model_dir} is a "

@@ -79,9 +79,19 @@ def check_decode_options(args: argparse.Namespace, gen, config, longest_prompt: 
                f"shorten the prompt to at most {max(limit - gen.gen_length, 1)} tokens")
         raise DllmError(f"--gen-length {gen.gen_length} plus the prompt ({longest_prompt} tokens) exceeds the "
                         f"model's {limit} positions; {fix}")
+    from .runtime.decode import DREAM_ALGS
     from .runtime.settings import THRESHOLD_RULES
 
     resolved = gen.resolved(config.attention)
+    filters = [f"--{n.replace('_', '-')}" for n in ("top_k", "top_p") if getattr(args, n, None) is not None]
+    if filters and resolved.temperature == 0 and resolved.strategy not in DREAM_ALGS:
+        one = len(filters) == 1
+        raise DllmError(f"{' and '.join(filters)} {'applies' if one else 'apply'} to sampling (--temperature > 0) "
+                        "and this decode is greedy (only Dream's strategies read them at temperature 0): add "
+                        f"--temperature or drop {'it' if one else 'them'}")
+    if getattr(args, "read_one_block_prompt", False) and not (config.attention == "block_causal" and config.logits_shift):
+        raise DllmError(f"--read-one-block-prompt applies to Fast-dLLM v2-style block diffusion (shifted logits); "
+                        f"{config.model_type} reads every prompt: drop it")
     given = lambda name: getattr(args, name, None) is not None  # noqa: E731
     if given("threshold") and resolved.strategy not in ("confidence_threshold", *THRESHOLD_RULES):
         raise DllmError(f"--threshold applies to the threshold rules only ({', '.join(THRESHOLD_RULES)}; the "

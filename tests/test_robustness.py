@@ -109,13 +109,40 @@ RUN_CASES = {
     "threshold without strategy": (["--threshold", "0.5"], "--strategy threshold"),
     "sub-block on llada": (["--sub-block-length", "4"], "--sub-block-length"),
     "gen-length too long": (["--gen-length", "100000"], "positions"),
+    "top-k when greedy": (["--top-k", "5"], "--top-k applies to sampling"),
+    "top-p when greedy": (["--top-p", "0.5", "--top-k", "3"], "--top-k and --top-p apply to sampling"),
+    "one-block prompt on llada": (["--read-one-block-prompt"], "--read-one-block-prompt applies to"),
+    "dtype on an export": (["--dtype", "bf16"], "--device / --dtype apply to checkpoint folders"),
 }
 
 
 @pytest.mark.parametrize("case", RUN_CASES)
 def test_run_options_refused(export_dir, capsys, case):
     extra, needle = RUN_CASES[case]
+    if "--dtype" in extra:  # generate's option: an export given to generate runs on ONNX Runtime
+        one_line_error(capsys, ["generate", "--model", export_dir, *PROMPT, *extra], needle)
+        return
     one_line_error(capsys, ["run", "--engine", export_dir, *PROMPT, *extra], needle)
+
+
+def test_sampling_filters_are_read_when_sampling_or_by_dream(export_dir, capsys):
+    """--top-k / --top-p are refused only where nothing reads them: sampling reads them, and so do Dream's
+    strategies at temperature 0 (their statistics come from the filtered distribution)."""
+    assert main(["run", "--engine", str(export_dir), *PROMPT, "--top-k", "5", "--temperature", "0.5"]) == 0
+    capsys.readouterr()
+    from dllm_trt.options import check_decode_options
+    from dllm_trt.runtime import GenerationConfig
+    from conftest import tiny_config
+    import argparse
+    args = argparse.Namespace(**{f: None for f in GenerationConfig.__dataclass_fields__})
+    args.top_p = 0.9
+    check_decode_options(args, GenerationConfig(gen_length=16, block_length=16, strategy="entropy"),
+                         tiny_config("dream"), 4)
+
+
+def test_calibration_samples_bounded(capsys, tmp_path):
+    one_line_error(capsys, ["calibrate", "--model", LLADA, "--out", tmp_path / "c.npz", "--samples", "100000000"],
+                   "--samples 100000000")
 
 
 def test_block_length_on_block_diffusion(tmp_path, capsys):

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import DllmError
+
 from .data import DEFAULT_RATIOS
 
 METHODS = ("int4-rtn", "int4-awq", "int8", "fp8")
@@ -68,11 +70,17 @@ def add_calibration_commands(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(func=run_quantize)
 
 
+MAX_SAMPLES = 100_000
+
+
 def run_calibrate(args: argparse.Namespace) -> int:
     from ..options import positive_int
     from .data import build_calibration, save_calibration
 
     positive_int("--samples", args.samples)
+    if args.samples > MAX_SAMPLES:  # each sample is a row per mask ratio, held in memory with its activations
+        raise DllmError(f"--samples {args.samples} is more than {MAX_SAMPLES}; calibration needs hundreds (the "
+                        "default is 128), not millions")
     positive_int("--seed", args.seed, minimum=0)
     calib = build_calibration(args.model, args.data, args.samples, args.mask_ratios, plain=args.plain, seed=args.seed)
     report = save_calibration(calib, args.out)

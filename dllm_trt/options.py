@@ -173,6 +173,8 @@ def check_output_dir(option: str, path: str | None) -> None:
     if path is None:
         return
     p = Path(path)
+    if p.is_symlink():  # the folder is renamed into place: the link itself would be replaced, not its target
+        raise DllmError(f"{option} {path} is a symbolic link (to {os.readlink(p)}); pass the folder it points to")
     if p.exists() and not p.is_dir():
         raise DllmError(f"{option} {path} is a file; it needs a folder path (it is created if missing)")
     _writable_ancestor(option, path, p.absolute().parent)

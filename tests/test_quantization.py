@@ -160,6 +160,11 @@ def test_calibration_from_jsonl(exports, tmp_path):
     f.write_text('{"prompt": "add:1+2=", "answer": "3"}\n\n{"text": "rev:abc=cba"}\n')
     c = build_calibration(exports["dream-tiny"], f, None, (0.5, 1.0))
     assert c.meta["samples"] == 2 and len(c) == 4
+    for line, key in (('{"prompt": ["a", "b"]}', "prompt"), ('{"prompt": null}', "prompt"),
+                      ('{"prompt": "x", "answer": 3}', "answer"), ('{"text": {"t": 1}}', "text")):
+        f.write_text(line + "\n")  # str() would have calibrated on "['a', 'b']" / "None"
+        with pytest.raises(DllmError, match=f'data.jsonl:1: "{key}" must be a string'):
+            build_calibration(exports["dream-tiny"], f, None, (0.5, 1.0))
 
 
 # ---------------------------------------------------------------------- INT4

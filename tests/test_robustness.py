@@ -378,3 +378,20 @@ def test_profile_reports_are_written_whole(tmp_path):
         write_file(dest, fails)
     assert dest.read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_symlinked_out_is_refused(tmp_path, capsys):
+    """--out is renamed into place: a symbolic link there would be replaced by a folder, its target left stale."""
+    target = tmp_path / "target"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    one_line_error(capsys, ["export", "--model", LLADA, "--out", tmp_path / "link"], "symbolic link", str(target))
+
+
+def test_calibration_file_is_readable_by_others(tmp_path, capsys):
+    """The .npz is written atomically (atomic.write_file) with the usual 0644, not mkstemp's 0600."""
+    out = tmp_path / "c.npz"
+    assert main(["calibrate", "--model", str(LLADA), "--out", str(out), "--samples", "2"]) == 0
+    capsys.readouterr()
+    assert oct(out.stat().st_mode & 0o777) == "0o644"
+    assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]

@@ -34,8 +34,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -43,6 +41,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..config import ModelConfig
+from ..atomic import write_file
 from ..errors import DllmError
 from ..runtime.layout import attention_bias
 from ..runtime.settings import GenerationConfig, folder_generation_defaults
@@ -123,10 +122,14 @@ def read_examples(data: str | Path, n: int | None, tok: TextTokenizer, gen_lengt
             raise DllmError(f"{path}:{i} is not valid JSON: {e}") from e
         if not isinstance(d, dict):
             raise DllmError(f"{path}:{i}: expected a JSON object")
+        fields = {k: d[k] for k in ("prompt", "answer", "text") if k in d}
+        bad = next((k for k, v in fields.items() if not isinstance(v, str)), None)
+        if bad is not None:  # str() would calibrate on "['a', 'b']" or "None"
+            raise DllmError(f'{path}:{i}: "{bad}" must be a string (got {type(d[bad]).__name__})')
         if "prompt" in d:
-            p, a = tok.encode(str(d["prompt"])), tok.encode(str(d.get("answer", "")))
+            p, a = tok.encode(d["prompt"]), tok.encode(d.get("answer", ""))
         elif "text" in d:
-            ids = tok.encode(str(d["text"]))
+            ids = tok.encode(d["text"])
             cut = len(ids) - min(gen_length, len(ids) // 2)
             p, a = ids[:cut], ids[cut:]
         else:
@@ -387,17 +390,14 @@ def save_calibration(calib: CalibrationSet, path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.suffix != ".npz":
         raise DllmError(f"--out {path}: the calibration file must end in .npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        arrays = dict(calib.arrays)
-        arrays["meta"] = np.array(json.dumps(calib.meta))  # a 0-d unicode array: loads without pickle
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    arrays = dict(calib.arrays)
+    arrays["meta"] = np.array(json.dumps(calib.meta))  # a 0-d unicode array: loads without pickle
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a path
+            np.savez(f, **arrays)
+
+    write_file(path, write)
     return {"out": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path), **summary(calib)}
 
 

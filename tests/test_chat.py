@@ -192,3 +192,14 @@ def test_template_bos_is_not_doubled_by_the_post_processor():
     assert EXPECTED["bpe"]["llada"]["plain_with_special_tokens"][0] == bos  # the post-processor is there
     ids = prompt_ids(folder, tok, prompt="What is 457 + 368?")
     assert ids[0] == bos and ids.count(bos) == 1
+
+
+def test_a_chat_template_that_is_not_text_is_named(tmp_path):
+    """A number or an object where the template goes is a damaged tokenizer_config.json: refused with the file
+    named, not read as "no template" (prompts would go to the model without their role markers)."""
+    for value in (5, {"default": "x"}):
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": value}))
+        with pytest.raises(DllmError, match="chat_template is"):
+            load_chat_template(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": None}))
+    assert load_chat_template(tmp_path) is None

@@ -86,6 +86,9 @@ def _template_from_config_value(value: Any) -> str | None:
         named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
         default = named.get("default")
         return default if isinstance(default, str) else None
+    if value is not None:  # a number or an object: a damaged file, not "no template" (prompts would go unwrapped)
+        raise DllmError(f"tokenizer_config.json's chat_template is {type(value).__name__} {value!r:.40}: it must be "
+                        "the template text or a list of {\"name\", \"template\"}; copy the file again from the checkpoint")
     return None
 
 

@@ -395,3 +395,18 @@ def test_calibration_file_is_readable_by_others(tmp_path, capsys):
     capsys.readouterr()
     assert oct(out.stat().st_mode & 0o777) == "0o644"
     assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]
+
+
+@pytest.mark.parametrize("method,extra,needle", [
+    ("int4-rtn", ["--clip"], "--clip applies to --method int4-awq only"),
+    ("int4-rtn", ["--smooth-alpha", "0.3"], "--smooth-alpha applies to --method int8 only"),
+    ("int8", ["--asymmetric"], "--symmetric / --asymmetric applies to --method int4-rtn / int4-awq only"),
+    ("int8", ["--accuracy-level", "4"], "--accuracy-level applies"),
+    ("fp8", ["--block-size", "64"], "--block-size applies"),
+    ("int4-rtn", ["--format", "qdq", "--bits", "2"], "--bits applies to --method int4-rtn / int4-awq with --format nbits"),
+])
+def test_quantize_options_of_another_method_refused(export_dir, tmp_path, capsys, method, extra, needle):
+    """An option of one method given with another was silently ignored; now refused before any work."""
+    one_line_error(capsys, ["quantize", "--onnx", export_dir, "--out", tmp_path / "q", "--method", method, *extra],
+                   needle)
+    assert not (tmp_path / "q").exists()

@@ -162,6 +162,15 @@ def test_cancel_frees_the_slot_and_the_others_are_unaffected(model):
         engine.close()
 
 
+def test_max_model_len_past_the_engine_is_refused(model):
+    """--max-model-len beyond the engine's positions was capped silently (clients met the smaller limit one
+    request at a time); it is refused at start, and a smaller one is kept."""
+    be, tok, gen = model("llada-tiny")
+    with pytest.raises(DllmError, match="max_model_len 100000 is more than the 128 positions"):
+        BatchEngine(be, gen, max_batch=1, capacity=100000)
+    assert BatchEngine(be, gen, max_batch=1, capacity=64).max_positions == 64
+
+
 def test_queue_bound_and_request_checks(model):
     be, tok, gen = model("llada-tiny")
     hold = threading.Event()

@@ -44,8 +44,8 @@ def add_calibration_commands(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--out", required=True, help="quantized folder to write (replaced if it is an earlier export)")
     q.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
     q.add_argument("--calib", help="calibration .npz from `dllm-trt calibrate` (needed by int4-awq, int8, fp8)")
-    q.add_argument("--block-size", type=int, default=32, help="INT4 block along K (power of two >= 16; default 32)")
-    q.add_argument("--format", default="nbits", choices=["nbits", "qdq"],
+    q.add_argument("--block-size", type=int, help="INT4 block along K (power of two >= 16; default 32)")
+    q.add_argument("--format", choices=["nbits", "qdq"],
                    help="INT4 graph form: nbits = com.microsoft MatMulNBits (ONNX Runtime), qdq = blockwise "
                         "DequantizeLinear, opset 21 (TensorRT); default nbits")
     sym = q.add_mutually_exclusive_group()
@@ -53,12 +53,12 @@ def add_calibration_commands(subparsers: argparse._SubParsersAction) -> None:
                      help="INT4 without zero points (default for --format qdq)")
     sym.add_argument("--asymmetric", dest="symmetric", action="store_false",
                      help="INT4 with zero points (default for --format nbits)")
-    q.add_argument("--bits", type=int, default=4, choices=[2, 4],
+    q.add_argument("--bits", type=int, choices=[2, 4],
                    help="weight bits of int4-rtn / int4-awq with --format nbits (2 = stress test; default 4)")
     q.add_argument("--keep-lm-head", action="store_true", help="leave the LM head in floating point")
     q.add_argument("--accuracy-level", type=int, choices=[0, 1, 2, 3, 4], default=None,
                    help="MatMulNBits accuracy_level (4 = int8 compute on CPU: faster, slightly less exact)")
-    q.add_argument("--smooth-alpha", type=float, default=0.5, help="int8 SmoothQuant migration strength (0 = off)")
+    q.add_argument("--smooth-alpha", type=float, help="int8 SmoothQuant migration strength (0 = off; default 0.5)")
     q.add_argument("--clip", action="store_true",
                    help="int4-awq: add AWQ's per-block weight clipping search (off by default: it hurt end-to-end "
                         "accuracy on the tiny checkpoints)")
@@ -94,17 +94,37 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_method_options(args: argparse.Namespace) -> None:
+    """Options of one quantization method given with another are refused, not ignored."""
+    int4 = args.method in ("int4-rtn", "int4-awq")
+    nbits = int4 and (args.format or "nbits") == "nbits"
+    applies = {"--block-size": (args.block_size is not None, int4, "int4-rtn / int4-awq"),
+               "--format": (args.format is not None, int4, "int4-rtn / int4-awq"),
+               "--symmetric / --asymmetric": (args.symmetric is not None, int4, "int4-rtn / int4-awq"),
+               "--bits": (args.bits is not None, nbits, "int4-rtn / int4-awq with --format nbits"),
+               "--accuracy-level": (args.accuracy_level is not None, nbits, "int4-rtn / int4-awq with --format nbits"),
+               "--smooth-alpha": (args.smooth_alpha is not None, args.method == "int8", "int8"),
+               "--clip": (args.clip, args.method == "int4-awq", "int4-awq")}
+    for option, (given, ok, where) in applies.items():
+        if given and not ok:
+            raise DllmError(f"{option} applies to --method {where} only (here --method {args.method}"
+                            f"{'' if args.method not in ('int4-rtn', 'int4-awq') else ' --format ' + (args.format or 'nbits')}); "
+                            "drop it")
+
+
 def run_quantize(args: argparse.Namespace) -> int:
     from ..options import require_intact
     from .quantizer import quantize
 
+    check_method_options(args)
     require_intact(Path(args.onnx), full_hash=True)  # the source as written: sizes and SHA-256
     log = (lambda s: print(s, file=sys.stderr)) if args.json else None
-    report = quantize(args.onnx, args.out, args.method, calib=args.calib, block_size=args.block_size,
-                      symmetric=args.symmetric, fmt=args.format, keep_lm_head=args.keep_lm_head,
-                      accuracy_level=args.accuracy_level, smooth_alpha=args.smooth_alpha, awq_clip=args.clip,
+    report = quantize(args.onnx, args.out, args.method, calib=args.calib,
+                      block_size=32 if args.block_size is None else args.block_size, symmetric=args.symmetric,
+                      fmt=args.format or "nbits", keep_lm_head=args.keep_lm_head, accuracy_level=args.accuracy_level,
+                      smooth_alpha=0.5 if args.smooth_alpha is None else args.smooth_alpha, awq_clip=args.clip,
                       validate=not args.no_validate, progress=not args.json and sys.stderr.isatty(),
-                      bits=args.bits, log=log, min_top1=args.min_top1)
+                      bits=4 if args.bits is None else args.bits, log=log, min_top1=args.min_top1)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

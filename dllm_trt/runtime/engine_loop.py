@@ -214,6 +214,10 @@ class BatchEngine:
         bs = self.gen.block_size or self.config.block_size or 0
         self.extra = bs + 1 if self.config.attention == "block_causal" else 0  # DecodeLoop's spare block
         top = int(getattr(backend, "max_positions", None) or self.config.max_position_embeddings)
+        if capacity and capacity > top:  # capped silently, a client would meet the smaller limit request by request
+            raise DllmError(f"max_model_len {capacity} is more than the {top} positions this engine holds (its shape "
+                            f"range or the model's window); use --max-model-len {top} or less, or export/build "
+                            "for longer sequences")
         self.max_positions = min(top, capacity) if capacity else top
         self.capacity = self.max_positions + self.extra
         self.on_step = on_step

@@ -151,9 +151,12 @@ def read_artifact_config(artifact_dir: str | Path) -> dict[str, Any]:
     fmt = meta.get("format_version") if isinstance(meta, dict) else None
     if fmt != FORMAT_VERSION:
         made_by = meta.get("dllm_trt_version", "an unknown version") if isinstance(meta, dict) else "an unknown version"
-        raise DllmError(f"{d} was exported by dllm-trt {made_by} in artefact format {fmt!r}; this dllm-trt "
-                        f"{__version__} reads format {FORMAT_VERSION}. Re-export the checkpoint with this version "
-                        "(`dllm-trt export --model CKPT --out DIR`) or use the dllm-trt that made it.")
+        engine = isinstance(meta, dict) and "engine" in meta
+        redo = ("Rebuild the engine with this version (`dllm-trt export`, then `dllm-trt build`)" if engine else
+                "Re-export the checkpoint with this version (`dllm-trt export --model CKPT --out DIR`)")
+        raise DllmError(f"{d} was {'built' if engine else 'exported'} by dllm-trt {made_by} in artefact format "
+                        f"{fmt!r}; this dllm-trt {__version__} reads format {FORMAT_VERSION}. {redo} or use the "
+                        "dllm-trt that made it.")
     for key in ("hf_config", "dtype", "inputs", "outputs"):
         if key not in meta:
             raise DllmError(f"{path} lacks {key!r}; re-export the model with `dllm-trt export`")

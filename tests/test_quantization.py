@@ -329,7 +329,7 @@ def test_clear_errors(exports, calib_files, tmp_path):
         quantize(src, tmp_path / "x", "int4-rtn", block_size=48)
     with pytest.raises(DllmError, match="not a dllm-trt export.*export it first"):
         quantize(CKPTS / "llada-tiny", tmp_path / "x", "int4-rtn")
-    with pytest.raises(DllmError, match="replace the checkpoint folder"):
+    with pytest.raises(DllmError, match="replace the source folder"):
         quantize(src, src, "int4-rtn")
     bad = tmp_path / "bad.npz"
     np.savez(bad, x=np.zeros(3))

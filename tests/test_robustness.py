@@ -410,3 +410,21 @@ def test_quantize_options_of_another_method_refused(export_dir, tmp_path, capsys
     one_line_error(capsys, ["quantize", "--onnx", export_dir, "--out", tmp_path / "q", "--method", method, *extra],
                    needle)
     assert not (tmp_path / "q").exists()
+
+
+def test_options_that_do_not_apply_to_profile_and_calibrate(export_dir, tmp_path, capsys):
+    one_line_error(capsys, ["profile", "--engine", export_dir, "--n", "1", "--dtype", "bf16"],
+                   "--dtype applies to --backend torch")
+    one_line_error(capsys, ["calibrate", "--model", LLADA, "--out", tmp_path / "c.npz", "--plain",
+                            "--mask-ratios", "0.5"], "--mask-ratios applies to masked")
+
+
+def test_a_future_engine_folder_says_rebuild(export_dir, tmp_path, capsys):
+    """An engine folder (dllm-trt build) of another format version: rebuild, not re-export only."""
+    d = tmp_path / "engine"
+    shutil.copytree(export_dir, d)
+    meta = json.loads((d / "dllm_config.json").read_text())
+    meta["format_version"] = 999
+    meta["engine"] = {"file": "model.engine"}
+    (d / "dllm_config.json").write_text(json.dumps(meta))
+    one_line_error(capsys, ["run", "--engine", d, *PROMPT], "Rebuild the engine")

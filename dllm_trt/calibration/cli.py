@@ -27,7 +27,7 @@ def add_calibration_commands(subparsers: argparse._SubParsersAction) -> None:
                    help='`builtin` (the synthetic tasks, held-out prompts excluded) or a JSONL file of '
                         '{"prompt": ..., "answer": ...} or {"text": ...} lines (default builtin)')
     p.add_argument("--samples", type=int, default=128, help="examples to use (each gives one row per mask ratio)")
-    p.add_argument("--mask-ratios", default=",".join(str(r) for r in DEFAULT_RATIOS),
+    p.add_argument("--mask-ratios",
                    help="masked fraction of the block being denoised, comma-separated (default 0.25,0.5,0.75,1.0)")
     p.add_argument("--plain", action="store_true", help="unmasked prompt + answer rows (contrast; not recommended)")
     p.add_argument("--seed", type=int, default=0)
@@ -82,7 +82,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise DllmError(f"--samples {args.samples} is more than {MAX_SAMPLES}; calibration needs hundreds (the "
                         "default is 128), not millions")
     positive_int("--seed", args.seed, minimum=0)
-    calib = build_calibration(args.model, args.data, args.samples, args.mask_ratios, plain=args.plain, seed=args.seed)
+    if args.plain and args.mask_ratios is not None:
+        raise DllmError("--mask-ratios applies to masked calibration rows; --plain rows have no masks: drop one")
+    ratios = args.mask_ratios if args.mask_ratios is not None else DEFAULT_RATIOS
+    calib = build_calibration(args.model, args.data, args.samples, ratios, plain=args.plain, seed=args.seed)
     report = save_calibration(calib, args.out)
     if args.json:
         print(json.dumps(report, indent=2))

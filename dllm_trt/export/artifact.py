@@ -147,7 +147,8 @@ def check_out_dir(out: Path, model_dir: Path) -> None:
     """Refuse destinations that would destroy something that is not an earlier export."""
     out_r, model_r = out.resolve(), model_dir.resolve()
     if out_r == model_r or model_r.is_relative_to(out_r):
-        raise DllmError(f"--out {out} would replace the checkpoint folder {model_dir}; pick another folder")
+        raise DllmError(f"--out {out} would replace the source folder {model_dir} (what is being read); pick "
+                        "another folder")
     if out.exists():
         if not out.is_dir():
             raise DllmError(f"--out {out} exists and is a file; pick a folder path")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import DllmError
+
 DESCRIPTION = """\
 Latency profile of a decode setting (or a grid of them) on an exported folder (ORT) or a
 checkpoint folder (torch): per-forward latency (median, p90) by forward kind, a per-step
@@ -77,6 +79,9 @@ def run_profile(args: argparse.Namespace) -> int:
     from .session import profile_engine
 
     check_decode_values(args)
+    if args.backend != "torch" and args.dtype != "fp32":  # an export's dtype was fixed when it was exported
+        raise DllmError(f"--dtype applies to --backend torch (checkpoint weights); --backend {args.backend} runs the "
+                        "folder at the dtype it was exported with: drop --dtype, or export with --dtype")
     positive_int("--n", args.n)
     positive_int("--threads", args.threads)
     positive_int("--synthetic-prompt-len", args.synthetic_prompt_len)

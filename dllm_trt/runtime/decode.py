@@ -135,6 +135,7 @@ class DecodeLoop:
                                 "wrong; copy the tokenizer files from the checkpoint the model came from")
         prompts = self._upstream_prompts(prompts)
         self.prompt_len = np.array([len(p) for p in prompts])
+        self.empty_prompt = bool((self.prompt_len == 0).any())  # _equal_rows_without_context's precondition
         self.batch = len(prompts)
         self.shift = 1 if self.cfg.logits_shift else 0
         self.mask_id = self.cfg.mask_token_id
@@ -262,8 +263,9 @@ class DecodeLoop:
         values returns that value, layer after layer. Upstream's float32 rows tie to the last bit there, and its
         threshold rule takes the first position; this model's rows differed in the last bits and another
         position won. Such rows are made equal (row 0's statistics), so the tie goes to the first position.
-        Greedy only: sampled rows are independent draws."""
-        if self.gen.cfg_scale > 0 or self.gen.temperature > 0:
+        Greedy only: sampled rows are independent draws. Only a prompt decoded as empty can give such a window
+        (any other sequence has its prompt in the window or the cache), so other requests skip the check."""
+        if not self.empty_prompt or self.gen.cfg_scale > 0 or self.gen.temperature > 0:
             return out
         blank = (~w.past_valid.any(axis=1)) & np.all((input_ids == self.mask_id) | ~w.valid, axis=1)
         if not blank.any():

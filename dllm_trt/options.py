@@ -9,10 +9,10 @@ from pathlib import Path
 
 from .errors import DllmError
 from .runtime.setting_checks import check_finite, check_min_int
-from .runtime.settings import check_setting_values
+from .runtime.settings import GenerationConfig, check_setting_values
 
 
-# the ranges of a decode setting are the library's (runtime.settings), whoever gives it
+# the ranges of a decode setting are the library's (runtime/setting_checks.py), whoever gives it
 finite = check_finite
 positive_int = check_min_int
 
@@ -60,10 +60,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
 def check_decode_values(args: argparse.Namespace) -> None:
     """Types and ranges of the decode options given on the command line (runtime.settings.check_setting_values,
     as for dllm_generation.json and --sweep)."""
-    from .runtime.settings import GenerationConfig
-    from dataclasses import fields
-
-    given = {f.name: getattr(args, f.name) for f in fields(GenerationConfig) if getattr(args, f.name, None) is not None}
+    given = {f: getattr(args, f) for f in GenerationConfig.__dataclass_fields__ if getattr(args, f, None) is not None}
     check_setting_values(given, name=lambda key: "--" + key.replace("_", "-"))
 
 

@@ -74,7 +74,7 @@ def add_profile_commands(subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    from ..options import check_decode_values, check_output_dir, check_output_file, positive_int
+    from ..options import check_decode_values, positive_int
     from .report import format_report, write_csv, write_json
     from .session import profile_engine
 
@@ -85,10 +85,7 @@ def run_profile(args: argparse.Namespace) -> int:
     positive_int("--n", args.n)
     positive_int("--threads", args.threads)
     positive_int("--synthetic-prompt-len", args.synthetic_prompt_len)
-    check_output_dir("--plots", args.plots)
-    check_output_file("--csv", args.csv)
-    if args.json != "-":
-        check_output_file("--json", args.json)
+    # --plots / --csv / --json were checked by the CLI before the command (options.check_output_paths)
     report = profile_engine(args)
     if args.plots and report["sweep"]["marked"] is not None:
         from .plots import write_plots

@@ -439,7 +439,7 @@ def test_out_dir_safety_and_atomic_write(exported, tmp_path, monkeypatch):
     (busy / "notes.txt").write_text("mine")
     with pytest.raises(DllmError, match="not a dllm-trt export"):
         export_onnx(ckpt, busy, progress=False)
-    with pytest.raises(DllmError, match="replace the checkpoint"):
+    with pytest.raises(DllmError, match="replace the source folder"):
         export_onnx(ckpt, ckpt, progress=False)
 
     from dllm_trt.export import onnx_export

@@ -183,7 +183,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Export the bundled checkpoint once (cached under --workdir), then decode on ONNX Runtime CPU."""
     model_dir = Path(args.model) if args.model else BUNDLED / DEMO_MODEL
     if not (model_dir / "config.json").is_file():
-        raise DllmError(f"bundled checkpoint {model_dir} not found; pass --model CKPT")
+        if args.model:  # the user's folder: say what it is not
+            what = ("an export (run it with `dllm-trt run --engine`)" if (model_dir / "dllm_config.json").is_file()
+                    else "missing" if not model_dir.exists() else "not a checkpoint folder (no config.json)")
+            raise DllmError(f"--model {model_dir} is {what}; demo takes a Hugging Face checkpoint folder")
+        raise DllmError(f"the bundled checkpoint {model_dir} is missing from this installation; reinstall dllm-trt "
+                        "or pass --model CKPT")
     from .demo_cache import demo_export_dir, usable_export
 
     engine = demo_export_dir(Path(args.workdir), model_dir)

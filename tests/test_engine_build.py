@@ -122,6 +122,19 @@ def test_check_engine_without_gpu(built):
     assert rc == 0 and "engine OK" in out
 
 
+def test_check_engine_record_without_its_hash(built, tmp_path):
+    """A record whose SHA-256 was removed says so (it printed "differs from the record None")."""
+    import shutil
+
+    folder = tmp_path / "edited"
+    shutil.copytree(built["llada-tiny"][0], folder)
+    meta = json.loads((folder / "dllm_config.json").read_text())
+    del meta["engine"]["sha256"]
+    (folder / "dllm_config.json").write_text(json.dumps(meta))
+    with pytest.raises(DllmError, match="sha256: the engine record has no SHA-256"):
+        check_engine(folder)
+
+
 def test_second_build_reuses_the_cache(built, onnx16, tmp_path):
     folder, first = built["dream-tiny"]
     cache = folder.parent / "cache"

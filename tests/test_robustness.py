@@ -428,3 +428,18 @@ def test_a_future_engine_folder_says_rebuild(export_dir, tmp_path, capsys):
     meta["engine"] = {"file": "model.engine"}
     (d / "dllm_config.json").write_text(json.dumps(meta))
     one_line_error(capsys, ["run", "--engine", d, *PROMPT], "Rebuild the engine")
+
+
+def test_demo_model_and_calibration_file_messages(export_dir, tmp_path, capsys):
+    """What a wrong path is, said as it is: an export given to demo, a folder or a text file given as --calib
+    (numpy called a text file "pickled data")."""
+    one_line_error(capsys, ["demo", "--model", export_dir, "--workdir", tmp_path / "w"], "is an export")
+    one_line_error(capsys, ["demo", "--model", tmp_path / "nope", "--workdir", tmp_path / "w"], "is missing")
+    text = tmp_path / "c.jsonl"
+    text.write_text('{"prompt": "a"}\n')
+    one_line_error(capsys, ["quantize", "--onnx", export_dir, "--out", tmp_path / "q", "--method", "int8", "--calib",
+                            text], "is not an .npz (zip) file")
+    folder = tmp_path / "d.npz"
+    folder.mkdir()
+    one_line_error(capsys, ["quantize", "--onnx", export_dir, "--out", tmp_path / "q", "--method", "int8", "--calib",
+                            folder], "is a folder")

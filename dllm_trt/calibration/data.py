@@ -419,9 +419,14 @@ def file_sha256(path: Path) -> str:
 def load_calibration(path: str | Path) -> CalibrationSet:
     """Read a file written by ``save_calibration`` (``allow_pickle=False``); checks the format."""
     path = Path(path)
+    make = "make one with `dllm-trt calibrate --model DIR --data builtin --out FILE.npz`"
+    if path.is_dir():
+        raise DllmError(f"calibration file {path} is a folder; pass the .npz file (or {make})")
     if not path.is_file():
-        raise DllmError(f"calibration file {path} does not exist; make one with "
-                        "`dllm-trt calibrate --model DIR --data builtin --out FILE.npz`")
+        raise DllmError(f"calibration file {path} does not exist; {make}")
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # an .npz is a zip; numpy would call anything else "pickled data"
+            raise DllmError(f"{path} is not an .npz (zip) file; pass the file `dllm-trt calibrate` wrote, or {make}")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

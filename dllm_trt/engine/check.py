@@ -80,7 +80,7 @@ def check_engine(folder: str | Path, use_gpu: bool = True, device_id: int = 0,
     rec = meta.get("engine")
     if not isinstance(rec, dict):
         raise DllmError(f"{folder / CONFIG_FILE} has no engine record: {folder} is not a `dllm-trt build` folder "
-                        f"(build one with `dllm-trt build --onnx DIR --out {folder}`)")
+                        f"(an export: build an engine from it with `dllm-trt build --onnx {folder} --out ENGINE_DIR`)")
     path = folder / rec.get("file", ENGINE_FILE)
     backend = rec.get("backend", "?")
     report: dict[str, Any] = {"folder": str(folder), "engine": str(path), "backend": backend,
@@ -92,10 +92,13 @@ def check_engine(folder: str | Path, use_gpu: bool = True, device_id: int = 0,
         size = path.stat().st_size
         report["bytes"] = size
         add("size", size == rec.get("bytes"), f"{size} bytes (recorded {rec.get('bytes')})")
-        digest = file_sha256(path)
-        add("sha256", digest == rec.get("sha256"),
-            "matches the record" if digest == rec.get("sha256") else f"{digest[:16]}... differs from the record "
-                                                                      f"{str(rec.get('sha256'))[:16]}...: the file was changed or corrupted")
+        digest, want = file_sha256(path), rec.get("sha256")
+        if not isinstance(want, str):  # nothing to compare with: the record itself was edited or cut short
+            add("sha256", False, f"the engine record has no SHA-256 (it was edited); rebuild the folder with "
+                                 "`dllm-trt build`")
+        else:
+            add("sha256", digest == want, "matches the record" if digest == want else
+                f"{digest[:16]}... differs from the record {want[:16]}...: the file was changed or corrupted")
         with open(path, "rb") as f:
             head = f.read(64)
         if backend == "trt-rtx":

@@ -96,6 +96,22 @@ def weights_read_bytes(onnx_path: Path) -> int:
     return total
 
 
+def median_seconds(fn, runs: int, warmup: int) -> float:
+    """Median GPU time of ``fn`` (CUDA events around each call), the first ``warmup`` of ``runs`` calls dropped."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for i in range(runs):
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
 def copy_bandwidth() -> float:
     """Bytes/s of a large device-to-device copy, counting bytes read plus bytes written."""
     import torch
@@ -103,18 +119,10 @@ def copy_bandwidth() -> float:
     n = 2 * 1024**3
     src = torch.empty(n, dtype=torch.uint8, device="cuda").random_()
     dst = torch.empty_like(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for i in range(12):
-        start.record()
-        dst.copy_(src)
-        end.record()
-        torch.cuda.synchronize()
-        if i >= 2:
-            times.append(start.elapsed_time(end) / 1e3)
+    seconds = median_seconds(lambda: dst.copy_(src), runs=12, warmup=2)
     del src, dst
     torch.cuda.empty_cache()
-    return 2 * n / statistics.median(times)
+    return 2 * n / seconds
 
 
 def matmul_rate(dtype) -> float:
@@ -125,18 +133,10 @@ def matmul_rate(dtype) -> float:
     n = 8192
     a = torch.randn(n, n, device="cuda", dtype=dtype)
     b = torch.randn(n, n, device="cuda", dtype=dtype)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for i in range(13):
-        start.record()
-        a @ b
-        end.record()
-        torch.cuda.synchronize()
-        if i >= 3:
-            times.append(start.elapsed_time(end) / 1e3)
+    seconds = median_seconds(lambda: a @ b, runs=13, warmup=3)
     del a, b
     torch.cuda.empty_cache()
-    return 2 * n**3 / statistics.median(times)
+    return 2 * n**3 / seconds
 
 
 def forward_flops(config, tokens: int, past: int, rows: int) -> float:

@@ -1,6 +1,8 @@
 """The CacheAttention kernels alone (dllm_trt/plugins/ort_cuda_ops.cu, through the library's C entry points) on
 LLaDA-8B's attention shapes: every kernel configuration (the WMMA kernel, the flash kernel with 1/2/4/5/8 warps of 16
-query rows and 32/64-key tiles, the warps kernel (2/4/8 warps over the key tiles of 16 rows, presents fused), the keys split over 1..8 CTAs), each checked against fp32 math, against torch's
+query rows and 32/64-key tiles, the warps kernel (2/4/8 warps over the key tiles of 16 rows, presents fused), the
+split kernel of block steps (every query row of a head in one CTA, 4/8 warps, 64/128 keys per round, presents fused,
+the splits merged by the last CTA), the keys split over 1..16 CTAs), each checked against fp32 math, against torch's
 scaled_dot_product_attention on the same bf16 tensors (its flash or cuDNN kernel: what the `--ops ort` graph's
 MultiHeadAttention stands for). The `default` row is the configuration the ONNX Runtime op picks.
 
@@ -22,8 +24,10 @@ SHAPES = {  # name: (B, L, past C, H, Hkv, D)
 }
 FLASH = [(8, 64), (5, 64), (4, 64), (2, 64), (2, 32), (1, 32), (1, 64)]  # (warps of 16 query rows, keys per tile)
 WARPS = [(4, 32), (4, 16), (8, 16), (2, 32)]  # (warps over the key tiles of 16 query rows, keys per tile)
+SPLIT = [(8, 128), (8, 64), (4, 128), (4, 64)]  # (warps, keys per round) of the split kernel (L <= 64)
 SPLITS = [1, 2, 3, 4, 6, 8]
-KERNELS = {0: "wmma", 1: "flash", 2: "warps"}
+SPLIT_SPLITS = [1, 2, 3, 4, 6, 8, 16]
+KERNELS = {0: "wmma", 1: "flash", 2: "warps", 3: "split"}
 
 
 def timed(fn, warmup: int = 10, repeat: int = 30, per_graph: int = 20) -> float:
@@ -74,6 +78,7 @@ def main() -> None:
     ap.add_argument("--lib", required=True, help="libdllm_ort_cuda.so")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out", help="also write the JSON to this file")
+    ap.add_argument("--shape", action="append", choices=list(SHAPES), help="only these shapes (default: all)")
     args = ap.parse_args()
     lib = ctypes.CDLL(args.lib)
     lib.dllm_cache_attention.restype = ctypes.c_int
@@ -82,6 +87,8 @@ def main() -> None:
     dev, g = "cuda", torch.Generator(device="cuda").manual_seed(0)
     shapes = []
     for name, (b, l, c, h, hkv, d) in SHAPES.items():
+        if args.shape and name not in args.shape:
+            continue
         positions = 512
         qkv = torch.randn(b, l, (h + 2 * hkv) * d, device=dev, generator=g).bfloat16()
         pos = (torch.arange(l, device=dev) + 64).expand(b, l).contiguous()
@@ -100,7 +107,7 @@ def main() -> None:
         out = torch.empty(b, l, h * d, device=dev, dtype=torch.bfloat16)
         ck = torch.empty(b, hkv, l, d, device=dev, dtype=torch.bfloat16)
         cv = torch.empty_like(ck)
-        ws = torch.empty(b * h * max(SPLITS) * l * (d + 2), device=dev)
+        ws = torch.empty(b * h * max(SPLITS + SPLIT_SPLITS) * l * (d + 2), device=dev)
         stream = lambda: ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)  # noqa: E731 (the capture's)
         ptr = lambda t: ctypes.c_void_p(None if t is None else t.data_ptr())  # noqa: E731
         plan = (ctypes.c_int * 4)()
@@ -142,6 +149,9 @@ def main() -> None:
                 if s > 1 and (l + 15) // 16 * h * b >= 132:
                     continue
                 rows.append(measure(f"warps {nw}w/{bn} x{s}", config(2, nw, bn, s)))
+        for nw, rk in SPLIT if l <= 64 else []:
+            for s in SPLIT_SPLITS:
+                rows.append(measure(f"split {nw}w/{rk} x{s}", config(3, nw, rk, s)))
         q = torch.randn(b, h, l, d, device=dev, generator=g).bfloat16()
         k = torch.randn(b, h, c + l, d, device=dev, generator=g).bfloat16()
         v = torch.randn_like(k)

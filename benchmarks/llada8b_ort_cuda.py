@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -94,6 +95,19 @@ def weights_read_bytes(onnx_path: Path) -> int:
         else:
             total += len(t.raw_data) if t.raw_data else onnx.numpy_helper.to_array(t).nbytes
     return total
+
+
+def gpu_state() -> dict | None:
+    """SM clock and its maximum (MHz), power draw and limit (W), temperature (C) from nvidia-smi, read right after
+    a timed loop: a compute-bound forward's time follows the clock under sustained load (run 9's prefill took 9.06 ms
+    back to back and 8.27 between block steps in the same lease). None where nvidia-smi is missing."""
+    fields = ("clocks.sm", "clocks.max.sm", "power.draw", "power.limit", "temperature.gpu")
+    try:
+        run = subprocess.run(["nvidia-smi", "-i", "0", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+        return {f: float(v) for f, v in zip(fields, run.stdout.strip().splitlines()[0].split(","))}
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+        return None
 
 
 def median_seconds(fn, runs: int, warmup: int) -> float:
@@ -293,13 +307,15 @@ def ort_forwards(args, art: Path, ops: str) -> dict:
         step = inputs(STEP, C, PROMPT)
         all_rows, step_rows = np.ones((1, PREFILL), bool), np.ones((1, STEP), bool)
         backend.forward(prefill[0], prefill[1], prefill[2], cache, 0, all_rows, prefill[3])  # fill the cache
-        runtime = {
-            "prefill": median_ms(lambda: backend.forward(*prefill[:3], cache, 0, all_rows, prefill[3]),
-                                 args.warmup, args.repeat),
-            "block_step": median_ms(lambda: backend.forward(*step[:3], cache, C, None, step[3]), args.warmup, args.repeat),
-            "block_step_write": median_ms(lambda: backend.forward(*step[:3], cache, C, step_rows, step[3]),
-                                          args.warmup, args.repeat),
-        }
+        gpu = {}
+        runtime = {"prefill": median_ms(lambda: backend.forward(*prefill[:3], cache, 0, all_rows, prefill[3]),
+                                        args.warmup, args.repeat)}
+        gpu["after_prefill"] = gpu_state()
+        runtime["block_step"] = median_ms(lambda: backend.forward(*step[:3], cache, C, None, step[3]), args.warmup,
+                                          args.repeat)
+        runtime["block_step_write"] = median_ms(lambda: backend.forward(*step[:3], cache, C, step_rows, step[3]),
+                                                args.warmup, args.repeat)
+        gpu["after_block_steps"] = gpu_state()
         sess = backend.session
         graph_only = {}
         device = backend._memory.device  # the session runs on its stream, unsynchronised: wait for it here
@@ -313,8 +329,9 @@ def ort_forwards(args, art: Path, ops: str) -> dict:
             graph_only[name] = median_ms(lambda: replay(bucket), args.warmup, args.repeat)
         key = "cuda_graph" if graph else "no_graph"
         results[key] = {"session_load_s": load_s, "cache_capacity": C, "graph_ms": graph_only, "runtime_ms": runtime,
-                        "buckets": len(backend._buckets)}
-        print(f"--ops {ops} {key}: session {load_s:.0f} s, graph {graph_only}, runtime {runtime}", flush=True)
+                        "buckets": len(backend._buckets), "gpu": gpu}
+        print(f"--ops {ops} {key}: session {load_s:.0f} s, graph {graph_only}, runtime {runtime}, gpu {gpu}",
+              flush=True)
         del backend, sess
     return results
 

@@ -26,6 +26,8 @@ from typing import Sequence
 
 from . import __version__
 from .errors import DllmError
+# standard library only, and needed by main's handlers before anything heavy is imported
+from .interrupts import Terminated, missing_module_message, sigterm_raises
 
 BUNDLED = Path(__file__).resolve().parents[1] / "samples" / "checkpoints"
 DEMO_MODEL = "llada-tiny"
@@ -276,12 +278,14 @@ def _is_path_refusal(e: OSError) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Every failure is one line on stderr: rc 2 for bad input, 130 for Ctrl-C, 143 for SIGTERM."""
-    from .interrupts import Terminated, missing_module_message, sigterm_raises
-    from .options import check_output_paths
+    """Every failure is one line on stderr: rc 2 for bad input, 130 for Ctrl-C, 143 for SIGTERM.
 
+    Every dllm_trt import (numpy, tokenizers, then torch or onnxruntime) happens inside the ``try``: a Ctrl-C
+    while they load is the same one line, not an import traceback."""
     try:
         with sigterm_raises():
+            from .options import check_output_paths
+
             args = build_parser().parse_args(argv)
             check_output_paths(args)
             return args.func(args)

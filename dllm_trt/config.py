@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,55 @@ def _tokenizer_mask_id(model_dir: Path) -> int | None:
     return None
 
 
+def ordinary_token(model_dir: Path, token_id: int) -> tuple[str, str] | None:
+    """``(piece, why)`` when ``tokenizer.json`` maps ordinary text to ``token_id``: a piece of its model's vocabulary
+    that is not one of its added (special) tokens, or its unknown token; None otherwise or without the file."""
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        return None
+    tj = _read_json(path)
+    model = tj.get("model") if isinstance(tj, dict) else None
+    if not isinstance(model, dict):
+        return None
+    vocab = model.get("vocab")
+    if isinstance(vocab, dict):  # BPE, WordPiece, WordLevel: piece -> id
+        piece = next((k for k, v in vocab.items() if v == token_id), None)
+        unk = model.get("unk_token")
+    elif isinstance(vocab, list):  # Unigram: [piece, score] at index id
+        piece = vocab[token_id][0] if 0 <= token_id < len(vocab) and isinstance(vocab[token_id], list) else None
+        unk = vocab[model["unk_id"]][0] if isinstance(model.get("unk_id"), int) and 0 <= model["unk_id"] < len(vocab) \
+            else None
+    else:
+        return None
+    if piece is None:
+        return None
+    if unk is not None and piece == unk:
+        return piece, "its unknown token (text it does not know becomes it)"
+    added = {t.get("id") for t in tj.get("added_tokens") or [] if isinstance(t, dict)}
+    return None if token_id in added else (piece, "an ordinary token (plain text encodes to it)")
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """One ``warning:`` line on stderr per distinct message (a config is read more than once per command)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def check_mask_token(model_dir: Path, mask_token_id: int, fix: str) -> None:
+    """Warn about a mask id that the folder's tokenizer produces for ordinary text: prompts holding that text read
+    as masked positions (as in the upstream loops, which mask by id too). A warning, not an error: the upstream code
+    runs such a checkpoint, and so does dllm-trt. ``fix`` says which file sets the id."""
+    hit = ordinary_token(model_dir, mask_token_id)
+    if hit is not None:
+        piece, why = hit
+        warn_once(f"mask_token_id {mask_token_id} is {model_dir / 'tokenizer.json'}'s {piece!r}, {why}, so prompts "
+                  f"holding it read as masked positions; {fix}")
+
+
 EOT_TOKEN = "<|eot_id|>"  # LLaDA's end-of-turn token (Llama-3 style chat template)
 
 
@@ -218,16 +268,23 @@ class ModelConfig:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise DllmError(f"{path} is not valid JSON: {e}") from e
+        mask_from = f"set \"mask_token_id\" in {path} to the id of the tokenizer's mask token"
         if "mask_token_id" not in raw:  # Fast-dLLM v2's config.json has none: its tokenizer names the mask
             mask = _tokenizer_mask_id(Path(model_dir))
             if mask is not None:
                 raw["mask_token_id"] = mask
+                mask_from = (f"{Path(model_dir) / 'tokenizer_config.json'}'s mask_token names it; fix that, or set "
+                             f"\"mask_token_id\" in {path}")
         if "eot_token_id" not in raw:
             eot = tokenizer_special_id(Path(model_dir), EOT_TOKEN)
             if eot is not None:
                 raw["eot_token_id"] = eot
         config = cls.from_dict(raw, source=str(path))
         extra_eos = generation_eos_ids(Path(model_dir), max(config.vocab_size, config.embedding_size))
+        if config.mask_token_id in extra_eos:
+            raise DllmError(f"{Path(model_dir) / 'generation_config.json'}: eos_token_id lists {config.mask_token_id}, "
+                            f"the mask_token_id; {mask_from}, or drop it from eos_token_id there")
+        check_mask_token(Path(model_dir), config.mask_token_id, mask_from)
         union = config.eos_token_ids + tuple(e for e in extra_eos if e not in config.eos_token_ids)
         return config.replace(eos_token_ids=union) if union != config.eos_token_ids else config
 
@@ -465,6 +522,21 @@ def _check_ranges(cfg: dict[str, Any], raw: dict[str, Any], source: str) -> None
                " (config.json has no \"mask_token_id\", so the family default was used)")
         raise DllmError(f"{source}: mask_token_id {cfg['mask_token_id']} is outside the vocabulary of {rows} "
                         f"tokens{how}; set \"mask_token_id\" to the id of the tokenizer's mask token")
+    # the decode loop takes every position holding the mask id for one still to fill, and never proposes it: an
+    # EOS / EOT that is the mask would stop a row at its first mask (an error); a pad that is the mask only makes
+    # padded prompts read as masks, as in the upstream loops (a warning)
+    mask = cfg["mask_token_id"]
+    clash = ("eos_token_id" if mask in cfg["eos_token_ids"] else
+             "eot_token_id" if cfg["eot_token_id"] == mask else
+             "pad_token_id" if cfg["pad_token_id"] is not None and cfg["pad_token_id"] == mask else None)
+    if clash:
+        how = ("" if "mask_token_id" in raw else
+               " (config.json has no \"mask_token_id\", so the family default was used)")
+        msg = (f"{source}: mask_token_id {mask} is also the {clash}{how}, so that token reads as a position still to "
+               "fill; set \"mask_token_id\" to the id of the tokenizer's mask token")
+        if clash != "pad_token_id":
+            raise DllmError(msg)
+        warn_once(msg)
     if cfg["eot_token_id"] is not None and not 0 <= cfg["eot_token_id"] < rows:
         raise DllmError(f"{source}: eot_token_id {cfg['eot_token_id']} is outside the vocabulary of {rows} tokens")
     bad = [e for e in cfg["eos_token_ids"] if not 0 <= e < rows]

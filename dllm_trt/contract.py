@@ -60,6 +60,9 @@ from .errors import DllmError
 
 FORMAT_VERSION = 2  # bump when the graph contract or dllm_config.json changes incompatibly
 CONFIG_FILE = "dllm_config.json"
+# dllm_config.json's SHA-256 of its own other fields (config_digest), recorded with the file manifest when the
+# folder is published: the manifest cannot hold the hash of the file it is written in. Absent in older folders.
+CONFIG_DIGEST_KEY = "config_sha256"
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
 SAMPLER_FILE = "sampler.onnx"
@@ -157,10 +160,37 @@ def read_artifact_config(artifact_dir: str | Path) -> dict[str, Any]:
         raise DllmError(f"{d} was {'built' if engine else 'exported'} by dllm-trt {made_by} in artefact format "
                         f"{fmt!r}; this dllm-trt {__version__} reads format {FORMAT_VERSION}. {redo} or use the "
                         "dllm-trt that made it.")
+    if config_edited(meta):
+        raise DllmError(f"{path} was edited after dllm-trt wrote it (its content no longer matches its "
+                        f"{CONFIG_DIGEST_KEY}), so its shapes, dtypes and token ids cannot be trusted; "
+                        f"{redo_hint(meta)}, or put the original file back")
     for key in ("hf_config", "dtype", "inputs", "outputs"):
         if key not in meta:
             raise DllmError(f"{path} lacks {key!r}; re-export the model with `dllm-trt export`")
     return meta
+
+
+def config_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of dllm_config.json's fields but its own digest, as canonical JSON (sorted keys, no spaces): any
+    changed value changes it, re-indenting the file does not. Hashing one small parsed file keeps loading cheap."""
+    body = {k: v for k, v in meta.items() if k != CONFIG_DIGEST_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def config_edited(meta: dict[str, Any]) -> bool:
+    """True when dllm_config.json records a digest that its content no longer matches (edited after publishing);
+    one without a digest (an older dllm-trt, or a folder still being written) is not judged here."""
+    recorded = meta.get(CONFIG_DIGEST_KEY)
+    return recorded is not None and recorded != config_digest(meta)
+
+
+def redo_hint(meta: dict[str, Any]) -> str:
+    """How to remake the folder ``meta`` describes: rebuild an engine, quantize again, or re-export."""
+    if "engine" in meta:
+        return "rebuild the engine (`dllm-trt build --onnx EXPORT --out DIR`)"
+    if "quantization" in meta:
+        return "quantize the export again (`dllm-trt quantize --onnx EXPORT --out DIR --method ...`)"
+    return "re-export the checkpoint (`dllm-trt export --model CKPT --out DIR`)"
 
 
 def config_from_artifact(meta: dict[str, Any], source: str = CONFIG_FILE) -> ModelConfig:

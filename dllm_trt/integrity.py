@@ -3,7 +3,10 @@
 An exported, quantized or built folder records its files under ``files`` in ``dllm_config.json``
 so that a truncated copy, a missing external-data file or flipped bytes are found before a
 backend loads garbage. Sizes are checked on every run (cheap); hashes on request
-(``dllm-trt check``, ``run --verify``). Standard library only: the runtime imports it.
+(``dllm-trt check``, ``run --verify``). ``dllm_config.json`` cannot list its own hash, so it carries
+``config_sha256``, the digest of its other fields (contract.config_digest), checked on every run too:
+an edited dtype or shape is refused before a backend fails on it. Standard library and the contract
+only: the runtime imports it.
 """
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .contract import CONFIG_DIGEST_KEY, FORMAT_VERSION, config_digest, config_edited, redo_hint
 
 CONFIG_FILE = "dllm_config.json"
 MANIFEST_KEY = "files"
@@ -46,13 +51,16 @@ def build_manifest(folder: str | Path) -> dict[str, dict]:
 
 
 def write_manifest(folder: str | Path) -> bool:
-    """Record the manifest in ``folder/dllm_config.json`` (if there is one); True when written."""
+    """Record the manifest, then the config's own digest, in ``folder/dllm_config.json`` (if there is one);
+    True when written."""
     folder = Path(folder)
     cfg = folder / CONFIG_FILE
     if not cfg.is_file():
         return False
     meta = json.loads(cfg.read_text())
+    meta.pop(CONFIG_DIGEST_KEY, None)  # a copied source config's digest (quantize, build) is stale
     meta[MANIFEST_KEY] = build_manifest(folder)
+    meta[CONFIG_DIGEST_KEY] = config_digest(meta)
     cfg.write_text(json.dumps(meta, indent=2) + "\n")
     return True
 
@@ -65,6 +73,8 @@ class FolderCheck:
     checked: int = 0
     hashed: bool = False
     has_manifest: bool = True
+    config_checked: bool = False  # dllm_config.json carries a digest (folders of older versions do not)
+    remedy: str = "re-export (or re-copy) the folder"
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -77,9 +87,11 @@ class FolderCheck:
                     "re-export the folder to get one")
         if self.problems:
             return (f"{self.folder} does not match its manifest: {'; '.join(self.problems[:4])}"
-                    f"{' ...' if len(self.problems) > 4 else ''}; re-export (or re-copy) the folder")
+                    f"{' ...' if len(self.problems) > 4 else ''}; {self.remedy}")
         how = "sizes and SHA-256" if self.hashed else "sizes"
-        return f"{self.folder}: {self.checked} files match the manifest ({how})"
+        unchecked = "" if self.config_checked else (f"; {CONFIG_FILE} itself is unchecked (it has no "
+                                                    f"{CONFIG_DIGEST_KEY}: made by an older dllm-trt)")
+        return f"{self.folder}: {self.checked} files match the manifest ({how}){unchecked}"
 
 
 def verify_folder(folder: str | Path, full_hash: bool = False) -> FolderCheck:
@@ -96,6 +108,14 @@ def verify_folder(folder: str | Path, full_hash: bool = False) -> FolderCheck:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         res.problems.append(f"{CONFIG_FILE} is unreadable ({e})")
         return res
+    if isinstance(meta, dict):  # an engine folder is rebuilt, a quantized one quantized again
+        res.remedy = f"{redo_hint(meta)} or re-copy the folder"
+    # a folder of another format version is the reader's to refuse (contract.read_artifact_config: re-export)
+    if isinstance(meta, dict) and meta.get("format_version") == FORMAT_VERSION and CONFIG_DIGEST_KEY in meta:
+        res.config_checked = True
+        if config_edited(meta):
+            res.problems.append(f"{CONFIG_FILE} was edited after it was written (its content no longer matches "
+                                f"its {CONFIG_DIGEST_KEY})")
     manifest = meta.get(MANIFEST_KEY) if isinstance(meta, dict) else None
     if not isinstance(manifest, dict):
         res.has_manifest = False

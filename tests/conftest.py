@@ -280,3 +280,14 @@ def bundled_export(tmp_path_factory):
         return made[name]
 
     return make
+
+
+def rewrite_artifact_config(folder: Path, meta: dict) -> None:
+    """Write an edited dllm_config.json as dllm-trt writes one (a fresh file manifest and config_sha256): the
+    folder stands for one made that way (an older writer, another backend version), not a hand-edited one."""
+    import json
+
+    from dllm_trt.integrity import write_manifest
+
+    (Path(folder) / "dllm_config.json").write_text(json.dumps(meta))
+    write_manifest(folder)

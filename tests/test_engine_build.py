@@ -18,10 +18,13 @@ from pathlib import Path
 import pytest
 
 from dllm_trt.cli import main as cli_main
+from dllm_trt.contract import config_digest
 from dllm_trt.engine import api as api_mod
 from dllm_trt.engine import builder
 from dllm_trt.engine.check import check_engine, parse_rtx_header
 from dllm_trt.errors import DllmError
+
+from conftest import rewrite_artifact_config
 
 REPO = Path(__file__).resolve().parents[1]
 CKPTS = REPO / "samples" / "checkpoints"
@@ -85,8 +88,10 @@ def test_build_each_family(built, onnx16, name):
     assert not (folder / "model.onnx").exists()
     meta = json.loads((folder / "dllm_config.json").read_text())
     src = json.loads((onnx16[name] / "dllm_config.json").read_text())
-    # the export's config, plus the engine record; the file manifest lists the engine folder's own files
-    assert {k: v for k, v in meta.items() if k not in ("engine", "files")} == {k: v for k, v in src.items() if k != "files"}
+    # the export's config, plus the engine record; the file manifest and the config's digest are the engine folder's
+    own = ("files", "config_sha256")
+    assert {k: v for k, v in meta.items() if k not in ("engine", *own)} == {k: v for k, v in src.items() if k not in own}
+    assert meta["config_sha256"] == config_digest(meta)
     assert meta["files"]["model.engine"]["sha256"] == meta["engine"]["sha256"] and "model.onnx" not in meta["files"]
     rec = meta["engine"]
     assert rec["precision"] == "fp16" and rec["strongly_typed"] is True
@@ -130,7 +135,7 @@ def test_check_engine_record_without_its_hash(built, tmp_path):
     shutil.copytree(built["llada-tiny"][0], folder)
     meta = json.loads((folder / "dllm_config.json").read_text())
     del meta["engine"]["sha256"]
-    (folder / "dllm_config.json").write_text(json.dumps(meta))
+    rewrite_artifact_config(folder, meta)
     with pytest.raises(DllmError, match="sha256: the engine record has no SHA-256"):
         check_engine(folder)
 
@@ -181,7 +186,7 @@ def test_onnx_of_another_format_version(onnx16, tmp_path):
     shutil.copytree(onnx16["llada-tiny"], old)
     meta = json.loads((old / "dllm_config.json").read_text())
     meta["format_version"], meta["dllm_trt_version"] = 0, "0.0.1"
-    (old / "dllm_config.json").write_text(json.dumps(meta))
+    rewrite_artifact_config(old, meta)
     expect_error("build", "--onnx", old, "--out", tmp_path / "e",
                  match=r"exported by dllm-trt 0\.0\.1 in artefact format 0.*Re-export")
     assert not (tmp_path / "e").exists()
@@ -229,12 +234,12 @@ def test_unsupported_precisions(onnx16, onnx32, tmp_path):
     shutil.copytree(onnx16["llada-tiny"], fp8)
     meta = json.loads((fp8 / "dllm_config.json").read_text())
     meta["quantization"] = {"method": "fp8", "format": "QDQ FP8 E4M3FN (opset 19+)"}
-    (fp8 / "dllm_config.json").write_text(json.dumps(meta))
+    rewrite_artifact_config(fp8, meta)
     expect_error("build", "--onnx", fp8, "--out", tmp_path / "e", "--compute-capability", "8.0,8.9",
                  match=r"--precision fp8 needs compute capability 8.9 or newer; TensorRT-RTX cannot compile it for 8.0")
     # ONNX Runtime's MatMulNBits cannot be parsed by TensorRT
     meta["quantization"] = {"method": "int4-rtn", "format": "MatMulNBits (com.microsoft)"}
-    (fp8 / "dllm_config.json").write_text(json.dumps(meta))
+    rewrite_artifact_config(fp8, meta)
     expect_error("build", "--onnx", fp8, "--out", tmp_path / "e", match=r"MatMulNBits.*--format qdq")
     # compute capabilities TensorRT-RTX does not target
     expect_error("build", "--onnx", onnx16["llada-tiny"], "--out", tmp_path / "e", "--compute-capability", "9.0",
@@ -309,13 +314,13 @@ def test_truncated_engine(engine_copy):
 def test_engine_from_another_version(engine_copy):
     meta = json.loads((engine_copy / "dllm_config.json").read_text())
     meta["engine"]["backend_version"] = "1.6.0.30"
-    (engine_copy / "dllm_config.json").write_text(json.dumps(meta))
+    rewrite_artifact_config(engine_copy, meta)
     path = engine_copy / "model.engine"
     data = bytearray(path.read_bytes())
     data[24:28] = bytes([1, 6, 0, 30])  # the version in the TensorRT-RTX header
     path.write_bytes(bytes(data))
     meta["engine"]["sha256"] = __import__("hashlib").sha256(bytes(data)).hexdigest()
-    (engine_copy / "dllm_config.json").write_text(json.dumps(meta))
+    rewrite_artifact_config(engine_copy, meta)
     report = check_engine(engine_copy, raise_on_error=False)
     by = {c["check"]: c for c in report["checks"]}
     assert by["version"]["ok"] is False and "engine built by 1.6.0.30: rebuild it with this version" in by["version"]["detail"]
@@ -375,7 +380,7 @@ def test_engine_for_another_gpu_trt(built, tmp_path, monkeypatch):
     meta = json.loads((folder / "dllm_config.json").read_text())
     meta["engine"].update(backend="trt", backend_version="10.13.3.9",
                           gpu={"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"})
-    (folder / "dllm_config.json").write_text(json.dumps(meta))
+    rewrite_artifact_config(folder, meta)
     fake = api_mod.TrtApi("trt", SimpleNamespace(), "10.13.3.9", "tensorrt", "TensorRT")
     monkeypatch.setattr(api_mod, "load", lambda backend: fake)
     _fake_gpu(monkeypatch, "NVIDIA L40S", "8.9")
@@ -444,6 +449,6 @@ def test_engine_of_a_plugin_graph_is_refused(engine_copy):
 
     meta = json.loads((engine_copy / "dllm_config.json").read_text())
     meta["engine"]["plugin_graph"] = "fallback"
-    (engine_copy / "dllm_config.json").write_text(json.dumps(meta))
+    rewrite_artifact_config(engine_copy, meta)
     with pytest.raises(DllmError, match=r"engine of a former `dllm-trt export --plugins` graph.*re-export"):
         preflight(engine_copy)

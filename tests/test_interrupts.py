@@ -95,6 +95,40 @@ def test_signals_at_random_points(kind, source, tmp_path):
         before = (out / "dllm_config.json").read_text()
 
 
+STALL = """import os, sys, time
+class Stall:  # holds the CLI inside `import NAME` (a meta path finder runs first) until the signal comes
+    def find_spec(self, name, path=None, target=None):
+        if name == os.environ["DLLM_TEST_STALL_ON"]:
+            open(os.environ["DLLM_TEST_STALL_MARK"], "w").close()
+            time.sleep(60)
+sys.meta_path.insert(0, Stall())
+"""
+
+
+@pytest.mark.parametrize("module", ["numpy", "torch"])
+def test_ctrl_c_while_importing_is_one_line(tmp_path, module):
+    """Ctrl-C while the CLI still imports its modules (numpy and tokenizers of the option checks, then torch or
+    onnxruntime of the command): rc 130 and the one line, not an import traceback (numpy's came from outside
+    main's handlers)."""
+    site, mark, out = tmp_path / "site", tmp_path / "importing", tmp_path / "out"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(STALL)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "DLLM_TEST_STALL_ON": module,
+           "DLLM_TEST_STALL_MARK": str(mark)}
+    proc = subprocess.Popen([sys.executable, "-m", "dllm_trt.cli", "export", "--model", str(LLADA), "--out", str(out),
+                             "--no-validate"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 60
+    while not mark.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert mark.exists(), f"the CLI never imported {module}: rc {proc.poll()}"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert err.strip().splitlines() == ["interrupted (Ctrl-C); nothing was left half-written"], err[-2000:]
+    assert not out.exists() and hidden(tmp_path) == []
+
+
 def test_sigkill_leftovers_are_swept_by_the_next_run(source, tmp_path):
     out = tmp_path / "out"
     proc = cli(*COMMANDS["quantize"](source, out))

@@ -97,6 +97,63 @@ def test_config_values(ckpt, capsys):
     one_line_error(capsys, ["generate", "--model", ckpt, *PROMPT], "mask_token_id", "outside the vocabulary")
 
 
+def warning_lines(capsys, argv: list[str]) -> list[str]:
+    """Run the CLI, expect rc 0, return its ``warning:`` lines."""
+    got = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert got == 0, err
+    return [ln for ln in err.splitlines() if ln.startswith("warning:")]
+
+
+@pytest.mark.parametrize("mask,needles", [
+    (5, ["tokenizer.json", "an ordinary token", 'set "mask_token_id"']),  # a character of the task
+    (2, ["tokenizer.json", "'<|unk|>'", "its unknown token"]),
+])
+def test_mask_token_that_text_produces_is_named(ckpt, capsys, mask, needles):
+    """A mask id that ordinary text (or the unknown token) also produces makes prompts holding it read as masked
+    positions. The upstream loops mask by id too and run such a checkpoint, so dllm-trt runs it (its tokens stay
+    the upstream ones) and says so once, naming the file that sets the id."""
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "mask_token_id": mask}))
+    warned = [ln for ln in warning_lines(capsys, ["generate", "--model", ckpt, *PROMPT])
+              if f"mask_token_id {mask}" in ln]
+    assert len(warned) == 1, warned
+    for n in needles:
+        assert n in warned[0], (n, warned[0])
+
+
+def test_mask_token_that_is_eos_is_refused_and_pad_named(ckpt, capsys):
+    """A mask id that is the EOS id would stop every row at its first mask: refused, naming the file. One that is
+    only the pad id makes padded prompts read as masks (as upstream): a warning."""
+    cfg = json.loads((ckpt / "config.json").read_text())
+    eos = cfg["eos_token_id"] if isinstance(cfg["eos_token_id"], int) else cfg["eos_token_id"][0]
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "mask_token_id": eos}))
+    one_line_error(capsys, ["generate", "--model", ckpt, *PROMPT], f"mask_token_id {eos} is also the eos_token_id",
+                   'set "mask_token_id"')
+    one_line_error(capsys, ["export", "--model", ckpt, "--out", ckpt.parent / "out"], "eos_token_id")
+    assert not (ckpt.parent / "out").exists()
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "pad_token_id": 3, "mask_token_id": 3}))
+    warned = [ln for ln in warning_lines(capsys, ["generate", "--model", ckpt, *PROMPT]) if "pad_token_id" in ln]
+    assert len(warned) == 1 and "mask_token_id 3 is also the pad_token_id" in warned[0], warned
+
+
+def test_mask_token_from_other_files_is_checked(ckpt, capsys):
+    """An EOS list in generation_config.json that holds the mask id is refused naming that file; the mask id named
+    by tokenizer_config.json (Fast-dLLM v2's way) that is an ordinary token is named with that file."""
+    gen = json.loads((ckpt / "generation_config.json").read_text())
+    (ckpt / "generation_config.json").write_text(json.dumps({**gen, "eos_token_id": [0, 1]}))
+    one_line_error(capsys, ["generate", "--model", ckpt, *PROMPT], "generation_config.json", "lists 1, the mask_token_id")
+    (ckpt / "generation_config.json").write_text(json.dumps(gen))
+    cfg = json.loads((ckpt / "config.json").read_text())
+    del cfg["mask_token_id"]
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    (ckpt / "tokenizer_config.json").write_text(json.dumps({"mask_token": "a", "added_tokens_decoder": {
+        "5": {"content": "a", "special": True}}}))
+    warned = [ln for ln in warning_lines(capsys, ["generate", "--model", ckpt, *PROMPT]) if "mask_token_id 5" in ln]
+    assert len(warned) == 1 and "an ordinary token" in warned[0], warned
+    assert "tokenizer_config.json's mask_token names it" in warned[0], warned[0]
+
+
 # ---------------------------------------------------------------------- option ranges and misuse
 RUN_CASES = {
     "temperature nan": (["--temperature", "nan"], "--temperature"),
@@ -417,6 +474,39 @@ def test_options_that_do_not_apply_to_profile_and_calibrate(export_dir, tmp_path
                    "--dtype applies to --backend torch")
     one_line_error(capsys, ["calibrate", "--model", LLADA, "--out", tmp_path / "c.npz", "--plain",
                             "--mask-ratios", "0.5"], "--mask-ratios applies to masked")
+
+
+def test_edited_dllm_config_is_refused_at_load(export_dir, tmp_path, capsys):
+    """dllm_config.json cannot list its own hash in the manifest: its config_sha256 finds an edit (a changed dtype
+    used to surface later as an unrelated ONNX Runtime error) on every run, in `check` and in the loader."""
+    from dllm_trt.contract import CONFIG_DIGEST_KEY, read_artifact_config
+    from dllm_trt.errors import DllmError
+    from dllm_trt.runtime.backends import load_backend
+
+    meta = json.loads((export_dir / "dllm_config.json").read_text())
+    assert len(meta[CONFIG_DIGEST_KEY]) == 64
+    d = tmp_path / "edited"
+    shutil.copytree(export_dir, d)
+    (d / "dllm_config.json").write_text(json.dumps({**meta, "dtype": "fp16"}, indent=2))
+    one_line_error(capsys, ["run", "--engine", d, *PROMPT], "dllm_config.json was edited", "re-export")
+    assert main(["check", str(d)]) == 1
+    assert "dllm_config.json was edited" in capsys.readouterr().out
+    with pytest.raises(DllmError, match=r"dllm_config.json was edited after dllm-trt wrote it.*re-export the checkpoint"):
+        load_backend("ort", str(d))
+    # an engine folder says rebuild
+    (d / "dllm_config.json").write_text(json.dumps({**meta, "engine": {"file": "model.engine"}}))
+    with pytest.raises(DllmError, match=r"was edited after dllm-trt wrote it.*rebuild the engine"):
+        read_artifact_config(d)
+    # re-indented, keys in another order: the same content, not an edit
+    (d / "dllm_config.json").write_text(json.dumps(dict(reversed(list(meta.items()))), indent=4))
+    assert main(["check", str(d)]) == 0
+    assert read_artifact_config(d) == meta
+    # a folder of an older dllm-trt (no digest) still runs; `check` says its config is unchecked
+    (d / "dllm_config.json").write_text(json.dumps({k: v for k, v in meta.items() if k != CONFIG_DIGEST_KEY}))
+    capsys.readouterr()
+    assert main(["check", str(d)]) == 0
+    assert "dllm_config.json itself is unchecked" in capsys.readouterr().out
+    assert main(["run", "--engine", str(d), *PROMPT]) == 0
 
 
 def test_a_future_engine_folder_says_rebuild(export_dir, tmp_path, capsys):

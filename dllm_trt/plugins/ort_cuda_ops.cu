@@ -16,9 +16,10 @@
 //     A 4th, optional output is the workspace when the keys of a (query tile, head) are split over CTAs (a step
 //     with too few query tiles x heads to fill the GPU); a combine kernel then merges the splits.
 //     Kernels (plan_for picks; benchmarks/cache_attention.py times each): head dims up to 128 run register-resident
-//     flash kernels (mma.sync m16n8k16, K/V tiles double-buffered with cp.async): flash_warps_kernel for block
-//     steps (L <= 64; presents fused: one kernel) and flash_kernel for long queries (after presents_kernel); head
-//     dim 256 runs the WMMA attention_kernel.
+//     flash kernels (mma.sync m16n8k16, K/V copied with cp.async): flash_split_kernel for block steps (L <= 64:
+//     one CTA per (key split, head) with every query row, presents fused, the splits merged by the last CTA: one
+//     kernel) and flash_kernel for long queries (after presents_kernel); flash_warps_kernel (the block steps'
+//     kernel before it) stays selectable; head dim 256 runs the WMMA attention_kernel.
 //   SiluMul(gate_up [N..., 2 I]) -> [N..., I] = silu(gate) * up.
 //   SelectRows(logits [B, R, V] fp32; mask_token_id) -> tokens [B, R] int64, confidence, margin, neg_entropy [B, R]
 //     models.layers.select_rows in one kernel (the standard graph's ArgMax / Exp / ReduceSum chain is ~16 kernels).
@@ -664,19 +665,20 @@ __global__ void __launch_bounds__(NW * 32) flash_kernel(
 // present_key / present_value, so a step runs this kernel alone (and combine_kernel when the keys are split),
 // where the flash kernel needs the presents kernel before it.
 
-// keys k0 .. k0 + BN of one K/V head into shared memory (row stride ld), by `nthreads` threads from `tid`: cached
-// keys by cp.async (committed by the caller), current keys rotated from qkv (and written to the presents when
-// pk_out is set), keys past the end as zeros
+// keys k0 .. k0 + rows (BN by default) of one K/V head into shared memory (row stride ld), by `nthreads` threads
+// from `tid`: cached keys by cp.async (committed by the caller), current keys rotated from qkv (and written to the
+// presents when pk_out is set; left to the caller when `current` is false), keys past the end as zeros
 template <int D, int BN>
 __device__ __forceinline__ void load_kv_fused(bf16* Kd, bf16* Vd, int ld, int k0, int tid, int nthreads,
                                               const bf16* __restrict__ past_k, const bf16* __restrict__ past_v,
                                               int64_t past_base, const bf16* __restrict__ qkv,
                                               const int64_t* __restrict__ pos, const float* __restrict__ cos_t,
                                               const float* __restrict__ sin_t, int b, int hk, int L, int C, int H,
-                                              int Hkv, int P, bf16* __restrict__ pk_out, bf16* __restrict__ pv_out) {
+                                              int Hkv, int P, bf16* __restrict__ pk_out, bf16* __restrict__ pv_out,
+                                              int rows = BN, bool current = true) {
   constexpr int half = D / 2, chunks = D / 8;
   const int keys = C + L, W = (H + 2 * Hkv) * D;
-  for (int i = tid; i < BN * chunks; i += nthreads) {
+  for (int i = tid; i < rows * chunks; i += nthreads) {
     const int kr = i / chunks, c = (i % chunks) * 8, k = k0 + kr;
     bf16* kd = Kd + kr * ld + c;
     bf16* vd = Vd + kr * ld + c;
@@ -685,6 +687,7 @@ __device__ __forceinline__ void load_kv_fused(bf16* Kd, bf16* Vd, int ld, int k0
       __pipeline_memcpy_async(kd, past_k + off, 16);
       __pipeline_memcpy_async(vd, past_v + off, 16);
     } else if (k < keys) {
+      if (!current) continue;  // the caller's (flash_split_kernel's row prologue)
       const int l = k - C;
       const bf16* row = qkv + ((int64_t)b * L + l) * W;
       const int64_t po = (((int64_t)b * Hkv + hk) * L + l) * D;
@@ -837,13 +840,382 @@ __global__ void __launch_bounds__(NW * 32) flash_warps_kernel(
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Block steps (L <= 64): flash_split_kernel. One CTA per (key split, head, batch row) holds every query row of the
+// head, so a split's keys are read once for all rows and the grid fills the GPU (32 heads x 4 splits on 132 SMs; the
+// warps kernel's 2 query tiles x 32 heads left half of the SMs idle and ran each CTA's ~4,400 instructions per warp
+// at 2 warps per scheduler). Warp w takes row group w % RG (RG = ceil(L / 16)) and the key tiles w / RG, + KG, ...
+// of its split (KG = NW / RG key groups). The CTA copies its split in rounds of RK keys (double-buffered, all threads:
+// cached keys by cp.async, current keys rotated on the fly, their presents written by the CTA of the group's first
+// query head). The warps of a row group are merged through shared memory with one weight per (row, warp); with
+// more than one split each CTA leaves its (unnormalised output, max, sum) rows in the workspace and the last CTA of
+// the (head, batch row) to finish (a counter per stream, reset by that CTA) merges the splits: one kernel per step.
+// LLaDA-8B's block step on an H200: 11.4 us alone (the warps kernel 17.0), 12 us per layer in the 8B graph (17).
+// What is left (a %globaltimer trace, -DDLLM_TRT_PHASES, cold L2: 11.8 us): the rows' RoPE prologue ~3 us, the
+// key tiles ~2, the merge of the warps and the partial rows ~2, the count ~1, the last CTA's merge ~3.
+constexpr int kSplitMaxSplits = 16;
+
+#ifdef DLLM_TRT_PHASES  // a profiling build: thread 0 of each CTA stamps %globaltimer at the kernel's phases
+__device__ unsigned long long g_phases[4096][8];
+__device__ __forceinline__ void phase(int i) {
+  if (threadIdx.x != 0) return;
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  const int cta = (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+  if (cta < 4096) g_phases[cta][i] = t;
+}
+#else
+__device__ __forceinline__ void phase(int) {}
+#endif
+
+// The step's rows for flash_split_kernel, one pass: Q rows 0 .. L of head h with RoPE into Qs (rows L .. 64 zeros)
+// and, for the keys C + l (this step's tokens) in [k0, k0 + nk) (the split's first round), the rotated key and
+// the value into Ks / Vs at row C + l - k0 (and the presents when pk_out is set). A thread loads its row's
+// position once and every q / k / v chunk and table entry before it uses one: rotating the current keys inside
+// the round's copy and then Q waited on global memory twice in a row (2 us of the last split's 5 on an H200).
+template <int D, int THREADS>
+__device__ __forceinline__ void load_rows_rope(bf16* Qs, bf16* Ks, bf16* Vs, int ld, int k0, int nk,
+                                               const bf16* __restrict__ qkv, const int64_t* __restrict__ pos,
+                                               const float* __restrict__ cos_t, const float* __restrict__ sin_t,
+                                               int b, int h, int hk, int L, int C, int H, int Hkv, int P,
+                                               bf16* __restrict__ pk_out, bf16* __restrict__ pv_out) {
+  constexpr int half = D / 2, per_row = half / 8;
+  const int W = (H + 2 * Hkv) * D;
+  for (int u = threadIdx.x; u < L * per_row; u += THREADS) {
+    const int l = u / per_row, c = (u % per_row) * 8, k = C + l;
+    const bool kin = k >= k0 && k < k0 + nk;
+    const int64_t p = clamp_pos(pos[(int64_t)b * L + l], P);
+    const bf16* row = qkv + ((int64_t)b * L + l) * W;
+    const uint4 q1 = *reinterpret_cast<const uint4*>(row + (int64_t)h * D + c);
+    const uint4 q2 = *reinterpret_cast<const uint4*>(row + (int64_t)h * D + c + half);
+    uint4 k1 = make_uint4(0, 0, 0, 0), k2 = k1, v1 = k1, v2 = k1;
+    if (kin) {
+      k1 = *reinterpret_cast<const uint4*>(row + (int64_t)(H + hk) * D + c);
+      k2 = *reinterpret_cast<const uint4*>(row + (int64_t)(H + hk) * D + c + half);
+      v1 = *reinterpret_cast<const uint4*>(row + (int64_t)(H + Hkv + hk) * D + c);
+      v2 = *reinterpret_cast<const uint4*>(row + (int64_t)(H + Hkv + hk) * D + c + half);
+    }
+    float4 cs[2], sn[2];
+    load8(cs, cos_t + p * half + c);
+    load8(sn, sin_t + p * half + c);
+    uint4 lo4, hi4;
+    rope8(q1, q2, cs, sn, lo4, hi4);
+    *reinterpret_cast<uint4*>(Qs + l * ld + c) = lo4;
+    *reinterpret_cast<uint4*>(Qs + l * ld + c + half) = hi4;
+    if (kin) {
+      rope8(k1, k2, cs, sn, lo4, hi4);
+      bf16* kd = Ks + (k - k0) * ld;
+      bf16* vd = Vs + (k - k0) * ld;
+      *reinterpret_cast<uint4*>(kd + c) = lo4;
+      *reinterpret_cast<uint4*>(kd + c + half) = hi4;
+      *reinterpret_cast<uint4*>(vd + c) = v1;
+      *reinterpret_cast<uint4*>(vd + c + half) = v2;
+      if (pk_out) {
+        const int64_t po = (((int64_t)b * Hkv + hk) * L + l) * D + c;
+        *reinterpret_cast<uint4*>(pk_out + po) = lo4;
+        *reinterpret_cast<uint4*>(pk_out + po + half) = hi4;
+        *reinterpret_cast<uint4*>(pv_out + po) = v1;
+        *reinterpret_cast<uint4*>(pv_out + po + half) = v2;
+      }
+    }
+  }
+  for (int i = threadIdx.x; i < (64 - L) * (D / 8); i += THREADS)  // rows past L: zeros for ldmatrix
+    *reinterpret_cast<uint4*>(Qs + (L + i / (D / 8)) * ld + (i % (D / 8)) * 8) = make_uint4(0, 0, 0, 0);
+}
+
+template <int D, int NW, int RK>
+struct SplitSmem {
+  static constexpr int ld = D + 8;
+  static constexpr size_t q = (size_t)64 * ld * sizeof(bf16);            // Q of up to 4 row groups
+  static constexpr size_t stage = (size_t)2 * RK * ld * sizeof(bf16);    // K and V of one round
+  static constexpr size_t ml = (size_t)2 * NW * 16 * sizeof(float);      // each warp's row max and sum
+  static constexpr size_t weights = (size_t)2 * kSplitMaxSplits * 64 * sizeof(float);  // merge weights per row
+  static constexpr size_t bytes = q + 2 * stage + ml + weights;
+  static constexpr int old = D + 4;  // rows of a warp's partial output, padded: its 8 row groups hit different banks
+  static_assert((size_t)NW * 16 * old * sizeof(float) <= 2 * stage, "the warps' partial outputs fit in the stages");
+};
+constexpr size_t split_smem(int D, int nw, int rk) {
+  return (size_t)64 * (D + 8) * 2 + (size_t)4 * rk * (D + 8) * 2 + (size_t)2 * nw * 16 * 4 +
+         (size_t)2 * kSplitMaxSplits * 64 * 4;
+}
+
+// Grid (splits, H, B), 32 NW threads. Split s covers keys [s * split_keys, ...) (split_keys a multiple of 16).
+// ws [B, H, splits, L, D + 2] and counters [B * H] when splits > 1; counters == nullptr: combine_kernel merges.
+template <int D, int NW, int RK>
+__global__ void __launch_bounds__(NW * 32) flash_split_kernel(
+    const bf16* __restrict__ qkv, const int64_t* __restrict__ pos, const float* __restrict__ cos_t,
+    const float* __restrict__ sin_t, const bf16* __restrict__ bias, const bf16* __restrict__ past_k,
+    const bf16* __restrict__ past_v, bf16* __restrict__ present_k, bf16* __restrict__ present_v,
+    bf16* __restrict__ out, float* __restrict__ ws, unsigned* __restrict__ counters, int L, int C, int H, int Hkv,
+    int P, float scale, int splits, int split_keys) {
+  constexpr int BN = 16, TPR = RK / BN, kThreads = NW * 32;
+  using S = SplitSmem<D, NW, RK>;
+  constexpr int LD = S::ld;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem);
+  bf16* stage_base = reinterpret_cast<bf16*>(smem + S::q);  // [2][K RK | V RK][LD]
+  float* Ms = reinterpret_cast<float*>(smem + S::q + 2 * S::stage);  // [NW][16]
+  float* Ls = Ms + NW * 16;
+  float* Wt = Ls + NW * 16;  // merge weights [kSplitMaxSplits or NW][64]
+  const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z, hk = h / (H / Hkv);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
+  const int RG = (L + 15) / 16, KG = NW / RG, rg = warp % RG, kg = warp / RG;
+  const bool computes = kg < KG;
+  const int keys = C + L, all_tiles = (keys + BN - 1) / BN;
+  const int k_begin = split * split_keys;
+  const int ntiles = min(all_tiles * BN, k_begin + split_keys) / BN - k_begin / BN;  // this split's tiles
+  const int rounds = (ntiles + TPR - 1) / TPR;
+  const int64_t past_base = ((int64_t)b * Hkv + hk) * C;
+  const bool owner = h % (H / Hkv) == 0;
+  auto load_round = [&](int r, int st) {  // round 0's current keys: load_rows_rope
+    bf16* Kd = stage_base + (size_t)st * 2 * RK * LD;
+    const int rows = min(TPR, ntiles - r * TPR) * BN;
+    load_kv_fused<D, RK>(Kd, Kd + RK * LD, LD, k_begin + r * RK, threadIdx.x, kThreads, past_k, past_v, past_base,
+                         qkv, pos, cos_t, sin_t, b, hk, L, C, H, Hkv, P, owner ? present_k : nullptr,
+                         owner ? present_v : nullptr, rows, r > 0);
+    __pipeline_commit();
+  };
+  phase(0);
+  if (rounds > 0) load_round(0, 0);  // in flight while Q is rotated
+  phase(1);
+
+  const int row[2] = {rg * 16 + g, rg * 16 + g + 8};
+  const bf16* brow[2] = {bias + ((int64_t)b * L + (row[0] < L ? row[0] : 0)) * keys,
+                         bias + ((int64_t)b * L + (row[1] < L ? row[1] : 0)) * keys};
+  const bool pairs = keys % 2 == 0;
+  const int t0 = k_begin / BN;  // the split's first tile (bias tiles count from key 0)
+  BiasTile<BN> next_bias{};
+  if (computes && kg < ntiles) load_bias<BN>(next_bias, brow, row, t0 + kg, L, keys, tq, pairs);
+
+  load_rows_rope<D, kThreads>(Qs, stage_base, stage_base + RK * LD, LD, k_begin,
+                              rounds > 0 ? min(TPR, ntiles) * BN : 0, qkv, pos, cos_t, sin_t, b, h, hk, L, C, H, Hkv,
+                              P, owner ? present_k : nullptr, owner ? present_v : nullptr);
+  __syncthreads();
+  phase(2);
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk)
+    ldmatrix_x4(qf[kk], Qs + (rg * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, lsum[2] = {0.f, 0.f};
+
+  int t = kg;  // this warp's next tile (of the split)
+  for (int r = 0, st = 0; r < rounds; ++r, st ^= 1) {
+    if (r + 1 < rounds) {
+      load_round(r + 1, st ^ 1);
+      __pipeline_wait_prior(1);
+    } else {
+      __pipeline_wait_prior(0);
+    }
+    __syncthreads();  // every thread's copies of round r have landed
+    const bf16* Kt = stage_base + (size_t)st * 2 * RK * LD;
+    if (computes) {
+      for (; t < min(ntiles, (r + 1) * TPR); t += KG) {
+        const BiasTile<BN> bt = next_bias;
+        if (t + KG < ntiles) load_bias<BN>(next_bias, brow, row, t0 + t + KG, L, keys, tq, pairs);
+        const int i = t - r * TPR;
+        attend_tile<D, BN>(Kt + i * BN * LD, Kt + (RK + i * BN) * LD, LD, qf, bt, scale, o, m, lsum, lane);
+      }
+    }
+    __syncthreads();  // round r's stage is free for round r + 2
+  }
+  phase(3);
+
+  // merge the key groups of each row group: warp w's partial output [16][D] overlays the stages
+  constexpr int OLD = S::old;
+  float* Ow = reinterpret_cast<float*>(smem + S::q) + (size_t)warp * 16 * OLD;
+  if (computes) {
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      *reinterpret_cast<float2*>(Ow + g * OLD + j * 8 + 2 * tq) = make_float2(o[j][0], o[j][1]);
+      *reinterpret_cast<float2*>(Ow + (g + 8) * OLD + j * 8 + 2 * tq) = make_float2(o[j][2], o[j][3]);
+    }
+    if (tq == 0) {
+      Ms[warp * 16 + g] = m[0];
+      Ms[warp * 16 + g + 8] = m[1];
+      Ls[warp * 16 + g] = lsum[0];
+      Ls[warp * 16 + g + 8] = lsum[1];
+    }
+  }
+  __syncthreads();
+  // one weight per (row, key group): exp(m_w - M) (/ the row's sum with one split); the row's M and sum in Ms / Ls
+  // of key group 0's warp afterwards (read only by this thread's row)
+  float* mrow = Wt + KG * 64;  // [64] the merged max per row, [64] its sum
+  if (threadIdx.x < RG * 16) {
+    const int rr = threadIdx.x, grp = rr / 16, r16 = rr % 16;
+    float mw[NW], lw[NW], f[NW];
+    float mm = -INFINITY, den = 0.f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+      mw[w] = w < KG ? Ms[(w * RG + grp) * 16 + r16] : -INFINITY;
+      lw[w] = w < KG ? Ls[(w * RG + grp) * 16 + r16] : 0.f;
+      mm = fmaxf(mm, mw[w]);
+    }
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+      f[w] = (mm == -INFINITY || mw[w] == -INFINITY) ? 0.f : __expf(mw[w] - mm);
+      den += f[w] * lw[w];
+    }
+    const float norm = splits == 1 ? (den > 0.f ? 1.f / den : 0.f) : 1.f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w)
+      if (w < KG) Wt[w * 64 + rr] = f[w] * norm;
+    mrow[rr] = mm;
+    mrow[64 + rr] = den;
+  }
+  __syncthreads();
+  float* part = splits > 1 ? ws + (((int64_t)b * H + h) * splits + split) * L * (D + 2) : nullptr;  // [L][D + 2]
+  for (int i = threadIdx.x; i < L * (D / 4); i += kThreads) {
+    const int rr = i / (D / 4), d = (i % (D / 4)) * 4, grp = rr / 16, r16 = rr % 16;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+      if (w >= KG) break;
+      const float f = Wt[w * 64 + rr];
+      const float4 v = *reinterpret_cast<const float4*>(reinterpret_cast<const float*>(smem + S::q) +
+                                                        ((size_t)(w * RG + grp) * 16 + r16) * OLD + d);
+      acc.x += f * v.x;
+      acc.y += f * v.y;
+      acc.z += f * v.z;
+      acc.w += f * v.w;
+    }
+    if (splits == 1) {
+      __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(out + ((int64_t)b * L + rr) * H * D + (int64_t)h * D + d);
+      dst[0] = __floats2bfloat162_rn(acc.x, acc.y);
+      dst[1] = __floats2bfloat162_rn(acc.z, acc.w);
+    } else {
+      float2* dst = reinterpret_cast<float2*>(part + (int64_t)rr * (D + 2) + d);
+      dst[0] = make_float2(acc.x, acc.y);
+      dst[1] = make_float2(acc.z, acc.w);
+      if (d == 0) *reinterpret_cast<float2*>(part + (int64_t)rr * (D + 2) + D) = make_float2(mrow[rr], mrow[64 + rr]);
+    }
+  }
+  phase(4);
+  if (splits == 1 || counters == nullptr) return;
+
+  // the last CTA of this (head, batch row) merges the splits
+  __shared__ unsigned last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();  // this CTA's partial rows are visible before its count
+    last = atomicAdd(&counters[b * H + h], 1u) == (unsigned)(splits - 1);
+  }
+  __syncthreads();
+  phase(5);
+  if (!last) return;
+  __threadfence();
+  const float* base = ws + ((int64_t)b * H + h) * splits * L * (D + 2);
+  const int64_t sstride = (int64_t)L * (D + 2);
+  // every split's (max, sum) per row at once (a loop per row waited on L2 once per split and value: 5 us)
+  float* Dn = Wt + kSplitMaxSplits * 64;
+  for (int i = threadIdx.x; i < splits * L; i += kThreads) {
+    const int sp = i / L, rr = i % L;
+    const float2 md = __ldcg(reinterpret_cast<const float2*>(base + sp * sstride + (int64_t)rr * (D + 2) + D));
+    Wt[sp * 64 + rr] = md.x;
+    Dn[sp * 64 + rr] = md.y;
+  }
+  __syncthreads();
+  if (threadIdx.x < L) {  // per row: the weight of split s = exp(m_s - M) / sum
+    const int rr = threadIdx.x;
+    float mm = -INFINITY, den = 0.f;
+    for (int sp = 0; sp < splits; ++sp) mm = fmaxf(mm, Wt[sp * 64 + rr]);
+    for (int sp = 0; sp < splits; ++sp) {
+      const float ms = Wt[sp * 64 + rr];
+      const float f = (mm == -INFINITY || ms == -INFINITY) ? 0.f : __expf(ms - mm);
+      Wt[sp * 64 + rr] = f;
+      den += f * Dn[sp * 64 + rr];
+    }
+    const float norm = den > 0.f ? 1.f / den : 0.f;
+    for (int sp = 0; sp < splits; ++sp) Wt[sp * 64 + rr] *= norm;
+  }
+  __syncthreads();
+  // outputs in batches of 4 per thread, 4 splits' loads in flight per output
+  constexpr int kB = 4;
+  const int n2 = L * (D / 2);
+  for (int i0 = threadIdx.x; i0 < n2; i0 += kThreads * kB) {
+    float2 acc[kB];
+#pragma unroll
+    for (int j = 0; j < kB; ++j) acc[j] = make_float2(0.f, 0.f);
+    for (int s0 = 0; s0 < splits; s0 += 4) {
+      float2 v[kB][4];
+#pragma unroll
+      for (int j = 0; j < kB; ++j)
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = i0 + j * kThreads, sp = s0 + u;
+          v[j][u] = i < n2 && sp < splits
+                        ? __ldcg(reinterpret_cast<const float2*>(base + sp * sstride +
+                                                                 (int64_t)(i / (D / 2)) * (D + 2) + (i % (D / 2)) * 2))
+                        : make_float2(0.f, 0.f);
+        }
+#pragma unroll
+      for (int j = 0; j < kB; ++j)
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int i = i0 + j * kThreads, sp = s0 + u;
+          const float f = i < n2 && sp < splits ? Wt[sp * 64 + i / (D / 2)] : 0.f;
+          acc[j].x += f * v[j][u].x;
+          acc[j].y += f * v[j][u].y;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < kB; ++j) {
+      const int i = i0 + j * kThreads;
+      if (i >= n2) break;
+      const int rr = i / (D / 2), d = (i % (D / 2)) * 2;
+      *reinterpret_cast<__nv_bfloat162*>(out + ((int64_t)b * L + rr) * H * D + (int64_t)h * D + d) =
+          __floats2bfloat162_rn(acc[j].x, acc[j].y);
+    }
+  }
+  if (threadIdx.x == 0) counters[b * H + h] = 0u;  // ready for the next launch on this stream
+  phase(6);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Which kernel, and how many CTAs share the keys of a (query tile, head)
 struct Plan {
-  int kernel;       // kWmma: attention_kernel (any D); kFlash: flash_kernel, kWarps: flash_warps_kernel (D <= 128)
+  int kernel;       // kWmma: attention_kernel (any D); kFlash: flash_kernel, kWarps: flash_warps_kernel,
+                    // kSplit: flash_split_kernel (D <= 128)
   int nw, bn;       // flash: warps per CTA (16 query rows each); warps: warps per CTA over the key tiles; keys per tile
+                    // (kSplit: keys per round; its tiles are 16 keys)
   int splits, split_tiles;
 };
-constexpr int kWmma = 0, kFlash = 1, kWarps = 2;
+constexpr int kWmma = 0, kFlash = 1, kWarps = 2, kSplit = 3;
+constexpr int kSplitTile = 16;
+
+// Counters of flash_split_kernel's last-CTA merge: zero at load, each reset by the CTA that read it. One slot of
+// counters per (device, stream), as kernels of two streams may run at once; past kCounterSlots streams (or
+// B * H > kSlotCounters) the kernel writes its splits and combine_kernel merges them.
+constexpr int kCounterSlots = 8, kSlotCounters = 4096;
+__device__ unsigned g_split_counters[kCounterSlots * kSlotCounters];
+
+unsigned* split_counters(cudaStream_t stream, long n) {
+  if (n > kSlotCounters) return nullptr;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return nullptr;
+  static std::mutex mu;
+  static std::vector<std::pair<int, cudaStream_t>> owners;  // slot i of device d: the i-th entry of d
+  std::lock_guard<std::mutex> lock(mu);
+  int slot = 0;
+  bool found = false;
+  for (const auto& [d, st] : owners) {
+    if (d != dev) continue;
+    if (st == stream) {
+      found = true;
+      break;
+    }
+    ++slot;
+  }
+  if (!found) {
+    if (slot >= kCounterSlots) return nullptr;
+    owners.emplace_back(dev, stream);
+  }
+  void* base = nullptr;
+  if (cudaGetSymbolAddress(&base, g_split_counters) != cudaSuccess) return nullptr;
+  return static_cast<unsigned*>(base) + (size_t)slot * kSlotCounters;
+}
 
 int sm_count() {
   static const int sms = [] {
@@ -882,6 +1254,7 @@ size_t smem_limit() {
 }
 
 size_t smem_of(const Plan& p, int D) {
+  if (p.kernel == kSplit) return split_smem(D, p.nw, p.bn);
   if (p.kernel == kWarps) return warps_smem(D, p.nw, p.bn);
   if (p.kernel == kFlash) return flash_smem(D, p.nw, p.bn);
   switch (D) {
@@ -911,7 +1284,7 @@ const Plan* plan_override() {
     const char* env = std::getenv("DLLM_TRT_ATTENTION_PLAN");
     if (env == nullptr || std::sscanf(env, "%d:%d:%d:%d", &p.kernel, &p.nw, &p.bn, &p.splits) != 4) return nullptr;
     if (p.kernel == kWmma) p.bn = kKT;
-    return p.kernel >= kWmma && p.kernel <= kWarps && p.splits >= 1 ? &p : nullptr;
+    return p.kernel >= kWmma && p.kernel <= kSplit && p.splits >= 1 ? &p : nullptr;
   }();
   return plan;
 }
@@ -919,14 +1292,22 @@ const Plan* plan_override() {
 Plan plan_for(int B, int L, int keys, int H, int D) {
   Plan p{kWmma, 0, kKT, 1, 1};
   const long sms = sm_count();
-  if (const Plan* o = plan_override(); o != nullptr && D <= 128) {
+  if (const Plan* o = plan_override(); o != nullptr && D <= 128 && (o->kernel != kSplit || L <= 64)) {
     p = *o;
-    const int tiles = (keys + p.bn - 1) / p.bn;
+    const int tiles = (keys + (p.kernel == kSplit ? kSplitTile : p.bn) - 1) / (p.kernel == kSplit ? kSplitTile : p.bn);
     p.split_tiles = (tiles + o->splits - 1) / o->splits;
     p.splits = (tiles + p.split_tiles - 1) / p.split_tiles;
     return p;
   }
-  if (D <= 128 && L <= 64) {  // block steps: the warps kernel (presents fused)
+  if (D <= 128 && L <= 64) {  // block steps: the split kernel (presents fused, splits merged in the kernel)
+    p.kernel = kSplit;
+    p.nw = 8;
+    p.bn = split_smem(D, 8, 128) <= smem_limit() ? 128 : 64;  // 158 KB at D = 128; 90 KB with 64 (RTX GPUs)
+    const long tiles = (keys + kSplitTile - 1) / kSplitTile;
+    const long splits = std::min(std::max(1L, sms / ((long)H * B)), std::min<long>(kSplitMaxSplits, tiles));
+    p.split_tiles = (int)((tiles + splits - 1) / splits);
+    p.splits = (int)((tiles + p.split_tiles - 1) / p.split_tiles);
+  } else if (D <= 128 && L <= 64) {  // (the warps kernel: $DLLM_TRT_ATTENTION_PLAN=2:...)
     p.kernel = kWarps;
     p.nw = warps_smem(D, 8, 16) <= smem_limit() ? 8 : 4;  // 141 KB at D = 128: 4 warps (73 KB) on RTX GPUs
     p.bn = 16;
@@ -1027,6 +1408,35 @@ cudaError_t warps_attention(const Args& a, cudaStream_t stream, float* ws, const
   return (e != cudaSuccess || plan.splits == 1) ? e : combine(a, stream, ws, plan.splits);
 }
 
+template <int D, int NW, int RK>
+cudaError_t split_attention(const Args& a, cudaStream_t stream, float* ws, const Plan& plan) {
+  using S = SplitSmem<D, NW, RK>;
+  static std::once_flag once;
+  static cudaError_t attr = cudaSuccess;
+  std::call_once(once, [] {
+    attr = cudaFuncSetAttribute(flash_split_kernel<D, NW, RK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                (int)S::bytes);
+  });
+  if (attr != cudaSuccess) return attr;
+  if ((a.L + 15) / 16 > NW || plan.splits > kSplitMaxSplits) return cudaErrorInvalidValue;
+  unsigned* counters = plan.splits > 1 ? split_counters(stream, (long)a.B * a.H) : nullptr;
+  const dim3 grid((unsigned)plan.splits, (unsigned)a.H, (unsigned)a.B);
+  flash_split_kernel<D, NW, RK><<<grid, NW * 32, S::bytes, stream>>>(
+      a.qkv, a.pos, a.cos_t, a.sin_t, a.bias, a.past_k, a.past_v, a.present_k, a.present_v, a.out, ws, counters, a.L,
+      a.C, a.H, a.Hkv, a.P, a.scale, plan.splits, plan.split_tiles * kSplitTile);
+  cudaError_t e = cudaGetLastError();
+  return (e != cudaSuccess || plan.splits == 1 || counters != nullptr) ? e : combine(a, stream, ws, plan.splits);
+}
+
+template <int D>
+cudaError_t split_kernel_for(const Args& a, cudaStream_t stream, float* ws, const Plan& p) {
+  if (p.nw == 8 && p.bn == 128) return split_attention<D, 8, 128>(a, stream, ws, p);
+  if (p.nw == 8 && p.bn == 64) return split_attention<D, 8, 64>(a, stream, ws, p);
+  if (p.nw == 4 && p.bn == 128) return split_attention<D, 4, 128>(a, stream, ws, p);
+  if (p.nw == 4 && p.bn == 64) return split_attention<D, 4, 64>(a, stream, ws, p);
+  return cudaErrorInvalidValue;
+}
+
 template <int D>
 cudaError_t warps_kernel_for(const Args& a, cudaStream_t stream, float* ws, const Plan& p) {
   if (p.nw == 4 && p.bn == 32) return warps_attention<D, 4, 32>(a, stream, ws, p);
@@ -1051,6 +1461,14 @@ cudaError_t flash_for(const Args& a, cudaStream_t stream, float* ws, const Plan&
 
 // presents, then the attention by `plan` (its workspace: workspace_of(plan) floats at ws)
 cudaError_t run_planned(const Args& a, cudaStream_t stream, float* ws, const Plan& plan) {
+  if (plan.kernel == kSplit) {  // presents fused
+    switch (a.D) {
+      case 32: return split_kernel_for<32>(a, stream, ws, plan);
+      case 64: return split_kernel_for<64>(a, stream, ws, plan);
+      case 128: return split_kernel_for<128>(a, stream, ws, plan);
+      default: return cudaErrorInvalidValue;
+    }
+  }
   if (plan.kernel == kWarps) {  // presents fused
     switch (a.D) {
       case 32: return warps_kernel_for<32>(a, stream, ws, plan);
@@ -1086,7 +1504,8 @@ cudaError_t run_cache_attention(const Args& a, cudaStream_t stream, float* ws, i
   Plan plan = plan_for(a.B, a.L, a.C + a.L, a.H, a.D);
   if (ws == nullptr || ws_floats < workspace_of(plan, a.B, a.L, a.H, a.D)) {
     plan.splits = 1;
-    plan.split_tiles = (a.C + a.L + plan.bn - 1) / plan.bn;
+    const int tile = plan.kernel == kSplit ? kSplitTile : plan.bn;
+    plan.split_tiles = (a.C + a.L + tile - 1) / tile;
   }
   return run_planned(a, stream, ws, plan);
 }
@@ -1441,6 +1860,12 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   return api->AddCustomOpDomain(options, domain);  // the domain lives as long as the process
 }
 
+#ifdef DLLM_TRT_PHASES
+extern "C" __attribute__((visibility("default"))) int dllm_phases(unsigned long long* host, int ctas) {
+  return (int)cudaMemcpyFromSymbol(host, g_phases, sizeof(unsigned long long) * 8 * std::min(ctas, 4096));
+}
+#endif
+
 // C entry points for tests without ONNX Runtime (ctypes on device pointers): the same kernels
 extern "C" __attribute__((visibility("default"))) int64_t dllm_cache_attention_workspace(int B, int L, int C, int H,
                                                                                          int D) {
@@ -1459,9 +1884,11 @@ extern "C" __attribute__((visibility("default"))) int dllm_cache_attention(
                                   workspace_floats_);
 }
 
-// One kernel configuration, for benchmarks/cache_attention.py's sweep: kernel 0 (WMMA; nw, bn ignored) or 1 (flash,
-// nw warps of 16 query rows, bn keys per tile: 8/64, 5/64, 4/64, 2/64, 2/32, 1/32, 1/64), the keys split over `splits` CTAs
-// (workspace: B * H * splits * L * (D + 2) floats when splits > 1). Returns a cudaError_t (1: no such config).
+// One kernel configuration, for benchmarks/cache_attention.py's sweep: kernel 0 (WMMA; nw, bn ignored), 1 (flash,
+// nw warps of 16 query rows, bn keys per tile: 8/64, 5/64, 4/64, 2/64, 2/32, 1/32, 1/64), 2 (warps: nw/bn 8/16,
+// 4/16, 4/32, 2/32) or 3 (split, L <= 64: nw warps 8 or 4, bn keys per round 128 or 64, splits <= 16), the keys
+// split over `splits` CTAs (workspace: B * H * splits * L * (D + 2) floats when splits > 1). Returns a cudaError_t
+// (1: no such config).
 extern "C" __attribute__((visibility("default"))) int dllm_cache_attention_config(
     const void* qkv, const int64_t* pos, const void* cos_t, const void* sin_t, const void* bias, const void* past_k,
     const void* past_v, void* out, void* present_k, void* present_v, void* workspace, int B, int L, int C, int H,
@@ -1471,8 +1898,10 @@ extern "C" __attribute__((visibility("default"))) int dllm_cache_attention_confi
          static_cast<bf16*>(out), static_cast<bf16*>(present_k), static_cast<bf16*>(present_v), B, L, C, H, Hkv, D, P,
          scale};
   Plan p{kernel, nw, kernel == kWmma ? kKT : bn, 1, 1};
-  if (kernel < kWmma || kernel > kWarps || (kernel != kWmma && D > 128) || splits < 1) return 1;
-  const int tiles = (C + L + p.bn - 1) / p.bn;
+  if (kernel < kWmma || kernel > kSplit || (kernel != kWmma && D > 128) || splits < 1) return 1;
+  if (kernel == kSplit && (L > 64 || splits > kSplitMaxSplits)) return 1;
+  const int tile = kernel == kSplit ? kSplitTile : p.bn;
+  const int tiles = (C + L + tile - 1) / tile;
   p.split_tiles = (tiles + splits - 1) / splits;
   p.splits = (tiles + p.split_tiles - 1) / p.split_tiles;
   if (p.splits > 1 && workspace == nullptr) return 1;

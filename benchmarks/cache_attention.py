@@ -2,7 +2,8 @@
 LLaDA-8B's attention shapes: every kernel configuration (the WMMA kernel, the flash kernel with 1/2/4/5/8 warps of 16
 query rows and 32/64-key tiles, the warps kernel (2/4/8 warps over the key tiles of 16 rows, presents fused), the
 split kernel of block steps (every query row of a head in one CTA, 4/8 warps, 64/128 keys per round, presents fused,
-the splits merged by the last CTA), the keys split over 1..16 CTAs), each checked against fp32 math, against torch's
+the splits merged in a thread block cluster on sm_90 or by the last CTA), the keys split over 1..16 CTAs), each
+checked against fp32 math, against torch's
 scaled_dot_product_attention on the same bf16 tensors (its flash or cuDNN kernel: what the `--ops ort` graph's
 MultiHeadAttention stands for). The `default` row is the configuration the ONNX Runtime op picks.
 
@@ -27,7 +28,7 @@ WARPS = [(4, 32), (4, 16), (8, 16), (2, 32)]  # (warps over the key tiles of 16 
 SPLIT = [(8, 128), (8, 64), (4, 128), (4, 64)]  # (warps, keys per round) of the split kernel (L <= 64)
 SPLITS = [1, 2, 3, 4, 6, 8]
 SPLIT_SPLITS = [1, 2, 3, 4, 6, 8, 16]
-KERNELS = {0: "wmma", 1: "flash", 2: "warps", 3: "split"}
+KERNELS = {0: "wmma", 1: "flash", 2: "warps", 3: "split", 4: "split-counters"}
 
 
 def timed(fn, warmup: int = 10, repeat: int = 30, per_graph: int = 20) -> float:
@@ -152,6 +153,8 @@ def main() -> None:
         for nw, rk in SPLIT if l <= 64 else []:
             for s in SPLIT_SPLITS:
                 rows.append(measure(f"split {nw}w/{rk} x{s}", config(3, nw, rk, s)))
+                if s > 1:
+                    rows.append(measure(f"split-counters {nw}w/{rk} x{s}", config(4, nw, rk, s)))
         q = torch.randn(b, h, l, d, device=dev, generator=g).bfloat16()
         k = torch.randn(b, h, c + l, d, device=dev, generator=g).bfloat16()
         v = torch.randn_like(k)

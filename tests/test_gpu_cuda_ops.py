@@ -159,14 +159,16 @@ def test_cache_attention_kernel_equals_fp32_math(library, case):
     assert (outs[0] - outs[1]).abs().max().item() <= 1e-2 * max(1.0, ref.abs().max().item())
     plan = (ctypes.c_int * 4)()
     lib.dllm_cache_attention_plan(b, l, c, h, d, plan)
-    if d <= 128:  # the flash kernels: the split kernel (presents fused) for block steps, the flash kernel for long L
-        assert plan[0] == (3 if l <= 64 else 1), list(plan)
+    if d <= 128:  # the flash kernels: the split kernel (presents fused; merged in a cluster (3) or by the last CTA
+        # (4)) for block steps, the flash kernel for long L
+        assert plan[0] in ((3, 4) if l <= 64 else (1,)), list(plan)
 
 
 def test_split_kernel_merges_on_every_call_and_on_many_streams(library):
-    """The block step's split kernel merges its splits in the last CTA through a counter per stream that the
-    merging CTA resets: every call on a stream must merge again (a counter left at its count would leave the output
-    unwritten), and past the library's eight counter slots (a ninth stream) combine_kernel merges instead."""
+    """The block step's split kernel merges its splits in a thread block cluster (sm_90) or in the last CTA through
+    a counter per stream that the merging CTA resets: every call on a stream must merge again (a counter left at its
+    count would leave the output unwritten), and past the library's eight counter slots (a ninth stream)
+    combine_kernel merges instead."""
     import torch
 
     case = CASES[0]
@@ -179,27 +181,38 @@ def test_split_kernel_merges_on_every_call_and_on_many_streams(library):
     floats = lib.dllm_cache_attention_workspace(b, l, c, h, d)
     plan = (ctypes.c_int * 4)()
     lib.dllm_cache_attention_plan(b, l, c, h, d, plan)
-    assert plan[0] == 3 and plan[3] > 1 and floats > 0, (list(plan), floats)
+    assert plan[0] in (3, 4) and plan[3] > 1 and floats > 0, (list(plan), floats)
     ptr = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
     ws = torch.empty(floats, device="cuda")
+    lib.dllm_cache_attention_config.restype = ctypes.c_int
     streams = [torch.cuda.current_stream()] + [torch.cuda.Stream() for _ in range(10)]
-    for i, stream in enumerate(streams + streams[:2]):
-        out = torch.full((b, l, h * d), float("nan"), device="cuda", dtype=torch.bfloat16)
-        ck = torch.full((b, hkv, l, d), float("nan"), device="cuda", dtype=torch.bfloat16)
-        cv = torch.full_like(ck, float("nan"))
-        torch.cuda.synchronize()
-        rc = lib.dllm_cache_attention(ptr(qkv), ptr(pos), ptr(cos), ptr(sin), ptr(bias), ptr(pk), ptr(pv), ptr(out),
-                                      ptr(ck), ptr(cv), ptr(ws), ctypes.c_int64(floats), b, l, c, h, hkv, d,
-                                      POSITIONS, ctypes.c_float(d ** -0.5), ctypes.c_void_p(stream.cuda_stream))
-        torch.cuda.synchronize()
-        assert rc == 0
-        assert_attention_close(out, ck, cv, ref, rk, rv, ("call", i))
+    for kernel in (None, 4):  # the default plan; the split kernel merged by the last CTA (kernel 4, 4 splits)
+        for i, stream in enumerate(streams + streams[:2]):
+            out = torch.full((b, l, h * d), float("nan"), device="cuda", dtype=torch.bfloat16)
+            ck = torch.full((b, hkv, l, d), float("nan"), device="cuda", dtype=torch.bfloat16)
+            cv = torch.full_like(ck, float("nan"))
+            torch.cuda.synchronize()
+            if kernel is None:
+                rc = lib.dllm_cache_attention(ptr(qkv), ptr(pos), ptr(cos), ptr(sin), ptr(bias), ptr(pk), ptr(pv),
+                                              ptr(out), ptr(ck), ptr(cv), ptr(ws), ctypes.c_int64(floats), b, l, c, h,
+                                              hkv, d, POSITIONS, ctypes.c_float(d ** -0.5),
+                                              ctypes.c_void_p(stream.cuda_stream))
+            else:
+                rc = lib.dllm_cache_attention_config(ptr(qkv), ptr(pos), ptr(cos), ptr(sin), ptr(bias), ptr(pk),
+                                                     ptr(pv), ptr(out), ptr(ck), ptr(cv), ptr(ws), b, l, c, h, hkv, d,
+                                                     POSITIONS, ctypes.c_float(d ** -0.5), kernel, 8, 128, 4,
+                                                     ctypes.c_void_p(stream.cuda_stream))
+            torch.cuda.synchronize()
+            assert rc == 0
+            assert_attention_close(out, ck, cv, ref, rk, rv, ("kernel", kernel, "call", i))
 
 
 CONFIGS = [(0, 0, 32, 1), (0, 0, 32, 3), (1, 4, 64, 1), (1, 4, 32, 2), (1, 2, 32, 3), (1, 1, 64, 2), (1, 5, 64, 1),
            (1, 8, 64, 2), (2, 8, 16, 1), (2, 4, 16, 3), (2, 4, 32, 2), (2, 2, 32, 1),
-           (3, 8, 128, 1), (3, 8, 128, 4), (3, 8, 64, 3), (3, 4, 64, 2), (3, 4, 128, 16)]
-# (kernel: 0 WMMA / 1 flash / 2 warps / 3 split, warps, keys per tile (split: per round), splits)
+           (3, 8, 128, 1), (3, 8, 128, 4), (3, 8, 128, 8), (3, 8, 64, 3), (3, 4, 64, 2), (3, 4, 128, 16),
+           (4, 8, 128, 4), (4, 8, 64, 3)]
+# (kernel: 0 WMMA / 1 flash / 2 warps / 3 split (a cluster merges its splits on sm_90 when there are at most 8 and
+# 128 keys per round) / 4 split merged by the last CTA, warps, keys per tile (split: per round), splits)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[f"k{c[0]}w{c[1]}n{c[2]}s{c[3]}" for c in CONFIGS])
@@ -233,15 +246,16 @@ def test_every_cache_attention_config_equals_fp32_math(library, case, config):
 
 def test_block_step_plan_fits_a_99_kb_gpu(library):
     """On GPUs that give a block 99 KB of shared memory (sm_86 / sm_89 / sm_120: RTX), the block step's split kernel
-    copies 64 keys per round instead of 128 (90 KB instead of 158 at D = 128) and still equals fp32 math (a fresh
-    process: the limit is read once)."""
+    copies 64 keys per round instead of 128 (96 KB instead of 162 at D = 128; its last CTA merges the splits: the
+    cluster merge keeps them in the 128-key stages) and still equals fp32 math (a fresh process: the limit is read
+    once)."""
     import subprocess
     import sys
 
     code = (
         "import ctypes, sys; sys.path.insert(0, 'tests'); import test_gpu_cuda_ops as t\n"
         f"lib = ctypes.CDLL({str(library)!r}); plan = (ctypes.c_int * 4)()\n"
-        "lib.dllm_cache_attention_plan(1, 32, 352, 32, 128, plan); assert list(plan)[:3] == [3, 8, 64], list(plan)\n"
+        "lib.dllm_cache_attention_plan(1, 32, 352, 32, 128, plan); assert list(plan)[:3] == [4, 8, 64], list(plan)\n"
         f"t.test_cache_attention_kernel_equals_fp32_math({str(library)!r}, t.CASES[0]); print('ok')\n")
     env = dict(os.environ, DLLM_TRT_CUDA_SMEM_LIMIT=str(99 * 1024))
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,

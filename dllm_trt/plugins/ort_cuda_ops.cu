@@ -17,9 +17,10 @@
 //     with too few query tiles x heads to fill the GPU); a combine kernel then merges the splits.
 //     Kernels (plan_for picks; benchmarks/cache_attention.py times each): head dims up to 128 run register-resident
 //     flash kernels (mma.sync m16n8k16, K/V copied with cp.async): flash_split_kernel for block steps (L <= 64:
-//     one CTA per (key split, head) with every query row, presents fused, the splits merged by the last CTA: one
-//     kernel) and flash_kernel for long queries (after presents_kernel); flash_warps_kernel (the block steps'
-//     kernel before it) stays selectable; head dim 256 runs the WMMA attention_kernel.
+//     one CTA per (key split, head) with every query row, presents fused, the splits merged in a thread block
+//     cluster (sm_90) or by the last CTA: one kernel) and flash_kernel for long queries (after presents_kernel);
+//     flash_warps_kernel (the block steps' kernel before it) stays selectable; head dim 256 runs the WMMA
+//     attention_kernel.
 //   SiluMul(gate_up [N..., 2 I]) -> [N..., I] = silu(gate) * up.
 //   SelectRows(logits [B, R, V] fp32; mask_token_id) -> tokens [B, R] int64, confidence, margin, neg_entropy [B, R]
 //     models.layers.select_rows in one kernel (the standard graph's ArgMax / Exp / ReduceSum chain is ~16 kernels).
@@ -34,6 +35,7 @@
 
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
+#include <cooperative_groups.h>
 #include <cuda_pipeline.h>
 #include <mma.h>
 
@@ -849,9 +851,13 @@ __global__ void __launch_bounds__(NW * 32) flash_warps_kernel(
 // query head). The warps of a row group are merged through shared memory with one weight per (row, warp); with
 // more than one split each CTA leaves its (unnormalised output, max, sum) rows in the workspace and the last CTA of
 // the (head, batch row) to finish (a counter per stream, reset by that CTA) merges the splits: one kernel per step.
-// LLaDA-8B's block step on an H200: 11.4 us alone (the warps kernel 17.0), 12 us per layer in the 8B graph (17).
-// What is left (a %globaltimer trace, -DDLLM_TRT_PHASES, cold L2: 11.8 us): the rows' RoPE prologue ~3 us, the
-// key tiles ~2, the merge of the warps and the partial rows ~2, the count ~1, the last CTA's merge ~3.
+// On sm_90 the splits of a head run as one thread block cluster instead, when all clusters fit in one wave (plan_for
+// asks cudaOccupancyMaxActiveClusters): the rows stay in shared memory and each CTA merges every splits-th row from
+// its peers'. LLaDA-8B's block step on an H200, alone: clusters of 3 splits 10.1 us, the last-CTA merge with 4
+// splits 11.5, clusters of 4 17.8 (a second wave of clusters), the warps kernel before it 17.0; in the 8B graph
+// (last-CTA merge) 12 us per layer, was 17. A %globaltimer trace (-DDLLM_TRT_PHASES, cold L2) of the last-CTA
+// version: the rows' RoPE prologue ~3 us, the key tiles ~2, the warps' merge and partial rows ~2, the count ~1, the
+// last CTA's merge ~3 (the cluster's ~0.6 + 2).
 constexpr int kSplitMaxSplits = 16;
 
 #ifdef DLLM_TRT_PHASES  // a profiling build: thread 0 of each CTA stamps %globaltimer at the kernel's phases
@@ -932,6 +938,8 @@ struct SplitSmem {
   static constexpr size_t bytes = q + 2 * stage + ml + weights;
   static constexpr int old = D + 4;  // rows of a warp's partial output, padded: its 8 row groups hit different banks
   static_assert((size_t)NW * 16 * old * sizeof(float) <= 2 * stage, "the warps' partial outputs fit in the stages");
+  // the cluster variant also keeps the split's 64 rows there
+  static constexpr bool cluster_fits = (size_t)(NW * 16 + 64) * old * sizeof(float) <= 2 * stage;
 };
 constexpr size_t split_smem(int D, int nw, int rk) {
   return (size_t)64 * (D + 8) * 2 + (size_t)4 * rk * (D + 8) * 2 + (size_t)2 * nw * 16 * 4 +
@@ -940,7 +948,10 @@ constexpr size_t split_smem(int D, int nw, int rk) {
 
 // Grid (splits, H, B), 32 NW threads. Split s covers keys [s * split_keys, ...) (split_keys a multiple of 16).
 // ws [B, H, splits, L, D + 2] and counters [B * H] when splits > 1; counters == nullptr: combine_kernel merges.
-template <int D, int NW, int RK>
+// CL (sm_90, launched as clusters of the `splits` CTAs of a head, RK = 128): the splits' rows stay in shared
+// memory and each CTA of the cluster merges every splits-th row from its peers' (distributed shared memory): no
+// workspace, counter or second pass over L2.
+template <int D, int NW, int RK, bool CL = false>
 __global__ void __launch_bounds__(NW * 32) flash_split_kernel(
     const bf16* __restrict__ qkv, const int64_t* __restrict__ pos, const float* __restrict__ cos_t,
     const float* __restrict__ sin_t, const bf16* __restrict__ bias, const bf16* __restrict__ past_k,
@@ -1066,7 +1077,11 @@ __global__ void __launch_bounds__(NW * 32) flash_split_kernel(
     mrow[64 + rr] = den;
   }
   __syncthreads();
-  float* part = splits > 1 ? ws + (((int64_t)b * H + h) * splits + split) * L * (D + 2) : nullptr;  // [L][D + 2]
+  // this split's rows: the workspace [L][D + 2] (max and sum at D, D + 1), or (CL) shared memory [L][OLD] after the
+  // warps' partials (max and sum stay in mrow)
+  constexpr int PLD = CL ? OLD : D + 2;
+  float* part = CL ? reinterpret_cast<float*>(smem + S::q) + (size_t)NW * 16 * OLD
+                   : (splits > 1 ? ws + (((int64_t)b * H + h) * splits + split) * L * (D + 2) : nullptr);
   for (int i = threadIdx.x; i < L * (D / 4); i += kThreads) {
     const int rr = i / (D / 4), d = (i % (D / 4)) * 4, grp = rr / 16, r16 = rr % 16;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -1086,13 +1101,68 @@ __global__ void __launch_bounds__(NW * 32) flash_split_kernel(
       dst[0] = __floats2bfloat162_rn(acc.x, acc.y);
       dst[1] = __floats2bfloat162_rn(acc.z, acc.w);
     } else {
-      float2* dst = reinterpret_cast<float2*>(part + (int64_t)rr * (D + 2) + d);
+      float2* dst = reinterpret_cast<float2*>(part + (int64_t)rr * PLD + d);
       dst[0] = make_float2(acc.x, acc.y);
       dst[1] = make_float2(acc.z, acc.w);
-      if (d == 0) *reinterpret_cast<float2*>(part + (int64_t)rr * (D + 2) + D) = make_float2(mrow[rr], mrow[64 + rr]);
+      if (!CL && d == 0) *reinterpret_cast<float2*>(part + (int64_t)rr * PLD + D) = make_float2(mrow[rr], mrow[64 + rr]);
     }
   }
   phase(4);
+  if constexpr (CL) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (splits > 1) {
+      namespace cg = cooperative_groups;
+      cg::cluster_group cluster = cg::this_cluster();
+      cluster.sync();  // every split's rows are in its shared memory
+      phase(5);
+      float* Wc = Wt + kSplitMaxSplits * 64;  // [splits][64]: this CTA's rows' weights
+      const int mine = (L - split + splits - 1) / splits;  // rows split, split + splits, ...
+      if (threadIdx.x < mine) {
+        const int rr = split + threadIdx.x * splits;
+        float ms[8], ds[8], mm = -INFINITY, den = 0.f;
+#pragma unroll
+        for (int q = 0; q < 8; ++q) {
+          if (q >= splits) break;
+          const float* peer = cluster.map_shared_rank(mrow, q);
+          ms[q] = peer[rr];
+          ds[q] = peer[64 + rr];
+          mm = fmaxf(mm, ms[q]);
+        }
+#pragma unroll
+        for (int q = 0; q < 8; ++q) {
+          if (q >= splits) break;
+          ms[q] = (mm == -INFINITY || ms[q] == -INFINITY) ? 0.f : __expf(ms[q] - mm);
+          den += ms[q] * ds[q];
+        }
+        const float norm = den > 0.f ? 1.f / den : 0.f;
+#pragma unroll
+        for (int q = 0; q < 8; ++q)
+          if (q < splits) Wc[q * 64 + threadIdx.x] = ms[q] * norm;
+      }
+      __syncthreads();
+      for (int i = threadIdx.x; i < mine * (D / 4); i += kThreads) {
+        const int j = i / (D / 4), rr = split + j * splits, d = (i % (D / 4)) * 4;
+        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+        for (int q = 0; q < 8; ++q) {
+          if (q >= splits) break;
+          const float f = Wc[q * 64 + j];
+          const float4 v = *reinterpret_cast<const float4*>(cluster.map_shared_rank(part, q) + (size_t)rr * OLD + d);
+          acc.x += f * v.x;
+          acc.y += f * v.y;
+          acc.z += f * v.z;
+          acc.w += f * v.w;
+        }
+        __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(out + ((int64_t)b * L + rr) * H * D + (int64_t)h * D + d);
+        dst[0] = __floats2bfloat162_rn(acc.x, acc.y);
+        dst[1] = __floats2bfloat162_rn(acc.z, acc.w);
+      }
+      cluster.sync();  // the peers have read this CTA's rows before it exits
+      phase(6);
+    }
+#endif
+    return;
+  }
   if (splits == 1 || counters == nullptr) return;
 
   // the last CTA of this (head, batch row) merges the splits
@@ -1182,7 +1252,7 @@ struct Plan {
                     // (kSplit: keys per round; its tiles are 16 keys)
   int splits, split_tiles;
 };
-constexpr int kWmma = 0, kFlash = 1, kWarps = 2, kSplit = 3;
+constexpr int kWmma = 0, kFlash = 1, kWarps = 2, kSplit = 3, kSplitCounters = 4;  // 4: kSplit without clusters
 constexpr int kSplitTile = 16;
 
 // Counters of flash_split_kernel's last-CTA merge: zero at load, each reset by the CTA that read it. One slot of
@@ -1254,7 +1324,7 @@ size_t smem_limit() {
 }
 
 size_t smem_of(const Plan& p, int D) {
-  if (p.kernel == kSplit) return split_smem(D, p.nw, p.bn);
+  if (p.kernel == kSplit || p.kernel == kSplitCounters) return split_smem(D, p.nw, p.bn);
   if (p.kernel == kWarps) return warps_smem(D, p.nw, p.bn);
   if (p.kernel == kFlash) return flash_smem(D, p.nw, p.bn);
   switch (D) {
@@ -1284,17 +1354,20 @@ const Plan* plan_override() {
     const char* env = std::getenv("DLLM_TRT_ATTENTION_PLAN");
     if (env == nullptr || std::sscanf(env, "%d:%d:%d:%d", &p.kernel, &p.nw, &p.bn, &p.splits) != 4) return nullptr;
     if (p.kernel == kWmma) p.bn = kKT;
-    return p.kernel >= kWmma && p.kernel <= kSplit && p.splits >= 1 ? &p : nullptr;
+    return p.kernel >= kWmma && p.kernel <= kSplitCounters && p.splits >= 1 ? &p : nullptr;
   }();
   return plan;
 }
 
+int split_cluster_capacity(int D, int splits);  // below, with the kernels' launchers
+
 Plan plan_for(int B, int L, int keys, int H, int D) {
   Plan p{kWmma, 0, kKT, 1, 1};
   const long sms = sm_count();
-  if (const Plan* o = plan_override(); o != nullptr && D <= 128 && (o->kernel != kSplit || L <= 64)) {
+  if (const Plan* o = plan_override(); o != nullptr && D <= 128 && (o->kernel < kSplit || L <= 64)) {
     p = *o;
-    const int tiles = (keys + (p.kernel == kSplit ? kSplitTile : p.bn) - 1) / (p.kernel == kSplit ? kSplitTile : p.bn);
+    const int tile = p.kernel >= kSplit ? kSplitTile : p.bn;
+    const int tiles = (keys + tile - 1) / tile;
     p.split_tiles = (tiles + o->splits - 1) / o->splits;
     p.splits = (tiles + p.split_tiles - 1) / p.split_tiles;
     return p;
@@ -1304,7 +1377,19 @@ Plan plan_for(int B, int L, int keys, int H, int D) {
     p.nw = 8;
     p.bn = split_smem(D, 8, 128) <= smem_limit() ? 128 : 64;  // 158 KB at D = 128; 90 KB with 64 (RTX GPUs)
     const long tiles = (keys + kSplitTile - 1) / kSplitTile;
-    const long splits = std::min(std::max(1L, sms / ((long)H * B)), std::min<long>(kSplitMaxSplits, tiles));
+    long splits = std::min(std::max(1L, sms / ((long)H * B)), std::min<long>(kSplitMaxSplits, tiles));
+    // a cluster per head merges its splits (sm_90) when every cluster fits in one wave: the most splits (<= 8)
+    // that do (LLaDA-8B on an H200: 3, 10.2 us; 4 splits need a second wave of clusters, 17.8; the last-CTA
+    // merge with 4 splits, 11.6); else the last CTA merges
+    p.kernel = kSplitCounters;
+    if (p.bn == 128 && splits > 1) {
+      for (long c = std::min(splits, 8L); c >= 2; --c)
+        if (split_cluster_capacity(D, (int)c) >= (long)H * B) {
+          splits = c;
+          p.kernel = kSplit;
+          break;
+        }
+    }
     p.split_tiles = (int)((tiles + splits - 1) / splits);
     p.splits = (int)((tiles + p.split_tiles - 1) / p.split_tiles);
   } else if (D <= 128 && L <= 64) {  // (the warps kernel: $DLLM_TRT_ATTENTION_PLAN=2:...)
@@ -1408,6 +1493,58 @@ cudaError_t warps_attention(const Args& a, cudaStream_t stream, float* ws, const
   return (e != cudaSuccess || plan.splits == 1) ? e : combine(a, stream, ws, plan.splits);
 }
 
+// Whether `kernel` was compiled for sm_90 or newer (a library built for an older GPU and JIT-compiled here has the
+// cluster code compiled out) and this GPU launches thread block clusters.
+template <typename K>
+bool clusters_run(K kernel) {
+  static const bool gpu = [] {
+    int dev = 0, cc = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&cc, cudaDevAttrComputeCapabilityMajor, dev);
+    return cc >= 9 && std::getenv("DLLM_TRT_NO_CLUSTERS") == nullptr;  // $DLLM_TRT_NO_CLUSTERS: the counter path
+  }();
+  if (!gpu) return false;
+  cudaFuncAttributes fa{};
+  return cudaFuncGetAttributes(&fa, kernel) == cudaSuccess && fa.binaryVersion >= 90 && fa.ptxVersion >= 90;
+}
+
+// How many clusters of `splits` CTAs of flash_split_kernel<D, 8, 128> this GPU holds at once (0: no clusters here)
+template <int D>
+int cluster_capacity_of(int splits) {
+  using S = SplitSmem<D, 8, 128>;
+  auto kernel = flash_split_kernel<D, 8, 128, true>;
+  if (!clusters_run(kernel)) return 0;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)S::bytes) != cudaSuccess) return 0;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3((unsigned)splits, 1, 1);
+  cfg.blockDim = dim3(8 * 32);
+  cfg.dynamicSmemBytes = S::bytes;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = (unsigned)splits;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int n = 0;
+  return cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) == cudaSuccess ? n : 0;
+}
+
+int split_cluster_capacity(int D, int splits) {
+  static std::mutex mu;
+  static int known[3][9] = {};  // D 32 / 64 / 128 x splits 0..8: capacity + 1 (0: not asked yet)
+  const int di = D == 32 ? 0 : (D == 64 ? 1 : (D == 128 ? 2 : -1));
+  if (di < 0 || splits < 2 || splits > 8) return 0;
+  std::lock_guard<std::mutex> lock(mu);
+  if (known[di][splits] == 0) {
+    const int n = D == 32 ? cluster_capacity_of<32>(splits)
+                          : (D == 64 ? cluster_capacity_of<64>(splits) : cluster_capacity_of<128>(splits));
+    cudaGetLastError();  // a refused query is "no clusters", not the next launch's error
+    known[di][splits] = n + 1;
+  }
+  return known[di][splits] - 1;
+}
+
 template <int D, int NW, int RK>
 cudaError_t split_attention(const Args& a, cudaStream_t stream, float* ws, const Plan& plan) {
   using S = SplitSmem<D, NW, RK>;
@@ -1419,8 +1556,35 @@ cudaError_t split_attention(const Args& a, cudaStream_t stream, float* ws, const
   });
   if (attr != cudaSuccess) return attr;
   if ((a.L + 15) / 16 > NW || plan.splits > kSplitMaxSplits) return cudaErrorInvalidValue;
-  unsigned* counters = plan.splits > 1 ? split_counters(stream, (long)a.B * a.H) : nullptr;
   const dim3 grid((unsigned)plan.splits, (unsigned)a.H, (unsigned)a.B);
+  if constexpr (S::cluster_fits) {
+    static const bool clusters = clusters_run(flash_split_kernel<D, NW, RK, true>);  // once: a launch is hot
+    if (plan.kernel == kSplit && plan.splits > 1 && plan.splits <= 8 && clusters) {
+      static std::once_flag cl_once;
+      static cudaError_t cl_attr = cudaSuccess;
+      std::call_once(cl_once, [] {
+        cl_attr = cudaFuncSetAttribute(flash_split_kernel<D, NW, RK, true>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)S::bytes);
+      });
+      if (cl_attr != cudaSuccess) return cl_attr;
+      cudaLaunchConfig_t cfg = {};
+      cfg.gridDim = grid;
+      cfg.blockDim = dim3(NW * 32);
+      cfg.dynamicSmemBytes = S::bytes;
+      cfg.stream = stream;
+      cudaLaunchAttribute attr[1];
+      attr[0].id = cudaLaunchAttributeClusterDimension;
+      attr[0].val.clusterDim.x = (unsigned)plan.splits;
+      attr[0].val.clusterDim.y = 1;
+      attr[0].val.clusterDim.z = 1;
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+      return cudaLaunchKernelEx(&cfg, flash_split_kernel<D, NW, RK, true>, a.qkv, a.pos, a.cos_t, a.sin_t, a.bias,
+                                a.past_k, a.past_v, a.present_k, a.present_v, a.out, ws, (unsigned*)nullptr, a.L, a.C,
+                                a.H, a.Hkv, a.P, a.scale, plan.splits, plan.split_tiles * kSplitTile);
+    }
+  }
+  unsigned* counters = plan.splits > 1 ? split_counters(stream, (long)a.B * a.H) : nullptr;
   flash_split_kernel<D, NW, RK><<<grid, NW * 32, S::bytes, stream>>>(
       a.qkv, a.pos, a.cos_t, a.sin_t, a.bias, a.past_k, a.past_v, a.present_k, a.present_v, a.out, ws, counters, a.L,
       a.C, a.H, a.Hkv, a.P, a.scale, plan.splits, plan.split_tiles * kSplitTile);
@@ -1461,7 +1625,7 @@ cudaError_t flash_for(const Args& a, cudaStream_t stream, float* ws, const Plan&
 
 // presents, then the attention by `plan` (its workspace: workspace_of(plan) floats at ws)
 cudaError_t run_planned(const Args& a, cudaStream_t stream, float* ws, const Plan& plan) {
-  if (plan.kernel == kSplit) {  // presents fused
+  if (plan.kernel == kSplit || plan.kernel == kSplitCounters) {  // presents fused
     switch (a.D) {
       case 32: return split_kernel_for<32>(a, stream, ws, plan);
       case 64: return split_kernel_for<64>(a, stream, ws, plan);
@@ -1504,7 +1668,7 @@ cudaError_t run_cache_attention(const Args& a, cudaStream_t stream, float* ws, i
   Plan plan = plan_for(a.B, a.L, a.C + a.L, a.H, a.D);
   if (ws == nullptr || ws_floats < workspace_of(plan, a.B, a.L, a.H, a.D)) {
     plan.splits = 1;
-    const int tile = plan.kernel == kSplit ? kSplitTile : plan.bn;
+    const int tile = plan.kernel >= kSplit ? kSplitTile : plan.bn;
     plan.split_tiles = (a.C + a.L + tile - 1) / tile;
   }
   return run_planned(a, stream, ws, plan);
@@ -1886,7 +2050,8 @@ extern "C" __attribute__((visibility("default"))) int dllm_cache_attention(
 
 // One kernel configuration, for benchmarks/cache_attention.py's sweep: kernel 0 (WMMA; nw, bn ignored), 1 (flash,
 // nw warps of 16 query rows, bn keys per tile: 8/64, 5/64, 4/64, 2/64, 2/32, 1/32, 1/64), 2 (warps: nw/bn 8/16,
-// 4/16, 4/32, 2/32) or 3 (split, L <= 64: nw warps 8 or 4, bn keys per round 128 or 64, splits <= 16), the keys
+// 4/16, 4/32, 2/32), 3 (split, L <= 64: nw warps 8 or 4, bn keys per round 128 or 64, splits <= 16; merged in a
+// thread block cluster on sm_90 when splits <= 8 and bn = 128) or 4 (split, merged by the last CTA), the keys
 // split over `splits` CTAs (workspace: B * H * splits * L * (D + 2) floats when splits > 1). Returns a cudaError_t
 // (1: no such config).
 extern "C" __attribute__((visibility("default"))) int dllm_cache_attention_config(
@@ -1898,9 +2063,9 @@ extern "C" __attribute__((visibility("default"))) int dllm_cache_attention_confi
          static_cast<bf16*>(out), static_cast<bf16*>(present_k), static_cast<bf16*>(present_v), B, L, C, H, Hkv, D, P,
          scale};
   Plan p{kernel, nw, kernel == kWmma ? kKT : bn, 1, 1};
-  if (kernel < kWmma || kernel > kSplit || (kernel != kWmma && D > 128) || splits < 1) return 1;
-  if (kernel == kSplit && (L > 64 || splits > kSplitMaxSplits)) return 1;
-  const int tile = kernel == kSplit ? kSplitTile : p.bn;
+  if (kernel < kWmma || kernel > kSplitCounters || (kernel != kWmma && D > 128) || splits < 1) return 1;
+  if (kernel >= kSplit && (L > 64 || splits > kSplitMaxSplits)) return 1;
+  const int tile = kernel >= kSplit ? kSplitTile : p.bn;
   const int tiles = (C + L + tile - 1) / tile;
   p.split_tiles = (tiles + splits - 1) / splits;
   p.splits = (tiles + p.split_tiles - 1) / p.split_tiles;

@@ -21,6 +21,11 @@ Usage::
 
 Only greedy settings are drawn (temperature 0; SDAR at temperature 1 with the fixture tool's
 argmax substitute and no top-k / top-p): everything else draws from torch's RNG.
+
+``--big`` widens the draws (prompts and generations up to 96 tokens, blocks up to 32, Fast-dLLM v2's
+default block); ``--chat`` mixes the family's special tokens (EOS / stop ids) into half of the prompts,
+so stop tokens appear in prompts and more often in outputs. Without them a seed draws exactly what it
+drew before the flags existed.
 """
 from __future__ import annotations
 
@@ -38,18 +43,40 @@ sys.path.insert(0, str(REPO / "tools"))
 
 
 # --------------------------------------------------------------------------------- draws
+# ``--big`` widens the draws (prompts up to 96 tokens, generations up to 96, blocks up to 32); ``--chat``
+# draws half of the prompts with the family's special tokens (EOS / stop ids included) mixed in. Both off:
+# the draws of the earlier runs, seed for seed.
+WIDE = {"big": False, "chat": False}
+
+
+def _max_prompt() -> int:
+    return 96 if WIDE["big"] else 40
+
+
 def _plen(rng: random.Random, block: int) -> int:
-    """A prompt length in 1..40, half of the time next to a multiple of ``block``."""
+    """A prompt length in 1..40 (``--big``: 1..96), half of the time next to a multiple of ``block``."""
+    top = _max_prompt()
     if rng.random() < 0.5:
-        n = block * rng.randint(1, max(1, 40 // block)) + rng.choice((-1, 0, 1))
-        return min(40, max(1, n))
-    return rng.randint(1, 40)
+        n = block * rng.randint(1, max(1, top // block)) + rng.choice((-1, 0, 1))
+        return min(top, max(1, n))
+    return rng.randint(1, top)
 
 
 def _blocks(rng: random.Random, lengths=(2, 4, 8, 16), max_gen: int = 32) -> tuple[int, int]:
+    if WIDE["big"]:
+        lengths, max_gen = tuple(lengths) + (32,), 3 * max_gen
     block = rng.choice(lengths)
     nb = rng.randint(1, max(1, max_gen // block))
     return block, nb
+
+
+def _prompts(F, family: str, lengths: list[int], seed: int, rng: random.Random) -> list[list[int]]:
+    """F.prompts (byte tokens); with ``--chat`` each prompt is, with probability 1/2, F.chat_like_prompt instead."""
+    out = F.prompts(family, lengths, seed=seed)
+    if WIDE["chat"]:
+        out = [F.chat_like_prompt(family, n, seed + j) if rng.random() < 0.5 else p
+               for j, (n, p) in enumerate(zip(lengths, out))]
+    return out
 
 
 # ------------------------------------------------------------------------------ upstream runs
@@ -86,7 +113,7 @@ def fuzz_llada(F, up: Path, rng: random.Random, n: int):
                 kw.update(cfg_scale=rng.choice((0.0, 0.0, 0.5, 1.5)), logits_eos_inf=rng.random() < 0.4,
                           confidence_eos_eot_inf=rng.random() < 0.4)
             else:
-                batch = F.prompts("llada", [_plen(rng, block)] * bsz, seed=seed)
+                batch = _prompts(F, "llada", [_plen(rng, block)] * bsz, seed, rng)
                 rule = rng.random()
                 if rule < 0.35:
                     kw["threshold"] = round(rng.uniform(0.05, 0.99), 3)
@@ -142,16 +169,16 @@ def fuzz_dream(F, up: Path, rng: random.Random, n: int):
             kw = dict(alg=alg, alg_temp=0.0, temperature=0.0, mask_token_id=mask)
             am = None
             if fn == "diffusion_generate":
-                max_new = rng.randint(1, 32)
+                max_new = rng.randint(1, 96 if WIDE["big"] else 32)
                 if alg == "confidence_threshold":
                     divs = [d for d in range(1, max_new + 1) if max_new % d == 0]
                     steps = rng.choice(divs)
                     lens = [_plen(rng, 8)]
                 else:
-                    steps = rng.choice((rng.randint(1, max_new), max_new, rng.randint(1, 40)))
+                    steps = rng.choice((rng.randint(1, max_new), max_new, rng.randint(1, _max_prompt())))
                     lens = [_plen(rng, 8) for _ in range(rng.choice((1, 1, 2, 3)))]
                 kw.update(max_new_tokens=max_new, steps=steps, output_history=False, return_dict_in_generate=False)
-                raw = F.prompts("dream", lens, seed=seed)
+                raw = _prompts(F, "dream", lens, seed, rng)
                 width = max(lens)
                 batch = [[pad] * (width - len(p)) + p for p in raw]
                 if len(set(lens)) > 1:
@@ -162,7 +189,7 @@ def fuzz_dream(F, up: Path, rng: random.Random, n: int):
                 kw.update(max_new_tokens=block * nb, steps=spb * nb, block_length=block,
                           dual_cache=rng.random() < 0.5)
                 bsz = 1 if alg == "confidence_threshold" else rng.choice((1, 1, 2))
-                batch = F.prompts("dream", [_plen(rng, block)] * bsz, seed=seed)
+                batch = _prompts(F, "dream", [_plen(rng, block)] * bsz, seed, rng)
             if alg == "confidence_threshold":
                 kw["threshold"] = round(rng.uniform(0.3, 0.99), 3)
             filters(kw)
@@ -196,24 +223,25 @@ def fuzz_fast_dllm_v2(F, up: Path, rng: random.Random, n: int):
     for fn in ("generate", "batch_sample"):
         for k in range(n):
             seed = rng.randrange(10 ** 6)
-            block = F.BD_SIZE if fn == "batch_sample" or rng.random() < 0.6 else rng.choice((4, 16))
-            sub = rng.choice([d for d in (1, 2, 4, 8, 16) if d <= block and block % d == 0])
+            other = (4, 16, 32) if WIDE["big"] else (4, 16)
+            block = F.BD_SIZE if fn == "batch_sample" or rng.random() < 0.6 else rng.choice(other)
+            sub = rng.choice([d for d in (1, 2, 4, 8, 16, 32) if d <= block and block % d == 0])
             th = rng.choice((1.0, round(rng.uniform(0.3, 0.99), 3)))
             stop = rng.choice((eos, -1))
             cache = rng.random() < 0.5
-            max_new = rng.randint(block, 40)
+            max_new = rng.randint(block, 96 if WIDE["big"] else 40)
             counter.n = 0
             try:
                 if fn == "generate":
                     plen = _plen(rng, block)
-                    batch = F.prompts("fast_dllm_v2", [plen], seed=seed)
+                    batch = _prompts(F, "fast_dllm_v2", [plen], seed, rng)
                     kw = dict(max_new_tokens=max_new, mask_id=mask, threshold=th, small_block_size=sub,
                               block_size=block, stop_token=stop, top_p=0.95, temperature=0, use_block_cache=cache)
                     out = model.generate(torch.tensor(batch), **kw)
                     cases.append(F._case(fn, kw, batch, out.tolist(), counter.n, [plen]))
                 else:
                     lens = [_plen(rng, block) for _ in range(rng.choice((1, 2, 2, 3)))]
-                    batch = F.prompts("fast_dllm_v2", lens, seed=seed)
+                    batch = _prompts(F, "fast_dllm_v2", lens, seed, rng)
                     ids = torch.tensor([p + [mask] * (max(lens) - len(p)) for p in batch])
                     kw = dict(block_size=block, max_new_tokens=max_new, small_block_size=sub, min_len=min(lens),
                               seq_len=lens, mask_id=mask, threshold=th, stop_token=stop, use_block_cache=cache,
@@ -237,12 +265,12 @@ def fuzz_sdar(F, up: Path, rng: random.Random, n: int):
     for k in range(3 * n):
         seed = rng.randrange(10 ** 6)
         strategy = ("sequential", "low_confidence_static", "low_confidence_dynamic")[k % 3]
-        block = rng.choice((1, 2, 4, 4, 8))
+        block = rng.choice((1, 2, 4, 4, 8, 16) if WIDE["big"] else (1, 2, 4, 4, 8))
         steps = rng.choice((rng.randint(1, block), block, rng.randint(1, block + 4)))
         plen = _plen(rng, block)
-        batch = F.prompts("sdar", [plen], seed=seed)
-        kw = dict(mask_id=mask, gen_length=rng.randint(1, 32), block_length=block, denoising_steps=steps,
-                  temperature=1.0, top_k=0, top_p=1.0, remasking_strategy=strategy,
+        batch = _prompts(F, "sdar", [plen], seed, rng)
+        kw = dict(mask_id=mask, gen_length=rng.randint(1, 96 if WIDE["big"] else 32), block_length=block,
+                  denoising_steps=steps, temperature=1.0, top_k=0, top_p=1.0, remasking_strategy=strategy,
                   confidence_threshold=round(rng.uniform(0.2, 0.99), 3), stopping_criteria_idx=rng.choice((None, stops)))
         counter.n = 0
         try:
@@ -265,9 +293,10 @@ def cmd_upstream(args) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     rng = random.Random(f"fuzz-{args.family}-{args.seed}")
+    WIDE.update(big=args.big, chat=args.chat)
     t0 = time.time()
     cases, rejected = FUZZERS[args.family](F, Path(args.upstream).resolve(), rng, args.n)
-    doc = {"family": args.family, "seed": args.seed,
+    doc = {"family": args.family, "seed": args.seed, "big": args.big, "chat": args.chat,
            "cases": [dict(id=f"fuzz-{args.family}-{k:03d}", **c) for k, c in enumerate(cases)], "rejected": rejected}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc) + "\n")
@@ -315,6 +344,8 @@ def main(argv=None) -> None:
     u.add_argument("--n", type=int, default=60, help="random settings per upstream function")
     u.add_argument("--seed", type=int, default=0)
     u.add_argument("--out", required=True)
+    u.add_argument("--big", action="store_true", help="prompts and generations up to 96 tokens, blocks up to 32")
+    u.add_argument("--chat", action="store_true", help="half of the prompts with the family's special tokens mixed in")
     c = sub.add_parser("check")
     c.add_argument("file")
     c.add_argument("--verbose", action="store_true", help="also list the mismatches a documented gap explains")

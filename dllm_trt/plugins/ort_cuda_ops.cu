@@ -549,6 +549,25 @@ __device__ __forceinline__ void attend_tile(const bf16* Kt, const bf16* Vt, int 
   }
 }
 
+// A warp's partial result for merging: its output accumulator (unnormalised) as rows [16][ld] of fp32 at Ow, its
+// rows' running max and sum at m16[0..16) / l16[0..16)
+template <int D>
+__device__ __forceinline__ void store_partial(float* Ow, int ld, const float (&o)[D / 8][4], const float (&m)[2],
+                                              const float (&lsum)[2], float* m16, float* l16, int lane) {
+  const int g = lane >> 2, tq = lane & 3;
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) {
+    *reinterpret_cast<float2*>(Ow + g * ld + j * 8 + 2 * tq) = make_float2(o[j][0], o[j][1]);
+    *reinterpret_cast<float2*>(Ow + (g + 8) * ld + j * 8 + 2 * tq) = make_float2(o[j][2], o[j][3]);
+  }
+  if (tq == 0) {
+    m16[g] = m[0];
+    m16[g + 8] = m[1];
+    l16[g] = lsum[0];
+    l16[g + 8] = lsum[1];
+  }
+}
+
 // shared memory: Q [16 NW][ld], then K and V, two stages each [2][BN][ld]
 constexpr size_t flash_smem(int D, int nw, int bn) { return (size_t)(16 * nw + 4 * bn) * (D + 8) * sizeof(bf16); }
 
@@ -798,18 +817,7 @@ __global__ void __launch_bounds__(NW * 32) flash_warps_kernel(
   // merge the warps: each leaves (max, sum, unnormalised O) in shared memory (O over its own tiles)
   __pipeline_wait_prior(0);
   __syncwarp();
-  float* Ow = reinterpret_cast<float*>(Ks);  // [16][D]
-#pragma unroll
-  for (int j = 0; j < D / 8; ++j) {
-    *reinterpret_cast<float2*>(Ow + g * D + j * 8 + 2 * tq) = make_float2(o[j][0], o[j][1]);
-    *reinterpret_cast<float2*>(Ow + (g + 8) * D + j * 8 + 2 * tq) = make_float2(o[j][2], o[j][3]);
-  }
-  if (tq == 0) {
-    Ms[warp * 16 + g] = m[0];
-    Ms[warp * 16 + g + 8] = m[1];
-    Ls[warp * 16 + g] = lsum[0];
-    Ls[warp * 16 + g + 8] = lsum[1];
-  }
+  store_partial<D>(reinterpret_cast<float*>(Ks), D, o, m, lsum, Ms + warp * 16, Ls + warp * 16, lane);  // [16][D]
   __syncthreads();
   for (int i = threadIdx.x; i < 16 * D; i += kThreads) {
     const int r = i / D, d = i % D, l = q0 + r;
@@ -1037,22 +1045,9 @@ __global__ void __launch_bounds__(NW * 32) flash_split_kernel(
   // merge the key groups of each row group: warp w's partial output [16][D] overlays the stages
   constexpr int OLD = S::old;
   float* Ow = reinterpret_cast<float*>(smem + S::q) + (size_t)warp * 16 * OLD;
-  if (computes) {
-#pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      *reinterpret_cast<float2*>(Ow + g * OLD + j * 8 + 2 * tq) = make_float2(o[j][0], o[j][1]);
-      *reinterpret_cast<float2*>(Ow + (g + 8) * OLD + j * 8 + 2 * tq) = make_float2(o[j][2], o[j][3]);
-    }
-    if (tq == 0) {
-      Ms[warp * 16 + g] = m[0];
-      Ms[warp * 16 + g + 8] = m[1];
-      Ls[warp * 16 + g] = lsum[0];
-      Ls[warp * 16 + g + 8] = lsum[1];
-    }
-  }
+  if (computes) store_partial<D>(Ow, OLD, o, m, lsum, Ms + warp * 16, Ls + warp * 16, lane);
   __syncthreads();
-  // one weight per (row, key group): exp(m_w - M) (/ the row's sum with one split); the row's M and sum in Ms / Ls
-  // of key group 0's warp afterwards (read only by this thread's row)
+  // one weight per (row, key group): exp(m_w - M) (/ the row's sum with one split); the row's M and sum in mrow
   float* mrow = Wt + KG * 64;  // [64] the merged max per row, [64] its sum
   if (threadIdx.x < RG * 16) {
     const int rr = threadIdx.x, grp = rr / 16, r16 = rr % 16;

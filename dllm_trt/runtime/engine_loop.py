@@ -312,6 +312,11 @@ class BatchEngine:
     def active(self) -> int:
         return len(self._active)
 
+    @property
+    def running(self) -> bool:
+        """Whether the background thread of :meth:`start` is still stepping (a server's health check)."""
+        return self._thread is not None and self._thread.is_alive() and not self._closed
+
     # ------------------------------------------------------------------ the request's side (worker thread)
     def _run(self, req: Request) -> None:
         try:

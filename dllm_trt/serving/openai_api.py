@@ -8,6 +8,7 @@ OpenAI's body (``{"error": {"message", "type", "param", "code"}}``). The same ap
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from typing import Any, AsyncIterator, Union
@@ -20,6 +21,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletio
 from openai.types.chat.chat_completion import Choice as ChatChoice
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice, ChoiceDelta
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import DllmError
@@ -27,6 +29,15 @@ from ..runtime.engine_loop import QueueFull
 from .service import Delta, RequestFailed, Service
 
 MAX_STOPS = 4  # as OpenAI
+MAX_SEED = 2 ** 64 - 1  # the sampler keys on 64 bits: a larger seed would silently repeat a smaller one's answers
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")  # OpenAI's message roles
+# fields with several accepted shapes: a wrong value is explained by the shapes, not by pydantic's union members
+SHAPES = {"prompt": "a string, a list of token ids, or a list of one string or one list of token ids",
+          "stop": f"a string or a list of up to {MAX_STOPS} strings"}
+JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object",
+              type(None): "null"}
+
+log = logging.getLogger("dllm_trt.serving")
 
 
 class ApiError(Exception):
@@ -42,19 +53,20 @@ class ApiError(Exception):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
 
 
 class _Common(BaseModel):
-    """Fields both endpoints take. Unknown fields are refused (400), so nothing is silently ignored."""
+    """Fields both endpoints take. Unknown fields are refused (400), so nothing is silently ignored; types are
+    strict ("10" is not an integer, true is not a token id), as OpenAI's API, so a client's bug shows at once."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     stop: Union[str, list[str], None] = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -111,6 +123,64 @@ def _stops(req: _Common) -> list[str]:
     return stops
 
 
+def _json_type(value: Any) -> str:
+    return JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _chat_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI's messages as the chat template takes them (content parts joined into one text). A role or a
+    content the template would render as something else, or choke on, is refused here, named."""
+    out = []
+    for i, m in enumerate(messages):
+        role, content = m.get("role"), m.get("content")
+        if role is None:
+            raise ApiError(400, f"messages[{i}] has no role; give one of {', '.join(ROLES)}", f"messages.{i}.role")
+        if role not in ROLES:
+            raise ApiError(400, f"messages[{i}].role {role!r} is not one of {', '.join(ROLES)}", f"messages.{i}.role")
+        if isinstance(content, list):  # OpenAI's content parts: text only
+            texts = []
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or part.get("type") != "text":
+                    raise ApiError(400, f"messages[{i}].content[{j}]: only text parts are supported "
+                                        '({"type": "text", "text": ...})', f"messages.{i}.content")
+                if not isinstance(part.get("text"), str):
+                    raise ApiError(400, f"messages[{i}].content[{j}].text must be a string (got "
+                                        f"{_json_type(part.get('text'))})", f"messages.{i}.content")
+                texts.append(part["text"])
+            content = "".join(texts)
+        elif content is None and role != "assistant":  # an assistant turn that called tools has none
+            raise ApiError(400, f"messages[{i}] (role {role!r}) has no content; give it a string",
+                           f"messages.{i}.content")
+        elif not isinstance(content, (str, type(None))):
+            raise ApiError(400, f"messages[{i}].content is a JSON {_json_type(content)}; give a string or a list "
+                                "of text parts", f"messages.{i}.content")
+        out.append({**m, "content": content})
+    return out
+
+
+def _validation_error(e: RequestValidationError, content_type: str) -> ApiError:
+    """The first validation error as one line that names the field and what it must be."""
+    errs = e.errors()
+    first = errs[0] if errs else {}
+    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    kind = first.get("type")
+    if kind == "json_invalid":
+        return ApiError(400, f"the request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}")
+    if not loc:  # the body itself: empty, not an object, or not sent as JSON
+        body = e.body
+        got = ("an empty body or JSON null" if body in (None, b"", "") else
+               f"a JSON {_json_type(body)}" if "json" in content_type else f"a body of type {content_type or 'none'}")
+        return ApiError(400, f"the request body must be a JSON object of the request's parameters (got {got}); send "
+                             "one with Content-Type: application/json")
+    if kind == "extra_forbidden":
+        return ApiError(400, f"unsupported parameter {'.'.join(loc)!r}: this server does not know it", ".".join(loc))
+    if loc[0] in SHAPES and kind != "missing":
+        value = e.body.get(loc[0]) if isinstance(e.body, dict) else None
+        return ApiError(400, f"{loc[0]}: must be {SHAPES[loc[0]]} (got {json.dumps(value)[:60]})", loc[0])
+    got = f" (got {json.dumps(first['input'])[:60]})" if kind != "missing" and "input" in first else ""
+    return ApiError(400, f"{'.'.join(loc)}: {first.get('msg', 'invalid request')}{got}", ".".join(loc))
+
+
 def _sse(obj: Any) -> str:
     data = obj.model_dump_json(exclude_unset=True) if hasattr(obj, "model_dump_json") else json.dumps(obj)
     return f"data: {data}\n\n"
@@ -127,19 +197,15 @@ def build_app(service: Service) -> FastAPI:
         return JSONResponse(e.body(), status_code=e.status)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, e: RequestValidationError):
-        errs = e.errors()
-        first = errs[0] if errs else {}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-        if first.get("type") == "json_invalid":
-            message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}"
-            loc = []
-        elif first.get("type") == "extra_forbidden":
-            message = f"unsupported parameter {'.'.join(loc)!r}: this server does not know it"
-        else:
-            message = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid request')}"
+    async def _validation(http: Request, e: RequestValidationError):
         service.metrics.rejected("invalid_request")
-        return JSONResponse(ApiError(400, message, ".".join(loc) or None).body(), status_code=400)
+        return JSONResponse(_validation_error(e, http.headers.get("content-type", "")).body(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, e: Exception):
+        """A bug, not the client's fault: still OpenAI's body (not a bare text 500); uvicorn logs the traceback."""
+        return JSONResponse(ApiError(500, f"internal server error ({type(e).__name__}: {e}); the server's log has "
+                                          "the details", type_="server_error").body(), status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException):
@@ -206,14 +272,21 @@ def build_app(service: Service) -> FastAPI:
                     yield c
             except RequestFailed as e:
                 yield _sse(ApiError(500, f"the request failed: {e}", type_="server_error").body())
+            except Exception as e:  # a bug mid-stream: the headers are sent, so say it in the stream and end it
+                log.exception("a streamed answer failed")
+                yield _sse(ApiError(500, f"internal server error ({type(e).__name__}: {e}); the server's log has "
+                                         "the details", type_="server_error").body())
             yield "data: [DONE]\n\n"
         return wrapped()
 
     # ------------------------------------------------------------------ routes
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": service.model, "backend": service.backend_name,
+        """200 while the engine steps; 503 once its thread is gone (requests would fail): replace the server."""
+        ok = service.engine.running
+        body = {"status": "ok" if ok else "error", "model": service.model, "backend": service.backend_name,
                 "active": service.engine.active, "queued": service.engine.queue_length}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics():
@@ -221,10 +294,17 @@ def build_app(service: Service) -> FastAPI:
 
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    def model_card() -> dict:
+        return Model(id=service.model, created=service.created, object="model", owned_by="dllm-trt").model_dump()
+
     @app.get("/v1/models")
     async def models():
-        m = Model(id=service.model, created=service.created, object="model", owned_by="dllm-trt")
-        return {"object": "list", "data": [m.model_dump()]}
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        check_model(model_id)
+        return model_card()
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, http: Request):
@@ -236,8 +316,8 @@ def build_app(service: Service) -> FastAPI:
                 raise ApiError(400, f"one prompt per request (got {len(prompt)}); send them as separate requests "
                                     "(they are batched on the server)", "prompt")
             prompt = prompt[0]
-        try:
-            ids = service.prompt_ids(prompt)
+        try:  # in a worker thread: a long text must not stall every other request on the event loop
+            ids = await run_in_threadpool(service.prompt_ids, prompt)
         except DllmError as e:
             raise ApiError(400, str(e), "prompt") from None
         gen, first = await start(http, ids, req)
@@ -276,16 +356,9 @@ def build_app(service: Service) -> FastAPI:
     async def chat(req: ChatRequest, http: Request):
         check_model(req.model)
         _unsupported(req)
-        messages = []
-        for i, m in enumerate(req.messages):
-            content = m.get("content")
-            if isinstance(content, list):  # OpenAI's content parts: text only
-                if any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
-                    raise ApiError(400, f"messages[{i}].content: only text parts are supported", f"messages.{i}")
-                content = "".join(p.get("text", "") for p in content)
-            messages.append({**m, "content": content})
-        try:
-            ids = service.chat_ids(messages)
+        messages = _chat_messages(req.messages)
+        try:  # in a worker thread, as completions' prompts
+            ids = await run_in_threadpool(service.chat_ids, messages)
         except DllmError as e:
             raise ApiError(400, str(e), "messages") from None
         gen, first = await start(http, ids, req)

@@ -3,6 +3,7 @@ thread (tests, benchmarks/serve_load.py). The socket is bound first, so port 0 g
 whose number is known before any request."""
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
@@ -15,8 +16,14 @@ from ..errors import DllmError
 def bind(host: str, port: int) -> socket.socket:
     try:
         sock = socket.create_server((host, port), reuse_port=False)
-    except OSError as e:
-        raise DllmError(f"cannot listen on {host}:{port}: {e.strerror or e}; pick another --port (0: any free one)") from e
+    except OSError as e:  # say which option to change: the port (taken, privileged) or the host (not this machine's)
+        if e.errno == errno.EADDRINUSE:
+            fix = "pick another --port (0: any free one)"
+        elif e.errno == errno.EACCES:
+            fix = "ports below 1024 need privileges; pick another --port (0: any free one)"
+        else:
+            fix = f"--host {host} is not an address of this machine; use 127.0.0.1, 0.0.0.0 or one of its addresses"
+        raise DllmError(f"cannot listen on {host}:{port}: {e.strerror or e}; {fix}") from None
     sock.set_inheritable(True)
     return sock
 

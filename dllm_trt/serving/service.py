@@ -15,6 +15,10 @@ from ..runtime.engine_loop import BatchEngine, Event, QueueFull, StepStats
 from .metrics import ServingMetrics
 
 DISCONNECT_POLL_S = 0.5  # how often a request asks whether its client is still there
+# Text longer than this many characters per engine position is tokenized only as far as this prefix: no real
+# tokenizer packs that many characters into every token of a prompt, so the prefix alone already holds more
+# tokens than the engine has positions, and a multi-megabyte prompt costs milliseconds instead of minutes.
+CHARS_PER_POSITION = 64
 
 # GenerationConfig fields the server's command line may set (the decode structure every request shares)
 def _method_fields() -> tuple[str, ...]:
@@ -159,10 +163,21 @@ class Service:
         self.engine.close()
 
     # ------------------------------------------------------------------ prompts
+    def encode(self, text: str) -> list[int]:
+        """``text``'s token ids; a text too long for the engine is refused after tokenizing a bounded prefix
+        (tokenizing megabytes takes minutes of CPU)."""
+        limit = self.engine.max_positions * CHARS_PER_POSITION
+        if len(text) > limit:
+            n = len(self.tokenizer.encode(text[:limit]))
+            if n > self.engine.max_positions:
+                raise DllmError(f"the prompt has {len(text)} characters; its first {limit} alone are {n} tokens, "
+                                f"more than this engine's {self.engine.max_positions} positions; shorten the prompt")
+        return self.tokenizer.encode(text)
+
     def prompt_ids(self, prompt: str | list[int]) -> list[int]:
         """A completion prompt: text tokenized as it is (no chat template), or token ids."""
         if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt)
+            return self.encode(prompt)
         return list(prompt)
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
@@ -171,7 +186,7 @@ class Service:
         if self.template is None:
             raise DllmError(f"model {self.model!r} has no chat template (the export recorded none); use "
                             "/v1/completions with a plain prompt")
-        return self.tokenizer.encode(self.template.render(check_messages(messages)))
+        return self.encode(self.template.render(check_messages(messages)))
 
     @property
     def default_max_tokens(self) -> int:
@@ -213,6 +228,9 @@ class Service:
                     if await is_disconnected():  # nobody reads the answer any more: free the slot
                         return
                 if ev is None:
+                    if not self.engine.running:  # its thread died: nothing will ever answer this request
+                        raise RequestFailed("the decode engine stopped (the server's log has why); restart the "
+                                            "server")
                     continue
                 if ev.finish_reason in ("error", "cancelled"):
                     reported = True

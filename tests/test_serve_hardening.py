@@ -1,0 +1,264 @@
+"""`dllm-trt serve` against hostile and sloppy clients (a reliability audit): wrong JSON types are refused
+rather than coerced, every error body is OpenAI's shape with a message that names the field and the fix,
+a chat message the template cannot take is a 400 (never a 500), a huge prompt is refused without
+tokenizing it on the event loop, an unexpected failure is a JSON 500 (or an SSE error event followed by
+``[DONE]``) that frees its slot, GET /v1/models/{id} answers, and startup errors name the bad option."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from dllm_trt.cli import main  # noqa: E402
+from dllm_trt.serving.openai_api import build_app  # noqa: E402
+from dllm_trt.serving.server import serve_in_thread  # noqa: E402
+from dllm_trt.serving.service import ServeOptions, Service  # noqa: E402
+
+CHAT_CKPT = Path(__file__).resolve().parent / "fixtures" / "upstream" / "llada"  # LLaDA-8B-Instruct's template
+
+
+class Served:
+    """A Service behind a uvicorn thread on 127.0.0.1 (port 0)."""
+
+    def __init__(self, service: Service):
+        self.service, self.model = service, service.model
+        self.http = serve_in_thread(build_app(service))
+        self.url = self.http.url
+        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="x", max_retries=0, timeout=60)
+
+    def post(self, path: str, body, content_type: str = "application/json", timeout: float = 60) -> httpx.Response:
+        content = body if isinstance(body, (str, bytes)) else json.dumps(body)
+        return httpx.post(self.url + path, content=content, headers={"content-type": content_type}, timeout=timeout)
+
+    def stop(self) -> None:
+        self.http.stop()
+        self.service.close()
+
+
+@pytest.fixture(scope="module")
+def llada(bundled_export):
+    s = Served(Service(ServeOptions(str(bundled_export("llada-tiny")), max_batch=4)))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def chat(bundled_export):
+    s = Served(Service(ServeOptions(str(bundled_export(str(CHAT_CKPT))), max_batch=4)))
+    yield s
+    s.stop()
+
+
+def assert_openai_error(r: httpx.Response, status: int, message: str, param: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json"), r.headers["content-type"]
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert message in err["message"], err["message"]
+    assert "Traceback" not in err["message"]
+    if param is not None:
+        assert err["param"] == param, err
+    return err
+
+
+# ---------------------------------------------------------------------- wrong types are refused, not coerced
+TYPES = [
+    ("max_tokens as a string", {"prompt": "add:1+2=", "max_tokens": "10"}, "max_tokens: Input should be a valid integer",
+     "max_tokens"),
+    ("max_tokens as a boolean", {"prompt": "add:1+2=", "max_tokens": True}, "max_tokens: Input should be a valid integer",
+     "max_tokens"),
+    ("stream as a string", {"prompt": "add:1+2=", "stream": "yes"}, "stream: Input should be a valid boolean", "stream"),
+    ("booleans as token ids", {"prompt": [True, False]}, "prompt: must be a string, a list of token ids", "prompt"),
+    ("prompt as a number", {"prompt": 5}, "prompt: must be a string, a list of token ids", "prompt"),
+    ("stop as a number", {"prompt": "add:1+2=", "stop": 5}, "stop: must be a string or a list of up to 4 strings",
+     "stop"),
+    ("stop as a list of numbers", {"prompt": "add:1+2=", "stop": [1]},
+     "stop: must be a string or a list of up to 4 strings", "stop"),
+    ("seed beyond 64 bits (would alias a smaller seed)", {"prompt": "add:1+2=", "seed": 2 ** 64}, "seed", "seed"),
+]
+
+
+@pytest.mark.parametrize("what,body,message,param", TYPES, ids=[t[0] for t in TYPES])
+def test_wrong_json_types_are_refused_with_the_field_named(llada, what, body, message, param):
+    assert_openai_error(llada.post("/v1/completions", {"model": llada.model, **body}), 400, message, param)
+    assert llada.client.completions.create(model=llada.model, prompt="add:457+368=").choices[0].text == "825"
+
+
+BODIES = [
+    ("empty body", "", "application/json"),
+    ("a JSON array", "[1, 2]", "application/json"),
+    ("JSON null", "null", "application/json"),
+    ("curl -d without a content type", '{"model": "llada-tiny", "prompt": "add:1+2="}',
+     "application/x-www-form-urlencoded"),
+]
+
+
+@pytest.mark.parametrize("what,body,content_type", BODIES, ids=[b[0] for b in BODIES])
+def test_a_body_that_is_not_a_json_object_says_how_to_send_one(llada, what, body, content_type):
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        err = assert_openai_error(llada.post(path, body, content_type), 400, "the request body must be a JSON object")
+        assert "Content-Type: application/json" in err["message"]
+
+
+# ---------------------------------------------------------------------- chat messages
+MESSAGES = [
+    ("a text part whose text is a number", [{"role": "user", "content": [{"type": "text", "text": 5}]}],
+     "messages[0].content[0].text must be a string", "messages.0.content"),
+    ("an unknown role", [{"role": "wizard", "content": "hi"}], "messages[0].role 'wizard' is not one of",
+     "messages.0.role"),
+    ("a user message without content", [{"role": "user"}], "messages[0] (role 'user') has no content",
+     "messages.0.content"),
+    ("a user message with null content", [{"role": "user", "content": None}], "messages[0] (role 'user') has no content",
+     "messages.0.content"),
+]
+
+
+@pytest.mark.parametrize("what,messages,message,param", MESSAGES, ids=[m[0] for m in MESSAGES])
+def test_bad_chat_messages_are_400_never_500(chat, what, messages, message, param):
+    assert_openai_error(chat.post("/v1/chat/completions", {"model": chat.model, "messages": messages}), 400, message,
+                        param)
+    ok = chat.client.chat.completions.create(model=chat.model, messages=[{"role": "user", "content": "hi"}],
+                                             max_tokens=4)
+    assert ok.choices[0].finish_reason in ("stop", "length")
+
+
+def test_assistant_message_may_have_null_content(chat):
+    """OpenAI's shape of an assistant turn that called tools: content null. It is no reason to refuse the chat."""
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None},
+                {"role": "user", "content": "again"}]
+    r = chat.post("/v1/chat/completions", {"model": chat.model, "messages": messages, "max_tokens": 4})
+    assert r.status_code == 200, r.text
+
+
+# ---------------------------------------------------------------------- a huge prompt
+def test_a_huge_prompt_is_refused_without_tokenizing_it_all(llada, monkeypatch):
+    """A multi-megabyte prompt used to be tokenized whole on the event loop (50 MB: ~110 s during which even
+    /health did not answer). Now at most a bounded prefix is tokenized, off the event loop."""
+    tok = llada.service.tokenizer
+    seen: list[int] = []
+    real = tok.encode
+
+    def encode(text: str) -> list[int]:
+        seen.append(len(text))
+        return real(text)
+
+    monkeypatch.setattr(tok, "encode", encode)
+    huge = "add:" + "1" * 4_000_000 + "="
+    t0 = time.perf_counter()
+    r = llada.post("/v1/completions", {"model": llada.model, "prompt": huge})
+    assert_openai_error(r, 400, "shorten the prompt", "prompt")
+    assert max(seen) < 100_000, seen  # a prefix, not the 4 MB
+    assert time.perf_counter() - t0 < 30
+    seen.clear()
+    r = llada.post("/v1/completions", {"model": llada.model, "prompt": "add:457+368="})
+    assert r.json()["choices"][0]["text"] == "825" and seen == [len("add:457+368=")]
+
+
+def test_a_huge_chat_message_is_refused_without_tokenizing_it_all(chat, monkeypatch):
+    tok = chat.service.tokenizer
+    seen: list[int] = []
+    real = tok.encode
+    monkeypatch.setattr(tok, "encode", lambda text: seen.append(len(text)) or real(text))
+    r = chat.post("/v1/chat/completions", {"model": chat.model,
+                                           "messages": [{"role": "user", "content": "hi " * 1_000_000}]})
+    assert_openai_error(r, 400, "shorten the prompt", "messages")
+    assert max(seen) < 100_000, seen
+
+
+# ---------------------------------------------------------------------- unexpected failures
+def test_an_unexpected_error_is_a_json_500_and_a_stream_ends_with_done(bundled_export, monkeypatch):
+    s = Served(Service(ServeOptions(str(bundled_export("llada-tiny")), max_batch=2, no_stop=True,
+                                    model_name="faulty")))
+    try:
+        tok, engine = s.service.tokenizer, s.service.engine
+        real, calls = tok.decode, [0]
+
+        def decode(ids):  # the first text delta goes out, the second decode fails
+            calls[0] += 1
+            if calls[0] >= 2:
+                raise RuntimeError("decoder exploded")
+            return real(ids)
+
+        monkeypatch.setattr(tok, "decode", decode)
+        r = s.post("/v1/completions", {"model": "faulty", "prompt": "add:1+2=", "max_tokens": 40})
+        err = assert_openai_error(r, 500, "RuntimeError: decoder exploded")
+        assert err["type"] == "server_error"
+
+        calls[0] = 0
+        r = s.post("/v1/completions", {"model": "faulty", "prompt": "add:1+2=", "max_tokens": 40, "stream": True})
+        assert r.status_code == 200
+        events = [e for e in r.text.split("\n\n") if e]
+        assert all(e.startswith("data: ") for e in events), events
+        assert events[-1] == "data: [DONE]", events
+        last = json.loads(events[-2][len("data: "):])
+        assert last["error"]["type"] == "server_error" and "decoder exploded" in last["error"]["message"]
+
+        deadline = time.monotonic() + 10
+        while engine.active and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert engine.active == 0  # the failed requests left their slots
+        monkeypatch.setattr(tok, "decode", real)
+        assert s.client.completions.create(model="faulty", prompt="add:457+368=", max_tokens=3).choices[0].text
+    finally:
+        s.stop()
+
+
+# ---------------------------------------------------------------------- endpoints a client probes
+def test_models_retrieve(llada):
+    assert llada.client.models.retrieve(llada.model).id == llada.model
+    with pytest.raises(openai.NotFoundError) as e:
+        llada.client.models.retrieve("gpt-4")
+    assert e.value.body["code"] == "model_not_found"
+    assert_openai_error(httpx.get(llada.url + "/v1/nothing"), 404, "Not Found")
+    assert_openai_error(httpx.get(llada.url + "/v1/completions"), 405, "Method Not Allowed")
+
+
+# ---------------------------------------------------------------------- startup
+def test_cli_serve_bad_host_names_the_host(bundled_export, capsys):
+    assert main(["serve", "--engine", str(bundled_export("llada-tiny")), "--host", "256.1.1.1", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--host 256.1.1.1" in err and "Traceback" not in err
+
+
+def test_cli_serve_port_in_use_and_not_an_export(bundled_export, capsys, tmp_path):
+    """Guards (these already held): a port in use and a folder that is not an export are one line, rc 2."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--engine", str(bundled_export("llada-tiny")), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pick another --port" in err
+    assert main(["serve", "--engine", str(tmp_path), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a dllm-trt export" in err
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the engine thread's death
+def test_a_dead_engine_fails_requests_and_health_instead_of_hanging(bundled_export, monkeypatch):
+    """The engine thread gone (an exception outside a request's forward, e.g. a thread that cannot start):
+    requests used to wait for it forever and /health said ok. Now they fail within the disconnect poll and
+    /health is 503, so a load balancer or orchestrator replaces the server."""
+    s = Served(Service(ServeOptions(str(bundled_export("llada-tiny")), max_batch=2, model_name="dying")))
+    try:
+        def boom(stats):
+            raise RuntimeError("metrics exploded")
+
+        monkeypatch.setattr(s.service.metrics, "observe_step", boom)
+        t0 = time.perf_counter()
+        r = httpx.post(s.url + "/v1/completions", json={"model": "dying", "prompt": "add:1+2="}, timeout=15)
+        err = assert_openai_error(r, 500, "the decode engine stopped")
+        assert err["type"] == "server_error" and time.perf_counter() - t0 < 10
+        h = httpx.get(s.url + "/health", timeout=5)
+        assert h.status_code == 503 and h.json()["status"] == "error", h.text
+    finally:
+        s.stop()

@@ -152,15 +152,30 @@ def test_a_huge_prompt_is_refused_without_tokenizing_it_all(llada, monkeypatch):
         return real(text)
 
     monkeypatch.setattr(tok, "encode", encode)
-    huge = "add:" + "1" * 4_000_000 + "="
+    huge = "add:" + "1" * 500_000 + "="  # under the body limit (test_a_body_past_any_prompt_is_413), past the prompt's
     t0 = time.perf_counter()
     r = llada.post("/v1/completions", {"model": llada.model, "prompt": huge})
     assert_openai_error(r, 400, "shorten the prompt", "prompt")
-    assert max(seen) < 100_000, seen  # a prefix, not the 4 MB
+    assert max(seen) < 100_000, seen  # a prefix, not the 500 KB
     assert time.perf_counter() - t0 < 30
     seen.clear()
     r = llada.post("/v1/completions", {"model": llada.model, "prompt": "add:457+368="})
     assert r.json()["choices"][0]["text"] == "825" and seen == [len("add:457+368=")]
+
+
+def test_a_body_past_any_prompt_is_413_before_it_is_read(llada):
+    """A body larger than any prompt the engine could take is refused from its Content-Length (413, OpenAI's error
+    body, code request_too_large), so a client cannot make the server read and parse megabytes; HEAD /health
+    answers like GET (load balancers probe with it)."""
+    positions = llada.service.engine.max_positions
+    huge = {"model": llada.model, "prompt": "1" * (6 * 64 * positions + (1 << 20))}
+    r = llada.post("/v1/completions", huge)
+    assert r.status_code == 413, r.text
+    err = r.json()["error"]
+    assert err["code"] == "request_too_large" and "shorten the prompt" in err["message"], err
+    assert llada.post("/v1/completions", {"model": llada.model, "prompt": "add:457+368="}).status_code == 200
+    head = httpx.head(llada.url + "/health", timeout=30)
+    assert head.status_code == 200 and head.content == b"", (head.status_code, head.content[:100])
 
 
 def test_a_huge_chat_message_is_refused_without_tokenizing_it_all(chat, monkeypatch):
@@ -169,7 +184,7 @@ def test_a_huge_chat_message_is_refused_without_tokenizing_it_all(chat, monkeypa
     real = tok.encode
     monkeypatch.setattr(tok, "encode", lambda text: seen.append(len(text)) or real(text))
     r = chat.post("/v1/chat/completions", {"model": chat.model,
-                                           "messages": [{"role": "user", "content": "hi " * 1_000_000}]})
+                                           "messages": [{"role": "user", "content": "hi " * 100_000}]})
     assert_openai_error(r, 400, "shorten the prompt", "messages")
     assert max(seen) < 100_000, seen
 

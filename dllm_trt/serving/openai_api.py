@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import DllmError
 from ..runtime.engine_loop import QueueFull
-from .service import Delta, RequestFailed, Service
+from .service import CHARS_PER_POSITION, Delta, RequestFailed, Service
 
 MAX_STOPS = 4  # as OpenAI
 MAX_SEED = 2 ** 64 - 1  # the sampler keys on 64 bits: a larger seed would silently repeat a smaller one's answers
@@ -186,9 +186,35 @@ def _sse(obj: Any) -> str:
     return f"data: {data}\n\n"
 
 
+class BodyLimit:
+    """Refuse a body larger than any request the engine can take (a prompt of CHARS_PER_POSITION characters per
+    position, JSON-escaped at 6 bytes per character, plus 1 MiB for the rest) from its Content-Length, before it is
+    read: a 50 MB body was read and parsed. A chunked body has no length; the prompt's own bound still holds. Plain
+    ASGI, not an @app.middleware: that wraps the request's receive channel and hides a client's disconnect."""
+
+    def __init__(self, app, service: Service):
+        self.app, self.service = app, service
+        self.max_body = 6 * CHARS_PER_POSITION * service.engine.max_positions + (1 << 20)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            length = dict(scope.get("headers") or []).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.max_body:
+                self.service.metrics.rejected("request_too_large")
+                positions = self.service.engine.max_positions
+                error = ApiError(413, f"the request body has {int(length)} bytes and this server takes at most "
+                                      f"{self.max_body} (a prompt longer than the engine's {positions} positions is "
+                                      "refused anyway); shorten the prompt", code="request_too_large")
+                await JSONResponse(error.body(), status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def build_app(service: Service) -> FastAPI:
     """The FastAPI app of one served model."""
     app = FastAPI(title="dllm-trt", description=f"OpenAI-compatible server for {service.model}")
+
+    app.add_middleware(BodyLimit, service=service)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, e: ApiError):
@@ -280,7 +306,7 @@ def build_app(service: Service) -> FastAPI:
         return wrapped()
 
     # ------------------------------------------------------------------ routes
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # load balancers probe with HEAD too
     async def health():
         """200 while the engine steps; 503 once its thread is gone (requests would fail): replace the server."""
         ok = service.engine.running

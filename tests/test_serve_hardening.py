@@ -19,29 +19,18 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from dllm_trt.cli import main  # noqa: E402
-from dllm_trt.serving.openai_api import build_app  # noqa: E402
-from dllm_trt.serving.server import serve_in_thread  # noqa: E402
 from dllm_trt.serving.service import ServeOptions, Service  # noqa: E402
+from test_serve_openai import Running  # noqa: E402  (one in-process server helper)
 
 CHAT_CKPT = Path(__file__).resolve().parent / "fixtures" / "upstream" / "llada"  # LLaDA-8B-Instruct's template
 
 
-class Served:
-    """A Service behind a uvicorn thread on 127.0.0.1 (port 0)."""
-
-    def __init__(self, service: Service):
-        self.service, self.model = service, service.model
-        self.http = serve_in_thread(build_app(service))
-        self.url = self.http.url
-        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="x", max_retries=0, timeout=60)
+class Served(Running):
+    """test_serve_openai's in-process server, plus raw posts (bodies a client library would not send)."""
 
     def post(self, path: str, body, content_type: str = "application/json", timeout: float = 60) -> httpx.Response:
         content = body if isinstance(body, (str, bytes)) else json.dumps(body)
         return httpx.post(self.url + path, content=content, headers={"content-type": content_type}, timeout=timeout)
-
-    def stop(self) -> None:
-        self.http.stop()
-        self.service.close()
 
 
 @pytest.fixture(scope="module")

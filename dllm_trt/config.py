@@ -6,6 +6,7 @@ Torch-free on purpose: the runtime, the exporter and the models all read the sam
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -140,7 +141,15 @@ def ordinary_token(model_dir: Path, token_id: int) -> tuple[str, str] | None:
     path = model_dir / "tokenizer.json"
     if not path.is_file():
         return None
-    tj = _read_json(path)
+    st = path.stat()
+    return _ordinary_token(str(path.resolve()), st.st_mtime_ns, st.st_size, token_id)
+
+
+@functools.lru_cache(maxsize=8)
+def _ordinary_token(path: str, mtime_ns: int, size: int, token_id: int) -> tuple[str, str] | None:
+    """ordinary_token's answer per file version: a command reads the config more than once, and a real
+    tokenizer.json is megabytes of JSON."""
+    tj = _read_json(Path(path))
     model = tj.get("model") if isinstance(tj, dict) else None
     if not isinstance(model, dict):
         return None

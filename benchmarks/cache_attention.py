@@ -118,8 +118,7 @@ def main() -> None:
         def default():
             rc = lib.dllm_cache_attention(ptr(qkv), ptr(pos), ptr(cos), ptr(sin), ptr(bias), ptr(pk), ptr(pv),
                                           ptr(out), ptr(ck), ptr(cv), ptr(ws), ctypes.c_int64(floats), b, l, c, h,
-                                          hkv, d, positions, ctypes.c_float(d ** -0.5), None, ctypes.c_int64(0),
-                                          stream())
+                                          hkv, d, positions, ctypes.c_float(d ** -0.5), stream())
             assert rc == 0, rc
 
         def config(kernel, nw, bn, splits):

@@ -143,18 +143,13 @@ def test_cache_attention_kernel_equals_fp32_math(library, case):
     ptr = lambda t: ctypes.c_void_p(None if t is None else t.data_ptr())  # noqa: E731
     ref, rk, rv = reference(qkv, pos, cos, sin, bias, pk, pv, h, hkv, d)
     outs = []
-    # with the split keys, the next GEMM's weights are fetched into L2 meanwhile (a size that is no multiple of the
-    # 16 KB chunks or of 16 bytes: the tail is left out, never read past the end)
-    weights = torch.empty(1_000_003, device=dev, dtype=torch.bfloat16)
     for ws in (torch.empty(max(floats, 1), device=dev), None):  # keys split over CTAs (when planned), one pass
         out = torch.empty(b, l, h * d, device=dev, dtype=torch.bfloat16)
         ck = torch.empty(b, hkv, l, d, device=dev, dtype=torch.bfloat16)
         cv = torch.empty_like(ck)
-        nxt = weights if ws is not None else None
         rc = lib.dllm_cache_attention(ptr(qkv), ptr(pos), ptr(cos), ptr(sin), ptr(bias), ptr(pk), ptr(pv), ptr(out),
                                       ptr(ck), ptr(cv), ptr(ws), ctypes.c_int64(floats if ws is not None else 0), b, l,
-                                      c, h, hkv, d, POSITIONS, ctypes.c_float(d ** -0.5), ptr(nxt),
-                                      ctypes.c_int64(0 if nxt is None else nxt.numel() * 2),
+                                      c, h, hkv, d, POSITIONS, ctypes.c_float(d ** -0.5),
                                       ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
         torch.cuda.synchronize()
         assert rc == 0
@@ -200,8 +195,8 @@ def test_split_kernel_merges_on_every_call_and_on_many_streams(library):
             if kernel is None:
                 rc = lib.dllm_cache_attention(ptr(qkv), ptr(pos), ptr(cos), ptr(sin), ptr(bias), ptr(pk), ptr(pv),
                                               ptr(out), ptr(ck), ptr(cv), ptr(ws), ctypes.c_int64(floats), b, l, c, h,
-                                              hkv, d, POSITIONS, ctypes.c_float(d ** -0.5), None,
-                                              ctypes.c_int64(0), ctypes.c_void_p(stream.cuda_stream))
+                                              hkv, d, POSITIONS, ctypes.c_float(d ** -0.5),
+                                              ctypes.c_void_p(stream.cuda_stream))
             else:
                 rc = lib.dllm_cache_attention_config(ptr(qkv), ptr(pos), ptr(cos), ptr(sin), ptr(bias), ptr(pk),
                                                      ptr(pv), ptr(out), ptr(ck), ptr(cv), ptr(ws), b, l, c, h, hkv, d,

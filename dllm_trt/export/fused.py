@@ -382,7 +382,6 @@ def lower_fused(model: onnx.ModelProto) -> dict[str, int]:
         else:
             raise ValueError(f"unknown placeholder {n.op_type}")
         n.CopyFrom(new)
-    prefetch_next_weights(model)
     kept = [o for o in model.opset_import if o.domain != PLACEHOLDER_DOMAIN]
     del model.opset_import[:]
     model.opset_import.extend(kept)
@@ -390,28 +389,6 @@ def lower_fused(model: onnx.ModelProto) -> dict[str, int]:
         if not any(o.domain == domain for o in model.opset_import):
             model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
     return counts
-
-
-def prefetch_next_weights(model: onnx.ModelProto) -> int:
-    """Give each CacheAttention, as its optional 8th input, the weights of the MatMul that reads its output (the o
-    projection): the kernel fetches them into L2 while it runs, when HBM would otherwise sit idle (a block step's
-    attention reads a few MB of cache), so that GEMM reads L2 (ort_cuda_ops.cu, prefetch_l2_share). The same
-    initializer as the MatMul's, so nothing is copied. Returns how many got one."""
-    weights = {t.name for t in model.graph.initializer}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for name in n.input:
-            readers.setdefault(name, []).append(n)
-    count = 0
-    for n in model.graph.node:
-        if n.domain != CUDA_DOMAIN or n.op_type != "CacheAttention" or len(n.input) != 7:
-            continue
-        nxt = [r for r in readers.get(n.output[0], []) if r.op_type == "MatMul" and r.input[0] == n.output[0]
-               and r.input[1] in weights]
-        if len(nxt) == 1:
-            n.input.append(nxt[0].input[1])
-            count += 1
-    return count
 
 
 def graph_ops(model: onnx.ModelProto) -> str:

@@ -571,27 +571,6 @@ __device__ __forceinline__ void store_partial(float* Ow, int ld, const float (&o
 // shared memory: Q [16 NW][ld], then K and V, two stages each [2][BN][ld]
 constexpr size_t flash_smem(int D, int nw, int bn) { return (size_t)(16 * nw + 4 * bn) * (D + 8) * sizeof(bf16); }
 
-// The weights of the GEMM that follows an attention (the o projection, 4096 x 4096 bf16 = 33.5 MB for LLaDA-8B)
-// fetched into L2 while the attention runs: a block step's attention reads ~6 MB of cache in ~10 us, so HBM is
-// otherwise idle, and the o projection's GEMM then reads L2 instead of waiting on HBM (cuBLAS reads its weights at
-// 2.45 TB/s at 32 rows: the matrix is too small to hide HBM's latency). The last warp of each CTA issues bulk L2
-// prefetches (sm_90: cp.async.bulk.prefetch, no completion to wait for) for its interleaved share of 16 KB chunks.
-// A hint only: nothing is read back, so it cannot change a result. $DLLM_TRT_NO_PREFETCH turns it off (benchmarks).
-__device__ __forceinline__ void prefetch_l2_share(const unsigned char* base, int64_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (base == nullptr || bytes < 16 || threadIdx.x / 32 != blockDim.x / 32 - 1) return;
-  constexpr int64_t kChunk = 16384;
-  const int64_t ctas = (int64_t)gridDim.x * gridDim.y * gridDim.z;
-  const int64_t cta = blockIdx.x + (int64_t)gridDim.x * (blockIdx.y + (int64_t)gridDim.y * blockIdx.z);
-  const int64_t chunks = (bytes + kChunk - 1) / kChunk;
-  for (int64_t c = cta + ctas * (threadIdx.x % 32); c < chunks; c += ctas * 32) {
-    const int64_t off = c * kChunk;
-    const unsigned n = (unsigned)(min(kChunk, bytes - off) & ~(int64_t)15);
-    if (n > 0) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + off), "r"(n) : "memory");
-  }
-#endif
-}
-
 template <int D, int NW, int BN>
 struct FlashSmem {
   static constexpr int ld = D + 8;  // rows padded by 16 bytes: ldmatrix's 8 row addresses hit different banks
@@ -606,10 +585,9 @@ __global__ void __launch_bounds__(NW * 32) flash_kernel(
     const float* __restrict__ sin_t, const bf16* __restrict__ bias, const bf16* __restrict__ past_k,
     const bf16* __restrict__ past_v, const bf16* __restrict__ cur_k, const bf16* __restrict__ cur_v,
     bf16* __restrict__ out, float* __restrict__ ws, int L, int C, int H, int Hkv, int P, float scale, int splits,
-    int split_tiles, const unsigned char* __restrict__ l2_next, int64_t l2_next_bytes) {
+    int split_tiles) {
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int BM = 16 * NW, LD = FlashSmem<D, NW, BN>::ld, kThreads = NW * 32;
-  prefetch_l2_share(l2_next, l2_next_bytes);
   bf16* Qs = reinterpret_cast<bf16*>(smem);
   bf16* Ks = Qs + BM * LD;
   bf16* Vs = Ks + 2 * BN * LD;
@@ -987,8 +965,7 @@ __global__ void __launch_bounds__(NW * 32) flash_split_kernel(
     const float* __restrict__ sin_t, const bf16* __restrict__ bias, const bf16* __restrict__ past_k,
     const bf16* __restrict__ past_v, bf16* __restrict__ present_k, bf16* __restrict__ present_v,
     bf16* __restrict__ out, float* __restrict__ ws, unsigned* __restrict__ counters, int L, int C, int H, int Hkv,
-    int P, float scale, int splits, int split_keys, const unsigned char* __restrict__ l2_next,
-    int64_t l2_next_bytes) {
+    int P, float scale, int splits, int split_keys) {
   constexpr int BN = 16, TPR = RK / BN, kThreads = NW * 32;
   using S = SplitSmem<D, NW, RK>;
   constexpr int LD = S::ld;
@@ -1018,7 +995,6 @@ __global__ void __launch_bounds__(NW * 32) flash_split_kernel(
   };
   phase(0);
   if (rounds > 0) load_round(0, 0);  // in flight while Q is rotated
-  prefetch_l2_share(l2_next, l2_next_bytes);
   phase(1);
 
   const int row[2] = {rg * 16 + g, rg * 16 + g + 8};
@@ -1453,9 +1429,6 @@ struct Args {
   bf16 *out, *present_k, *present_v;
   int B, L, C, H, Hkv, D, P;
   float scale;
-  // the next GEMM's weights, fetched into L2 during the attention (split and flash kernels, sm_90; nullptr: none)
-  const unsigned char* l2_next = nullptr;
-  int64_t l2_next_bytes = 0;
 };
 
 cudaError_t combine(const Args& a, cudaStream_t stream, const float* ws, int splits) {
@@ -1492,7 +1465,7 @@ cudaError_t flash_attention(const Args& a, cudaStream_t stream, float* ws, const
   const dim3 grid((unsigned)((a.L + 16 * NW - 1) / (16 * NW)), (unsigned)(a.H * plan.splits), (unsigned)a.B);
   flash_kernel<D, NW, BN><<<grid, NW * 32, S::bytes, stream>>>(
       a.qkv, a.pos, a.cos_t, a.sin_t, a.bias, a.past_k, a.past_v, a.present_k, a.present_v, a.out, ws, a.L, a.C, a.H,
-      a.Hkv, a.P, a.scale, plan.splits, plan.split_tiles, a.l2_next, a.l2_next_bytes);
+      a.Hkv, a.P, a.scale, plan.splits, plan.split_tiles);
   cudaError_t e = cudaGetLastError();
   return (e != cudaSuccess || plan.splits == 1) ? e : combine(a, stream, ws, plan.splits);
 }
@@ -1603,14 +1576,13 @@ cudaError_t split_attention(const Args& a, cudaStream_t stream, float* ws, const
       cfg.numAttrs = 1;
       return cudaLaunchKernelEx(&cfg, flash_split_kernel<D, NW, RK, true>, a.qkv, a.pos, a.cos_t, a.sin_t, a.bias,
                                 a.past_k, a.past_v, a.present_k, a.present_v, a.out, ws, (unsigned*)nullptr, a.L, a.C,
-                                a.H, a.Hkv, a.P, a.scale, plan.splits, plan.split_tiles * kSplitTile, a.l2_next,
-                                a.l2_next_bytes);
+                                a.H, a.Hkv, a.P, a.scale, plan.splits, plan.split_tiles * kSplitTile);
     }
   }
   unsigned* counters = plan.splits > 1 ? split_counters(stream, (long)a.B * a.H) : nullptr;
   flash_split_kernel<D, NW, RK><<<grid, NW * 32, S::bytes, stream>>>(
       a.qkv, a.pos, a.cos_t, a.sin_t, a.bias, a.past_k, a.past_v, a.present_k, a.present_v, a.out, ws, counters, a.L,
-      a.C, a.H, a.Hkv, a.P, a.scale, plan.splits, plan.split_tiles * kSplitTile, a.l2_next, a.l2_next_bytes);
+      a.C, a.H, a.Hkv, a.P, a.scale, plan.splits, plan.split_tiles * kSplitTile);
   cudaError_t e = cudaGetLastError();
   return (e != cudaSuccess || plan.splits == 1 || counters != nullptr) ? e : combine(a, stream, ws, plan.splits);
 }
@@ -1843,11 +1815,6 @@ OrtStatusPtr cuda_status(cudaError_t e, const char* what) {
   return Ort::GetApi().CreateStatus(ORT_RUNTIME_EXCEPTION, msg.c_str());
 }
 
-bool prefetch_enabled() {
-  static const bool on = std::getenv("DLLM_TRT_NO_PREFETCH") == nullptr;
-  return on;
-}
-
 struct CacheAttentionKernel {
   int64_t heads = 0, kv_heads = 0;
   float scale = 1.f;
@@ -1896,13 +1863,6 @@ struct CacheAttentionKernel {
              static_cast<const int64_t*>(pos.GetTensorRawData()), static_cast<bf16*>(out.GetTensorMutableRawData()),
              static_cast<bf16*>(ck.GetTensorMutableRawData()), static_cast<bf16*>(cv.GetTensorMutableRawData()),
              (int)B, (int)L, (int)C, (int)heads, (int)Hkv, (int)D, (int)P, scale};
-      // input 7 (optional): the o projection's weights, fetched into L2 while the attention runs
-      if (ctx.GetInputCount() > 7 && prefetch_enabled()) {
-        if (auto next = ctx.GetInput(7); next != nullptr) {
-          a.l2_next = static_cast<const unsigned char*>(next.GetTensorRawData());
-          a.l2_next_bytes = (int64_t)(next.GetTensorTypeAndShapeInfo().GetElementCount() * sizeof(bf16));
-        }
-      }
       return cuda_status(run_cache_attention(a, reinterpret_cast<cudaStream_t>(ctx.GetGPUComputeStream()), ws,
                                              ws_floats), "CacheAttention kernels");
     } catch (const Ort::Exception& ex) {
@@ -1927,14 +1887,10 @@ struct CacheAttentionOp : Ort::CustomOpBase<CacheAttentionOp, CacheAttentionKern
   }
   const char* GetName() const { return "CacheAttention"; }
   const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
-  size_t GetInputTypeCount() const { return 8; }
+  size_t GetInputTypeCount() const { return 7; }
   ONNXTensorElementDataType GetInputType(size_t i) const {
     return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64
                   : (i == 2 || i == 3 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16);
-  }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
-    return i == 7 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
-                  : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 4; }
   ONNXTensorElementDataType GetOutputType(size_t i) const {
@@ -2078,12 +2034,11 @@ extern "C" __attribute__((visibility("default"))) int64_t dllm_cache_attention_w
 extern "C" __attribute__((visibility("default"))) int dllm_cache_attention(
     const void* qkv, const int64_t* pos, const void* cos_t, const void* sin_t, const void* bias, const void* past_k,
     const void* past_v, void* out, void* present_k, void* present_v, void* workspace, int64_t workspace_floats_,
-    int B, int L, int C, int H, int Hkv, int D, int P, float scale, const void* l2_next, int64_t l2_next_bytes,
-    void* stream) {
+    int B, int L, int C, int H, int Hkv, int D, int P, float scale, void* stream) {
   Args a{static_cast<const bf16*>(qkv), static_cast<const float*>(cos_t), static_cast<const float*>(sin_t),
          static_cast<const bf16*>(bias), static_cast<const bf16*>(past_k), static_cast<const bf16*>(past_v), pos,
          static_cast<bf16*>(out), static_cast<bf16*>(present_k), static_cast<bf16*>(present_v), B, L, C, H, Hkv, D, P,
-         scale, static_cast<const unsigned char*>(l2_next), l2_next_bytes};
+         scale};
   return (int)run_cache_attention(a, reinterpret_cast<cudaStream_t>(stream), static_cast<float*>(workspace),
                                   workspace_floats_);
 }

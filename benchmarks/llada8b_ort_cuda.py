@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.gpu_monitor import GpuMonitor  # noqa: E402
 
 LLADA_8B = {
     "model_type": "llada", "d_model": 4096, "n_heads": 32, "n_kv_heads": 32, "n_layers": 32,
@@ -95,19 +95,6 @@ def weights_read_bytes(onnx_path: Path) -> int:
         else:
             total += len(t.raw_data) if t.raw_data else onnx.numpy_helper.to_array(t).nbytes
     return total
-
-
-def gpu_state() -> dict | None:
-    """SM clock and its maximum (MHz), power draw and limit (W), temperature (C) from nvidia-smi, read right after
-    a timed loop: a compute-bound forward's time follows the clock under sustained load (run 9's prefill took 9.06 ms
-    back to back and 8.27 between block steps in the same lease). None where nvidia-smi is missing."""
-    fields = ("clocks.sm", "clocks.max.sm", "power.draw", "power.limit", "temperature.gpu")
-    try:
-        run = subprocess.run(["nvidia-smi", "-i", "0", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10)
-        return {f: float(v) for f, v in zip(fields, run.stdout.strip().splitlines()[0].split(","))}
-    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
-        return None
 
 
 def median_seconds(fn, runs: int, warmup: int) -> float:
@@ -307,15 +294,15 @@ def ort_forwards(args, art: Path, ops: str) -> dict:
         step = inputs(STEP, C, PROMPT)
         all_rows, step_rows = np.ones((1, PREFILL), bool), np.ones((1, STEP), bool)
         backend.forward(prefill[0], prefill[1], prefill[2], cache, 0, all_rows, prefill[3])  # fill the cache
-        gpu = {}
-        runtime = {"prefill": median_ms(lambda: backend.forward(*prefill[:3], cache, 0, all_rows, prefill[3]),
-                                        args.warmup, args.repeat)}
-        gpu["after_prefill"] = gpu_state()
-        runtime["block_step"] = median_ms(lambda: backend.forward(*step[:3], cache, C, None, step[3]), args.warmup,
-                                          args.repeat)
-        runtime["block_step_write"] = median_ms(lambda: backend.forward(*step[:3], cache, C, step_rows, step[3]),
-                                                args.warmup, args.repeat)
-        gpu["after_block_steps"] = gpu_state()
+        with GpuMonitor() as during_prefill:
+            runtime = {"prefill": median_ms(lambda: backend.forward(*prefill[:3], cache, 0, all_rows, prefill[3]),
+                                            args.warmup, args.repeat)}
+        with GpuMonitor() as during_steps:
+            runtime["block_step"] = median_ms(lambda: backend.forward(*step[:3], cache, C, None, step[3]),
+                                              args.warmup, args.repeat)
+            runtime["block_step_write"] = median_ms(lambda: backend.forward(*step[:3], cache, C, step_rows, step[3]),
+                                                    args.warmup, args.repeat)
+        gpu = {"during_prefill": during_prefill.summary(), "during_block_steps": during_steps.summary()}
         sess = backend.session
         graph_only = {}
         device = backend._memory.device  # the session runs on its stream, unsynchronised: wait for it here
@@ -442,6 +429,8 @@ def cmd_table(args) -> None:
     work = Path(args.workdir)
     load = (lambda n: json.loads((work / n).read_text()) if (work / n).is_file() else None)  # noqa: E731
     prep, fwd, e2e, fd = load("prepare.json"), load("ort.json"), load("e2e.json"), load("fastdllm.json")
+    if prep is None:
+        sys.exit(f"{work / 'prepare.json'} is missing: run `prepare --workdir {work}` first (the floor comes from it)")
     floor = prep["floor_ms"]
     print(f"\nLLaDA-8B architecture{' (SMOKE: small model)' if prep.get('smoke') else ''}, random {prep['dtype']} "
           f"weights, batch 1, {prep['device']}, {prep['date']}; copy bandwidth "

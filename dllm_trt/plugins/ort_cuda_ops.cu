@@ -1437,14 +1437,21 @@ cudaError_t combine(const Args& a, cudaStream_t stream, const float* ws, int spl
   return cudaGetLastError();
 }
 
-template <int D>
-cudaError_t wmma_attention(const Args& a, cudaStream_t stream, float* ws, const Plan& plan) {
+// Opt `Kernel` in to `bytes` of dynamic shared memory (past the 48 KB default), once per process: the attribute
+// belongs to the function and a launch is on the hot path. Every instantiation keeps its own flag and result.
+template <auto Kernel>
+cudaError_t smem_opt_in(size_t bytes) {
   static std::once_flag once;
   static cudaError_t attr = cudaSuccess;
-  std::call_once(once, [] {
-    attr = cudaFuncSetAttribute(attention_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Smem<D>::total);
+  std::call_once(once, [bytes] {
+    attr = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
   });
-  if (attr != cudaSuccess) return attr;
+  return attr;
+}
+
+template <int D>
+cudaError_t wmma_attention(const Args& a, cudaStream_t stream, float* ws, const Plan& plan) {
+  if (const cudaError_t e = smem_opt_in<attention_kernel<D>>(Smem<D>::total); e != cudaSuccess) return e;
   const dim3 grid((unsigned)((a.L + kQT - 1) / kQT), (unsigned)(a.H * plan.splits), (unsigned)a.B);
   attention_kernel<D><<<grid, warps_for<D>() * 32, Smem<D>::total, stream>>>(
       a.qkv, a.pos, a.cos_t, a.sin_t, a.bias, a.past_k, a.past_v, a.present_k, a.present_v, a.out, ws, a.L, a.C, a.H,
@@ -1456,12 +1463,7 @@ cudaError_t wmma_attention(const Args& a, cudaStream_t stream, float* ws, const 
 template <int D, int NW, int BN>
 cudaError_t flash_attention(const Args& a, cudaStream_t stream, float* ws, const Plan& plan) {
   using S = FlashSmem<D, NW, BN>;
-  static std::once_flag once;
-  static cudaError_t attr = cudaSuccess;
-  std::call_once(once, [] {
-    attr = cudaFuncSetAttribute(flash_kernel<D, NW, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)S::bytes);
-  });
-  if (attr != cudaSuccess) return attr;
+  if (const cudaError_t e = smem_opt_in<flash_kernel<D, NW, BN>>(S::bytes); e != cudaSuccess) return e;
   const dim3 grid((unsigned)((a.L + 16 * NW - 1) / (16 * NW)), (unsigned)(a.H * plan.splits), (unsigned)a.B);
   flash_kernel<D, NW, BN><<<grid, NW * 32, S::bytes, stream>>>(
       a.qkv, a.pos, a.cos_t, a.sin_t, a.bias, a.past_k, a.past_v, a.present_k, a.present_v, a.out, ws, a.L, a.C, a.H,
@@ -1473,13 +1475,7 @@ cudaError_t flash_attention(const Args& a, cudaStream_t stream, float* ws, const
 template <int D, int NW, int BN>
 cudaError_t warps_attention(const Args& a, cudaStream_t stream, float* ws, const Plan& plan) {
   using S = WarpsSmem<D, NW, BN>;
-  static std::once_flag once;
-  static cudaError_t attr = cudaSuccess;
-  std::call_once(once, [] {
-    attr = cudaFuncSetAttribute(flash_warps_kernel<D, NW, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                (int)S::bytes);
-  });
-  if (attr != cudaSuccess) return attr;
+  if (const cudaError_t e = smem_opt_in<flash_warps_kernel<D, NW, BN>>(S::bytes); e != cudaSuccess) return e;
   const dim3 grid((unsigned)((a.L + 15) / 16), (unsigned)(a.H * plan.splits), (unsigned)a.B);
   flash_warps_kernel<D, NW, BN><<<grid, NW * 32, S::bytes, stream>>>(
       a.qkv, a.pos, a.cos_t, a.sin_t, a.bias, a.past_k, a.past_v, a.present_k, a.present_v, a.out, ws, a.L, a.C, a.H,
@@ -1509,7 +1505,7 @@ int cluster_capacity_of(int splits) {
   using S = SplitSmem<D, 8, 128>;
   auto kernel = flash_split_kernel<D, 8, 128, true>;
   if (!clusters_run(kernel)) return 0;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)S::bytes) != cudaSuccess) return 0;
+  if (smem_opt_in<flash_split_kernel<D, 8, 128, true>>(S::bytes) != cudaSuccess) return 0;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3((unsigned)splits, 1, 1);
   cfg.blockDim = dim3(8 * 32);
@@ -1543,25 +1539,13 @@ int split_cluster_capacity(int D, int splits) {
 template <int D, int NW, int RK>
 cudaError_t split_attention(const Args& a, cudaStream_t stream, float* ws, const Plan& plan) {
   using S = SplitSmem<D, NW, RK>;
-  static std::once_flag once;
-  static cudaError_t attr = cudaSuccess;
-  std::call_once(once, [] {
-    attr = cudaFuncSetAttribute(flash_split_kernel<D, NW, RK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                (int)S::bytes);
-  });
-  if (attr != cudaSuccess) return attr;
+  if (const cudaError_t e = smem_opt_in<flash_split_kernel<D, NW, RK>>(S::bytes); e != cudaSuccess) return e;
   if ((a.L + 15) / 16 > NW || plan.splits > kSplitMaxSplits) return cudaErrorInvalidValue;
   const dim3 grid((unsigned)plan.splits, (unsigned)a.H, (unsigned)a.B);
   if constexpr (S::cluster_fits) {
     static const bool clusters = clusters_run(flash_split_kernel<D, NW, RK, true>);  // once: a launch is hot
     if (plan.kernel == kSplit && plan.splits > 1 && plan.splits <= 8 && clusters) {
-      static std::once_flag cl_once;
-      static cudaError_t cl_attr = cudaSuccess;
-      std::call_once(cl_once, [] {
-        cl_attr = cudaFuncSetAttribute(flash_split_kernel<D, NW, RK, true>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)S::bytes);
-      });
-      if (cl_attr != cudaSuccess) return cl_attr;
+      if (const cudaError_t e = smem_opt_in<flash_split_kernel<D, NW, RK, true>>(S::bytes); e != cudaSuccess) return e;
       cudaLaunchConfig_t cfg = {};
       cfg.gridDim = grid;
       cfg.blockDim = dim3(NW * 32);

@@ -36,7 +36,7 @@ DEMO_PROMPTS = ["add:457+368=", "rev:kernel=", "sort:tensorrt="]
 
 # ---------------------------------------------------------------------- shared pieces
 def add_decode_options(p: argparse.ArgumentParser) -> None:
-    from .runtime.settings import STRATEGIES
+    from .runtime.settings import STRATEGIES, strategy_arg
 
     p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch); an instruct checkpoint's "
                    "chat template wraps it as one user message")
@@ -48,7 +48,7 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gen-length", type=int)
     p.add_argument("--block-length", type=int, help="semi-autoregressive block (LLaDA / Dream)")
     p.add_argument("--steps", type=int, help="denoising steps for the schedule strategies")
-    p.add_argument("--strategy", choices=list(STRATEGIES))
+    p.add_argument("--strategy", type=strategy_arg, choices=list(STRATEGIES))
     p.add_argument("--threshold", type=float, help="Fast-dLLM confidence threshold")
     p.add_argument("--factor", type=float, help="Fast-dLLM factor rule")
     from .options import add_method_options

@@ -533,3 +533,23 @@ def test_demo_model_and_calibration_file_messages(export_dir, tmp_path, capsys):
     folder.mkdir()
     one_line_error(capsys, ["quantize", "--onnx", export_dir, "--out", tmp_path / "q", "--method", "int8", "--calib",
                             folder], "is a folder")
+
+
+@pytest.mark.parametrize("name, needle", [("low_confidence_dynamic", "--strategy threshold"),
+                                          ("low_confidence_static", "--strategy low_confidence here"),
+                                          ("entropy_bounded", "UnboundLocalError"),
+                                          ("origin", "--strategy entropy")])
+def test_upstream_strategy_names_say_what_to_use(capsys, name, needle):
+    """SDAR's (--remasking_strategy) and Dream's (alg) names for their rules, given as a strategy, say what runs
+    the same rule here or why nothing does - on the command line and in decode settings from a file."""
+    from dllm_trt.errors import DllmError
+    from dllm_trt.runtime import GenerationConfig
+
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--model", str(LLADA), *PROMPT, "--strategy", name])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"unknown strategy {name!r}" in err and needle in err, err
+    with pytest.raises(DllmError, match=needle):
+        GenerationConfig(gen_length=8, block_length=8, strategy=name).resolved("bidirectional")
+    with pytest.raises(DllmError, match="use one of low_confidence"):
+        GenerationConfig(gen_length=8, block_length=8, strategy="bogus").resolved("bidirectional")

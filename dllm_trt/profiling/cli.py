@@ -24,7 +24,7 @@ answers. Warm-up requests are not measured. Examples:
 
 def add_profile_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``dllm-trt profile`` on the main parser's subparsers; returns its parser."""
-    from ..runtime.settings import STRATEGIES
+    from ..runtime.settings import STRATEGIES, strategy_arg
 
     p = subparsers.add_parser("profile", help="latency profile (and speed/accuracy sweep) of decode settings",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,7 +51,7 @@ def add_profile_commands(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--gen-length", type=int)
     p.add_argument("--block-length", type=int)
     p.add_argument("--steps", type=int)
-    p.add_argument("--strategy", choices=list(STRATEGIES))
+    p.add_argument("--strategy", type=strategy_arg, choices=list(STRATEGIES))
     p.add_argument("--threshold", type=float)
     p.add_argument("--factor", type=float)
     from ..options import add_method_options

@@ -16,6 +16,36 @@ DREAM_SCHEDULED = ("maskgit_plus", "topk_margin", "entropy")  # Dream's timestep
 METHODS = ("hierarchy", "credit", "local_leap", "sched", "freedave")
 STRATEGIES = ("low_confidence", "random", "threshold", "factor", "sequential", *DREAM_SCHEDULED, "confidence_threshold",
               *METHODS)
+# Upstream names of decode rules that are named otherwise here, or have no counterpart: what to use instead.
+UPSTREAM_STRATEGY_NAMES = {
+    "low_confidence_static": "SDAR's low_confidence_static is --strategy low_confidence here (steps = its "
+                             "denoising_steps)",
+    "low_confidence_dynamic": "SDAR's low_confidence_dynamic is --strategy threshold here (--threshold = its "
+                              "confidence_threshold, 0.85 by default; steps = its denoising_steps)",
+    "entropy_bounded": "SDAR's entropy_bounded has no counterpart: its generate.py (JetAstra/SDAR c2041a8) raises "
+                       "UnboundLocalError at the first step (transfer_index is set by the other strategies only); "
+                       "use --strategy threshold",
+    "origin": "Dream's alg='origin' has no counterpart: its transfers are draws of torch's random generator; use "
+              "--strategy entropy (Dream's examples) or maskgit_plus",
+}
+
+
+def unknown_strategy(name: str) -> str:
+    """The error for a strategy name this loop does not run: an upstream name says what to use instead."""
+    hint = UPSTREAM_STRATEGY_NAMES.get(name)
+    return f"unknown strategy {name!r}: {hint}" if hint else \
+        f"unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}"
+
+
+def strategy_arg(name: str) -> str:
+    """argparse ``type`` of --strategy: an upstream name gets its hint instead of argparse's bare list."""
+    if name in UPSTREAM_STRATEGY_NAMES:
+        import argparse
+
+        raise argparse.ArgumentTypeError(unknown_strategy(name))
+    return name
+
+
 SCHEDULED = ("low_confidence", "random", "sequential", "sched", "freedave")  # strategies that follow LLaDA's even per-step count
 STEPPED = SCHEDULED + DREAM_SCHEDULED + ("confidence_threshold",)  # strategies with a step budget per block
 BLOCK_STRATEGIES = ("low_confidence", "random", "threshold", "factor", "sequential", "hierarchy", "credit",
@@ -150,7 +180,7 @@ class GenerationConfig:
         if c.cache not in modes:
             raise DllmError(f"cache mode {c.cache!r} does not apply to a {attention} model; use one of {', '.join(modes)}")
         if c.strategy not in STRATEGIES:
-            raise DllmError(f"unknown strategy {c.strategy!r}; use one of {', '.join(STRATEGIES)}")
+            raise DllmError(unknown_strategy(c.strategy))
         if c.gen_length <= 0:
             raise DllmError("gen_length must be positive")
         if attention == "bidirectional":

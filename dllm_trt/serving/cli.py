@@ -11,7 +11,7 @@ from ..errors import DllmError
 
 
 def add_serving_commands(sub) -> None:
-    from ..runtime.settings import STRATEGIES
+    from ..runtime.settings import STRATEGIES, strategy_arg
 
     p = sub.add_parser("serve", help="OpenAI-compatible server with continuous batching (uvicorn or Ray Serve)",
                        description="Serve an exported folder (or a `build` folder with --backend trt) on "
@@ -38,7 +38,7 @@ def add_serving_commands(sub) -> None:
     p.add_argument("--gen-length", type=int, help="default max_tokens")
     p.add_argument("--block-length", type=int)
     p.add_argument("--steps", type=int, help="denoising steps per --gen-length (scaled per request)")
-    p.add_argument("--strategy", choices=list(STRATEGIES))
+    p.add_argument("--strategy", type=strategy_arg, choices=list(STRATEGIES))
     p.add_argument("--threshold", type=float)
     p.add_argument("--factor", type=float)
     p.add_argument("--cache", choices=["none", "prefix", "dual", "block", "sub_block"])

@@ -228,6 +228,42 @@ def test_a_failing_forward_fails_its_requests_and_the_engine_goes_on(model):
         engine.close()
 
 
+def test_an_escaped_exception_reaches_on_crash_and_a_new_engine_reuses_the_cache(model):
+    """An exception that escapes the engine's loop (not a forward's, which fails only its requests) ends the
+    thread: ``on_crash`` gets the engine and the error, ``crash`` keeps it, ``running`` turns False; an engine
+    given the dead one's cache decodes in it (no second allocation) and gives the solo tokens."""
+    import threading
+
+    be, tok, gen = model("llada-tiny")
+    gen = replace(gen, cache="dual")
+    crashed = threading.Event()
+    seen = []
+    engine = BatchEngine(be, gen, max_batch=2, on_crash=lambda e, err: (seen.append((e, err)), crashed.set()))
+    engine.step = lambda timeout=None: (_ for _ in ()).throw(RuntimeError("boom"))  # the loop's own code fails
+    engine.start()
+    try:
+        engine.submit(tok.encode("add:1+2="), 8)
+        assert crashed.wait(60)
+        assert seen[0][0] is engine and str(seen[0][1]) == "boom" and engine.crash is seen[0][1]
+        engine._thread.join(10)
+        assert not engine.running
+    finally:
+        engine.close()
+    calls = []
+    be_alloc = be.allocate_cache
+    be.allocate_cache = lambda *a: calls.append(a) or be_alloc(*a)
+    try:
+        again = BatchEngine(be, gen, max_batch=2, cache=engine.cache).start()
+    finally:
+        del be.allocate_cache
+    try:
+        assert again.cache is engine.cache and not calls
+        ids = tok.encode("add:12+34=")
+        assert again.submit(ids, 8).result(timeout=60)[0] == solo(again, ids, 8)
+    finally:
+        again.close()
+
+
 def test_stepped_by_hand_without_a_thread(model):
     """The server-agnostic interface: submit, then step() until every request finished (as a Triton
     Python model's execute loop would), the tokens streamed as events."""

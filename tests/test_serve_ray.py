@@ -91,3 +91,14 @@ def test_app_builder_for_config_files_and_kuberay(cluster):
     assert scaled._deployment_config.autoscaling_config.max_replicas == 4
     with pytest.raises(ValueError, match="engine=DIR"):
         ray_app.app_builder({})
+
+
+def test_a_replica_whose_engine_gave_up_fails_ray_serves_health_check():
+    """Ray Serve does not read /health: its check_health probe of a replica fails once the engine crashed past its
+    restart budget (Service.given_up, tests/test_serve_hardening.py), so that Serve replaces the replica."""
+    from types import SimpleNamespace
+
+    replica = ray_app.DllmDeployment.func_or_class
+    replica.check_health(SimpleNamespace(service=SimpleNamespace(given_up=False)))  # a restart in place passes
+    with pytest.raises(RuntimeError, match="restart budget"):
+        replica.check_health(SimpleNamespace(service=SimpleNamespace(given_up=True)))

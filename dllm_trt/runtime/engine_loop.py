@@ -198,10 +198,14 @@ class BatchEngine:
     ``max_batch`` requests decode at once (slots, rows of the shared cache); up to ``max_queue`` more
     wait; ``capacity`` bounds prompt + generation (+ one block for block diffusion) per request (default:
     the backend's shape range). ``on_step`` is called with each round's :class:`StepStats` (metrics).
+    ``on_crash(engine, error)`` is called in the engine's thread when an exception escapes its loop (the thread
+    then ends; ``crash`` keeps the error): a server restarts the engine, with ``cache`` = the dead engine's cache
+    (same ``max_batch`` and ``capacity``), so that a GPU never holds two.
     """
 
     def __init__(self, backend, gen: GenerationConfig, max_batch: int = 8, max_queue: int = 256,
-                 capacity: int | None = None, on_step: Callable[[StepStats], None] | None = None):
+                 capacity: int | None = None, on_step: Callable[[StepStats], None] | None = None,
+                 on_crash: Callable[["BatchEngine", BaseException], None] | None = None, cache: Any = None):
         if max_batch < 1 or max_queue < 0:
             raise DllmError(f"max_batch must be >= 1 (got {max_batch}) and max_queue >= 0 (got {max_queue})")
         self.backend = backend
@@ -221,7 +225,12 @@ class BatchEngine:
         self.max_positions = min(top, capacity) if capacity else top
         self.capacity = self.max_positions + self.extra
         self.on_step = on_step
-        self.cache = backend.allocate_cache(max_batch, self.capacity) if self.gen.cache != "none" else None
+        self.on_crash = on_crash
+        self.crash: BaseException | None = None
+        if self.gen.cache == "none":
+            self.cache = None
+        else:
+            self.cache = cache if cache is not None else backend.allocate_cache(max_batch, self.capacity)
         if self.cache is not None:
             self.capacity = int(self.cache.capacity)  # backends may round up
         # A forward over the first n slots passes a view of the cache's first n rows (batch is the leading
@@ -546,13 +555,19 @@ class BatchEngine:
         return self
 
     def _serve(self) -> None:
-        while True:
-            with self._cond:
-                while not self._closed and not self._waiting and not self._active:
-                    self._cond.wait()
-                if self._closed:
-                    return
-            self.step(timeout=0.25)
+        try:
+            while True:
+                with self._cond:
+                    while not self._closed and not self._waiting and not self._active:
+                        self._cond.wait()
+                    if self._closed:
+                        return
+                self.step(timeout=0.25)
+        except BaseException as e:  # noqa: BLE001 - kept in ``crash`` and handed to on_crash, else re-raised
+            self.crash = e
+            if self.on_crash is None:
+                raise
+            self.on_crash(self, e)
 
     def close(self) -> None:
         """Stop the engine: running and waiting requests end with finish_reason ``cancelled``."""

@@ -37,6 +37,8 @@ class ServingMetrics:
                                  buckets=REQUEST_BUCKETS, registry=r)
         self.ttft = Histogram("dllm_time_to_first_token_seconds", "submit to first committed token", ["model"],
                               buckets=REQUEST_BUCKETS, registry=r)
+        self.crashes = Counter("dllm_engine_crashes", "decode engine crashes (each restarts the engine while the "
+                               "restart budget lasts)", ["model"], registry=r)
         self.model = model
         self._lock = threading.Lock()
         self._recent: deque[tuple[float, int]] = deque()
@@ -76,6 +78,9 @@ class ServingMetrics:
 
     def first_token(self, seconds: float) -> None:
         self.ttft.labels(self.model).observe(seconds)
+
+    def engine_crashed(self) -> None:
+        self.crashes.labels(self.model).inc()
 
     def rejected(self, why: str) -> None:
         self.rejects.labels(self.model, why).inc()

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import DllmError
 from ..runtime.engine_loop import QueueFull
-from .service import CHARS_PER_POSITION, Delta, RequestFailed, Service
+from .service import CHARS_PER_POSITION, BadRequest, Delta, EngineCrashed, RequestFailed, Service
 
 MAX_STOPS = 4  # as OpenAI
 MAX_SEED = 2 ** 64 - 1  # the sampler keys on 64 bits: a larger seed would silently repeat a smaller one's answers
@@ -116,6 +116,30 @@ def _unsupported(req: _Common) -> None:
                                 "dllm-trt); leave it out", name, code="unsupported_parameter")
 
 
+def _param(field: str | None, req: _Common) -> str | None:
+    """The request field a service-side refusal is about, as this request spelled it (OpenAI's ``param``): a
+    chat's prompt is its messages, and its length limit is max_completion_tokens when that is what it sent."""
+    if field == "prompt" and isinstance(req, ChatRequest):
+        return "messages"
+    if field == "max_tokens" and getattr(req, "max_completion_tokens", None):
+        return "max_completion_tokens"
+    return field
+
+
+def _refused(e: DllmError, req: _Common) -> ApiError:
+    """The 400 of a request the service or the engine refuses: the field at fault in ``param`` (null when no single
+    field is, e.g. a model without a chat template)."""
+    return ApiError(400, str(e), _param(e.field if isinstance(e, BadRequest) else None, req))
+
+
+def _failed(e: RequestFailed) -> ApiError:
+    """The error of a request the engine could not finish: 503 when its engine crashed (retry: it restarts, or
+    the message says to restart the server), 500 for a backend error or a shutdown."""
+    if isinstance(e, EngineCrashed):
+        return ApiError(503, str(e), type_="server_error", code="engine_crashed")
+    return ApiError(500, f"the request failed: {e}", type_="server_error")
+
+
 def _stops(req: _Common) -> list[str]:
     stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(stops) > MAX_STOPS:
@@ -188,26 +212,67 @@ def _sse(obj: Any) -> str:
 
 class BodyLimit:
     """Refuse a body larger than any request the engine can take (a prompt of CHARS_PER_POSITION characters per
-    position, JSON-escaped at 6 bytes per character, plus 1 MiB for the rest) from its Content-Length, before it is
-    read: a 50 MB body was read and parsed. A chunked body has no length; the prompt's own bound still holds. Plain
-    ASGI, not an @app.middleware: that wraps the request's receive channel and hides a client's disconnect."""
+    position, JSON-escaped at 6 bytes per character, plus 1 MiB for the rest) with a 413: from its Content-Length
+    before it is read (a 50 MB body was read and parsed), and for a chunked body (no length) as soon as the bytes
+    that arrived pass the limit, without reading the rest. Plain ASGI, not an @app.middleware: that wraps the
+    request's receive channel and hides a client's disconnect."""
 
     def __init__(self, app, service: Service):
         self.app, self.service = app, service
         self.max_body = 6 * CHARS_PER_POSITION * service.engine.max_positions + (1 << 20)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.max_body:
-                self.service.metrics.rejected("request_too_large")
-                positions = self.service.engine.max_positions
-                error = ApiError(413, f"the request body has {int(length)} bytes and this server takes at most "
-                                      f"{self.max_body} (a prompt longer than the engine's {positions} positions is "
-                                      "refused anyway); shorten the prompt", code="request_too_large")
-                await JSONResponse(error.body(), status_code=413)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body:
+            await self.refuse(f"has {int(length)} bytes", scope, receive, send)
+            return
+        body = _CountedBody(self, scope, receive, send)
+        await self.app(scope, body.receive, body.send)
+
+    async def refuse(self, size: str, scope, receive, send) -> None:
+        """Answer the 413 (``size`` says how large the body is, or that it passed the limit)."""
+        self.service.metrics.rejected("request_too_large")
+        positions = self.service.engine.max_positions
+        error = ApiError(413, f"the request body {size} and this server takes at most {self.max_body} (a prompt "
+                              f"longer than the engine's {positions} positions is refused anyway); shorten the prompt",
+                         code="request_too_large")
+        await JSONResponse(error.body(), status_code=413)(scope, receive, send)
+
+
+class _CountedBody:
+    """One request's ``receive`` and ``send`` under BodyLimit: counts the body's bytes as they arrive; past the
+    limit it answers the 413 itself and tells the app the client left (it stops reading; what it answers then
+    is dropped). Every other message, a client's disconnect included, passes through as it came."""
+
+    def __init__(self, limit: BodyLimit, scope, receive, send):
+        self.limit, self.scope, self._receive, self._send = limit, scope, receive, send
+        self.seen = 0
+        self.started = False  # the app began its response: too late for a 413
+        self.refused = False
+
+    async def receive(self) -> dict:
+        if self.refused:
+            return {"type": "http.disconnect"}
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.seen += len(message.get("body", b""))
+            if self.seen > self.limit.max_body:
+                self.refused = True
+                if not self.started:
+                    await self.limit.refuse(f"has at least {self.seen} bytes (counted as they arrived: no "
+                                            "Content-Length)", self.scope, self._receive, self._send)
+                return {"type": "http.disconnect"}
+        return message
+
+    async def send(self, message: dict) -> None:
+        if self.refused:
+            return
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
 
 
 def build_app(service: Service) -> FastAPI:
@@ -268,9 +333,9 @@ def build_app(service: Service) -> FastAPI:
         except QueueFull as e:
             raise ApiError(429, str(e), type_="rate_limit_error", code="queue_full") from None
         except RequestFailed as e:
-            raise ApiError(500, f"the request failed: {e}", type_="server_error") from None
+            raise _failed(e) from None
         except DllmError as e:
-            raise ApiError(400, str(e), code="invalid_request") from None
+            raise _refused(e, req) from None
         return gen, first
 
     async def collect(gen: AsyncIterator[Delta], first: Delta | None) -> Delta:
@@ -283,7 +348,7 @@ def build_app(service: Service) -> FastAPI:
                     text.append(d.text)
                     last = d
             except RequestFailed as e:
-                raise ApiError(500, f"the request failed: {e}", type_="server_error") from None
+                raise _failed(e) from None
         if last is None:  # the client went away
             raise ApiError(499, "client disconnected")
         return Delta("".join(text), last.finish_reason, last.completion_tokens)
@@ -297,7 +362,7 @@ def build_app(service: Service) -> FastAPI:
                 async for c in chunks:
                     yield c
             except RequestFailed as e:
-                yield _sse(ApiError(500, f"the request failed: {e}", type_="server_error").body())
+                yield _sse(_failed(e).body())
             except Exception as e:  # a bug mid-stream: the headers are sent, so say it in the stream and end it
                 log.exception("a streamed answer failed")
                 yield _sse(ApiError(500, f"internal server error ({type(e).__name__}: {e}); the server's log has "
@@ -308,8 +373,9 @@ def build_app(service: Service) -> FastAPI:
     # ------------------------------------------------------------------ routes
     @app.api_route("/health", methods=["GET", "HEAD"])  # load balancers probe with HEAD too
     async def health():
-        """200 while the engine steps; 503 once its thread is gone (requests would fail): replace the server."""
-        ok = service.engine.running
+        """200 while the engine steps; 503 while a crashed engine restarts, and for good once it crashed past its
+        restart budget (requests fail): replace the server then."""
+        ok = service.healthy
         body = {"status": "ok" if ok else "error", "model": service.model, "backend": service.backend_name,
                 "active": service.engine.active, "queued": service.engine.queue_length}
         return JSONResponse(body, status_code=200 if ok else 503)
@@ -345,7 +411,7 @@ def build_app(service: Service) -> FastAPI:
         try:  # in a worker thread: a long text must not stall every other request on the event loop
             ids = await run_in_threadpool(service.prompt_ids, prompt)
         except DllmError as e:
-            raise ApiError(400, str(e), "prompt") from None
+            raise _refused(e, req) from None
         gen, first = await start(http, ids, req)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -386,7 +452,7 @@ def build_app(service: Service) -> FastAPI:
         try:  # in a worker thread, as completions' prompts
             ids = await run_in_threadpool(service.chat_ids, messages)
         except DllmError as e:
-            raise ApiError(400, str(e), "messages") from None
+            raise _refused(e, req) from None
         gen, first = await start(http, ids, req)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if not req.stream:

@@ -27,6 +27,14 @@ class DllmDeployment:
     def __serve_build_asgi_app__(self):
         return build_app(self.service)
 
+    def check_health(self) -> None:
+        """Ray Serve's probe of a replica (it does not read /health): a replica whose engine crashed past its
+        restart budget fails it, so that Serve replaces the replica (a crash within the budget restarts the
+        engine in place and the probe passes)."""
+        if self.service.given_up:
+            raise RuntimeError("the decode engine crashed past its restart budget (the replica's log has why); "
+                               "this replica must be replaced")
+
     def __del__(self):
         service = getattr(self, "service", None)
         if service is not None:

@@ -5,20 +5,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import threading
 import time
+import weakref
+from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 from ..errors import DllmError
-from ..runtime.engine_loop import BatchEngine, Event, QueueFull, StepStats
+from ..runtime.engine_loop import BatchEngine, Event, QueueFull, Request, StepStats
 from .metrics import ServingMetrics
+
+log = logging.getLogger("dllm_trt.serving")
 
 DISCONNECT_POLL_S = 0.5  # how often a request asks whether its client is still there
 # Text longer than this many characters per engine position is tokenized only as far as this prefix: no real
 # tokenizer packs that many characters into every token of a prompt, so the prefix alone already holds more
 # tokens than the engine has positions, and a multi-megabyte prompt costs milliseconds instead of minutes.
 CHARS_PER_POSITION = 64
+# A crashed engine is replaced at most this many times within this many seconds; one more crash leaves the
+# server unhealthy (/health 503) for the orchestrator to replace, instead of a restart loop over a broken device.
+ENGINE_RESTARTS = 3
+RESTART_WINDOW_S = 600.0
 
 # GenerationConfig fields the server's command line may set (the decode structure every request shares)
 def _method_fields() -> tuple[str, ...]:
@@ -76,6 +87,48 @@ class IdsTokenizer:
 
 class RequestFailed(DllmError):
     """The engine could not finish a request (a backend error, or the server shutting down)."""
+
+
+class EngineCrashed(RequestFailed):
+    """The decode engine's thread died under the request (HTTP 503: a client may retry once it is restarted)."""
+
+
+class BadRequest(DllmError):
+    """A request the server refuses, with the request field at fault (``prompt``, ``max_tokens`` or a sampling
+    override; None: no single one), so that the HTTP error can name it (OpenAI's ``param``)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+@contextmanager
+def blame(field: str) -> Iterator[None]:
+    """Turn a DllmError raised inside into a BadRequest about ``field`` (one that names its field already stays)."""
+    try:
+        yield
+    except BadRequest:
+        raise
+    except DllmError as e:
+        raise BadRequest(str(e), field) from None
+
+
+class RestartBudget:
+    """At most ``limit`` restarts within any ``window_s`` seconds: a crash that repeats at once (a lost device)
+    must end in an unhealthy server that is replaced, not in a loop of restarts that fail every request."""
+
+    def __init__(self, limit: int, window_s: float):
+        self.limit, self.window_s = limit, window_s
+        self.times: deque[float] = deque()
+
+    def take(self, now: float) -> bool:
+        """Whether one more restart is allowed at ``now`` (and count it)."""
+        while self.times and self.times[0] <= now - self.window_s:
+            self.times.popleft()
+        if len(self.times) >= self.limit:
+            return False
+        self.times.append(now)
+        return True
 
 
 class _TextStream:
@@ -150,17 +203,90 @@ class Service:
 
         check_decode_options(args, self.gen, self.backend.config, 0)  # knobs this model / strategy would ignore
         self.metrics = ServingMetrics(self.model)
-        self.engine = BatchEngine(self.backend, self.gen, max_batch=opts.max_batch, max_queue=opts.max_queue,
-                                  capacity=opts.max_model_len, on_step=self._on_step)
-        self.metrics.bind_engine(self.engine)
+        self._lock = threading.Lock()  # the engine swap of a restart against close()
+        self._closing = False
+        self._restarts = RestartBudget(ENGINE_RESTARTS, RESTART_WINDOW_S)
+        # what became of each crashed engine (absent: not decided yet): restarted, or not (the server gave up)
+        self._restarted: weakref.WeakKeyDictionary[BatchEngine, bool] = weakref.WeakKeyDictionary()
+        self.engine = self._new_engine()
         self.created = int(time.time())
-        self.engine.start()
+
+    def _new_engine(self, cache: Any = None) -> BatchEngine:
+        """A started batching engine (over ``cache`` when one is given: a dead engine's)."""
+        o = self.opts
+        engine = BatchEngine(self.backend, self.gen, max_batch=o.max_batch, max_queue=o.max_queue,
+                             capacity=o.max_model_len, on_step=self._on_step, on_crash=self._on_crash, cache=cache)
+        self.metrics.bind_engine(engine)
+        return engine.start()
 
     def _on_step(self, stats: StepStats) -> None:
         self.metrics.observe_step(stats)
 
     def close(self) -> None:
+        with self._lock:
+            self._closing = True
         self.engine.close()
+
+    # ------------------------------------------------------------------ a crashed engine
+    def _on_crash(self, engine: BatchEngine, error: BaseException) -> None:
+        """In the dying engine thread: log the crash once, and recover in another thread (closing the dead
+        engine joins this one)."""
+        log.error("the decode engine crashed (%s: %s); its requests fail with 503", type(error).__name__, error,
+                  exc_info=error)
+        self.metrics.engine_crashed()
+        threading.Thread(target=self._recover, args=(engine,), name="dllm-engine-restart", daemon=True).start()
+
+    def _recover(self, dead: BatchEngine) -> None:
+        """Replace the dead engine while the restart budget lasts, then fail its requests (their error says
+        whether it was restarted); past the budget keep it, so that /health says 503 until the server is replaced."""
+        with self._lock:
+            if self._closing:
+                return
+            allowed = self._restarts.take(time.monotonic())
+            self._restarted[dead] = allowed
+            if allowed:
+                self.engine = self._restart(dead)
+        dead.close()  # its running and waiting requests end now (cancelled): stream() reports the crash
+        budget = f"{self._restarts.limit} restarts allowed within {self._restarts.window_s:.0f} s"
+        if not allowed:
+            log.error("the decode engine crashed again after %s; not restarting it. /health answers 503 and "
+                      "requests fail: restart the server (the crashes above say why)", budget)
+        elif self._restarted.get(dead):
+            log.warning("the decode engine was restarted (%d of %s)", len(self._restarts.times), budget)
+
+    def _restart(self, dead: BatchEngine) -> BatchEngine:
+        """A new engine over the dead one's cache; the dead one if that fails (logged; it stays down)."""
+        try:
+            return self._new_engine(dead.cache)
+        except Exception:  # noqa: BLE001 - the server stays up, unhealthy, and says why
+            log.exception("the decode engine could not be restarted; /health answers 503: restart the server")
+            self._restarted[dead] = False
+            return dead
+
+    def _crash_error(self, engine: BatchEngine) -> EngineCrashed:
+        """What a request of a crashed engine is told: retry (restarted or restarting) or restart the server."""
+        restarted = self._restarted.get(engine)
+        if restarted is False:
+            return EngineCrashed("the decode engine crashed and was not restarted (the server's log says why); "
+                                 "restart the server")
+        what = "was restarted" if restarted else "is being restarted"
+        return EngineCrashed(f"the decode engine crashed while running this request and {what} (the server's log "
+                             "has the traceback); retry the request")
+
+    def _engine_gone(self, engine: BatchEngine) -> RequestFailed:
+        if engine.crash is not None:
+            return self._crash_error(engine)
+        return RequestFailed("the decode engine stopped (the server is shutting down); retry on another server")
+
+    @property
+    def healthy(self) -> bool:
+        """Whether requests are being decoded: the engine's thread runs (False for a moment during a restart)."""
+        return self.engine.running
+
+    @property
+    def given_up(self) -> bool:
+        """The engine crashed past its restart budget (or could not restart): only a new server helps."""
+        return self._restarted.get(self.engine) is False
 
     # ------------------------------------------------------------------ prompts
     def encode(self, text: str) -> list[int]:
@@ -175,30 +301,67 @@ class Service:
         return self.tokenizer.encode(text)
 
     def prompt_ids(self, prompt: str | list[int]) -> list[int]:
-        """A completion prompt: text tokenized as it is (no chat template), or token ids."""
+        """A completion prompt: text tokenized as it is (no chat template), or token ids. Raises BadRequest."""
         if isinstance(prompt, str):
-            return self.encode(prompt)
+            with blame("prompt"):
+                return self.encode(prompt)
         return list(prompt)
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
+        """A chat's prompt (the template over the messages). Raises BadRequest; "prompt" is the messages here."""
         from ..runtime.chat import check_messages
 
-        if self.template is None:
-            raise DllmError(f"model {self.model!r} has no chat template (the export recorded none); use "
-                            "/v1/completions with a plain prompt")
-        return self.encode(self.template.render(check_messages(messages)))
+        if self.template is None:  # no field of the request is at fault: the model has no template
+            raise BadRequest(f"model {self.model!r} has no chat template (the export recorded none); use "
+                             "/v1/completions with a plain prompt")
+        with blame("prompt"):
+            return self.encode(self.template.render(check_messages(messages)))
 
     @property
     def default_max_tokens(self) -> int:
         return self.engine.gen.gen_length
+
+    # ------------------------------------------------------------------ admission
+    @staticmethod
+    def field_at_fault(engine: BatchEngine, ids: list[int], max_tokens: int, overrides: dict[str, Any]) -> str | None:
+        """Which request field the engine refuses, found by asking it again with the other fields at their
+        mildest (its rules stay in one place and its message is not parsed): the prompt if it is refused with a
+        one-token answer, else max_tokens if refused with no overrides, else the first override refused alone."""
+        def refused(n: int, **values: Any) -> bool:
+            try:
+                engine.check(ids, engine.request_gen(n, **values))
+            except DllmError:
+                return True
+            return False
+
+        if refused(1):
+            return "prompt"
+        if refused(max_tokens):
+            return "max_tokens"
+        return next((name for name, value in overrides.items() if refused(1, **{name: value})), None)
+
+    def _submit(self, engine: BatchEngine, ids: list[int], max_tokens: int, on_event: Callable[[Event], None],
+                overrides: dict[str, Any]) -> Request:
+        """``engine.submit``, its refusals as BadRequest (field named), QueueFull, or the engine's failure."""
+        if not engine.running and engine.crash is not None:  # do not queue on a dead engine
+            raise self._crash_error(engine)
+        try:
+            return engine.submit(ids, max_tokens, on_event=on_event, **overrides)
+        except QueueFull:
+            self.metrics.rejected("queue_full")
+            raise
+        except DllmError as e:
+            if not engine.running:  # closed under us: a crash or a shutdown, not the request's fault
+                raise self._engine_gone(engine) from None
+            raise BadRequest(str(e), self.field_at_fault(engine, ids, max_tokens, overrides)) from None
 
     # ------------------------------------------------------------------ one request
     async def stream(self, ids: list[int], max_tokens: int | None, stops: list[str] | None = None,
                      is_disconnected: Callable[[], Awaitable[bool]] | None = None,
                      **overrides: Any) -> AsyncIterator[Delta]:
         """Text deltas of one request as its tokens are committed; the last has ``finish_reason``.
-        Raises DllmError (bad request), QueueFull, or RequestFailed. Cancels the request when the
-        consumer stops early (client gone) or ``is_disconnected`` says so."""
+        Raises BadRequest, QueueFull, or RequestFailed (EngineCrashed when the engine's thread died under it).
+        Cancels the request when the consumer stops early (client gone) or ``is_disconnected`` says so."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -209,11 +372,8 @@ class Service:
                 pass
 
         t0 = time.perf_counter()
-        try:
-            req = self.engine.submit(ids, max_tokens or self.default_max_tokens, on_event=deliver, **overrides)
-        except QueueFull:
-            self.metrics.rejected("queue_full")
-            raise
+        engine = self.engine  # the one this request runs on, even if a restart replaces self.engine meanwhile
+        req = self._submit(engine, ids, max_tokens or self.default_max_tokens, deliver, overrides)
         text = _TextStream(self.tokenizer.decode, stops or [])
         first, reported = True, False
         try:
@@ -228,13 +388,14 @@ class Service:
                     if await is_disconnected():  # nobody reads the answer any more: free the slot
                         return
                 if ev is None:
-                    if not self.engine.running:  # its thread died: nothing will ever answer this request
-                        raise RequestFailed("the decode engine stopped (the server's log has why); restart the "
-                                            "server")
+                    if not engine.running:  # its thread is gone: nothing will ever answer this request
+                        raise self._engine_gone(engine)
                     continue
                 if ev.finish_reason in ("error", "cancelled"):
                     reported = True
                     self.metrics.finished(ev.finish_reason, len(req.tokens), time.perf_counter() - t0)
+                    if ev.error is None and engine.crash is not None:
+                        raise self._crash_error(engine)
                     raise RequestFailed(ev.error or "the server is shutting down")
                 self.metrics.add_tokens(len(ev.tokens))
                 if first and ev.tokens:

@@ -458,6 +458,13 @@ def cmd_table(args) -> None:
                 print(f"| {label} | {ops} | {eager:.2f} | {cell(g, 'graph_ms', gname) if g else '-'} | "
                       f"{cell(g, 'runtime_ms', name) if g else '-'} | {cell(n, 'graph_ms', gname) if n else '-'} | "
                       f"{cell(n, 'runtime_ms', name) if n else '-'} | {best['runtime_ms'][name] / floor:.2f}x |")
+        for ops in [k for k in fwd if k != "onnxruntime"]:  # the GPU while the runtime steps were timed
+            for mode, r in fwd[ops].items():
+                for loop, g in sorted((r.get("gpu") or {}).items()):
+                    if g and "sm_clock_mhz_mean" in g:
+                        print(f"{ops} {mode}, {loop.replace('_', ' ')}: SM clock {g['sm_clock_mhz_mean']} MHz mean "
+                              f"(min {g['sm_clock_mhz_min']:.0f}), power up to {g['power_w_max']:.0f} of "
+                              f"{g['power_limit_w']:.0f} W, {g['samples']} samples")
     if e2e or fd:
         print(f"\nend to end: prompt {PROMPT}, gen {GEN}, block {BLOCK}, low-confidence remasking, tok/s "
               f"(dllm-trt graph: --ops {(e2e or {}).get('ops', 'standard')})")

@@ -72,6 +72,10 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--read-one-block-prompt", action="store_true", default=None,
                    help="Fast-dLLM v2: read a prompt of exactly block_size tokens (its generate does not: it decodes "
                    "from no prompt, and so does dllm-trt by default)")
+    p.add_argument("--batch-sample", action="store_true", default=None,
+                   help="Fast-dLLM v2: decode the prompts as one batch the way its eval harness (batch_sample) does, "
+                   "for its evaluations' tokens (a row's tokens then depend on the batch; by default each prompt "
+                   "decodes as it would alone)")
     p.add_argument("--no-stop", action="store_true", help="do not stop at EOS")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 

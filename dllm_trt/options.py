@@ -89,6 +89,9 @@ def check_decode_options(args: argparse.Namespace, gen, config, longest_prompt: 
     if getattr(args, "read_one_block_prompt", False) and not (config.attention == "block_causal" and config.logits_shift):
         raise DllmError(f"--read-one-block-prompt applies to Fast-dLLM v2-style block diffusion (shifted logits); "
                         f"{config.model_type} reads every prompt: drop it")
+    if getattr(args, "batch_sample", False) and not (config.attention == "block_causal" and config.logits_shift):
+        raise DllmError(f"--batch-sample reproduces Fast-dLLM v2's eval harness (block diffusion with shifted "
+                        f"logits); {config.model_type} has no such harness: drop it")
     given = lambda name: getattr(args, name, None) is not None  # noqa: E731
     if given("threshold") and resolved.strategy not in ("confidence_threshold", *THRESHOLD_RULES):
         raise DllmError(f"--threshold applies to the threshold rules only ({', '.join(THRESHOLD_RULES)}; the "

@@ -553,3 +553,31 @@ def test_upstream_strategy_names_say_what_to_use(capsys, name, needle):
         GenerationConfig(gen_length=8, block_length=8, strategy=name).resolved("bidirectional")
     with pytest.raises(DllmError, match="use one of low_confidence"):
         GenerationConfig(gen_length=8, block_length=8, strategy="bogus").resolved("bidirectional")
+
+
+def test_batch_sample_needs_the_harness_settings(capsys):
+    """batch_sample (Fast-dLLM v2's eval harness) is greedy threshold decoding with the block cache on a
+    block-diffusion model: any other setting is refused by name, on the command line too, and the serving engine
+    (requests join and leave its batch) refuses it."""
+    from dllm_trt.errors import DllmError
+    from dllm_trt.runtime import GenerationConfig
+    from dllm_trt.runtime.backends.ort_backend import OrtBackend
+    from dllm_trt.runtime.engine_loop import BatchEngine
+
+    ok = dict(gen_length=8, strategy="threshold", cache="block", batch_sample=True)
+    GenerationConfig(**ok).resolved("block_causal")
+    for bad, needle in ((dict(strategy="low_confidence"), "strategy 'low_confidence'"),
+                        (dict(temperature=0.5), "temperature 0.5"), (dict(cache="none"), "cache 'none'")):
+        with pytest.raises(DllmError, match=needle):
+            GenerationConfig(**{**ok, **bad}).resolved("block_causal")
+    with pytest.raises(DllmError, match="bidirectional"):
+        GenerationConfig(**{**ok, "cache": "dual", "block_length": 8}).resolved("bidirectional")
+    one_line_error(capsys, ["generate", "--model", LLADA, *PROMPT, "--batch-sample", "--strategy", "threshold",
+                            "--cache", "dual"], "batch_sample")
+    from dllm_trt.export import export_onnx
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        export_onnx(CKPTS / "bd-tiny", Path(d) / "bd", validate=False, progress=False, log=lambda s: None)
+        be = OrtBackend.from_pretrained(Path(d) / "bd")
+        with pytest.raises(DllmError, match="not served"):
+            BatchEngine(be, GenerationConfig(**ok), max_batch=2)

@@ -205,7 +205,8 @@ class DecodeLoop:
         nor attended, and the generation is the one of no prompt at all (the new block at positions 0..). The
         authors' tokens are the reference (docs/upstream_semantics.md row 5), so such a prompt decodes as empty
         unless ``read_one_block_prompt`` is set (the bundled bd-tiny's settings set it: it was trained reading them)."""
-        if self.cfg.attention != "block_causal" or not self.cfg.logits_shift or self.gen.read_one_block_prompt:
+        if (self.cfg.attention != "block_causal" or not self.cfg.logits_shift or self.gen.read_one_block_prompt
+                or self.gen.batch_sample):  # the harness decides for itself (runtime/batch_sample.py)
             return prompts
         bs = self.gen.block_size or self.cfg.block_size
         if not any(len(p) == bs for p in prompts):
@@ -839,6 +840,10 @@ def generate(backend, prompts: list[list[int]], gen: GenerationConfig | None = N
         from .freedave import run_freedave
 
         return run_freedave(loop)
+    if loop.gen.batch_sample:
+        from .batch_sample import run_batch_sample
+
+        return run_batch_sample(loop)
     if loop.cfg.attention == "block_causal":
         return loop.run_blocks()
     return loop.run_masked()

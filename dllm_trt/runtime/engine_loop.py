@@ -212,6 +212,10 @@ class BatchEngine:
         self.config = backend.config
         self.gen = gen.resolved(self.config.attention)  # the server's defaults; requests vary a few fields
         self.max_batch, self.max_queue = max_batch, max_queue
+        if self.gen.batch_sample:
+            raise DllmError("batch_sample (Fast-dLLM v2's eval harness: a row's tokens depend on its batch) is not "
+                            "served: requests join and leave the batch at any step; decode them with `dllm-trt run "
+                            "--batch-sample`")
         if self.gen.cfg_scale > 0 or self.gen.strategy == "freedave":
             raise DllmError("classifier-free guidance (cfg_scale > 0) and FreeDave's drafts are not served: their "
                             "forwards carry several batch rows per request; decode them with `dllm-trt run`")

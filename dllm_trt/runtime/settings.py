@@ -152,6 +152,8 @@ class GenerationConfig:
     block_size: int | None = None  # block diffusion: the block decoded (SDAR block_length); None: the model's
     read_one_block_prompt: bool = False  # Fast-dLLM v2: False, as its generate, reads no prompt of exactly
     # block_size tokens (it decodes from no prompt); True reads it (a checkpoint's dllm_generation.json may say so)
+    batch_sample: bool = False  # Fast-dLLM v2: decode the batch as its eval harness batch_sample does (one grid of
+    # blocks, the batch's decisions; runtime/batch_sample.py): a row's tokens then depend on its batch
     seed: int = 0
     stop_at_eos: bool = True
     low_threshold: float = 0.4  # hierarchy: a run's most confident position is taken above this
@@ -220,6 +222,12 @@ class GenerationConfig:
             raise DllmError(f"seed {c.seed} must be >= 0")
         if not 0.0 <= c.eps < 1.0:
             raise DllmError(f"eps {c.eps} must be a number in [0, 1) (Dream's timestep schedule ends there)")
+        if c.batch_sample and (attention != "block_causal" or c.strategy != "threshold" or c.temperature != 0.0
+                               or c.cache not in ("block", "sub_block")):
+            raise DllmError("batch_sample (Fast-dLLM v2's eval harness) decodes a block-diffusion model greedily with "
+                            "the threshold rule and the block cache (block, or sub_block for its use_block_cache); got "
+                            f"strategy {c.strategy!r}, temperature {c.temperature}, cache {c.cache!r} on a {attention} "
+                            "model")
         if c.block_size is not None and (attention != "block_causal" or c.block_size <= 0):
             raise DllmError(f"block_size {c.block_size} applies to block-diffusion models only and must be positive "
                             "(LLaDA / Dream decode blocks of block_length)")
